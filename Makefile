@@ -1,0 +1,51 @@
+# Two commands set everything up on a fresh machine:
+#   make run   - create .venv, install the serving extras, serve weights/default on 127.0.0.1:8000
+#   make test  - create .venv, install everything, then ruff, mypy and pytest
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+DATA_DIR ?= var
+
+.PHONY: run test lint typecheck pytest system-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Serving only: no torch.
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve]'
+	touch $@
+
+# Everything: serving, training (torch from this machine's disk, pinned) and the dev tools.
+$(VENV)/.all-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve,train,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+run: $(VENV)/.serve-installed
+	$(BIN)/cites-vision serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+# Debian packages the tests drive for real: Chromium for the browser tests, PostgreSQL for the
+# storage tests. Best effort: the tests that need them skip, naming what is missing.
+system-deps:
+	@bash .ci/system-deps.sh
+
+lint: $(VENV)/.all-installed
+	$(BIN)/ruff check model service training tests bench
+	$(BIN)/ruff format --check model service training tests bench
+
+typecheck: $(VENV)/.all-installed
+	$(BIN)/mypy model service
+
+pytest: $(VENV)/.all-installed system-deps
+	$(BIN)/pytest -q -rs
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.all-installed
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

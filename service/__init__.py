@@ -1,0 +1,1 @@
+"""CITES Vision HTTP service (FastAPI + ONNX Runtime). Never imports torch."""

@@ -1,0 +1,1 @@
+"""CITES Vision training: fine-tuning, evaluation, calibration, export and bundle writing."""
