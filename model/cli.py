@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
             register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = (
                 ep.load()
             )
-        except ImportError as exc:  # an extra that is not installed (e.g. no torch)
+        except (ImportError, AttributeError) as exc:  # an extra not installed (e.g. torch)
             logger.debug("subcommand %s unavailable: %s", ep.name, exc)
             unavailable = subparsers.add_parser(ep.name, help=f"(unavailable: {exc})")
             unavailable.set_defaults(func=_unavailable(ep.name, str(exc)))
