@@ -1,0 +1,379 @@
+"""Decode untrusted image bytes into an 8-bit RGB Pillow image, or raise a typed error.
+
+This is the decoding half of preprocessing (``model.preprocess`` re-exports everything here and
+adds resizing and normalisation). It accepts the formats officers' phones and scanners produce:
+JPEG (baseline, progressive, CMYK, EXIF orientation), PNG (8/16-bit, grey, RGBA, palette), WebP,
+HEIC/HEIF (through pillow-heif, registered on first use), AVIF, TIFF (8/16-bit, float), GIF and
+BMP. Every other byte string ends in an :class:`ImageError` subclass with a ``code`` and a
+message a user can act on; no raw Pillow, ``OSError``, ``struct.error`` or ``zlib.error`` escapes.
+
+Colour handling (the output is always mode ``RGB``):
+
+* grey (``1``, ``L``) is replicated into three channels;
+* 16-bit and wider data (modes ``I;16``, ``I;16B``, ``I;16L``, ``I``, ``F``; 16-bit grey PNG and
+  TIFF from scanners) is windowed to 8 bits, see :func:`window_to_uint8`;
+* transparency (``RGBA``, ``LA``, ``PA``, palette with ``tRNS``) is composited onto white, the
+  colour of the paper or light box such objects are usually photographed on;
+* ``CMYK`` (print-workflow JPEGs) and other modes go through Pillow's conversion to ``RGB``;
+* embedded ICC profiles are ignored, as when the backbone was trained on ImageNet.
+
+Animated images (GIF, APNG, animated WebP) decode to their first frame; ``animated`` records it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest pixel count (width x height, as the file declares it) decoded by default: 50 MP."""
+
+ACCEPTED_FORMATS: tuple[str, ...] = (
+    "JPEG",
+    "MPO",
+    "PNG",
+    "WEBP",
+    "HEIF",
+    "AVIF",
+    "TIFF",
+    "GIF",
+    "BMP",
+)
+"""Pillow format ids handed to ``Image.open``; nothing else is parsed (e.g. never EPS)."""
+
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, HEIC/HEIF, AVIF, TIFF, GIF or BMP"
+
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2")
+
+WINDOW_PERCENTILES = (0.5, 99.5)
+"""Lower and upper percentile of the 16-bit window (see :func:`window_to_uint8`)."""
+
+_OPEN_LOCK = threading.Lock()
+_STRICT_LOCK = threading.Lock()
+_HEIF_LOCK = threading.Lock()
+_heif_registered = False
+
+
+class ImageError(ValueError):
+    """An upload that cannot be used as an image; ``code`` names the reason for machines."""
+
+    code: ClassVar[str] = "image_error"
+
+
+class EmptyImageError(ImageError):
+    """No bytes at all were given."""
+
+    code: ClassVar[str] = "empty"
+
+
+class UnsupportedImageError(ImageError):
+    """The bytes are not an image in one of the accepted formats."""
+
+    code: ClassVar[str] = "unsupported"
+
+
+class CorruptImageError(ImageError):
+    """The bytes start like an accepted image but are truncated or damaged."""
+
+    code: ClassVar[str] = "corrupt"
+
+
+class ImageTooLargeError(ImageError):
+    """The image declares more pixels than the limit allows."""
+
+    code: ClassVar[str] = "too_large"
+
+    def __init__(self, message: str, *, size: tuple[int, int] | None, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    """A decoded image and what the file said about itself.
+
+    ``image`` is 8-bit ``RGB`` with EXIF orientation applied. ``original_size`` is (width,
+    height) as the file declares it, before orientation and before any reduced-scale decoding;
+    ``mode`` is the file's Pillow mode (``CMYK``, ``I;16``...), ``bit_depth`` the bits per
+    sample of that mode. ``reduced_scale`` is true when a JPEG was decoded at 1/2, 1/4 or 1/8
+    scale (draft mode). ``animated`` is true when only the first of several frames was used.
+    """
+
+    image: Image.Image
+    format: str
+    original_size: tuple[int, int]
+    mode: str
+    bit_depth: int
+    reduced_scale: bool
+    animated: bool = False
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_shorter: int | None = None,
+) -> DecodedImage:
+    """Decode image bytes into an 8-bit RGB image, refusing unusable input with a typed error.
+
+    The pixel count declared in the header is checked against ``max_pixels`` before any pixel
+    is decoded. When ``target_shorter`` is given and the file is a JPEG at least twice that size
+    on its shorter side, libjpeg decodes it at 1/2, 1/4 or 1/8 scale (Pillow's draft mode),
+    never below ``target_shorter`` on either side; the later resize then has less to do.
+
+    Raises:
+        EmptyImageError: ``data`` is empty.
+        UnsupportedImageError: not an image in an accepted format.
+        CorruptImageError: truncated or damaged (also when Pillow's ``LOAD_TRUNCATED_IMAGES``
+            is set elsewhere in the process: truncation is never padded silently here).
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+    """
+    if not data:
+        raise EmptyImageError("The image is empty (0 bytes): upload the image file itself.")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    signature = sniff_format(data)
+    if signature == "HEIF":
+        _register_heif()
+    try:
+        return _decode(data, signature, max_pixels, target_shorter)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise ImageTooLargeError(
+            "There is not enough memory to decode this image: send a smaller one.",
+            size=None,
+            limit=max_pixels,
+        ) from exc
+    except Exception as exc:  # any decoder failure on untrusted bytes is a damaged file
+        logger.debug("decoding failed: %r", exc)
+        kind = signature or "image"
+        raise CorruptImageError(
+            f"The {kind} file is truncated or damaged and cannot be decoded ({exc}); "
+            "send the original file again or export it anew."
+        ) from exc
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the accepted format whose signature ``data`` starts with, or ``None``."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "TIFF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIF"
+    return None
+
+
+def window_to_uint8(array: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+    """Window high-bit-depth grey data (16-bit, 32-bit int or float) to 8 bits.
+
+    Scanners and x-ray systems write 16-bit samples but use a narrow band of that range (a
+    12-bit detector, or an exposure that never nears saturation); scaling the full 0..65535
+    range to 8 bits would leave an almost black, flat image. The window runs from the 0.5th to
+    the 99.5th percentile of the image's samples (numpy's default, linear interpolation), so
+    the darkest and brightest 0.5 % (dead pixels, the unattenuated beam, labels burnt in) clip
+    to 0 and 255 and the rest maps linearly: ``round(255 * (v - p0.5) / (p99.5 - p0.5))``.
+    A flat image (both percentiles equal) has no contrast to stretch and is scaled by the
+    nominal 16-bit range instead (``v * 255 / 65535``, clipped). Non-finite values count as 0.
+    """
+    values = np.asarray(array)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = _percentiles(values, WINDOW_PERCENTILES)
+    scaled: npt.NDArray[np.float64]
+    if high > low:
+        scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    else:
+        scaled = values.astype(np.float64) * (255.0 / 65535.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _percentiles(values: npt.NDArray[np.generic], qs: tuple[float, float]) -> tuple[float, float]:
+    """Percentiles as ``np.percentile`` computes them; a histogram makes uint16 data fast."""
+    flat = values.reshape(-1)
+    if flat.dtype == np.uint16 or (flat.dtype.kind == "u" and flat.dtype.itemsize <= 2):
+        counts = np.bincount(flat, minlength=1 << (8 * flat.dtype.itemsize))
+        cumulative = np.cumsum(counts)
+        result = []
+        for q in qs:
+            position = q / 100.0 * (flat.size - 1)
+            below = int(np.floor(position))
+            above = min(below + 1, flat.size - 1)
+            low_value = float(np.searchsorted(cumulative, below, side="right"))
+            high_value = float(np.searchsorted(cumulative, above, side="right"))
+            result.append(low_value + (position - below) * (high_value - low_value))
+        return result[0], result[1]
+    low, high = np.percentile(flat.astype(np.float64), qs)
+    return float(low), float(high)
+
+
+def _register_heif() -> None:
+    """Register pillow-heif's opener with Pillow, once, on the first HEIF upload."""
+    global _heif_registered
+    if _heif_registered:
+        return
+    with _HEIF_LOCK:
+        if _heif_registered:
+            return
+        import pillow_heif  # imported lazily: only HEIF uploads pay for it
+
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+        logger.debug("registered pillow-heif %s", pillow_heif.__version__)
+
+
+def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
+    """Parse the header only; Pillow's own bomb warning is silenced (we check the size next)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's limit is never tighter than ours
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(
+                f"The image declares more than {max_pixels:,} pixels, the limit here; "
+                "reduce its resolution and send it again.",
+                size=None,
+                limit=max_pixels,
+            ) from exc
+
+
+def _decode(
+    data: bytes, signature: str | None, max_pixels: int, target_shorter: int | None
+) -> DecodedImage:
+    try:
+        image = _open(data, max_pixels)
+    except UnidentifiedImageError as exc:
+        if signature is None:
+            raise UnsupportedImageError(
+                f"This is not an image in a supported format: send a {ACCEPTED_FORMATS_TEXT} file."
+            ) from exc
+        raise CorruptImageError(
+            f"The file starts like a {signature} image but its header is damaged; "
+            "send the original file again or export it anew."
+        ) from exc
+    with image:
+        return _decode_opened(image, max_pixels, target_shorter)
+
+
+def _decode_opened(
+    image: ImageFile.ImageFile, max_pixels: int, target_shorter: int | None
+) -> DecodedImage:
+    width, height = image.size
+    fmt = image.format or "unknown"
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"The {fmt} file declares an empty size ({width}x{height}).")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"The image is {width}x{height} = {width * height:,} pixels, more than the limit "
+            f"of {max_pixels:,}; reduce its resolution and send it again.",
+            size=(width, height),
+            limit=max_pixels,
+        )
+    mode = image.mode
+    animated = bool(getattr(image, "is_animated", False))
+    if animated:
+        image.seek(0)
+    reduced = False
+    if (
+        target_shorter is not None
+        and target_shorter > 0
+        and fmt in ("JPEG", "MPO")
+        and min(width, height) >= 2 * target_shorter
+    ):
+        image.draft(None, (target_shorter, target_shorter))
+        reduced = image.size != (width, height)
+    _load_strictly(image)
+    oriented = _apply_orientation(image)
+    rgb = _to_rgb(oriented)
+    logger.debug(
+        "decoded %s %s %dx%d -> %dx%d%s",
+        fmt,
+        mode,
+        width,
+        height,
+        rgb.width,
+        rgb.height,
+        " (reduced scale)" if reduced else "",
+    )
+    return DecodedImage(
+        image=rgb,
+        format=fmt,
+        original_size=(width, height),
+        mode=mode,
+        bit_depth=_BIT_DEPTH.get(mode, 8),
+        reduced_scale=reduced,
+        animated=animated,
+    )
+
+
+def _load_strictly(image: ImageFile.ImageFile) -> None:
+    """Decode the pixels; truncation raises even if another module allows truncated images."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        image.load()
+        return
+    # Pillow's plugins read this module-level flag while decoding; hold it off for our decode.
+    with _STRICT_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            image.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; a damaged EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # EXIF is metadata: damaged metadata must not lose the image
+        logger.warning("ignoring unreadable EXIF orientation: %s", exc)
+        return image.copy()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB (see the module docstring for the rules)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _HIGH_DEPTH_MODES:
+        grey = Image.fromarray(window_to_uint8(np.asarray(image)))
+        return grey.convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in _TRANSPARENT_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
