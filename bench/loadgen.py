@@ -1,0 +1,295 @@
+"""A small closed-loop HTTP load generator, run in its own process (``python -m bench.loadgen``).
+
+``concurrency`` workers each keep one HTTP/1.1 keep-alive connection to a **loopback** server and
+send multipart uploads back to back, cycling through the images of a folder. The run is bounded:
+it stops after ``--requests`` requests or ``--duration`` seconds, whichever comes first, and every
+request has a timeout. It speaks raw HTTP over asyncio streams (no client library) so that the
+generator takes as little of the shared CPUs as possible away from the server it measures.
+
+It prints one JSON object: status counts, latency percentiles of the successful requests, images
+per second, and the time the run took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.common import percentile
+
+logger = logging.getLogger(__name__)
+
+BOUNDARY = "cites-vision-bench-7d3f0a"
+MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".tif": "image/tiff"}
+
+
+class LoadgenError(Exception):
+    """Bad arguments (e.g. a target that is not on loopback)."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One pre-built request body and the number of images it carries."""
+
+    body: bytes
+    images: int
+
+
+@dataclass
+class Outcome:
+    """What the workers saw, merged."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    images_ok: int = 0
+    sent: int = 0
+
+    def count(self, status: str) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+def multipart_body(files: list[tuple[str, bytes]], field_name: str, extra: dict[str, str]) -> bytes:
+    """Encode form fields and files as ``multipart/form-data`` with :data:`BOUNDARY`."""
+    parts: list[bytes] = []
+    for key, value in extra.items():
+        disposition = f'Content-Disposition: form-data; name="{key}"'
+        parts.append(f"--{BOUNDARY}\r\n{disposition}\r\n\r\n{value}\r\n".encode())
+    for filename, data in files:
+        mime = MIME.get(Path(filename).suffix.lower(), "application/octet-stream")
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; '
+            f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{BOUNDARY}--\r\n".encode())
+    return b"".join(parts)
+
+
+def build_payloads(
+    folder: Path, field_name: str, per_request: int, extra: dict[str, str], limit: int = 512
+) -> list[Payload]:
+    """Group the images of ``folder`` (sorted by name) into request bodies of ``per_request``."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in MIME)[: max(limit, 1)]
+    if not paths:
+        raise LoadgenError(f"no images (.jpg, .png, .tif) in {folder}")
+    files = [(p.name, p.read_bytes()) for p in paths]
+    payloads = []
+    for start in range(0, len(files), per_request):
+        group = files[start : start + per_request]
+        if len(group) < per_request and payloads:
+            break
+        payloads.append(Payload(multipart_body(group, field_name, extra), len(group)))
+    return payloads
+
+
+def check_loopback(url: str) -> tuple[str, int, str]:
+    """Split ``url`` into host, port, path; refuse anything that is not a loopback address."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "http" or not loopback:
+        raise LoadgenError(f"the load generator only targets http on loopback, not {url!r}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return host, parts.port or 80, path
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """Read one HTTP/1.1 response; returns (status, body, keep_alive)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        body = b"".join(chunks)
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    keep_alive = headers.get("connection", "").lower() != "close"
+    return status, body, keep_alive
+
+
+async def _worker(
+    index: int,
+    host: str,
+    port: int,
+    request_head: bytes,
+    payloads: list[Payload],
+    budget: dict[str, Any],
+    outcome: Outcome,
+    timeout_s: float,
+) -> None:
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    position = index
+    while True:
+        if budget["left"] <= 0 or time.perf_counter() >= budget["deadline"]:
+            break
+        budget["left"] -= 1
+        payload = payloads[position % len(payloads)]
+        position += budget["stride"]
+        start = time.perf_counter()
+        try:
+            if writer is None or reader is None:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), timeout_s
+                )
+            writer.write(request_head % len(payload.body) + payload.body)
+            status, _body, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            outcome.sent += 1
+            outcome.count(type(exc).__name__)
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            continue
+        elapsed = time.perf_counter() - start
+        outcome.sent += 1
+        outcome.count(str(status))
+        if 200 <= status < 300:
+            outcome.latencies_s.append(elapsed)
+            outcome.images_ok += payload.images
+        if not keep_alive:
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def run_load(
+    url: str,
+    payloads: list[Payload],
+    *,
+    concurrency: int,
+    max_requests: int,
+    duration_s: float,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+    warmup: int = 0,
+) -> dict[str, Any]:
+    """Run the closed loop and return its summary (see the module docstring)."""
+    if concurrency < 1 or max_requests < 1 or duration_s <= 0:
+        raise LoadgenError("concurrency, requests and duration must be positive")
+    host, port, path = check_loopback(url)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request_head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"{extra}Content-Length: %d\r\n\r\n"
+    ).encode()
+    if warmup:
+        warm = Outcome()
+        warm_budget = {"left": warmup, "deadline": time.perf_counter() + duration_s, "stride": 1}
+        await _worker(0, host, port, request_head, payloads, warm_budget, warm, timeout_s)
+    outcome = Outcome()
+    budget: dict[str, Any] = {
+        "left": max_requests,
+        "deadline": time.perf_counter() + duration_s,
+        "stride": concurrency,
+    }
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(
+            _worker(i, host, port, request_head, payloads, budget, outcome, timeout_s)
+            for i in range(concurrency)
+        )
+    )
+    wall = time.perf_counter() - start
+    return summarise(outcome, wall, concurrency)
+
+
+def summarise(outcome: Outcome, wall_s: float, concurrency: int) -> dict[str, Any]:
+    """Turn raw outcomes into the printed summary."""
+    ok = sum(n for s, n in outcome.statuses.items() if s.isdigit() and 200 <= int(s) < 300)
+    lat_ms = [t * 1000.0 for t in outcome.latencies_s]
+    return {
+        "concurrency": concurrency,
+        "requests": outcome.sent,
+        "ok": ok,
+        "errors": outcome.sent - ok,
+        "statuses": dict(sorted(outcome.statuses.items())),
+        "images_ok": outcome.images_ok,
+        "wall_s": wall_s,
+        "requests_per_s": ok / wall_s if wall_s > 0 else 0.0,
+        "images_per_s": outcome.images_ok / wall_s if wall_s > 0 else 0.0,
+        "p50_ms": percentile(lat_ms, 50),
+        "p95_ms": percentile(lat_ms, 95),
+        "p99_ms": percentile(lat_ms, 99),
+        "mean_ms": sum(lat_ms) / len(lat_ms) if lat_ms else float("nan"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the load generator."""
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
+    parser.add_argument("--url", required=True, help="http://127.0.0.1:PORT/path (loopback only)")
+    parser.add_argument("--images", type=Path, required=True, help="folder of images to send")
+    parser.add_argument("--field", default="image", help="multipart file field name")
+    parser.add_argument("--per-request", type=int, default=1, help="images per request")
+    parser.add_argument("--form", action="append", default=[], help="extra form field k=v")
+    parser.add_argument("--header", action="append", default=[], help="extra header 'K: V'")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=200, help="stop after this many")
+    parser.add_argument("--duration", type=float, default=20.0, help="stop after these seconds")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed requests first")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
+    parser.add_argument("--limit-images", type=int, default=512)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one bounded load test and print its JSON summary on stdout."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    try:
+        form = dict(item.split("=", 1) for item in args.form)
+        headers = dict((s.strip() for s in item.split(":", 1)) for item in args.header)
+        payloads = build_payloads(
+            args.images, args.field, args.per_request, form, args.limit_images
+        )
+        result = asyncio.run(
+            run_load(
+                args.url,
+                payloads,
+                concurrency=args.concurrency,
+                max_requests=args.requests,
+                duration_s=args.duration,
+                headers=headers,
+                timeout_s=args.timeout,
+                warmup=args.warmup,
+            )
+        )
+    except (LoadgenError, ValueError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

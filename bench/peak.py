@@ -1,0 +1,76 @@
+"""What the machine can do: measured fp32 matrix-multiply peak, and what the model costs.
+
+The peak is the best of a few large single-precision GEMMs (numpy's BLAS and torch's), using every
+CPU this process may run on. The model cost is counted by ``torch.utils.flop_counter`` on one
+224x224 image (convolutions and matrix products; 2 FLOPs per multiply-add).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _gemm_gflops(multiply: Any, a: Any, b: Any, n: int, repeats: int) -> float:
+    multiply(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        multiply(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GEMM rate of numpy's BLAS on ``n x n`` matrices, in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return _gemm_gflops(np.matmul, a, b, n, repeats)
+
+
+def torch_sgemm_gflops(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
+    """Best fp32 GEMM rate of torch (oneDNN/MKL) on ``n x n`` matrices, in GFLOP/s."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator)
+    b = torch.randn(n, n, generator=generator)
+    with torch.inference_mode():
+        return _gemm_gflops(torch.mm, a, b, n, repeats)
+
+
+def fp32_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured fp32 matrix-multiply peak: both libraries and the best of them (GFLOP/s)."""
+    result = {"numpy_gflops": numpy_sgemm_gflops(n, repeats)}
+    try:
+        result["torch_gflops"] = torch_sgemm_gflops(n, repeats)
+    except ImportError:
+        logger.info("torch not installed: peak from numpy only")
+    result["peak_gflops"] = max(result.values())
+    return result
+
+
+def model_gflops(num_classes: int | None = None, size: int = 224) -> float:
+    """FLOPs of one forward pass of the bundle's network on one ``size`` image, in GFLOP.
+
+    Counts the network as exported (:class:`model.backbone.ExportWrapper`: logits, pooled
+    features and the in-graph class activation maps).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.backbone import ExportWrapper, create_model
+
+    wrapper = ExportWrapper(create_model(num_classes, pretrained=False)).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        wrapper(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops()) / 1e9
