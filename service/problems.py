@@ -1,0 +1,137 @@
+"""``application/problem+json`` (RFC 9457) errors and the handlers that render them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://cites-vision.example/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error the API reports to its caller as a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.title = title or slug.replace("-", " ").capitalize()
+        self.headers = dict(headers or {})
+        self.errors = list(errors) if errors is not None else None
+
+    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem document as a JSON-ready dict."""
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+
+class ProblemResponse(JSONResponse):
+    """A JSON response with the problem media type."""
+
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> ProblemResponse:
+    """Render a :class:`Problem` as an HTTP response."""
+    return ProblemResponse(
+        problem.to_dict(instance), status_code=problem.status, headers=problem.headers
+    )
+
+
+_SLUGS = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+}
+
+
+def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)  # registered for this type only
+    status = exc.status_code
+    slug = _SLUGS.get(status, f"http-{status}")
+    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = str(exc.detail) if exc.detail else reason
+    if status == 404 and detail == "Not Found":
+        detail = f"No resource at {request.url.path}; see /docs for the API."
+    if status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs."
+    problem = Problem(status, slug, detail, title=reason, headers=exc.headers)
+    return problem_response(problem, request.url.path)
+
+
+def _validation(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": list(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in exc.errors()
+    ]
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+    problem = Problem(
+        422,
+        "validation-error",
+        "The request is not valid: " + "; ".join(parts),
+        title="Invalid request",
+        errors=errors,
+    )
+    return problem_response(problem, request.url.path)
+
+
+def _problem(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc, request.url.path)
+
+
+def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    problem = Problem(
+        500,
+        "internal-error",
+        "The service failed unexpectedly; the error is logged. Try again or report it.",
+        title="Internal error",
+    )
+    return problem_response(problem, request.url.path)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error of ``app`` an ``application/problem+json`` response."""
+    app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Exception, _unexpected)

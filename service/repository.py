@@ -1,0 +1,244 @@
+"""Storage operations on identifications, images and feedback (SQLAlchemy sessions)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.imagestore import PreparedImage
+from service.keys import Principal
+from service.tables import Feedback, Identification, ServiceState, StoredImage
+
+ACTIVE_MODEL_KEY = "active_model_version"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def iso(value: datetime) -> str:
+    """ISO 8601 UTC with a ``Z``."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def record_image(session: Session, image: PreparedImage, relative_path: str) -> StoredImage:
+    """The image row for ``image``, created if new (the file must already be stored)."""
+    row = session.get(StoredImage, image.sha256)
+    if row is not None:
+        return row
+    row = StoredImage(
+        sha256=image.sha256,
+        path=relative_path,
+        size=len(image.data),
+        mime=image.mime,
+        width=image.width,
+        height=image.height,
+        created_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # stored concurrently by another request: same content
+        existing = session.get(StoredImage, image.sha256)
+        if existing is None:
+            raise
+        return existing
+    return row
+
+
+@dataclass(frozen=True)
+class NewIdentification:
+    """What an identification row records (``result`` is the response body)."""
+
+    principal: Principal
+    image_sha256: str
+    model_version: str
+    modality: str
+    origin_country: str | None
+    case_ref: str | None
+    decision_kind: str
+    label: str | None
+    taxon: str | None
+    probability: float
+    rule: str
+    result: dict[str, Any]
+
+
+def new_id() -> str:
+    """A fresh UUID4 string."""
+    return str(uuid.uuid4())
+
+
+def add_identification(
+    session: Session, new: NewIdentification, *, ident_id: str, created_at: datetime
+) -> Identification:
+    """Insert one identification (the caller commits)."""
+    row = Identification(
+        id=ident_id,
+        created_at=created_at,
+        created_by=new.principal.key_id,
+        created_by_name=new.principal.name,
+        image_sha256=new.image_sha256,
+        model_version=new.model_version,
+        modality=new.modality,
+        origin_country=new.origin_country,
+        case_ref=new.case_ref,
+        decision_kind=new.decision_kind,
+        label=new.label,
+        taxon=new.taxon,
+        probability=new.probability,
+        rule=new.rule,
+        result=new.result,
+    )
+    session.add(row)
+    return row
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """Filters of the identification list."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    case_ref: str | None = None
+    decision: str | None = None
+    label: str | None = None
+    created_by: str | None = None
+
+
+def list_identifications(
+    session: Session, filters: ListFilter, *, limit: int, offset: int
+) -> tuple[list[Identification], int]:
+    """A page of identifications, newest first, and the total that match."""
+    query = select(Identification)
+    if filters.since is not None:
+        query = query.where(Identification.created_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(Identification.created_at < filters.until)
+    if filters.case_ref is not None:
+        query = query.where(Identification.case_ref == filters.case_ref)
+    if filters.decision is not None:
+        query = query.where(Identification.decision_kind == filters.decision)
+    if filters.label is not None:
+        query = query.where(Identification.label == filters.label)
+    if filters.created_by is not None:
+        query = query.where(Identification.created_by == filters.created_by)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Identification.created_at.desc(), Identification.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), int(total)
+
+
+def add_feedback(
+    session: Session,
+    identification: Identification,
+    principal: Principal,
+    *,
+    verdict: str,
+    label: str | None,
+    taxon_id: str | None,
+    note: str | None,
+) -> Feedback:
+    """Append a feedback entry (never updates an older one) and commit."""
+    row = Feedback(
+        id=new_id(),
+        identification_id=identification.id,
+        created_at=utcnow(),
+        created_by=principal.key_id,
+        created_by_name=principal.name,
+        verdict=verdict,
+        label=label,
+        taxon_id=taxon_id,
+        note=note,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def feedback_history(session: Session, identification_id: str) -> list[Feedback]:
+    """Every feedback entry of an identification, oldest first."""
+    return list(
+        session.scalars(
+            select(Feedback)
+            .where(Feedback.identification_id == identification_id)
+            .order_by(Feedback.created_at, Feedback.id)
+        ).all()
+    )
+
+
+def latest_feedback(session: Session, ids: Sequence[str]) -> dict[str, Feedback]:
+    """The newest feedback entry of each identification in ``ids`` that has one."""
+    if not ids:
+        return {}
+    rows = session.scalars(
+        select(Feedback)
+        .where(Feedback.identification_id.in_(list(ids)))
+        .order_by(Feedback.created_at, Feedback.id)
+    ).all()
+    latest: dict[str, Feedback] = {}
+    for row in rows:
+        latest[row.identification_id] = row  # later rows win
+    return latest
+
+
+def iter_export_rows(
+    session: Session, since: datetime | None = None
+) -> Iterator[tuple[Identification, Feedback, StoredImage]]:
+    """Each identification with feedback, its latest feedback entry and its image."""
+    query = select(Feedback).order_by(Feedback.created_at, Feedback.id)
+    if since is not None:
+        query = query.where(Feedback.created_at >= since)
+    latest: dict[str, Feedback] = {}
+    for row in session.scalars(query):
+        latest[row.identification_id] = row
+    for ident_id in sorted(latest):
+        ident = session.get(Identification, ident_id)
+        if ident is None:
+            continue
+        image = session.get(StoredImage, ident.image_sha256)
+        if image is None:
+            continue
+        yield ident, latest[ident_id], image
+
+
+def feedback_to_dict(row: Feedback) -> dict[str, Any]:
+    """JSON-ready form of a feedback entry."""
+    return {
+        "id": row.id,
+        "identification_id": row.identification_id,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by_name,
+        "verdict": row.verdict,
+        "label": row.label,
+        "taxon_id": row.taxon_id,
+        "note": row.note,
+    }
+
+
+def get_state(session: Session, key: str) -> str | None:
+    """A persisted service fact, or None."""
+    row = session.get(ServiceState, key)
+    return row.value if row is not None else None
+
+
+def set_state(session: Session, key: str, value: str) -> None:
+    """Persist a service fact and commit."""
+    row = session.get(ServiceState, key)
+    if row is None:
+        session.add(ServiceState(key=key, value=value, updated_at=utcnow()))
+    else:
+        row.value = value
+        row.updated_at = utcnow()
+    session.commit()

@@ -1,0 +1,122 @@
+"""The database schema (SQLAlchemy 2 ORM). Migrations in ``service/migrations`` create it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store UTC; refuse naive datetimes, whose zone is unknown."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return aware UTC datetimes."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class ApiKey(Base):
+    """A client's API key; only a hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class StoredImage(Base):
+    """An uploaded image, stored once under its sha256."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(300))
+    size: Mapped[int] = mapped_column(Integer)
+    mime: Mapped[str] = mapped_column(String(100))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Identification(Base):
+    """One answer of the model for one image."""
+
+    __tablename__ = "identifications"
+    __table_args__ = (
+        Index("ix_identifications_created_at", "created_at"),
+        Index("ix_identifications_case_ref", "case_ref"),
+        Index("ix_identifications_decision_kind", "decision_kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_by: Mapped[str | None] = mapped_column(
+        String(16), ForeignKey("api_keys.id"), nullable=True
+    )
+    created_by_name: Mapped[str] = mapped_column(String(200))
+    image_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("images.sha256"))
+    model_version: Mapped[str] = mapped_column(String(200))
+    modality: Mapped[str] = mapped_column(String(20))
+    origin_country: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    case_ref: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    decision_kind: Mapped[str] = mapped_column(String(40))
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    taxon: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    probability: Mapped[float] = mapped_column(Float)
+    rule: Mapped[str] = mapped_column(String(100))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Feedback(Base):
+    """An officer's confirmation or correction; append-only history."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_identification", "identification_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    identification_id: Mapped[str] = mapped_column(String(36), ForeignKey("identifications.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_by: Mapped[str | None] = mapped_column(
+        String(16), ForeignKey("api_keys.id"), nullable=True
+    )
+    created_by_name: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    taxon_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ServiceState(Base):
+    """Small key/value facts the service keeps across restarts (e.g. the active model)."""
+
+    __tablename__ = "service_state"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
