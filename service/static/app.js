@@ -890,6 +890,7 @@
         const i = document.createElement("i");
         i.textContent = d.taxon.scientific_name;
         title.append(i);
+        if (d.taxon.common_name) title.append(document.createTextNode(" (" + d.taxon.common_name + ")"));
       } else {
         title.textContent = d.label ? labelName(d.label, ident.top_k) : t("noTaxon");
       }
