@@ -1,0 +1,601 @@
+"""The model bundle: a versioned folder ``weights/<version>/`` that a predictor can trust.
+
+Layout (see ``docs/architecture.md``)::
+
+    manifest.json      schema_version 1; sha256 of every other file under "files"
+    model.onnx         fp32, one file: input "image", outputs "logits", "features", "cam"
+    model.int8.onnx    optional
+    labels.tsv         index, id, name, taxon_id, kind
+    ood.npz            optional out-of-domain model
+    *.json/*.md/*.png  optional reports
+
+:func:`write_bundle` builds the folder in a temporary sibling, verifies it with
+:func:`load_bundle` and renames it into place, so a reader never sees half a bundle.
+:func:`load_bundle` refuses a damaged or incomplete bundle with a :class:`BundleError` that
+names the file or manifest key at fault. No network access, no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from model.decision import Thresholds
+from model.labels import Label, LabelsError, read_labels, write_labels
+from model.ood import OOD_METHOD, OodError, OodModel
+from model.preprocess import PreprocessConfig
+from model.taxonomy import Taxonomy, default_taxonomy
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+LABELS_FILE = "labels.tsv"
+OOD_FILE = "ood.npz"
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+MODALITIES: tuple[str, ...] = ("camera", "xray")
+Precision = Literal["fp32", "int8", "auto"]
+
+_VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_SHA_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "version": str,
+    "created_at": str,
+    "backbone": str,
+    "preprocess": dict,
+    "modalities": list,
+    "labels_file": str,
+    "models": dict,
+    "temperature": (int, float),
+    "thresholds": dict,
+    "ood": (dict, type(None)),
+    "metrics": dict,
+    "training": dict,
+    "limitations": list,
+    "provenance": dict,
+    "recommended": bool,
+    "files": dict,
+}
+_CHUNK = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete, damaged or inconsistent; the message names what."""
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    """The manifest's ``ood`` object: the method, its file and the score threshold."""
+
+    method: str
+    file: str
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored in the manifest."""
+        return {"method": self.method, "file": self.file, "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """The typed content of ``manifest.json`` (see the module docstring and the contract)."""
+
+    schema_version: int
+    version: str
+    created_at: str
+    backbone: str
+    preprocess: PreprocessConfig
+    modalities: tuple[str, ...]
+    labels_file: str
+    models: Mapping[str, str | None]
+    temperature: float
+    thresholds: Thresholds
+    ood: OodSpec | None
+    metrics: Mapping[str, Any]
+    training: Mapping[str, Any]
+    limitations: tuple[str, ...]
+    provenance: Mapping[str, Any]
+    recommended: bool
+    files: Mapping[str, str]
+
+    @property
+    def parent_version(self) -> str | None:
+        """The version this bundle was trained from, if any (recorded in provenance)."""
+        value = self.provenance.get("parent_version")
+        return value if isinstance(value, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data, keys in contract order."""
+        return {
+            "schema_version": self.schema_version,
+            "version": self.version,
+            "created_at": self.created_at,
+            "backbone": self.backbone,
+            "preprocess": self.preprocess.to_dict(),
+            "modalities": list(self.modalities),
+            "labels_file": self.labels_file,
+            "models": dict(self.models),
+            "temperature": self.temperature,
+            "thresholds": self.thresholds.to_dict(),
+            "ood": None if self.ood is None else self.ood.to_dict(),
+            "metrics": dict(self.metrics),
+            "training": dict(self.training),
+            "limitations": list(self.limitations),
+            "provenance": dict(self.provenance),
+            "recommended": self.recommended,
+            "files": dict(self.files),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = MANIFEST_FILE) -> BundleManifest:
+        """Validate and type a parsed manifest; :class:`BundleError` names the bad key."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: the manifest must be a JSON object")
+        if "schema_version" not in data:
+            raise BundleError(f"{source}: missing key 'schema_version'")
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise BundleError(
+                f"{source}: schema_version {data['schema_version']!r} is not supported "
+                f"(this program reads {SCHEMA_VERSION}); use a matching cites-vision version"
+            )
+        for key, expected in _REQUIRED_KEYS.items():
+            if key not in data:
+                raise BundleError(f"{source}: missing key {key!r}")
+            value = data[key]
+            if isinstance(value, bool) and expected is not bool:
+                raise BundleError(f"{source}: key {key!r} has the wrong type (bool)")
+            if not isinstance(value, expected):
+                raise BundleError(
+                    f"{source}: key {key!r} has the wrong type ({type(value).__name__})"
+                )
+        unknown = sorted(set(data) - set(_REQUIRED_KEYS))
+        if unknown:
+            raise BundleError(f"{source}: unknown keys {unknown}")
+        _check_version(data["version"], f"{source}: key 'version'")
+        try:
+            preprocess = PreprocessConfig.from_dict(data["preprocess"])
+        except ValueError as exc:
+            raise BundleError(f"{source}: key 'preprocess': {exc}") from exc
+        try:
+            thresholds = Thresholds.from_dict(data["thresholds"])
+        except ValueError as exc:
+            raise BundleError(f"{source}: key 'thresholds': {exc}") from exc
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            version=data["version"],
+            created_at=data["created_at"],
+            backbone=data["backbone"],
+            preprocess=preprocess,
+            modalities=_modalities(data["modalities"], f"{source}: key 'modalities'"),
+            labels_file=_file_name(data["labels_file"], f"{source}: key 'labels_file'"),
+            models=_models(data["models"], f"{source}: key 'models'"),
+            temperature=_temperature(data["temperature"], f"{source}: key 'temperature'"),
+            thresholds=thresholds,
+            ood=_ood_spec(data["ood"], f"{source}: key 'ood'"),
+            metrics=data["metrics"],
+            training=data["training"],
+            limitations=_strings(data["limitations"], f"{source}: key 'limitations'"),
+            provenance=data["provenance"],
+            recommended=data["recommended"],
+            files=_files(data["files"], f"{source}: key 'files'"),
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: where it is, its manifest, its labels and its OOD model (if any)."""
+
+    path: Path
+    manifest: BundleManifest
+    labels: tuple[Label, ...]
+    ood: OodModel | None = field(default=None, compare=False)
+
+    @property
+    def version(self) -> str:
+        """The bundle's version (its folder name by convention)."""
+        return self.manifest.version
+
+    @property
+    def has_int8(self) -> bool:
+        """True when the bundle ships an INT8 model."""
+        return self.manifest.models.get("int8") is not None
+
+    def resolve_precision(self, precision: Precision = "auto") -> Literal["fp32", "int8"]:
+        """``auto`` means INT8 when the bundle has it, else fp32; INT8 must exist if asked."""
+        if precision == "auto":
+            return "int8" if self.has_int8 else "fp32"
+        if precision == "int8" and not self.has_int8:
+            raise BundleError(
+                f"bundle {self.version} has no INT8 model; use precision 'fp32' or 'auto'"
+            )
+        if precision not in ("fp32", "int8"):
+            raise BundleError(f"precision must be fp32, int8 or auto, got {precision!r}")
+        return precision
+
+    def model_path(self, precision: Precision = "auto") -> Path:
+        """Path of the ONNX file for ``precision`` (see :meth:`resolve_precision`)."""
+        name = self.manifest.models[self.resolve_precision(precision)]
+        if name is None:  # pragma: no cover - excluded by resolve_precision
+            raise BundleError(f"bundle {self.version} has no {precision} model")
+        return self.path / name
+
+    def file_path(self, name: str) -> Path:
+        """Path of a file listed in the manifest (e.g. a report)."""
+        if name not in self.manifest.files:
+            raise BundleError(f"{name!r} is not a file of bundle {self.version}")
+        return self.path / name
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """One entry of :func:`list_bundles`; ``error`` says why an entry is unusable."""
+
+    path: Path
+    version: str
+    created_at: str | None
+    recommended: bool
+    parent_version: str | None
+    metrics: Mapping[str, Any]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the bundle could be read (and verified, if asked)."""
+        return self.error is None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_version(version: str, where: str) -> None:
+    if not _VERSION_PATTERN.match(version):
+        raise BundleError(
+            f"{where}: {version!r} is not a valid version (letters, digits, '.', '_', '-'; "
+            "at most 64 characters, e.g. 'ivory-2026-01-15')"
+        )
+
+
+def _file_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _FILE_PATTERN.match(name) or name == MANIFEST_FILE:
+        raise BundleError(f"{where}: {name!r} is not a plain file name inside the bundle")
+    return name
+
+
+def _modalities(value: list[Any], where: str) -> tuple[str, ...]:
+    if not value:
+        raise BundleError(f"{where}: at least one modality is required ({', '.join(MODALITIES)})")
+    for item in value:
+        if item not in MODALITIES:
+            raise BundleError(
+                f"{where}: unknown modality {item!r} (known: {', '.join(MODALITIES)})"
+            )
+    if len(set(value)) != len(value):
+        raise BundleError(f"{where}: modalities repeat")
+    return tuple(value)
+
+
+def _models(value: dict[str, Any], where: str) -> dict[str, str | None]:
+    if set(value) != {"fp32", "int8"}:
+        raise BundleError(f"{where}: must have exactly the keys 'fp32' and 'int8'")
+    models: dict[str, str | None] = {"fp32": _file_name(value["fp32"], f"{where}.fp32")}
+    models["int8"] = None if value["int8"] is None else _file_name(value["int8"], f"{where}.int8")
+    return models
+
+
+def _temperature(value: float, where: str) -> float:
+    temperature = float(value)
+    if not 0.01 <= temperature <= 100.0:
+        raise BundleError(f"{where}: {value!r} must be in [0.01, 100]")
+    return temperature
+
+
+def _ood_spec(value: dict[str, Any] | None, where: str) -> OodSpec | None:
+    if value is None:
+        return None
+    if set(value) != {"method", "file", "threshold"}:
+        raise BundleError(f"{where}: must have exactly the keys 'method', 'file', 'threshold'")
+    if value["method"] != OOD_METHOD:
+        raise BundleError(f"{where}.method: {value['method']!r} is not supported ({OOD_METHOD})")
+    threshold = value["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
+        raise BundleError(f"{where}.threshold: must be a positive number, got {threshold!r}")
+    return OodSpec(OOD_METHOD, _file_name(value["file"], f"{where}.file"), float(threshold))
+
+
+def _strings(value: list[Any], where: str) -> tuple[str, ...]:
+    for item in value:
+        if not isinstance(item, str):
+            raise BundleError(f"{where}: every entry must be a string, got {item!r}")
+    return tuple(value)
+
+
+def _files(value: dict[str, Any], where: str) -> dict[str, str]:
+    for name, digest in value.items():
+        _file_name(name, where)
+        if not isinstance(digest, str) or not _SHA_PATTERN.match(digest):
+            raise BundleError(f"{where}: {name!r} needs a lower-case hex sha256, got {digest!r}")
+    return dict(value)
+
+
+def _has_taxon(taxonomy: Taxonomy, taxon_id: str) -> bool:
+    try:
+        return taxonomy.get(taxon_id) is not None
+    except KeyError:
+        return False
+
+
+def _check_labels_against_taxonomy(labels: Sequence[Label], taxonomy: Taxonomy, where: str) -> None:
+    for label in labels:
+        if label.taxon_id and not _has_taxon(taxonomy, label.taxon_id):
+            raise BundleError(
+                f"{where}: label {label.id!r} names taxon {label.taxon_id!r}, which is not in "
+                "the taxonomy (see 'cites-vision taxa')"
+            )
+
+
+def _onnx_output_classes(path: Path) -> int | None:
+    """Number of classes of the ``logits`` output, read with ``onnx`` when it is installed."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise BundleError(f"{path.name}: not a readable ONNX model ({exc})") from exc
+    for output in graph.output:
+        if output.name == "logits":
+            dims = output.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].dim_value > 0:
+                return int(dims[1].dim_value)
+            return None
+    raise BundleError(f"{path.name}: the ONNX graph has no 'logits' output")
+
+
+def _verify_files(path: Path, manifest: BundleManifest) -> None:
+    referenced = [manifest.labels_file, *[m for m in manifest.models.values() if m]]
+    if manifest.ood is not None:
+        referenced.append(manifest.ood.file)
+    for name in referenced:
+        if name not in manifest.files:
+            raise BundleError(f"{path / MANIFEST_FILE}: {name!r} is used but not listed in 'files'")
+    for name, expected in manifest.files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise BundleError(
+                f"{file_path}: listed in the manifest but missing (incomplete bundle)"
+            )
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise BundleError(
+                f"{file_path}: sha256 {actual[:12]}... does not match the manifest "
+                f"({expected[:12]}...); the file is damaged or was changed"
+            )
+    listed = set(manifest.files) | {MANIFEST_FILE}
+    for extra in sorted(p.name for p in path.iterdir() if p.name not in listed):
+        logger.warning("%s: %s is not listed in the manifest; ignored", path, extra)
+
+
+def load_bundle(path: Path, *, taxonomy: Taxonomy | None = None) -> Bundle:
+    """Read and verify a bundle folder.
+
+    Checks the manifest (schema version, every key and its type), that each listed file is
+    present with the recorded sha256, that the labels parse and name taxa of ``taxonomy``
+    (default: the packaged one), that the label count matches the ONNX ``logits`` width (when
+    ``onnx`` is installed; the predictor checks again from its session) and that ``ood.npz``
+    loads. Raises :class:`BundleError` naming the file or key at fault.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing; {path} is not a bundle (or is incomplete)")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    manifest = BundleManifest.from_dict(data, str(manifest_path))
+    _verify_files(path, manifest)
+
+    labels_path = path / manifest.labels_file
+    try:
+        labels = read_labels(labels_path)
+    except LabelsError as exc:
+        raise BundleError(str(exc)) from exc
+    _check_labels_against_taxonomy(labels, taxonomy or default_taxonomy(), str(labels_path))
+    for precision, name in manifest.models.items():
+        if name is None:
+            continue
+        classes = _onnx_output_classes(path / name)
+        if classes is not None and classes != len(labels):
+            raise BundleError(
+                f"{path / name}: the {precision} model has {classes} outputs but "
+                f"{manifest.labels_file} has {len(labels)} labels"
+            )
+    ood: OodModel | None = None
+    if manifest.ood is not None:
+        try:
+            ood = OodModel.load(path / manifest.ood.file)
+        except OodError as exc:
+            raise BundleError(str(exc)) from exc
+    logger.debug("loaded bundle %s from %s", manifest.version, path)
+    return Bundle(path=path, manifest=manifest, labels=tuple(labels), ood=ood)
+
+
+def _default_provenance(parent_version: str | None) -> dict[str, Any]:
+    return {
+        "parent_version": parent_version,
+        "host": platform.node(),
+        "python": platform.python_version(),
+    }
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    version: str,
+    onnx_fp32: Path,
+    onnx_int8: Path | None,
+    labels: Sequence[Label],
+    preprocess: PreprocessConfig,
+    temperature: float,
+    thresholds: Thresholds,
+    modalities: Sequence[str],
+    metrics: Mapping[str, Any],
+    training: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    limitations: Sequence[str],
+    ood: OodModel | None = None,
+    ood_threshold: float | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+    recommended: bool = True,
+    parent_version: str | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    taxonomy: Taxonomy | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out_dir/<version>/`` atomically and return its path.
+
+    Files are copied into a temporary sibling folder, hashed, described in ``manifest.json``,
+    verified with :func:`load_bundle` and only then renamed into place. An existing version is
+    refused unless ``overwrite``. ``provenance`` is stored with ``parent_version``, ``host`` and
+    ``python`` added where the caller did not give them.
+    """
+    out_dir = Path(out_dir)
+    _check_version(version, "version")
+    if (ood is None) != (ood_threshold is None):
+        raise BundleError("ood and ood_threshold must be given together")
+    for modality in modalities:
+        if modality not in MODALITIES:
+            raise BundleError(f"unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
+    sources: dict[str, Path] = {MODEL_FILES["fp32"]: Path(onnx_fp32)}
+    if onnx_int8 is not None:
+        sources[MODEL_FILES["int8"]] = Path(onnx_int8)
+    reserved = {MANIFEST_FILE, LABELS_FILE, OOD_FILE, *MODEL_FILES.values()}
+    for name, source in (extra_files or {}).items():
+        _file_name(name, "extra_files")
+        if name in reserved:
+            raise BundleError(f"extra_files: {name!r} is reserved for the bundle itself")
+        sources[name] = Path(source)
+    for name, source in sources.items():
+        if not source.is_file():
+            raise BundleError(f"{source}: no such file (for {name})")
+
+    final = out_dir / version
+    if final.exists() and not overwrite:
+        raise BundleError(f"{final} already exists; choose a new version or pass overwrite=True")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=out_dir))
+    try:
+        for name, source in sources.items():
+            shutil.copyfile(source, staging / name)
+        write_labels(staging / LABELS_FILE, labels)
+        ood_spec: OodSpec | None = None
+        if ood is not None and ood_threshold is not None:
+            ood.save(staging / OOD_FILE)
+            ood_spec = OodSpec(OOD_METHOD, OOD_FILE, float(ood_threshold))
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        manifest = BundleManifest(
+            schema_version=SCHEMA_VERSION,
+            version=version,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            backbone=backbone,
+            preprocess=preprocess,
+            modalities=tuple(modalities),
+            labels_file=LABELS_FILE,
+            models={
+                "fp32": MODEL_FILES["fp32"],
+                "int8": MODEL_FILES["int8"] if onnx_int8 is not None else None,
+            },
+            temperature=float(temperature),
+            thresholds=thresholds,
+            ood=ood_spec,
+            metrics=dict(metrics),
+            training=dict(training),
+            limitations=tuple(limitations),
+            provenance={**_default_provenance(parent_version), **provenance},
+            recommended=recommended,
+            files=files,
+        )
+        text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False, allow_nan=False)
+        (staging / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
+        load_bundle(staging, taxonomy=taxonomy)
+        _publish(staging, final, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote bundle %s (%d files)", final, len(files) + 1)
+    return final
+
+
+def _publish(staging: Path, final: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``final``; an existing ``final`` is swapped out only if allowed."""
+    staging.chmod(0o755)
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    if not overwrite:
+        raise BundleError(f"{final} appeared while writing; choose a new version")
+    retired = final.with_name(f".{final.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    os.rename(final, retired)
+    os.rename(staging, final)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def list_bundles(weights_dir: Path, *, verify: bool = False) -> list[BundleSummary]:
+    """Bundles under ``weights_dir`` (one folder each), oldest first.
+
+    Without ``verify`` only manifests are read (fast); with it each bundle is fully checked with
+    :func:`load_bundle`. Folders that fail are listed with ``error`` set rather than skipped;
+    hidden folders (staging, retired) are ignored.
+    """
+    weights_dir = Path(weights_dir)
+    if not weights_dir.is_dir():
+        return []
+    summaries: list[BundleSummary] = []
+    for folder in sorted(p for p in weights_dir.iterdir() if p.is_dir()):
+        if folder.name.startswith(".") or not (folder / MANIFEST_FILE).exists():
+            continue
+        try:
+            if verify:
+                manifest = load_bundle(folder).manifest
+            else:
+                data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+                manifest = BundleManifest.from_dict(data, str(folder / MANIFEST_FILE))
+        except (BundleError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            summaries.append(BundleSummary(folder, folder.name, None, False, None, {}, str(exc)))
+            continue
+        summaries.append(
+            BundleSummary(
+                path=folder,
+                version=manifest.version,
+                created_at=manifest.created_at,
+                recommended=manifest.recommended,
+                parent_version=manifest.parent_version,
+                metrics=manifest.metrics,
+            )
+        )
+    summaries.sort(key=lambda s: (s.created_at or "", s.version))
+    return summaries

@@ -1,0 +1,271 @@
+"""The decision: from calibrated label probabilities to one answer, with the rule that decided it.
+
+Rules, in order (the first that applies wins):
+
+1. ``ood_mahalanobis``: the image's out-of-domain score exceeds the bundle's threshold ->
+   ``outside_training_domain`` (the model has not seen anything like it; refer to an expert).
+2. ``label_threshold``: the most probable label is a CITES label and its probability reaches the
+   taxon threshold -> ``taxon`` (the label's taxon).
+3. ``lookalike_threshold``: the most probable label is a look-alike or "not wildlife" label and
+   its probability reaches the look-alike threshold -> ``lookalike`` ("probably not CITES
+   material: <name>").
+4. ``rollup:<rank>``: probabilities of CITES labels are summed up each label's lineage (species
+   -> genus -> family -> order -> class); the most specific taxon whose sum reaches the taxon
+   threshold -> ``taxon`` at that rank.
+5. ``below_thresholds``: nothing reaches a threshold -> ``uncertain`` (refer to an expert).
+
+The appendix of a ``taxon`` decision is the one that applies to the taxon for the origin country
+(``Taxonomy.appendix_for``; without a country, the strictest of a split listing), or ``None``
+when the taxon is not listed; the taxonomy's explanation ends the decision's ``reason``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from model.labels import Label
+from model.taxonomy import Appendix, Taxonomy
+
+DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
+
+ROLLUP_RANKS: tuple[str, ...] = ("subspecies", "variety", "species", "genus", "family", "order")
+"""Ranks the roll-up may answer with, most specific first; it stops at ``class``."""
+_ROLLUP_LIMIT = "class"
+_RANK_ORDER: dict[str, int] = {
+    rank: position for position, rank in enumerate((*ROLLUP_RANKS, _ROLLUP_LIMIT))
+}
+
+REFER = "refer to an expert"
+
+
+class DecisionError(ValueError):
+    """Inputs to :func:`decide` are inconsistent (e.g. probabilities and labels differ)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds on calibrated probabilities, each in (0, 1]."""
+
+    taxon: float
+    lookalike: float
+
+    def __post_init__(self) -> None:
+        for name in ("taxon", "lookalike"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 < float(value) <= 1.0
+            ):
+                raise ValueError(f"threshold {name!r} must be a number in (0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    def to_dict(self) -> dict[str, float]:
+        """The thresholds as the manifest stores them."""
+        return {"taxon": self.taxon, "lookalike": self.lookalike}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Thresholds:
+        """Read ``{"taxon": p, "lookalike": p}``; raises ``ValueError`` naming the bad key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"thresholds must be an object, got {type(data).__name__}")
+        unknown = set(data) - {"taxon", "lookalike"}
+        if unknown:
+            raise ValueError(f"unknown threshold keys {sorted(unknown)}")
+        missing = {"taxon", "lookalike"} - set(data)
+        if missing:
+            raise ValueError(f"missing threshold keys {sorted(missing)}")
+        return cls(taxon=data["taxon"], lookalike=data["lookalike"])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One answer for one image.
+
+    Attributes:
+        kind: ``taxon``, ``lookalike``, ``uncertain`` or ``outside_training_domain``.
+        label_id: the deciding label (``label_threshold``/``lookalike_threshold``), else None.
+        taxon_id: the taxon answered (for look-alikes the look-alike material), else None.
+        probability: the probability that cleared the threshold (for ``uncertain`` and
+            ``outside_training_domain``: the top label's probability).
+        rule: the rule that decided (see the module docstring).
+        reason: one human-readable sentence.
+        appendix: the CITES appendix for the origin country (``"I"``, ``"II"``, ``"III"``) or None.
+        rank: the taxon's rank (``species``, ``genus``...) or None.
+    """
+
+    kind: DecisionKind
+    label_id: str | None
+    taxon_id: str | None
+    probability: float
+    rule: str
+    reason: str
+    appendix: str | None
+    rank: str | None
+
+    @property
+    def refer_to_expert(self) -> bool:
+        """True when the answer is to ask an expert rather than act on a suggestion."""
+        return self.kind in ("uncertain", "outside_training_domain")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "label_id": self.label_id,
+            "taxon_id": self.taxon_id,
+            "probability": self.probability,
+            "rule": self.rule,
+            "reason": self.reason,
+            "appendix": self.appendix,
+            "rank": self.rank,
+            "refer_to_expert": self.refer_to_expert,
+        }
+
+
+def _appendix(
+    taxonomy: Taxonomy, taxon_id: str, origin_country: str | None
+) -> tuple[str | None, str]:
+    """The appendix value (None when not listed) and the taxonomy's explanation."""
+    resolution = taxonomy.appendix_for(taxon_id, origin_country)
+    if resolution.appendix is Appendix.NOT_LISTED:
+        return None, resolution.explanation
+    return resolution.appendix.value, resolution.explanation
+
+
+def _rank(taxonomy: Taxonomy, taxon_id: str) -> str:
+    return str(taxonomy.get(taxon_id).rank)
+
+
+def _taxon_decision(
+    taxonomy: Taxonomy,
+    taxon_id: str,
+    probability: float,
+    rule: str,
+    origin_country: str | None,
+    label_id: str | None,
+) -> Decision:
+    taxon = taxonomy.get(taxon_id)
+    appendix, explanation = _appendix(taxonomy, taxon_id, origin_country)
+    return Decision(
+        kind="taxon",
+        label_id=label_id,
+        taxon_id=taxon_id,
+        probability=probability,
+        rule=rule,
+        reason=(
+            f"{taxon.scientific_name} ({taxon.rank}) with probability {probability:.2f}; "
+            f"{explanation}"
+        ),
+        appendix=appendix,
+        rank=str(taxon.rank),
+    )
+
+
+def rollup(
+    probabilities: npt.NDArray[np.floating[Any]], labels: Sequence[Label], taxonomy: Taxonomy
+) -> dict[str, float]:
+    """Summed probability of every taxon on the lineage of a CITES label, up to ``class``."""
+    sums: dict[str, float] = {}
+    for label in labels:
+        if label.kind != "cites":
+            continue
+        probability = float(probabilities[label.index])
+        for taxon in taxonomy.lineage(label.taxon_id):
+            sums[taxon.id] = sums.get(taxon.id, 0.0) + probability
+            if str(taxon.rank) == _ROLLUP_LIMIT:
+                break
+    return sums
+
+
+def _most_specific(sums: dict[str, float], taxonomy: Taxonomy, threshold: float) -> str | None:
+    best: tuple[int, float, str] | None = None
+    for taxon_id, total in sums.items():
+        if total < threshold:
+            continue
+        rank = _rank(taxonomy, taxon_id)
+        order = _RANK_ORDER.get(rank)
+        if order is None or rank == _ROLLUP_LIMIT:
+            continue
+        key = (order, -total, taxon_id)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[2]
+
+
+def decide(
+    probabilities: npt.ArrayLike,
+    labels: Sequence[Label],
+    taxonomy: Taxonomy,
+    thresholds: Thresholds,
+    origin_country: str | None = None,
+    ood_score: float | None = None,
+    ood_threshold: float | None = None,
+) -> Decision:
+    """Decide one image from its calibrated label probabilities (C,) (rules: module docstring)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 1 or probs.shape[0] != len(labels):
+        raise DecisionError(
+            f"probabilities must have shape ({len(labels)},), got {tuple(probs.shape)}"
+        )
+    if not np.all(np.isfinite(probs)):
+        raise DecisionError("probabilities contain NaN or infinite values")
+    top = labels[int(np.argmax(probs))]
+    top_p = float(probs[top.index])
+
+    if ood_score is not None and ood_threshold is not None and ood_score > ood_threshold:
+        shown = f"{ood_score:.2f}" if math.isfinite(ood_score) else str(ood_score)
+        return Decision(
+            kind="outside_training_domain",
+            label_id=None,
+            taxon_id=None,
+            probability=top_p,
+            rule="ood_mahalanobis",
+            reason=(
+                f"the image is unlike the images this model was trained on (score {shown} > "
+                f"{ood_threshold:.2f}); its suggestion is not reliable: {REFER}"
+            ),
+            appendix=None,
+            rank=None,
+        )
+    if top.kind == "cites" and top_p >= thresholds.taxon:
+        return _taxon_decision(
+            taxonomy, top.taxon_id, top_p, "label_threshold", origin_country, top.id
+        )
+    if top.kind != "cites" and top_p >= thresholds.lookalike:
+        return Decision(
+            kind="lookalike",
+            label_id=top.id,
+            taxon_id=top.taxon_id or None,
+            probability=top_p,
+            rule="lookalike_threshold",
+            reason=f"probably not CITES material: {top.name}",
+            appendix=None,
+            rank=None,
+        )
+    sums = rollup(probs, labels, taxonomy)
+    chosen = _most_specific(sums, taxonomy, thresholds.taxon)
+    if chosen is not None:
+        rank = _rank(taxonomy, chosen)
+        return _taxon_decision(
+            taxonomy, chosen, sums[chosen], f"rollup:{rank}", origin_country, None
+        )
+    return Decision(
+        kind="uncertain",
+        label_id=None,
+        taxon_id=None,
+        probability=top_p,
+        rule="below_thresholds",
+        reason=(
+            f"no label or taxon reaches the thresholds (most likely: {top.name}, "
+            f"{top_p:.2f}); {REFER}"
+        ),
+        appendix=None,
+        rank=None,
+    )

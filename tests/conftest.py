@@ -1,0 +1,41 @@
+"""Shared pytest fixtures (keep small; append with care)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.factories import make_tiny_bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the repository, or ``$CITES_SHARED_DATA``."""
+    override = os.environ.get("CITES_SHARED_DATA")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real-image folder; skips the test when it is absent."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} is absent (set CITES_SHARED_DATA to use it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tiny bundle (see tests/factories.py): red -> label 0, blue -> 1, green -> 2."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_ood(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with an INT8 file (scale halved) and an OOD model."""
+    return make_tiny_bundle(
+        tmp_path_factory.mktemp("weights"), version="tiny-ood", with_int8=True, with_ood=True
+    )
