@@ -460,17 +460,20 @@
     return t("probability", { words: probabilityWords(p), pct });
   }
 
+  const APPENDICES = ["I", "II", "III"];
+
   /** Show the CITES appendix badge: I, II, III, not listed, look-alike, by origin, or unknown. */
   function showAppendix(span, kind, appendix, taxonId) {
     if (kind === "lookalike" || kind === "not_wildlife") return fillBadge(span, "lookalike");
-    if (appendix === "I" || appendix === "II" || appendix === "III") return fillBadge(span, appendix);
+    if (APPENDICES.includes(appendix)) return fillBadge(span, appendix);
+    if (appendix === "not_listed") return fillBadge(span, "none");
     fillBadge(span, "unknown");
     span.dataset.taxon = taxonId || "";
     if (!taxonId) return undefined;
-    // A taxon without an appendix: not listed, or listed by population and no origin was given.
-    return taxonListed(taxonId)
-      .then((listed) => {
-        if (span.dataset.taxon === taxonId) fillBadge(span, listed ? "origin" : "none");
+    // A taxon without an appendix for this origin: ask the taxonomy why.
+    return taxonBadge(taxonId)
+      .then((badge) => {
+        if (span.dataset.taxon === taxonId) fillBadge(span, badge);
       })
       .catch(() => undefined);
   }
@@ -481,15 +484,22 @@
     span.textContent = t("appendix_" + kindName);
   }
 
-  /** Is a taxon listed at all (any appendix for any population)? Cached per language-free id. */
-  async function taxonListed(taxonId) {
-    if (!taxonId) return null;
+  async function getTaxon(taxonId) {
     if (!state.taxonCache.has(taxonId)) {
-      const taxon = await api("/v1/taxa/" + encodeURIComponent(taxonId));
-      state.taxonCache.set(taxonId, taxon);
+      state.taxonCache.set(taxonId, await api("/v1/taxa/" + encodeURIComponent(taxonId)));
     }
-    const taxon = state.taxonCache.get(taxonId);
-    return Array.isArray(taxon.listings) && taxon.listings.some((l) => l.appendix);
+    return state.taxonCache.get(taxonId);
+  }
+
+  /** Badge for a taxon when no origin country decided its appendix. */
+  async function taxonBadge(taxonId) {
+    const taxon = await getTaxon(taxonId);
+    if (taxon.kind === "lookalike" || taxon.cites === false) return "lookalike";
+    const populations = taxon.populations || taxon.listings || [];
+    if (populations.some((p) => APPENDICES.includes(p.appendix))) return "origin";
+    if (APPENDICES.includes(taxon.appendix)) return taxon.appendix;
+    if (taxon.appendix === "not_listed") return "none";
+    return "unknown";
   }
 
   function labelName(labelId, candidates) {
@@ -743,6 +753,12 @@
 
   // ---------------------------------------------------------------- correction search box
 
+  function rankName(rank) {
+    const key = "rank_" + rank;
+    const text = t(key);
+    return text === key ? rank : text;
+  }
+
   function closeOptions() {
     const list = $("taxon-options");
     list.hidden = true;
@@ -786,10 +802,11 @@
         const names = taxon.common_names || {};
         const common = names[state.lang] || names.en || "";
         const label = state.labels.find((l) => l.taxon_id === taxon.id);
+        const what = taxon.kind === "lookalike" ? t("appendix_lookalike") : rankName(taxon.rank);
         options.push({
           label: label ? label.id : null,
           taxon_id: taxon.id,
-          text: taxon.scientific_name + (common ? " — " + common : "") + " (" + taxon.rank + ")",
+          text: taxon.scientific_name + (common ? " — " + common : "") + " (" + what + ")",
         });
       }
     } catch (err) {

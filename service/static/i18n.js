@@ -92,6 +92,7 @@ window.CITES_I18N = {
     error_generic: "Something went wrong ({status}). Try again.",
     error_503: "The service is busy. Try again in {s} seconds.",
     notImage: "This file is not an image. Choose a photo.",
+    rank_kingdom: "kingdom", rank_phylum: "phylum", rank_class: "class", rank_order: "order", rank_family: "family", rank_genus: "genus", rank_species: "species", rank_subspecies: "subspecies", rank_group: "product group", rank_material: "material",
   },
   fr: {
     skip: "Aller au contenu",
@@ -183,6 +184,7 @@ window.CITES_I18N = {
     error_generic: "Une erreur s’est produite ({status}). Réessayez.",
     error_503: "Le service est occupé. Réessayez dans {s} secondes.",
     notImage: "Ce fichier n’est pas une image. Choisissez une photo.",
+    rank_kingdom: "règne", rank_phylum: "embranchement", rank_class: "classe", rank_order: "ordre", rank_family: "famille", rank_genus: "genre", rank_species: "espèce", rank_subspecies: "sous-espèce", rank_group: "groupe de produits", rank_material: "matériau",
   },
   es: {
     skip: "Ir al contenido",
@@ -274,5 +276,6 @@ window.CITES_I18N = {
     error_generic: "Algo salió mal ({status}). Inténtelo de nuevo.",
     error_503: "El servicio está ocupado. Inténtelo de nuevo en {s} segundos.",
     notImage: "Este archivo no es una imagen. Elija una foto.",
+    rank_kingdom: "reino", rank_phylum: "filo", rank_class: "clase", rank_order: "orden", rank_family: "familia", rank_genus: "género", rank_species: "especie", rank_subspecies: "subespecie", rank_group: "grupo de productos", rank_material: "material",
   },
 };
