@@ -14,6 +14,7 @@ say which appendix applies to a taxon from a given origin country (:meth:`Taxono
 from __future__ import annotations
 
 import csv
+import difflib
 import functools
 import logging
 import re
@@ -359,7 +360,9 @@ class Taxonomy:
         try:
             return self._taxa[taxon_id]
         except KeyError:
-            suggestions = [t.id for t in self.find(taxon_id.replace("-", " "))[:3]]
+            close = difflib.get_close_matches(taxon_id, list(self._taxa), n=3, cutoff=0.75)
+            found = [t.id for t in self.find(taxon_id.replace("-", " "))[:3]]
+            suggestions = list(dict.fromkeys([*close, *found]))[:3]
             raise TaxonNotFoundError(taxon_id, suggestions) from None
 
     def find(self, query: str) -> list[Taxon]:
