@@ -40,7 +40,6 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 ACCEPTED_FORMATS: tuple[str, ...] = (
     "JPEG",
-    "MPO",
     "PNG",
     "WEBP",
     "HEIF",
@@ -49,7 +48,10 @@ ACCEPTED_FORMATS: tuple[str, ...] = (
     "GIF",
     "BMP",
 )
-"""Pillow format ids handed to ``Image.open``; nothing else is parsed (e.g. never EPS)."""
+"""Pillow format ids handed to ``Image.open``; nothing else is parsed (e.g. never EPS).
+
+Multi-picture JPEGs open through the JPEG parser (Pillow then names them ``MPO``); ``HEIF`` is
+available once pillow-heif is registered, ``AVIF`` where Pillow was built with it."""
 
 ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, HEIC/HEIF, AVIF, TIFF, GIF or BMP"
 
@@ -250,22 +252,55 @@ def _register_heif() -> None:
         logger.debug("registered pillow-heif %s", pillow_heif.__version__)
 
 
+def _available_formats() -> tuple[str, ...]:
+    """The accepted formats this Pillow can open now (``Image.open`` fails on unknown ids)."""
+    Image.init()
+    return tuple(fmt for fmt in ACCEPTED_FORMATS if fmt in Image.OPEN)
+
+
 def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     """Parse the header only; Pillow's own bomb warning is silenced (we check the size next)."""
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and limit < max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's limit is never tighter than ours
-    with _OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's limit is never tighter than ours
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=_available_formats())
+    except Image.DecompressionBombError as exc:
+        raise _too_large(_declared_size(data), max_pixels) from exc
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """The size a bomb's header declares, read with Pillow's limit lifted for the header only.
+
+    Only called after Pillow refused the header, so the lifted limit (a process-wide setting,
+    held under the lock for the microseconds a header parse takes) costs nothing in normal use.
+    """
+    with _OPEN_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
         try:
-            return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(
-                f"The image declares more than {max_pixels:,} pixels, the limit here; "
-                "reduce its resolution and send it again.",
-                size=None,
-                limit=max_pixels,
-            ) from exc
+            with Image.open(io.BytesIO(data), formats=_available_formats()) as image:
+                return image.size
+        except Exception:  # the size is only for the message
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _too_large(size: tuple[int, int] | None, max_pixels: int) -> ImageTooLargeError:
+    """The error for an image over the pixel limit, naming its size and the limit."""
+    if size is None:
+        described = "more pixels than"
+    else:
+        described = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than"
+    return ImageTooLargeError(
+        f"The image is {described} the limit of {max_pixels:,}; "
+        "reduce its resolution and send it again.",
+        size=size,
+        limit=max_pixels,
+    )
 
 
 def _decode(
@@ -294,12 +329,7 @@ def _decode_opened(
     if width < 1 or height < 1:
         raise CorruptImageError(f"The {fmt} file declares an empty size ({width}x{height}).")
     if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"The image is {width}x{height} = {width * height:,} pixels, more than the limit "
-            f"of {max_pixels:,}; reduce its resolution and send it again.",
-            size=(width, height),
-            limit=max_pixels,
-        )
+        raise _too_large((width, height), max_pixels)
     mode = image.mode
     animated = bool(getattr(image, "is_animated", False))
     if animated:
