@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
 
 from model.cli import CommandError
 from model.taxonomy import (
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     taxa.set_defaults(func=_help(taxa))
 
 
-def _help(parser: argparse.ArgumentParser) -> Any:
+def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def run(_args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
         return 2
