@@ -1,0 +1,90 @@
+"""The resolved training configuration: one frozen object, saved as ``config.json`` in a bundle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from training.features import DEFAULT_CACHE_DIR
+from training.train import MODES
+
+
+class ConfigError(ValueError):
+    """A training option is out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of ``cites-vision train``; see ``docs/training.md`` for their meaning."""
+
+    data: tuple[str, ...]
+    out: str = "weights"
+    version: str = ""
+    label_map: str | None = None
+    mode: str = "head"
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.02
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    augment: str = "camera"
+    modality: str = "camera"
+    pretrained: bool = True
+    cache_dir: str | None = str(DEFAULT_CACHE_DIR)
+    work_dir: str | None = None
+    resume: bool = False
+    base: str | None = None
+    int8: bool = True
+    int8_max_drop: float = 0.01
+    calibration_images: int = 128
+    ood_data: str | None = None
+    ood_flag_rate: float = 0.05
+    target_precision: float = 0.95
+    threads: int | None = None
+    overwrite: bool = False
+    limitations: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("give at least one --data folder or manifest")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError("--epochs must be >= 0 and --batch-size >= 1")
+        if not (0.0 < self.val_fraction < 1.0 and 0.0 <= self.test_fraction < 1.0):
+            raise ConfigError("--val-fraction must be in (0, 1) and --test-fraction in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError("--val-fraction plus --test-fraction must leave 10% for training")
+        if not 0.0 < self.ood_flag_rate < 1.0:
+            raise ConfigError("--ood-flag-rate must be in (0, 1)")
+        if self.calibration_images < 1:
+            raise ConfigError("--calibration-images must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["data"] = list(self.data)
+        data["limitations"] = list(self.limitations)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output (unknown keys are an error)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        values = dict(data)
+        values["data"] = tuple(values.get("data", ()))
+        values["limitations"] = tuple(values.get("limitations", ()))
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        """Read a ``config.json`` written by a previous run (its ``config`` object)."""
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict(payload.get("config", payload))

@@ -1,0 +1,239 @@
+"""Export a trained model to ONNX (fp32 and static INT8) and check both against PyTorch.
+
+Gates (both on the validation split):
+- fp32: every top-1 of ONNX Runtime equals PyTorch's; otherwise export fails.
+- INT8 (static QDQ, per-channel, MinMax calibration on training images, from the default dynamo
+  exporter, which ``../shared/reference/backbone.md`` found keeps accuracy; dynamic quantisation
+  is slow and is not used): accuracy may drop at most ``max_drop`` (1 point) below fp32; otherwise
+  the INT8 file is deleted and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from tqdm import tqdm
+
+from model.preprocess import PreprocessConfig
+from training.features import batches, load_inputs
+
+logger = logging.getLogger(__name__)
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+DEFAULT_MAX_DROP = 0.01
+
+
+class ExportError(RuntimeError):
+    """The exported model disagrees with PyTorch; nothing may be shipped."""
+
+
+@dataclass(frozen=True)
+class Fp32Check:
+    """fp32 ONNX Runtime vs PyTorch on the validation images."""
+
+    images: int
+    top1_agreement: float
+    disagreements: int
+    max_abs_logit_diff: float
+
+
+@dataclass(frozen=True)
+class Int8Gate:
+    """The INT8 accuracy gate: whether the INT8 file was kept, and why."""
+
+    written: bool
+    fp32_accuracy: float
+    int8_accuracy: float
+    drop: float
+    max_drop: float
+    images: int
+    calibration_images: int
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form for the manifest and reports."""
+        return asdict(self)
+
+
+def session(path: Path, threads: int | None = None) -> object:
+    """An ONNX Runtime CPU session for ``path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(
+    path: Path, inputs: NDArray[np.float32], *, batch_size: int = 32
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """``(logits, features)`` of an ONNX file on preprocessed inputs."""
+    sess = session(path)
+    logits, features = [], []
+    for start in range(0, len(inputs), batch_size):
+        out = sess.run(["logits", "features"], {"image": inputs[start : start + batch_size]})  # type: ignore[attr-defined]
+        logits.append(out[0])
+        features.append(out[1])
+    return np.concatenate(logits), np.concatenate(features)
+
+
+@torch.no_grad()
+def torch_logits(
+    model: nn.Module, inputs: NDArray[np.float32], batch_size: int = 32
+) -> NDArray[np.float32]:
+    """PyTorch logits of ``model`` (eval mode) on preprocessed inputs."""
+    model.eval()
+    chunks = [
+        model(
+            torch.from_numpy(inputs[s : s + batch_size]).contiguous(
+                memory_format=torch.channels_last
+            )
+        )
+        for s in range(0, len(inputs), batch_size)
+    ]
+    return torch.cat(chunks).numpy()
+
+
+def export_fp32(model: nn.Module, folder: Path, example: NDArray[np.float32] | None = None) -> Path:
+    """Write ``folder/model.onnx`` with :func:`model.backbone.export_onnx` (checked on a batch)."""
+    from model.backbone import export_onnx
+
+    path = Path(folder) / FP32_FILE
+    check = None if example is None else torch.from_numpy(example[:4].copy())
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    diff = export_onnx(model, path, check_batch=check)
+    logger.info("fp32 export: max |logit diff| on the check batch %.2e", diff)
+    return path
+
+
+def check_fp32(model: nn.Module, onnx_path: Path, inputs: NDArray[np.float32]) -> Fp32Check:
+    """Compare PyTorch and ONNX Runtime top-1 on ``inputs``; :class:`ExportError` on any
+    disagreement."""
+    expected = torch_logits(model, inputs)
+    got, _ = onnx_outputs(onnx_path, inputs)
+    agree = expected.argmax(1) == got.argmax(1)
+    result = Fp32Check(
+        images=len(inputs),
+        top1_agreement=float(agree.mean()) if len(inputs) else 1.0,
+        disagreements=int((~agree).sum()),
+        max_abs_logit_diff=float(np.max(np.abs(expected - got))) if len(inputs) else 0.0,
+    )
+    logger.info("fp32 gate: %s", result)
+    if result.disagreements:
+        raise ExportError(
+            f"ONNX fp32 and PyTorch disagree on the top-1 of {result.disagreements} of "
+            f"{result.images} validation images (max |logit diff| {result.max_abs_logit_diff:.2e})"
+        )
+    return result
+
+
+class _Reader:
+    """Calibration batches for ``quantize_static`` (decoded lazily, with a progress bar)."""
+
+    def __init__(self, paths: Sequence[Path], config: PreprocessConfig, batch_size: int) -> None:
+        self._batches: Iterator[Sequence[Path]] = iter(list(batches(list(paths), batch_size)))
+        self._config = config
+        self._bar = tqdm(total=len(paths), desc="int8 calibration", unit="img", dynamic_ncols=True)
+
+    def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+        chunk = next(self._batches, None)
+        if chunk is None:
+            self._bar.close()
+            return None
+        self._bar.update(len(chunk))
+        return {"image": load_inputs(chunk, self._config)}
+
+
+def calibration_paths(paths: Sequence[Path], count: int, seed: int = 0) -> list[Path]:
+    """A deterministic sample of ``count`` training images for INT8 calibration."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(paths))[: min(count, len(paths))]
+    return [paths[i] for i in sorted(order)]
+
+
+def quantize_int8(
+    fp32_path: Path, out_path: Path, paths: Sequence[Path], config: PreprocessConfig
+) -> Path:
+    """Static INT8 QDQ, per-channel weights, MinMax activations calibrated on ``paths``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _Reader(paths, config, batch_size=16),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    logger.info("wrote %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
+    return out_path
+
+
+def int8_gate(
+    fp32_accuracy: float,
+    int8_accuracy: float,
+    *,
+    images: int,
+    calibration_images: int,
+    max_drop: float = DEFAULT_MAX_DROP,
+) -> Int8Gate:
+    """Decide whether the INT8 model may ship: accuracy drop at most ``max_drop``."""
+    drop = fp32_accuracy - int8_accuracy
+    written = drop <= max_drop + 1e-12
+    reason = (
+        f"INT8 validation accuracy {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f} "
+        f"(drop {drop * 100:.2f} points, limit {max_drop * 100:.2f})"
+    )
+    if not written:
+        reason = "INT8 file not written: " + reason
+    return Int8Gate(
+        written, fp32_accuracy, int8_accuracy, drop, max_drop, images, calibration_images, reason
+    )
+
+
+def export_int8(
+    fp32_path: Path,
+    folder: Path,
+    calibration: Sequence[Path],
+    config: PreprocessConfig,
+    val_inputs: NDArray[np.float32],
+    val_targets: NDArray[np.int64],
+    *,
+    max_drop: float = DEFAULT_MAX_DROP,
+) -> Int8Gate:
+    """Quantise, then keep ``folder/model.int8.onnx`` only if it passes :func:`int8_gate`."""
+    out = Path(folder) / INT8_FILE
+    quantize_int8(fp32_path, out, calibration, config)
+    fp32_logits, _ = onnx_outputs(fp32_path, val_inputs)
+    int8_logits, _ = onnx_outputs(out, val_inputs)
+    targets = np.asarray(val_targets)
+    gate = int8_gate(
+        float(np.mean(fp32_logits.argmax(1) == targets)) if len(targets) else 0.0,
+        float(np.mean(int8_logits.argmax(1) == targets)) if len(targets) else 0.0,
+        images=len(targets),
+        calibration_images=len(calibration),
+        max_drop=max_drop,
+    )
+    if not gate.written:
+        out.unlink()
+        logger.warning("%s", gate.reason)
+    else:
+        logger.info("INT8 gate passed: %s", gate.reason)
+    return gate
