@@ -1,0 +1,1 @@
+"""The usual alternatives the service is compared with; benchmark-only, never shipped."""
