@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.context import AppContext
 from service.keys import Principal, Role, verify_key
-from service.problems import Problem
+from service.problems import ProblemError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def authenticate(
     if not key:
         if context.settings.allow_anonymous:
             return ANONYMOUS
-        raise Problem(
+        raise ProblemError(
             401,
             "unauthenticated",
             "This request needs an API key: send 'Authorization: Bearer <key>' or "
@@ -66,7 +66,7 @@ def authenticate(
     with context.sessions() as session:
         principal = verify_key(session, key)
     if principal is None:
-        raise Problem(
+        raise ProblemError(
             401,
             "unauthenticated",
             "The API key is unknown, malformed or revoked; ask an administrator for a new one.",
@@ -87,7 +87,7 @@ def require(*roles: Role) -> Callable[[Principal], Principal]:
     def check(principal: PrincipalDep) -> Principal:
         if principal.role not in allowed:
             names = ", ".join(sorted(r.value for r in allowed))
-            raise Problem(
+            raise ProblemError(
                 403,
                 "forbidden",
                 f"A key with role '{principal.role.value}' may not do this; it needs one of: "

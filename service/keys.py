@@ -1,9 +1,9 @@
 """API keys: creation, verification (constant time), listing and revocation.
 
-A key is ``cv_<8 hex id>_<secret>``. The id is public (it appears in logs and listings); only the
-SHA-256 of the secret is stored (the secret has 256 random bits, so a slow hash adds nothing but
-latency) and compared with ``hmac.compare_digest``. Verification reads the database on every request,
-so a revocation takes effect at once.
+A key is ``cv_<8 hex id>_<secret>``. The id is public (it appears in logs and listings); only
+the SHA-256 of the secret is stored (the secret has 256 random bits, so a slow hash adds nothing
+but latency) and compared with ``hmac.compare_digest``. Verification reads the database on every
+request, so a revocation takes effect at once.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ PROBLEM_BASE = "https://cites-vision.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
-class Problem(Exception):
+class ProblemError(Exception):
     """An error the API reports to its caller as a problem document."""
 
     def __init__(
@@ -60,8 +60,8 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_MEDIA_TYPE
 
 
-def problem_response(problem: Problem, instance: str | None = None) -> ProblemResponse:
-    """Render a :class:`Problem` as an HTTP response."""
+def problem_response(problem: ProblemError, instance: str | None = None) -> ProblemResponse:
+    """Render a :class:`ProblemError` as an HTTP response."""
     return ProblemResponse(
         problem.to_dict(instance), status_code=problem.status, headers=problem.headers
     )
@@ -88,7 +88,7 @@ def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
         detail = f"No resource at {request.url.path}; see /docs for the API."
     if status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; see /docs."
-    problem = Problem(status, slug, detail, title=reason, headers=exc.headers)
+    problem = ProblemError(status, slug, detail, title=reason, headers=exc.headers)
     return problem_response(problem, request.url.path)
 
 
@@ -103,7 +103,7 @@ def _validation(request: Request, exc: Exception) -> ProblemResponse:
         for err in exc.errors()
     ]
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
-    problem = Problem(
+    problem = ProblemError(
         422,
         "validation-error",
         "The request is not valid: " + "; ".join(parts),
@@ -114,13 +114,13 @@ def _validation(request: Request, exc: Exception) -> ProblemResponse:
 
 
 def _problem(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, Problem)
+    assert isinstance(exc, ProblemError)
     return problem_response(exc, request.url.path)
 
 
 def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    problem = Problem(
+    problem = ProblemError(
         500,
         "internal-error",
         "The service failed unexpectedly; the error is logged. Try again or report it.",
@@ -131,7 +131,7 @@ def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error of ``app`` an ``application/problem+json`` response."""
-    app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Exception, _unexpected)

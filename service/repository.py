@@ -213,20 +213,6 @@ def iter_export_rows(
         yield ident, latest[ident_id], image
 
 
-def feedback_to_dict(row: Feedback) -> dict[str, Any]:
-    """JSON-ready form of a feedback entry."""
-    return {
-        "id": row.id,
-        "identification_id": row.identification_id,
-        "created_at": iso(row.created_at),
-        "created_by": row.created_by_name,
-        "verdict": row.verdict,
-        "label": row.label,
-        "taxon_id": row.taxon_id,
-        "note": row.note,
-    }
-
-
 def get_state(session: Session, key: str) -> str | None:
     """A persisted service fact, or None."""
     row = session.get(ServiceState, key)

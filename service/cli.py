@@ -1,0 +1,326 @@
+"""Service subcommands of ``cites-vision``: ``serve``, ``keys``, ``models``, ``feedback``.
+
+Registered through entry points (see pyproject.toml); heavy imports (FastAPI, SQLAlchemy,
+ONNX Runtime) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.cli import CommandError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data directory (SQLite database, images); default $CITES_DATA_DIR or ./var",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL instead of SQLite in the data dir (default $DATABASE_URL)",
+    )
+
+
+def _settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from service.settings import load_settings
+
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CommandError(f"invalid settings: {problems}") from None
+
+
+def resolve_bundle(flag: Path | None) -> Path:
+    """The bundle to serve: ``--bundle``, else ``$CITES_BUNDLE_DIR``, else ``weights/default``
+    in the current directory or, failing that, in the repository."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("CITES_BUNDLE_DIR")
+    if env:
+        return Path(env)
+    local = Path("weights") / "default"
+    if local.is_dir():
+        return local
+    return REPO_ROOT / "weights" / "default"
+
+
+def _open_db(settings: Settings) -> Session:
+    from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
+
+    url = settings.resolved_database_url
+    folder = sqlite_dir(url)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = make_engine(url)
+        migrate(engine)
+    except Exception as exc:  # driver errors vary: report any of them as a user error
+        raise CommandError(f"cannot open the database {engine_url(url)}: {exc}") from None
+    return make_sessionmaker(engine)()
+
+
+def engine_url(url: str) -> str:
+    """A URL safe to print (password hidden)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---- serve -------------------------------------------------------------------------------
+
+
+def register_serve(subparsers: Subparsers) -> None:
+    """``cites-vision serve``."""
+    parser = subparsers.add_parser("serve", help="run the identification API and web page")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--bundle", type=Path, default=None, help="bundle folder (default weights/default)"
+    )
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="folder of bundle versions to activate (default: the bundle's parent)",
+    )
+    _add_data_dir(parser)
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import StartupError, create_app
+
+    bundle = resolve_bundle(args.bundle)
+    if not (bundle / "manifest.json").is_file():
+        raise CommandError(
+            f"no model bundle at {bundle} (expected {bundle / 'manifest.json'}). Train one with "
+            "`cites-vision train ...`, or pass --bundle DIR / set CITES_BUNDLE_DIR."
+        )
+    settings = _settings(
+        data_dir=args.data_dir,
+        bundle_dir=bundle,
+        weights_dir=args.weights_dir,
+        database_url=args.database_url,
+    )
+    app = create_app(settings)
+    url = f"http://{args.host}:{args.port}"
+    data_dir = settings.data_dir
+    _out(
+        f"CITES Vision: serving {bundle} at {url}  (officer page {url}/ , API docs {url}/docs)\n"
+        f"Make an API key:  cites-vision keys create --role officer --name me "
+        f"--data-dir {data_dir}\n"
+        f"Identify a photo: curl -H 'Authorization: Bearer KEY' -F image=@photo.jpg "
+        f"{url}/v1/identifications"
+    )
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+            proxy_headers=False,
+        )
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+# ---- keys --------------------------------------------------------------------------------
+
+
+def register_keys(subparsers: Subparsers) -> None:
+    """``cites-vision keys create|list|revoke``."""
+    parser = subparsers.add_parser("keys", help="manage API keys")
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="make a key (printed alone on the last line)")
+    create.add_argument("--role", required=True, help="officer, scanner, trainer or admin")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    _add_data_dir(create)
+    create.set_defaults(func=_keys_create)
+    listing = sub.add_parser("list", help="list keys (never their secrets)")
+    _add_data_dir(listing)
+    listing.set_defaults(func=_keys_list)
+    revoke = sub.add_parser("revoke", help="revoke a key (effective at once)")
+    revoke.add_argument("key_id", help="the key's id (the 8 hex digits after cv_) or the key")
+    _add_data_dir(revoke)
+    revoke.set_defaults(func=_keys_revoke)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from service.keys import ApiKeyError, create_key, parse_role
+
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    try:
+        role = parse_role(args.role)
+        with _open_db(settings) as session:
+            key, info = create_key(session, args.name, role)
+    except ApiKeyError as exc:
+        raise CommandError(str(exc)) from None
+    _out(f"created key {info.id} for {info.name!r} with role {info.role}; store it now:")
+    _out(key)
+    return 0
+
+
+def _fmt(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from service.keys import list_keys
+
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    with _open_db(settings) as session:
+        keys = list_keys(session)
+    _out(f"{'id':8}  {'role':8}  {'created':16}  {'last used':16}  {'revoked':16}  name")
+    for k in keys:
+        _out(
+            f"{k.id:8}  {k.role:8}  {_fmt(k.created_at):16}  {_fmt(k.last_used_at):16}  "
+            f"{_fmt(k.revoked_at):16}  {k.name}"
+        )
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from service.keys import ApiKeyError, revoke_key
+
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    try:
+        with _open_db(settings) as session:
+            info = revoke_key(session, args.key_id)
+    except ApiKeyError as exc:
+        raise CommandError(str(exc)) from None
+    _out(f"revoked key {info.id} ({info.name})")
+    return 0
+
+
+# ---- models ------------------------------------------------------------------------------
+
+
+def register_models(subparsers: Subparsers) -> None:
+    """``cites-vision models list|activate``."""
+    parser = subparsers.add_parser("models", help="list bundles; choose the one to serve")
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="bundles in the weights directory")
+    listing.add_argument("--weights-dir", type=Path, default=None, help="default: weights/")
+    listing.add_argument("--verify", action="store_true", help="check every file's sha256")
+    listing.set_defaults(func=_models_list)
+    activate = sub.add_parser(
+        "activate",
+        help="serve VERSION from the next start (a running service: POST "
+        "/v1/models/VERSION/activate)",
+    )
+    activate.add_argument("version")
+    activate.add_argument("--weights-dir", type=Path, default=None, help="default: weights/")
+    _add_data_dir(activate)
+    activate.set_defaults(func=_models_activate)
+
+
+def _weights_dir(flag: Path | None) -> Path:
+    if flag is not None:
+        return flag
+    env = os.environ.get("CITES_WEIGHTS_DIR")
+    return Path(env) if env else resolve_bundle(None).parent
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from model.bundle import list_bundles
+
+    weights = _weights_dir(args.weights_dir)
+    summaries = list_bundles(weights, verify=args.verify)
+    if not summaries:
+        _out(f"no bundles under {weights}")
+        return 0
+    for s in summaries:
+        state = "ok" if s.error is None else f"BROKEN: {s.error}"
+        _out(f"{s.path.name:24}  {s.version:32}  {s.created_at or '-':25}  {state}")
+    return 0
+
+
+def _models_activate(args: argparse.Namespace) -> int:
+    from model.bundle import BundleError, load_bundle
+    from service.modelhost import ModelHost
+    from service.repository import ACTIVE_MODEL_KEY, set_state
+
+    weights = _weights_dir(args.weights_dir)
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    try:
+        folder = ModelHost.find_in(weights, args.version)
+        bundle = load_bundle(folder)
+    except (LookupError, BundleError) as exc:
+        raise CommandError(str(exc)) from None
+    with _open_db(settings) as session:
+        set_state(session, ACTIVE_MODEL_KEY, folder.name)
+    _out(
+        f"model {bundle.version} ({folder}) will be served from the next start; a running "
+        f"service switches with POST /v1/models/{bundle.version}/activate"
+    )
+    return 0
+
+
+# ---- feedback ----------------------------------------------------------------------------
+
+
+def register_feedback(subparsers: Subparsers) -> None:
+    """``cites-vision feedback export``."""
+    parser = subparsers.add_parser("feedback", help="officers' feedback")
+    sub = parser.add_subparsers(dest="feedback_command", metavar="ACTION", required=True)
+    export = sub.add_parser("export", help="write confirmed labels + images as a tar.gz")
+    _add_data_dir(export)
+    export.add_argument("--out", type=Path, required=True, help="archive to write (.tar.gz)")
+    export.add_argument("--since", default=None, help="only feedback from this ISO time")
+    export.set_defaults(func=_feedback_export)
+
+
+def _feedback_export(args: argparse.Namespace) -> int:
+    from service.export import write_export
+    from service.imagestore import ImageStore
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise CommandError(f"--since {args.since!r} is not an ISO time") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    if not settings.data_dir.is_dir():
+        raise CommandError(f"no data directory at {settings.data_dir}")
+    with _open_db(settings) as session:
+        summary = write_export(session, ImageStore(settings.images_dir), args.out, since=since)
+    _out(f"wrote {summary.rows} labelled images ({summary.skipped} skipped) to {summary.path}")
+    return 0

@@ -1,0 +1,319 @@
+"""Identification pipeline: upload -> decode (pool) -> micro-batch -> decision -> store -> answer.
+
+Routers call :class:`Identifier`; it holds no HTTP code beyond raising :class:`ProblemError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from starlette.concurrency import run_in_threadpool
+
+from model.imageio import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+from model.predictor import Prediction, Predictor
+from model.preprocess import preprocess_bytes
+from model.taxonomy import InvalidCountryError
+from service.batcher import BatcherClosedError, QueueFullError
+from service.context import AppContext
+from service.imagestore import PreparedImage, prepare_image
+from service.keys import Principal
+from service.problems import ProblemError
+from service.render import build_result
+from service.repository import (
+    NewIdentification,
+    add_identification,
+    iso,
+    new_id,
+    record_image,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class IdentifyOptions:
+    """The optional form fields of an identification."""
+
+    modality: str | None = None
+    top_k: int = 5
+    origin_country: str | None = None
+    case_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class InferenceItem:
+    """One preprocessed image on its way through the micro-batcher."""
+
+    predictor: Predictor
+    array: npt.NDArray[np.float32]
+    origin_country: str | None
+    top_k: int
+
+
+def run_batch(items: Sequence[InferenceItem]) -> list[Prediction]:
+    """Run a micro-batch: one predictor call per predictor in it (normally one)."""
+    results: list[Prediction | None] = [None] * len(items)
+    groups: dict[int, list[int]] = {}
+    for position, item in enumerate(items):
+        groups.setdefault(id(item.predictor), []).append(position)
+    for positions in groups.values():
+        predictor = items[positions[0]].predictor
+        arrays = np.stack([items[p].array for p in positions])
+        predictions = predictor.predict_arrays(
+            arrays,
+            origin_countries=[items[p].origin_country for p in positions],
+            top_k=max(items[p].top_k for p in positions),
+        )
+        for position, prediction in zip(positions, predictions, strict=True):
+            results[position] = prediction
+    return [r for r in results if r is not None]
+
+
+def image_problem(exc: ImageError, max_upload_bytes: int) -> ProblemError:
+    """The problem for an unusable image."""
+    if isinstance(exc, ImageTooLargeError):
+        return ProblemError(413, "too-many-pixels", str(exc), title="Image has too many pixels")
+    slug, title = {
+        EmptyImageError: ("empty-image", "Empty image"),
+        UnsupportedImageError: ("unsupported-image", "Unsupported image"),
+        CorruptImageError: ("corrupt-image", "Corrupt image"),
+    }.get(type(exc), ("unsupported-image", "Unusable image"))
+    return ProblemError(422, slug, str(exc), title=title)
+
+
+def upload_too_large(size: int | None, limit: int) -> ProblemError:
+    """The problem for an upload over the byte limit."""
+    got = f"The upload is {size} bytes; " if size is not None else "The upload is too large; "
+    return ProblemError(
+        413,
+        "image-too-large",
+        f"{got}the limit is {limit} bytes (CITES_MAX_UPLOAD_BYTES). Send a smaller image, "
+        "e.g. resized to 2000 px on the longer side.",
+        title="Image too large",
+    )
+
+
+def overloaded(reason: str) -> ProblemError:
+    """503 with Retry-After."""
+    return ProblemError(
+        503,
+        "overloaded",
+        f"The service is busy ({reason}); retry in {RETRY_AFTER_S} s.",
+        title="Service overloaded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    array: npt.NDArray[np.float32]
+    image: PreparedImage
+
+
+class Identifier:
+    """Runs identifications for the routers."""
+
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+        self._in_flight = 0
+
+    def active_predictor(self) -> Predictor:
+        """The serving predictor, or 503 while none is loaded."""
+        predictor = self.context.host.current
+        if predictor is None:
+            raise ProblemError(
+                503,
+                "not-ready",
+                "No model is loaded yet; retry shortly.",
+                title="Not ready",
+                headers={"Retry-After": "2"},
+            )
+        return predictor
+
+    def check_options(self, predictor: Predictor, options: IdentifyOptions) -> IdentifyOptions:
+        """Resolve the modality and origin country, refusing what the model cannot answer."""
+        modalities = tuple(predictor.bundle.manifest.modalities)
+        modality = options.modality or modalities[0]
+        if modality not in modalities:
+            raise ProblemError(
+                422,
+                "unsupported-modality",
+                f"The active model {predictor.version} was trained on {', '.join(modalities)} "
+                f"images only, not {modality}; send a {' or '.join(modalities)} image or ask an "
+                "administrator to activate a model trained for this modality.",
+                title="Unsupported modality",
+            )
+        origin = options.origin_country
+        if origin is not None:
+            try:
+                origin = self.context.taxonomy.normalize_country(origin)
+            except InvalidCountryError as exc:
+                raise ProblemError(
+                    422,
+                    "validation-error",
+                    str(exc),
+                    title="Invalid origin country",
+                    errors=[{"loc": ["body", "origin_country"], "msg": str(exc), "type": "value"}],
+                ) from None
+        return IdentifyOptions(modality, options.top_k, origin, options.case_ref)
+
+    def _prepare(self, data: bytes, predictor: Predictor) -> _Prepared:
+        settings = self.context.settings
+        array = preprocess_bytes(
+            data, predictor.bundle.manifest.preprocess, max_pixels=settings.max_pixels
+        )
+        image = prepare_image(data, keep_gps=settings.keep_gps)
+        self.context.store.put(image)  # durable before the database row refers to it
+        return _Prepared(array, image)
+
+    async def identify(
+        self,
+        data: bytes,
+        options: IdentifyOptions,
+        principal: Principal,
+        *,
+        predictor: Predictor | None = None,
+    ) -> dict[str, Any]:
+        """Identify one image; returns the stored result (without guidance). Raises
+        :class:`ProblemError` for every failure a caller can act on."""
+        settings = self.context.settings
+        predictor = predictor or self.active_predictor()
+        options = self.check_options(predictor, options)
+        if len(data) > settings.max_upload_bytes:
+            self.context.metrics.rejected.labels(reason="too_large").inc()
+            raise upload_too_large(len(data), settings.max_upload_bytes)
+        if self._in_flight >= settings.queue_max:
+            self.context.metrics.rejected.labels(reason="overloaded").inc()
+            raise overloaded(f"{self._in_flight} images in progress")
+        self._in_flight += 1
+        try:
+            return await asyncio.wait_for(
+                self._identify(data, options, principal, predictor),
+                timeout=settings.request_timeout_s,
+            )
+        except TimeoutError:
+            self.context.metrics.rejected.labels(reason="timeout").inc()
+            raise ProblemError(
+                504,
+                "timeout",
+                f"The identification took longer than {settings.request_timeout_s:g} s "
+                "(CITES_REQUEST_TIMEOUT_S); the service is busy or the image is very large. "
+                "Retry later.",
+                title="Timeout",
+            ) from None
+        finally:
+            self._in_flight -= 1
+
+    async def _identify(
+        self,
+        data: bytes,
+        options: IdentifyOptions,
+        principal: Principal,
+        predictor: Predictor,
+    ) -> dict[str, Any]:
+        context = self.context
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(
+                context.decode_pool, self._prepare, data, predictor
+            )
+        except ImageError as exc:
+            context.metrics.rejected.labels(reason=f"image_{exc.code}").inc()
+            raise image_problem(exc, context.settings.max_upload_bytes) from None
+        decoded = time.perf_counter()
+        item = InferenceItem(predictor, prepared.array, options.origin_country, options.top_k)
+        try:
+            prediction: Prediction = await context.batcher.submit(item)
+        except QueueFullError as exc:
+            context.metrics.rejected.labels(reason="queue_full").inc()
+            raise overloaded(str(exc)) from None
+        except BatcherClosedError as exc:
+            raise overloaded(str(exc)) from None
+        inferred = time.perf_counter()
+        ident_id = new_id()
+        created_at = utcnow()
+        result = build_result(
+            prediction,
+            predictor,
+            context.taxonomy,
+            ident_id=ident_id,
+            created_at=created_at,
+            principal=principal,
+            image=prepared.image,
+            modality=options.modality or "camera",
+            origin_country=options.origin_country,
+            case_ref=options.case_ref,
+            top_k=options.top_k,
+        )
+        await run_in_threadpool(self._save, result, prepared.image, principal, created_at)
+        decision = result["decision"]
+        context.metrics.decisions.labels(
+            kind=decision["kind"], label=decision["label"] or "-"
+        ).inc()
+        if result["top_k"]:
+            context.metrics.confidence.observe(result["top_k"][0]["probability"])
+        result["timing_ms"] = {
+            "decode": round((decoded - started) * 1000, 2),
+            "inference": round((inferred - decoded) * 1000, 2),
+            "total": round((time.perf_counter() - started) * 1000, 2),
+        }
+        return result
+
+    def _save(
+        self,
+        result: dict[str, Any],
+        image: PreparedImage,
+        principal: Principal,
+        created_at: datetime,
+    ) -> None:
+        decision = result["decision"]
+        with self.context.sessions() as session:
+            relative = self.context.store.relative_path(image.sha256, image.ext)
+            record_image(session, image, relative)
+            add_identification(
+                session,
+                NewIdentification(
+                    principal=principal,
+                    image_sha256=image.sha256,
+                    model_version=result["model_version"],
+                    modality=result["modality"],
+                    origin_country=result["origin_country"],
+                    case_ref=result["case_ref"],
+                    decision_kind=decision["kind"],
+                    label=decision["label"],
+                    taxon=(decision["taxon"] or {}).get("id"),
+                    probability=float(decision["probability"]),
+                    rule=decision["rule"],
+                    result=result,
+                ),
+                ident_id=result["id"],
+                created_at=created_at,
+            )
+            session.commit()
+        logger.info(
+            "identification %s by key %s: %s %s (%.3f, %s)",
+            result["id"],
+            principal.key_id or "anonymous",
+            decision["kind"],
+            decision["label"],
+            decision["probability"],
+            iso(created_at),
+        )

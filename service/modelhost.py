@@ -1,0 +1,200 @@
+"""The serving model and its hot swap.
+
+:class:`ModelHost` owns the active :class:`~model.predictor.Predictor`. Activation loads the
+bundle, verifies it (``load_bundle`` checks every file's sha256), builds a predictor and warms
+it up on a dummy batch, all in a worker thread; only then is the reference swapped, in one
+assignment. A request holds the predictor it started with until it finishes, so requests in
+flight complete on the old model, and a bundle that fails leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.bundle import BundleError, BundleSummary, list_bundles, load_bundle
+from model.predictor import Predictor
+from model.taxonomy import Taxonomy
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(LookupError):
+    """No bundle with that version under the weights directory."""
+
+
+class ModelLoadError(RuntimeError):
+    """A bundle failed to load, verify or warm up."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A bundle found under the weights directory."""
+
+    summary: BundleSummary
+    active: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (see docs/api.md, Model)."""
+        s = self.summary
+        return {
+            "version": s.version,
+            "folder": s.path.name,
+            "created_at": s.created_at,
+            "recommended": s.recommended,
+            "parent_version": s.parent_version,
+            "metrics": dict(s.metrics),
+            "path": str(s.path),
+            "active": self.active,
+            "valid": s.error is None,
+            "error": s.error,
+        }
+
+
+def describe_predictor(predictor: Predictor) -> dict[str, Any]:
+    """The active model as ``GET /v1/models/active`` shows it."""
+    bundle = predictor.bundle
+    manifest = bundle.manifest
+    return {
+        "version": bundle.version,
+        "folder": bundle.path.name,
+        "path": str(bundle.path),
+        "created_at": manifest.created_at,
+        "backbone": manifest.backbone,
+        "modalities": list(manifest.modalities),
+        "recommended": manifest.recommended,
+        "parent_version": manifest.parent_version,
+        "metrics": dict(manifest.metrics),
+        "limitations": list(manifest.limitations),
+        "thresholds": manifest.thresholds.to_dict(),
+        "precision": predictor.precision,
+        "input_size": manifest.preprocess.to_dict(),
+        "labels": [label.to_dict() for label in bundle.labels],
+        "active": True,
+        "valid": True,
+        "error": None,
+    }
+
+
+class ModelHost:
+    """Holds the active predictor; loads and swaps bundles from a weights directory."""
+
+    def __init__(
+        self,
+        weights_dir: Path,
+        *,
+        taxonomy: Taxonomy,
+        threads: int | None,
+        precision: str,
+        warmup_batch: int,
+    ) -> None:
+        self.weights_dir = weights_dir
+        self._taxonomy = taxonomy
+        self._threads = threads
+        self._precision = precision
+        self._warmup_batch = warmup_batch
+        self._current: Predictor | None = None
+        self._swap_lock = asyncio.Lock()
+        self._load_lock = threading.Lock()
+
+    @property
+    def current(self) -> Predictor | None:
+        """The active predictor (None before the first load)."""
+        return self._current
+
+    def load(self, path: Path) -> Predictor:
+        """Load, verify and warm up the bundle at ``path`` (blocking); raises
+        :class:`ModelLoadError` with the reason."""
+        with self._load_lock:
+            try:
+                bundle = load_bundle(path, taxonomy=self._taxonomy)
+                predictor = Predictor(
+                    bundle,
+                    taxonomy=self._taxonomy,
+                    threads=self._threads,
+                    precision=self._precision,  # type: ignore[arg-type]
+                )
+                self._warm_up(predictor)
+            except ModelLoadError:
+                raise
+            except (BundleError, OSError, ValueError, RuntimeError) as exc:
+                raise ModelLoadError(f"bundle {path} cannot serve: {exc}") from exc
+            logger.info("loaded model %s from %s (%s)", bundle.version, path, predictor.precision)
+            return predictor
+
+    def _warm_up(self, predictor: Predictor) -> None:
+        size = predictor.bundle.manifest.preprocess.input_size
+        for batch in sorted({1, self._warmup_batch}):
+            dummy = np.zeros((batch, 3, size, size), dtype=np.float32)
+            probabilities = predictor.probabilities(dummy)
+            if probabilities.shape != (batch, len(predictor.bundle.labels)) or not bool(
+                np.all(np.isfinite(probabilities))
+            ):
+                raise ModelLoadError(
+                    f"bundle {predictor.bundle.path} failed warm-up: outputs of shape "
+                    f"{probabilities.shape} are not finite probabilities over its labels"
+                )
+
+    def set_initial(self, predictor: Predictor) -> None:
+        """Install the first predictor (at start-up)."""
+        self._current = predictor
+
+    def entries(self) -> list[ModelEntry]:
+        """Every bundle folder under the weights directory, marking the active one."""
+        active = self._current.bundle.path.resolve() if self._current else None
+        found = [
+            ModelEntry(s, active is not None and s.path.resolve() == active)
+            for s in list_bundles(self.weights_dir)
+        ]
+        if self._current is not None and not any(e.active for e in found):
+            b = self._current.bundle
+            summary = BundleSummary(
+                path=b.path,
+                version=b.version,
+                created_at=b.manifest.created_at,
+                recommended=b.manifest.recommended,
+                parent_version=b.manifest.parent_version,
+                metrics=b.manifest.metrics,
+            )
+            found.insert(0, ModelEntry(summary, True))
+        return found
+
+    def find(self, version: str) -> Path:
+        """The folder of ``version`` under this host's weights directory."""
+        return self.find_in(self.weights_dir, version)
+
+    @staticmethod
+    def find_in(weights_dir: Path, version: str) -> Path:
+        """The folder of ``version`` (matched by manifest version, then by folder name)."""
+        summaries = list_bundles(weights_dir)
+        for summary in summaries:
+            if summary.error is None and summary.version == version:
+                return summary.path
+        for summary in summaries:
+            if summary.path.name == version:
+                return summary.path
+        known = ", ".join(sorted({s.version for s in summaries})) or "none"
+        raise ModelNotFoundError(
+            f"no bundle {version!r} under {weights_dir} (known versions: {known})"
+        )
+
+    async def activate(self, version: str) -> Predictor:
+        """Load ``version`` off the event loop, then swap it in; the old one keeps serving if
+        anything fails."""
+        path = self.find(version)
+        async with self._swap_lock:
+            predictor = await asyncio.get_running_loop().run_in_executor(None, self.load, path)
+            old = self._current
+            self._current = predictor  # one reference assignment: the swap is atomic
+            logger.info(
+                "activated model %s (was %s)",
+                predictor.version,
+                old.version if old is not None else "none",
+            )
+            return predictor

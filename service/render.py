@@ -1,0 +1,160 @@
+"""JSON shapes of identifications (docs/api.md): built once from a prediction and stored; the
+language-dependent parts (guidance, common names) are added when a response is rendered."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from model.labels import Label
+from model.predictor import Prediction, Predictor
+from model.taxonomy import Appendix, Taxonomy, TaxonNotFoundError
+from service.guidance import GuidanceBook
+from service.imagestore import PreparedImage
+from service.keys import Principal
+from service.repository import iso
+from service.tables import Feedback
+
+
+def taxon_summary(taxonomy: Taxonomy, taxon_id: str | None) -> dict[str, Any] | None:
+    """``{id, scientific_name, rank, kind, common_names}`` of a taxon, or None."""
+    if not taxon_id:
+        return None
+    try:
+        taxon = taxonomy.get(taxon_id)
+    except TaxonNotFoundError:
+        return {"id": taxon_id, "scientific_name": None, "rank": None, "kind": None}
+    return {
+        "id": taxon.id,
+        "scientific_name": taxon.scientific_name,
+        "rank": taxon.rank,
+        "kind": taxon.kind,
+        "common_names": dict(taxon.common_names),
+    }
+
+
+def appendix_of(taxonomy: Taxonomy, label: Label, origin_country: str | None) -> str | None:
+    """The appendix that applies to a label's taxon for an origin (None: not listed)."""
+    if label.kind != "cites" or not label.taxon_id:
+        return None
+    try:
+        resolution = taxonomy.appendix_for(label.taxon_id, origin_country)
+    except (TaxonNotFoundError, ValueError):
+        return None
+    return None if resolution.appendix is Appendix.NOT_LISTED else resolution.appendix.value
+
+
+def build_result(
+    prediction: Prediction,
+    predictor: Predictor,
+    taxonomy: Taxonomy,
+    *,
+    ident_id: str,
+    created_at: datetime,
+    principal: Principal,
+    image: PreparedImage,
+    modality: str,
+    origin_country: str | None,
+    case_ref: str | None,
+    top_k: int,
+) -> dict[str, Any]:
+    """The stored body of a new identification."""
+    labels = predictor.bundle.labels
+    probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
+    order = np.argsort(-probabilities, kind="stable")[: max(1, min(top_k, len(labels)))]
+    by_id = {label.id: label for label in labels}
+    top = []
+    for rank, index in enumerate(order, start=1):
+        label = labels[int(index)]
+        top.append(
+            {
+                "rank": rank,
+                "label": label.id,
+                "label_name": label.name,
+                "kind": label.kind,
+                "probability": round(float(probabilities[index]), 6),
+                "taxon": taxon_summary(taxonomy, label.taxon_id),
+                "appendix": appendix_of(taxonomy, label, origin_country),
+            }
+        )
+    decision = prediction.decision
+    deciding = by_id.get(decision.label_id) if decision.label_id else None
+    return {
+        "id": ident_id,
+        "created_at": iso(created_at),
+        "created_by": principal.name,
+        "image": {
+            "sha256": image.sha256,
+            "mime": image.mime,
+            "width": image.width,
+            "height": image.height,
+            "size": len(image.data),
+            "gps_removed": image.gps_removed,
+            "url": f"/v1/identifications/{ident_id}/image",
+        },
+        "model_version": predictor.version,
+        "modality": modality,
+        "origin_country": origin_country,
+        "case_ref": case_ref,
+        "top_k": top,
+        "decision": {
+            "kind": decision.kind,
+            "rule": decision.rule,
+            "label": decision.label_id,
+            "label_name": deciding.name if deciding else None,
+            "taxon": taxon_summary(taxonomy, decision.taxon_id),
+            "rank": decision.rank,
+            "appendix": decision.appendix,
+            "probability": round(float(decision.probability), 6),
+            "explanation": decision.reason,
+            "refer_to_expert": decision.refer_to_expert,
+        },
+        "heatmap_url": f"/v1/identifications/{ident_id}/heatmap",
+    }
+
+
+def _localise_taxon(taxon: dict[str, Any] | None, language: str) -> None:
+    if taxon is None:
+        return
+    names = taxon.get("common_names") or {}
+    taxon["common_name"] = names.get(language) or names.get("en")
+
+
+def render_identification(
+    result: dict[str, Any],
+    language: str,
+    guidance: GuidanceBook,
+    feedback: Feedback | None,
+) -> dict[str, Any]:
+    """A response body: the stored result plus guidance, common names in ``language`` and the
+    latest feedback."""
+    body = dict(result)
+    body["top_k"] = [dict(entry) for entry in result.get("top_k", [])]
+    decision = dict(result["decision"])
+    body["decision"] = decision
+    for entry in body["top_k"]:
+        entry["taxon"] = dict(entry["taxon"]) if entry.get("taxon") else None
+        _localise_taxon(entry["taxon"], language)
+    decision["taxon"] = dict(decision["taxon"]) if decision.get("taxon") else None
+    _localise_taxon(decision["taxon"], language)
+    body["guidance"] = guidance.lookup(
+        decision["kind"], decision.get("appendix"), language
+    ).to_dict()
+    body["feedback"] = feedback_dict(feedback) if feedback is not None else None
+    return body
+
+
+def feedback_dict(row: Feedback) -> dict[str, Any]:
+    """JSON-ready form of a feedback entry."""
+    return {
+        "id": row.id,
+        "identification_id": row.identification_id,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by_name,
+        "verdict": row.verdict,
+        "label": row.label,
+        "taxon_id": row.taxon_id,
+        "note": row.note,
+    }

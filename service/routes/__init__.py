@@ -1,0 +1,1 @@
+"""HTTP routers: thin shells over the service's objects (see docs/api.md)."""

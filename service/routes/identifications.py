@@ -1,0 +1,343 @@
+"""``/v1/identifications``: identify images, read them back, give feedback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from model.taxonomy import TaxonNotFoundError
+from service.deps import (
+    BatchIdentifier,
+    ContextDep,
+    FeedbackGiver,
+    Identifier,
+    Reader,
+    SessionDep,
+)
+from service.guidance import negotiate_language
+from service.heatmaps import render_heatmap_png
+from service.identify import IdentifyOptions, upload_too_large
+from service.identify import Identifier as IdentifierService
+from service.problems import ProblemError
+from service.render import feedback_dict, render_identification
+from service.repository import (
+    ListFilter,
+    add_feedback,
+    feedback_history,
+    latest_feedback,
+    list_identifications,
+)
+from service.tables import Identification, StoredImage
+
+router = APIRouter(prefix="/v1", tags=["identifications"])
+
+Modality = Literal["camera", "xray"]
+DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
+
+
+def get_language(
+    response: Response,
+    accept_language: Annotated[str | None, Header(description="en, fr or es (q-values)")] = None,
+) -> str:
+    """The guidance language negotiated from ``Accept-Language``."""
+    language = negotiate_language(accept_language)
+    response.headers["Content-Language"] = language
+    return language
+
+
+Language = Annotated[str, Depends(get_language)]
+
+
+def get_identifier(context: ContextDep) -> IdentifierService:
+    """The identification pipeline of this app."""
+    identifier: IdentifierService = context.identifier
+    return identifier
+
+
+IdentifierDep = Annotated[IdentifierService, Depends(get_identifier)]
+
+
+def form_options(
+    modality: Annotated[Modality | None, Form(description="camera or xray")] = None,
+    top_k: Annotated[int, Form(ge=1, le=20, description="labels to return")] = 5,
+    origin_country: Annotated[
+        str | None, Form(min_length=2, max_length=2, description="ISO 3166 alpha-2")
+    ] = None,
+    case_ref: Annotated[str | None, Form(max_length=120, description="case reference")] = None,
+) -> IdentifyOptions:
+    """The optional form fields shared by single and batch identification."""
+    return IdentifyOptions(
+        modality=modality,
+        top_k=top_k,
+        origin_country=origin_country.upper() if origin_country else None,
+        case_ref=case_ref.strip() or None if case_ref else None,
+    )
+
+
+Options = Annotated[IdentifyOptions, Depends(form_options)]
+
+
+async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    if upload.size is not None and upload.size > limit:
+        raise upload_too_large(upload.size, limit)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise upload_too_large(None, limit)
+    return data
+
+
+@router.post(
+    "/identifications",
+    status_code=201,
+    summary="Identify one image",
+    responses={413: {"description": "too large"}, 422: {"description": "unusable input"}},
+)
+async def identify_one(
+    response: Response,
+    principal: Identifier,
+    identifier: IdentifierDep,
+    context: ContextDep,
+    options: Options,
+    language: Language,
+    image: Annotated[UploadFile, File(description="the photo or x-ray image")],
+) -> dict[str, Any]:
+    """Suggest likely CITES taxa for one uploaded image, with decision and guidance."""
+    data = await _read_upload(image, context.settings.max_upload_bytes)
+    result = await identifier.identify(data, options, principal)
+    response.headers["Location"] = f"/v1/identifications/{result['id']}"
+    return render_identification(result, language, context.guidance, None)
+
+
+@router.post("/identifications:batch", summary="Identify many images (scanner systems)")
+async def identify_batch(
+    principal: BatchIdentifier,
+    identifier: IdentifierDep,
+    context: ContextDep,
+    options: Options,
+    language: Language,
+    images: Annotated[list[UploadFile], File(description="the images, in order")],
+) -> dict[str, Any]:
+    """Identify up to ``CITES_MAX_BATCH_IMAGES`` images; one bad image gives an error entry."""
+    import asyncio
+
+    settings = context.settings
+    if len(images) > settings.max_batch_images:
+        raise ProblemError(
+            413,
+            "batch-too-large",
+            f"{len(images)} images in one call; the limit is {settings.max_batch_images} "
+            "(CITES_MAX_BATCH_IMAGES). Split the batch.",
+            title="Batch too large",
+        )
+    predictor = identifier.active_predictor()  # the whole batch runs on one model
+    options = identifier.check_options(predictor, options)
+
+    async def one(upload: UploadFile) -> dict[str, Any]:
+        data = await _read_upload(upload, settings.max_upload_bytes)
+        return await identifier.identify(data, options, principal, predictor=predictor)
+
+    outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
+    results: list[dict[str, Any]] = []
+    for index, (upload, outcome) in enumerate(zip(images, outcomes, strict=True)):
+        entry: dict[str, Any] = {"index": index, "filename": upload.filename}
+        if isinstance(outcome, ProblemError):
+            entry["error"] = outcome.to_dict()
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            entry["identification"] = render_identification(
+                outcome, language, context.guidance, None
+            )
+        results.append(entry)
+    return {"model_version": predictor.version, "results": results}
+
+
+def _get(session: SessionDep, identification_id: str) -> Identification:
+    row = session.get(Identification, identification_id)
+    if row is None:
+        raise ProblemError(
+            404,
+            "not-found",
+            f"No identification {identification_id!r}.",
+            title="Identification not found",
+        )
+    return row
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@router.get("/identifications", summary="List identifications, newest first")
+def list_all(
+    principal: Reader,
+    context: ContextDep,
+    session: SessionDep,
+    language: Language,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[datetime | None, Query(description="ISO time, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO time, exclusive")] = None,
+    case_ref: Annotated[str | None, Query(max_length=120)] = None,
+    decision: Annotated[DecisionKind | None, Query()] = None,
+    label: Annotated[str | None, Query(max_length=200)] = None,
+    mine: Annotated[bool, Query(description="only those made with my key")] = False,
+) -> dict[str, Any]:
+    """A page of identifications with optional filters."""
+    filters = ListFilter(
+        since=_as_utc(since),
+        until=_as_utc(until),
+        case_ref=case_ref,
+        decision=decision,
+        label=label,
+        created_by=principal.key_id if mine else None,
+    )
+    rows, total = list_identifications(session, filters, limit=limit, offset=offset)
+    feedback = latest_feedback(session, [r.id for r in rows])
+    items = [
+        render_identification(r.result, language, context.guidance, feedback.get(r.id))
+        for r in rows
+    ]
+    next_offset = offset + len(rows) if offset + len(rows) < total else None
+    return {
+        "items": items,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": next_offset,
+    }
+
+
+@router.get("/identifications/{identification_id}", summary="One identification")
+def get_one(
+    identification_id: str,
+    _principal: Reader,
+    context: ContextDep,
+    session: SessionDep,
+    language: Language,
+) -> dict[str, Any]:
+    """An identification with its latest feedback."""
+    row = _get(session, identification_id)
+    feedback = latest_feedback(session, [row.id]).get(row.id)
+    return render_identification(row.result, language, context.guidance, feedback)
+
+
+@router.get(
+    "/identifications/{identification_id}/image",
+    summary="The stored image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def get_image(
+    identification_id: str, _principal: Reader, context: ContextDep, session: SessionDep
+) -> Response:
+    """The image as stored (GPS metadata removed unless configured otherwise)."""
+    row = _get(session, identification_id)
+    image = session.get(StoredImage, row.image_sha256)
+    if image is None:
+        raise ProblemError(404, "not-found", "The image of this identification is missing.")
+    data = context.store.read(image.path)
+    return Response(
+        data,
+        media_type=image.mime,
+        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{image.sha256}"'},
+    )
+
+
+@router.get(
+    "/identifications/{identification_id}/heatmap",
+    summary="Heat map of what the model looked at",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def get_heatmap(
+    identification_id: str,
+    _principal: Reader,
+    context: ContextDep,
+    label: Annotated[str | None, Query(max_length=200, description="label id")] = None,
+) -> Response:
+    """The image with the class-activation map of the decided (or top-1, or given) label."""
+
+    def load() -> tuple[Identification, StoredImage | None]:
+        with context.sessions() as session:
+            row = _get(session, identification_id)
+            return row, session.get(StoredImage, row.image_sha256)
+
+    row, image = await run_in_threadpool(load)
+    if image is None:
+        raise ProblemError(404, "not-found", "The image of this identification is missing.")
+    png = await render_heatmap_png(context, row, image, label)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
+
+
+class FeedbackIn(BaseModel):
+    """An officer's confirmation or correction."""
+
+    verdict: Literal["confirm", "correct"]
+    label: str | None = Field(default=None, max_length=200, description="a label id")
+    taxon_id: str | None = Field(default=None, max_length=200, description="a taxonomy id")
+    note: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> FeedbackIn:
+        if self.verdict == "correct" and not (self.label or self.taxon_id):
+            raise ValueError("a correction needs 'label' or 'taxon_id'")
+        return self
+
+
+@router.post(
+    "/identifications/{identification_id}/feedback",
+    status_code=201,
+    summary="Confirm or correct an identification",
+)
+def post_feedback(
+    identification_id: str,
+    body: FeedbackIn,
+    principal: FeedbackGiver,
+    context: ContextDep,
+    session: SessionDep,
+) -> dict[str, Any]:
+    """Append a feedback entry; older entries are kept."""
+    row = _get(session, identification_id)
+    label = body.label
+    if label is not None:
+        known = {entry["label"] for entry in row.result.get("top_k", [])}
+        known |= context.known_labels(row.model_version)
+        if label not in known:
+            raise ProblemError(
+                422,
+                "unknown-label",
+                f"Label {label!r} is not a label of model {row.model_version}; known labels: "
+                f"{', '.join(sorted(known))}. To name another taxon use 'taxon_id'.",
+                title="Unknown label",
+            )
+    if body.taxon_id is not None:
+        try:
+            context.taxonomy.get(body.taxon_id)
+        except TaxonNotFoundError as exc:
+            raise ProblemError(422, "unknown-label", str(exc), title="Unknown taxon") from None
+    entry = add_feedback(
+        session,
+        row,
+        principal,
+        verdict=body.verdict,
+        label=label,
+        taxon_id=body.taxon_id,
+        note=body.note.strip() if body.note else None,
+    )
+    return feedback_dict(entry)
+
+
+@router.get(
+    "/identifications/{identification_id}/feedback", summary="Feedback history, oldest first"
+)
+def get_feedback(identification_id: str, _principal: Reader, session: SessionDep) -> dict[str, Any]:
+    """Every feedback entry of an identification."""
+    row = _get(session, identification_id)
+    return {"items": [feedback_dict(f) for f in feedback_history(session, row.id)]}

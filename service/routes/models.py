@@ -1,0 +1,66 @@
+"""``/v1/models``: list bundles, show the active one, activate another (admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import Admin, ContextDep, Reader
+from service.modelhost import ModelLoadError, ModelNotFoundError, describe_predictor
+from service.problems import ProblemError
+from service.repository import ACTIVE_MODEL_KEY, set_state
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", summary="Bundles in the weights directory")
+def list_models(context: ContextDep, _principal: Reader) -> dict[str, Any]:
+    """Every bundle version that can be activated, and which one is active."""
+    current = context.host.current
+    return {
+        "active": current.version if current is not None else None,
+        "weights_dir": str(context.host.weights_dir),
+        "items": [entry.to_dict() for entry in context.host.entries()],
+    }
+
+
+@router.get("/active", summary="The serving model, its labels and thresholds")
+def active_model(context: ContextDep, _principal: Reader) -> dict[str, Any]:
+    """The active bundle (the web page offers its labels for corrections)."""
+    current = context.host.current
+    if current is None:
+        raise ProblemError(
+            503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
+        )
+    return describe_predictor(current)
+
+
+@router.post("/{version}/activate", summary="Load, verify, warm up and swap in a bundle")
+async def activate(version: str, context: ContextDep, _principal: Admin) -> dict[str, Any]:
+    """Swap the serving model; requests in flight finish on the old one, and a bundle that fails
+    leaves the old one serving."""
+    try:
+        predictor = await context.host.activate(version)
+    except ModelNotFoundError as exc:
+        raise ProblemError(404, "not-found", str(exc), title="Model not found") from None
+    except ModelLoadError as exc:
+        context.metrics.model_swaps.labels(outcome="failed").inc()
+        current = context.host.current
+        still = current.version if current is not None else "none"
+        raise ProblemError(
+            409,
+            "model-load-failed",
+            f"{exc}. The model {still} keeps serving.",
+            title="Model could not be activated",
+        ) from None
+    context.metrics.model_swaps.labels(outcome="activated").inc()
+    context.metrics.set_active_model(predictor.version)
+
+    def persist() -> None:
+        with context.sessions() as session:
+            set_state(session, ACTIVE_MODEL_KEY, predictor.bundle.path.name)
+
+    await run_in_threadpool(persist)
+    return describe_predictor(predictor)

@@ -1,0 +1,177 @@
+"""Start the real service (uvicorn in a subprocess) on a free loopback port, for tests.
+
+Usage::
+
+    with running_service(bundle_dir, tmp_path / "data") as service:
+        key = service.make_key("officer")
+        httpx.get(service.url + "/v1/me", headers={"Authorization": f"Bearer {key}"})
+
+The process logs to ``<data_dir>/service.log`` (``ServiceHandle.log_text()``). ``env`` adds
+environment variables (e.g. ``{"CITES_BATCH_MAX_WAIT_MS": "20"}`` or ``{"DATABASE_URL": ...}``);
+``extra_bundles_dir`` is the weights directory whose versions ``/v1/models`` lists and
+``/v1/models/{version}/activate`` loads (default: the bundle's parent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_command(*args: str) -> list[str]:
+    """``cites-vision ARGS`` run with this interpreter."""
+    return [sys.executable, "-m", "model.cli", *args]
+
+
+@dataclass
+class ServiceHandle:
+    """A running service process."""
+
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(repr=False)
+
+    def make_key(self, role: str, name: str | None = None) -> str:
+        """Create an API key with the CLI (as a user would) and return it."""
+        done = subprocess.run(
+            cli_command(
+                "keys",
+                "create",
+                "--role",
+                role,
+                "--name",
+                name or f"test-{role}",
+                "--data-dir",
+                str(self.data_dir),
+            ),
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"keys create failed ({done.returncode}): {done.stderr}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
+        """An httpx client for this service, sending ``key`` as a bearer token."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def log_text(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def running(self) -> bool:
+        """True while the process lives."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Stop gracefully (SIGTERM), killing after ``timeout``; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """Kill at once (SIGKILL), as a crash would."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start_service(
+    bundle_dir: Path,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_bundles_dir: Path | None = None,
+    port: int | None = None,
+) -> ServiceHandle:
+    """Start ``cites-vision serve`` and wait until ``/readyz`` answers 200."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CITES_")}
+    full_env.pop("DATABASE_URL", None)
+    full_env.update({"PYTHONUNBUFFERED": "1", "CITES_ONNX_THREADS": "1"})
+    full_env.update(env or {})
+    port = port or free_port()
+    args = [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--bundle",
+        str(bundle_dir),
+    ]
+    if extra_bundles_dir is not None:
+        args += ["--weights-dir", str(extra_bundles_dir)]
+    log_path = data_dir / "service.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            cli_command(*args), cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    handle = ServiceHandle(f"http://127.0.0.1:{port}", data_dir, process, log_path, full_env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"service exited with {process.returncode} before ready:\n{handle.log_text()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(handle.url + "/readyz", timeout=2).status_code == 200:
+                return handle
+        if time.monotonic() > deadline:
+            handle.kill()
+            raise RuntimeError(f"service not ready after {START_TIMEOUT_S} s:\n{handle.log_text()}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_service(
+    bundle_dir: Path,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_bundles_dir: Path | None = None,
+) -> Iterator[ServiceHandle]:
+    """A started service for the ``with`` block; stopped (or killed) afterwards."""
+    handle = start_service(bundle_dir, data_dir, env=env, extra_bundles_dir=extra_bundles_dir)
+    try:
+        yield handle
+    finally:
+        handle.stop()
