@@ -1,0 +1,202 @@
+"""Fuzzing with a bounded budget, run in CI.
+
+1. schemathesis over the service's own OpenAPI schema, every operation, with a valid admin key,
+   positive and negative data: no 5xx, and every answer conforms to the schema (status code
+   documented, content type documented, body valid against the documented schema).
+2. hypothesis on :func:`model.preprocess.preprocess_bytes`: random bytes and mutations of valid
+   images of every accepted format (bit flips, truncations, spliced and repeated slices, foreign
+   headers) either give a finite (3, S, S) float32 array or raise an ``ImageError`` subclass,
+   never anything else.
+
+The budget is set by ``CITES_FUZZ_EXAMPLES`` (API examples per operation and mode, default 6)
+and ``CITES_FUZZ_IMAGE_EXAMPLES`` (preprocessing examples, default 1000).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from model.preprocess import ImageError, PreprocessConfig, preprocess_bytes
+from tests import hostile
+
+logger = logging.getLogger(__name__)
+
+API_EXAMPLES = int(os.environ.get("CITES_FUZZ_EXAMPLES", "6"))
+IMAGE_EXAMPLES = int(os.environ.get("CITES_FUZZ_IMAGE_EXAMPLES", "1000"))
+FUZZ_MAX_PIXELS = 4_000_000  # keeps each example fast; larger declared sizes must be refused
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A real server, its OpenAPI schema loaded by schemathesis, and an admin key."""
+    schemathesis = pytest.importorskip("schemathesis", reason="pip install -e '.[dev]'")
+    from tests.service_helpers import running_service  # the service extras, only for this part
+
+    data_dir = tmp_path_factory.mktemp("fuzz-data")
+    with running_service(tiny_bundle, data_dir) as handle:
+        key = handle.make_key("admin")
+        schema = schemathesis.openapi.from_url(f"{handle.url}/openapi.json")
+        yield schema, key
+
+
+def test_schemathesis_every_operation(api: tuple[Any, str]) -> None:
+    """No 5xx and no response that violates the schema, for every operation."""
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema, key = api
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    headers = {"Authorization": f"Bearer {key}"}
+    examples = 0
+    operations = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations.append(f"{operation.method.upper()} {operation.path}")
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=API_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate, Phase.shrink],
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(case: Any) -> None:
+                nonlocal examples
+                examples += 1
+                case.call_and_validate(headers=headers, checks=checks, timeout=60)
+
+            run()
+    assert any("/v1/identifications" in op for op in operations), operations
+    logger.info("schemathesis: %d examples over %d operations", examples, len(operations))
+    print(f"schemathesis: {examples} examples over {len(operations)} operations")
+
+
+# --- preprocessing --------------------------------------------------------------------------
+
+
+def _seed_images() -> list[bytes]:
+    """One small valid image per accepted format and colour mode, plus hostile headers."""
+    seeds = [hostile.image_bytes(fmt, (40, 30), seed=i) for i, fmt in enumerate(("JPEG", "PNG"))]
+    base = Image.new("RGB", (40, 30), (200, 30, 60))
+    variants: list[tuple[Image.Image, str, dict[str, Any]]] = [
+        (base, "WEBP", {}),
+        (base, "TIFF", {}),
+        (base, "GIF", {}),
+        (base, "BMP", {}),
+        (base.convert("L"), "PNG", {}),
+        (base.convert("RGBA"), "PNG", {}),
+        (base.convert("P"), "PNG", {}),
+        (base.convert("CMYK"), "JPEG", {}),
+        (base, "JPEG", {"progressive": True}),
+        (Image.new("I;16", (40, 30), 40000), "PNG", {}),
+        (Image.new("I;16", (40, 30), 1000), "TIFF", {}),
+    ]
+    for image, fmt, options in variants:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **options)
+        seeds.append(buf.getvalue())
+    seeds += [
+        hostile.animated_gif(3),
+        hostile.jpeg_with_exif(hostile.exif_orientation(6)),
+        hostile.jpeg_with_exif(hostile.exif_garbage()),
+        hostile.png_declaring(3000, 3000),
+        hostile.tiff_declaring(2000, 2000),
+        hostile.gif_declaring(500, 500),
+    ]
+    return seeds
+
+
+SEEDS = _seed_images()
+
+
+@st.composite
+def mutated_image(draw: st.DrawFn) -> bytes:
+    """A valid image of some format, damaged in one to four ways."""
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(("flip", "truncate", "splice", "repeat", "zero", "header")))
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "splice":
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+        elif kind == "repeat":
+            end = min(len(data), at + draw(st.integers(1, 512)))
+            data[at:at] = data[at:end] * draw(st.integers(1, 8))
+        elif kind == "zero":
+            end = min(len(data), at + draw(st.integers(1, 256)))
+            data[at:end] = b"\x00" * (end - at)
+        else:
+            other = draw(st.sampled_from(SEEDS))
+            data[: min(len(other), 64)] = other[:64]
+    return bytes(data)
+
+
+image_inputs = st.one_of(st.binary(max_size=2048), mutated_image(), st.sampled_from(SEEDS))
+CONFIG = PreprocessConfig(input_size=64, resize_shorter=72)
+PREPROCESS_RUNS: list[str] = []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's own "Corrupt EXIF data" notes
+@settings(
+    max_examples=IMAGE_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=image_inputs)
+def test_preprocess_only_raises_typed_errors(data: bytes) -> None:
+    """Any byte string gives a finite model input or an ``ImageError``: nothing else escapes."""
+    try:
+        array = preprocess_bytes(data, CONFIG, max_pixels=FUZZ_MAX_PIXELS)
+    except ImageError as exc:
+        assert exc.code in {"empty", "unsupported", "corrupt", "too_large"}, exc.code
+        assert str(exc).strip(), "an image error needs a message the user can act on"
+        PREPROCESS_RUNS.append(exc.code)
+        return
+    assert array.shape == (3, 64, 64)
+    assert array.dtype == np.float32
+    assert np.isfinite(array).all()
+    PREPROCESS_RUNS.append("ok")
+
+
+def test_preprocess_fuzz_exercised_both_outcomes() -> None:
+    """The fuzzer above really reached decoded images and every kind of refusal it can."""
+    if not PREPROCESS_RUNS:
+        pytest.skip("run together with test_preprocess_only_raises_typed_errors")
+    counts = {code: PREPROCESS_RUNS.count(code) for code in sorted(set(PREPROCESS_RUNS))}
+    logger.info("preprocess fuzz: %d examples %s", len(PREPROCESS_RUNS), counts)
+    print(f"preprocess fuzz: {len(PREPROCESS_RUNS)} examples {counts}")
+    assert counts.get("ok", 0) > 0 and counts.get("corrupt", 0) + counts.get("unsupported", 0) > 0
