@@ -175,3 +175,135 @@ def running_service(
         yield handle
     finally:
         handle.stop()
+
+
+# ---- a throwaway PostgreSQL server ------------------------------------------------------
+
+
+def find_postgres_bin() -> Path | None:
+    """The folder with ``initdb``, ``pg_ctl`` and ``postgres`` (newest Debian version first)."""
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for name in ("/usr/local/bin", "/usr/bin"):
+        candidates.append(Path(name))
+    for folder in candidates:
+        if all((folder / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
+            return folder
+    return None
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in a temp dir, listening on loopback; trust auth for user cites."""
+
+    bin_dir: Path
+    root: Path
+    port: int
+    run_as: str | None
+
+    @property
+    def admin_url(self) -> str:
+        """URL of the maintenance database."""
+        return f"postgresql+psycopg://cites@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str) -> str:
+        """URL of ``database``."""
+        return f"postgresql+psycopg://cites@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database; returns its URL."""
+        import psycopg
+
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=cites dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin_dir / args[0]), *args[1:]]
+        if self.run_as is not None:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def start(self) -> None:
+        """initdb and start; raises RuntimeError with the server's words when it fails."""
+        data = self.root / "data"
+        sockets = self.root / "sockets"
+        sockets.mkdir()
+        if self.run_as is not None:
+            subprocess.run(["chown", "-R", self.run_as, str(self.root)], check=True)
+        done = self._run(
+            "initdb",
+            "-D",
+            str(data),
+            "-U",
+            "cites",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr or done.stdout}")
+        options = (
+            f"-k {sockets} -p {self.port} -h 127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
+        done = self._run(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        if done.returncode != 0:
+            log = (self.root / "server.log").read_text(errors="replace")
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr}\n{log}")
+
+    def stop(self) -> None:
+        """Stop the server at once and delete its files."""
+        import shutil
+
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """Start a throwaway PostgreSQL server; raises ``FileNotFoundError`` when no server binary
+    is installed (``make system-deps`` installs Debian's) and RuntimeError when it fails."""
+    import tempfile
+
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        raise FileNotFoundError(
+            "no PostgreSQL server binaries (initdb, pg_ctl, postgres) in /usr/lib/postgresql/*/bin"
+            " or /usr/local/bin; install Debian's postgresql package (make system-deps)"
+        )
+    run_as = None
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        import pwd
+
+        try:
+            run_as = pwd.getpwnam("postgres").pw_name
+        except KeyError as exc:
+            raise RuntimeError("running as root and there is no 'postgres' user") from exc
+    root = Path(tempfile.mkdtemp(prefix="cites-pg-"))
+    os.chmod(root, 0o755)
+    server = PostgresServer(bin_dir, root, free_port(), run_as)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
