@@ -1,0 +1,191 @@
+"""Units of the service without a model: micro-batcher, guidance, language negotiation,
+settings validation and the problem documents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from service.guidance import (
+    GUIDANCE_FILE,
+    LANGUAGES,
+    GuidanceBook,
+    GuidanceError,
+    negotiate_language,
+)
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+
+def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
+    seen: list[list[int]] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        seen.append(list(items))
+        time.sleep(0.01)
+        return [i * 10 for i in items]
+
+    metrics = ServiceMetrics()
+
+    async def main() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            run, max_size=8, max_wait_s=0.05, queue_max=64, metrics=metrics
+        )
+        batcher.start()
+        try:
+            return list(await asyncio.gather(*(batcher.submit(i) for i in range(20))))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(main())
+    assert results == [i * 10 for i in range(20)]
+    assert max(len(b) for b in seen) == 8
+    assert len(seen) == 3  # 8 + 8 + 4
+    text = metrics.render().decode()
+    assert "cites_batch_size_count 3.0" in text
+    assert "cites_batch_size_sum 20.0" in text
+
+
+def test_batcher_waits_at_most_max_wait_for_a_lone_item() -> None:
+    def run(items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    async def main() -> float:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            run, max_size=32, max_wait_s=0.03, queue_max=64
+        )
+        batcher.start()
+        started = time.perf_counter()
+        await batcher.submit(1)
+        elapsed = time.perf_counter() - started
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(main()) < 0.5
+
+
+def test_batcher_refuses_when_full_and_fails_callers_on_errors() -> None:
+    gate = threading.Event()
+
+    def run(items: Sequence[int]) -> list[int]:
+        gate.wait(5)
+        if -1 in items:
+            raise RuntimeError("boom")
+        return list(items)
+
+    async def main() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(run, max_size=1, max_wait_s=0.0, queue_max=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))  # taken by the worker, blocks
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(3)
+        gate.set()
+        assert await first == 0
+        assert [await q for q in queued] == [1, 2]
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(-1)
+        assert await batcher.submit(5) == 5  # the worker survived the failed batch
+        await batcher.close()
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(6)
+
+    asyncio.run(main())
+
+
+def test_batcher_skips_cancelled_callers() -> None:
+    ran: list[list[int]] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        ran.append(list(items))
+        return list(items)
+
+    async def main() -> None:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            run, max_size=4, max_wait_s=0.05, queue_max=8
+        )
+        batcher.start()
+        doomed = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        assert await batcher.submit(2) == 2
+        await batcher.close()
+
+    asyncio.run(main())
+    assert [1] not in ran and all(1 not in batch for batch in ran)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "en"),
+        ("", "en"),
+        ("fr", "fr"),
+        ("es-ES,es;q=0.9,en;q=0.8", "es"),
+        ("de-DE,fr;q=0.5,es;q=0.8", "es"),
+        ("de, it", "en"),
+        ("fr;q=0, es;q=0.1", "es"),
+        ("FR-ca", "fr"),
+        ("*", "en"),
+        ("en;q=garbage, fr;q=0.3", "fr"),
+    ],
+)
+def test_accept_language(header: str | None, expected: str) -> None:
+    assert negotiate_language(header) == expected
+
+
+def test_guidance_has_every_kind_and_language() -> None:
+    book = GuidanceBook.load()
+    for kind in ("taxon", "lookalike", "uncertain", "outside_training_domain"):
+        for lang in LANGUAGES:
+            g = book.lookup(kind, None, lang)
+            assert g.language == lang and g.title and g.text
+    assert "Appendix I" in book.lookup("taxon", "I", "en").title
+    assert "Annexe II" in book.lookup("taxon", "II", "fr").title
+    assert "Apéndice III" in book.lookup("taxon", "III", "es").title
+    # unknown appendix falls back to the kind's general entry
+    assert book.lookup("lookalike", "I", "en") == book.lookup("lookalike", None, "en")
+
+
+def test_guidance_file_errors_name_the_entry(tmp_path: Path) -> None:
+    raw = json.loads(GUIDANCE_FILE.read_text(encoding="utf-8"))
+    del raw["uncertain"]["none"]["es"]
+    bad = tmp_path / "guidance.json"
+    bad.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(GuidanceError, match=r"uncertain/none/es"):
+        GuidanceBook.load(bad)
+
+
+def test_settings_validate_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("CITES_BATCH_MAX_SIZE", "8")
+    settings = Settings()
+    assert settings.resolved_database_url == "postgresql+psycopg://u@h/db"
+    assert settings.batch_max_size == 8
+    monkeypatch.setenv("CITES_QUEUE_MAX", "4")
+    with pytest.raises(ValidationError, match="QUEUE_MAX"):
+        Settings()
+    monkeypatch.delenv("CITES_QUEUE_MAX")
+    monkeypatch.setenv("CITES_MAX_UPLOAD_BYTES", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.delenv("CITES_MAX_UPLOAD_BYTES")
+    monkeypatch.setenv("DATABASE_URL", "not a url")
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings()
+
+
+def test_settings_default_to_sqlite_in_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, bundle_dir=tmp_path / "w" / "default")
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve()}/cites.sqlite3"
+    assert settings.resolved_weights_dir == (tmp_path / "w").resolve()
