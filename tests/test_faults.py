@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +43,29 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fault-weights")
     make_tiny_bundle(root, version=SERVING)
     make_tiny_bundle(root, version=OTHER)
-    damaged = {
+    damaged: dict[str, Callable[[Path], None]] = {
         "corrupt-onnx": _flip_bytes,
-        "missing-labels": lambda d: (d / "labels.tsv").unlink(),
-        "missing-model": lambda d: (d / "model.onnx").unlink(),
-        "truncated-manifest": lambda d: _truncate(d / "manifest.json"),
+        "missing-labels": _remove("labels.tsv"),
+        "missing-model": _remove("model.onnx"),
+        "truncated-manifest": _truncate_manifest,
         "garbage-onnx-valid-sha": _garbage_onnx_with_matching_sha,
-        "empty-folder": lambda d: [p.unlink() for p in d.iterdir()],
+        "empty-folder": _empty,
     }
     for name, damage in damaged.items():
         damage(make_tiny_bundle(root, version=name))
     return root
+
+
+def _remove(name: str) -> Callable[[Path], None]:
+    def remove(bundle: Path) -> None:
+        (bundle / name).unlink()
+
+    return remove
+
+
+def _empty(bundle: Path) -> None:
+    for path in bundle.iterdir():
+        path.unlink()
 
 
 def _flip_bytes(bundle: Path) -> None:
@@ -64,7 +76,8 @@ def _flip_bytes(bundle: Path) -> None:
     model.write_bytes(bytes(data))
 
 
-def _truncate(path: Path) -> None:
+def _truncate_manifest(bundle: Path) -> None:
+    path = bundle / "manifest.json"
     text = path.read_bytes()
     path.write_bytes(text[: len(text) // 2])
 

@@ -76,7 +76,7 @@ class Context:
 
 
 def _is_text(response: httpx.Response) -> bool:
-    ctype = response.headers.get("content-type", "")
+    ctype = str(response.headers.get("content-type", ""))
     return ctype.startswith(("application/json", "application/problem", "text/"))
 
 
@@ -212,7 +212,7 @@ def test_revoked_key_is_refused_at_once(ctx: Context) -> None:
     with ctx.client(key) as client:
         assert client.get("/v1/me").status_code == 200
         key_id = key.split("_")[1]
-        _cli("keys", "revoke", key_id, "--data-dir", str(ctx.handle.data_dir))
+        _cli(ctx.handle.env, "keys", "revoke", key_id, "--data-dir", str(ctx.handle.data_dir))
         response = ctx.record(client.get("/v1/me"))
         assert response.status_code == 401, response.text
         assert client.post("/v1/identifications", files={"image": _jpeg(3)}).status_code == 401
@@ -238,15 +238,16 @@ def test_keys_never_leak_in_logs(ctx: Context) -> None:
 
 def test_keys_list_never_shows_secrets(ctx: Context) -> None:
     """``keys list`` shows ids, names and roles, never a secret."""
-    out = _cli("keys", "list", "--data-dir", str(ctx.handle.data_dir))
+    out = _cli(ctx.handle.env, "keys", "list", "--data-dir", str(ctx.handle.data_dir))
     for role, key in ctx.keys.items():
         assert key.split("_")[1] in out
         assert key.split("_", 2)[2] not in out, role
 
 
-def _cli(*args: str) -> str:
+def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "model.cli", *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
