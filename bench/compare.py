@@ -1,0 +1,157 @@
+"""Our service against the usual alternatives, in the same run, with the same load generator.
+
+Three servers run at once on loopback: ours (``cites-vision serve``, default settings), a plain
+FastAPI endpoint with PyTorch eager per request (:mod:`bench.servers.plain_torch`) and LitServe
+with the same ONNX model and dynamic batching (:mod:`bench.servers.litserve_onnx`). The CPU
+flips between fast and slow states within minutes, so each round measures every server in turn
+(the order rotates from round to round), ratios are taken within a round, and the report gives
+the median of the per-round ratios.
+
+Two measurements per server and round: images/s at concurrency 32 on the real photos of the load
+set, and the latency of one client sending a 12 MP phone JPEG (upload, decode, predict, and for
+our service also storing the image and the record, then the answer).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench.common import median
+from bench.servers.process import ServerProcess, free_port, python_argv, running_server
+from bench.service_load import SINGLE_PATH, our_service, run_loadgen
+
+logger = logging.getLogger(__name__)
+
+SERVERS = ("cites_vision", "litserve", "plain_pytorch")
+
+
+def _start_all(
+    stack: ExitStack, bundle_dir: Path, log_dir: Path
+) -> dict[str, tuple[ServerProcess, str]]:
+    servers: dict[str, tuple[ServerProcess, str]] = {}
+    ours = stack.enter_context(our_service(bundle_dir, log_dir))
+    servers["cites_vision"] = (ours, ours.base_url + SINGLE_PATH)
+    port = free_port()
+    lit = stack.enter_context(
+        running_server(
+            "litserve",
+            python_argv(
+                "bench.servers.litserve_onnx", "--bundle", str(bundle_dir), "--port", str(port)
+            ),
+            port=port,
+            ready_path="/health",
+            log_dir=log_dir,
+        )
+    )
+    servers["litserve"] = (lit, lit.base_url + "/predict")
+    port = free_port()
+    plain = stack.enter_context(
+        running_server(
+            "plain_pytorch",
+            python_argv(
+                "bench.servers.plain_torch", "--bundle", str(bundle_dir), "--port", str(port)
+            ),
+            port=port,
+            ready_path="/openapi.json",
+            log_dir=log_dir,
+        )
+    )
+    servers["plain_pytorch"] = (plain, plain.base_url + "/predict")
+    return servers
+
+
+def run(
+    bundle_dir: Path,
+    load_dir: Path,
+    phone_dir: Path,
+    log_dir: Path,
+    *,
+    rounds: int = 3,
+    concurrency: int = 32,
+    duration_s: float = 8.0,
+    phone_requests: int = 12,
+) -> dict[str, Any]:
+    """Alternate the three servers over ``rounds``; return per-round numbers and median ratios."""
+    throughput: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
+    phone: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
+    with ExitStack() as stack:
+        servers = _start_all(stack, bundle_dir, log_dir)
+        for round_index in range(rounds):
+            order = SERVERS[round_index % len(SERVERS) :] + SERVERS[: round_index % len(SERVERS)]
+            for name in order:
+                server, url = servers[name]
+                result = run_loadgen(
+                    url, load_dir, concurrency=concurrency, requests=20000, duration_s=duration_s
+                )
+                result["peak_rss_mib"] = server.peak_rss_mib()
+                throughput[name].append(result)
+                logger.info(
+                    "round %d %s c=%d: %.1f img/s, statuses %s",
+                    round_index + 1,
+                    name,
+                    concurrency,
+                    result["images_per_s"],
+                    result["statuses"],
+                )
+            for name in order:
+                server, url = servers[name]
+                result = run_loadgen(
+                    url,
+                    phone_dir,
+                    concurrency=1,
+                    requests=phone_requests,
+                    duration_s=max(30.0, duration_s),
+                    warmup=2,
+                )
+                phone[name].append(result)
+                logger.info(
+                    "round %d %s 12 MP p50 %.0f ms", round_index + 1, name, result["p50_ms"]
+                )
+        memory = {name: servers[name][0].peak_rss_mib() for name in SERVERS}
+    return summarise(throughput, phone, memory, concurrency)
+
+
+def summarise(
+    throughput: dict[str, list[dict[str, Any]]],
+    phone: dict[str, list[dict[str, Any]]],
+    memory: dict[str, float],
+    concurrency: int,
+) -> dict[str, Any]:
+    """Medians per server and the medians of per-round ratios of ours to each alternative."""
+    ours_ips = [r["images_per_s"] for r in throughput["cites_vision"]]
+    ours_p50 = [r["p50_ms"] for r in phone["cites_vision"]]
+    summary: dict[str, Any] = {"concurrency": concurrency, "servers": {}, "ratios": {}}
+    for name in SERVERS:
+        ips = [r["images_per_s"] for r in throughput[name]]
+        p50 = [r["p50_ms"] for r in phone[name]]
+        summary["servers"][name] = {
+            "images_per_s": median(ips),
+            "images_per_s_per_round": ips,
+            "p50_ms_load": median([r["p50_ms"] for r in throughput[name]]),
+            "p99_ms_load": median([r["p99_ms"] for r in throughput[name]]),
+            "errors": sum(r["errors"] for r in throughput[name]),
+            "statuses": _merge([r["statuses"] for r in throughput[name]]),
+            "phone_p50_ms": median(p50),
+            "phone_p50_ms_per_round": p50,
+            "phone_errors": sum(r["errors"] for r in phone[name]),
+            "peak_rss_mib": memory[name],
+        }
+        if name != "cites_vision":
+            summary["ratios"][name] = {
+                "throughput": median([a / b for a, b in zip(ours_ips, ips, strict=True) if b > 0]),
+                "phone_latency_speedup": median(
+                    [b / a for a, b in zip(ours_p50, p50, strict=True) if a > 0]
+                ),
+            }
+    return summary
+
+
+def _merge(counts: list[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for item in counts:
+        for key, value in item.items():
+            merged[key] = merged.get(key, 0) + value
+    return merged
