@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -472,3 +473,21 @@ def test_real_photos_preprocess(shared_data: Path) -> None:
             assert difference.mean() < 0.03, path  # decoded at 1/2 scale: close, not equal
         else:
             assert difference.max() < 1e-6, path
+
+
+def test_concurrent_decodes_agree_with_serial_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the locked path too
+    inputs = [make() for make in images.ALL_VALID.values() if make is not images.heic]
+    inputs += [images.truncated_jpeg(), images.png_declaring(), images.text()]
+
+    def outcome(data: bytes) -> object:
+        try:
+            return np.asarray(decode_image(data).image).tobytes()
+        except ImageError as exc:
+            return exc.code
+
+    serial = [outcome(data) for data in inputs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            assert list(pool.map(outcome, inputs)) == serial
+    assert serial[-3:] == ["corrupt", "too_large", "unsupported"]
