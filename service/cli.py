@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any
 from model.cli import CommandError
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from sqlalchemy.orm import Session
 
     from service.settings import Settings
 
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
 logger = logging.getLogger(__name__)
 
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

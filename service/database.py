@@ -54,6 +54,9 @@ def alembic_config(url: str) -> Any:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema of ``engine``'s database to the newest migration."""
+    alembic_logger = logging.getLogger("alembic")
+    if not alembic_logger.isEnabledFor(logging.DEBUG):
+        alembic_logger.setLevel(logging.WARNING)  # its INFO lines are noise for CLI users
     from alembic import command
 
     url = engine.url.render_as_string(hide_password=False)
@@ -61,7 +64,7 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-    logger.info("database schema is up to date (%s)", engine.url.render_as_string())
+    logger.debug("database schema is up to date (%s)", engine.url.render_as_string())
 
 
 def ping(engine: Engine) -> bool:

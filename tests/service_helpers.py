@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def cli_command(*args: str) -> list[str]:
     """``cites-vision ARGS`` run with this interpreter."""
-    return [sys.executable, "-m", "model.cli", *args]
+    return [sys.executable, "-c", "from model.cli import main; raise SystemExit(main())", *args]
 
 
 @dataclass
