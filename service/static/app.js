@@ -462,24 +462,17 @@
 
   const APPENDICES = ["I", "II", "III"];
 
-  /** Show the CITES appendix badge: I, II, III, not listed, look-alike, by origin, or unknown. */
-  function showAppendix(span, kind, appendix, taxonId) {
-    if (kind === "lookalike" || kind === "not_wildlife") return fillBadge(span, "lookalike");
-    if (APPENDICES.includes(appendix)) return fillBadge(span, appendix);
-    if (appendix === "not_listed") return fillBadge(span, "none");
-    fillBadge(span, "unknown");
-    span.dataset.taxon = taxonId || "";
-    if (!taxonId) return undefined;
-    // A taxon without an appendix for this origin: ask the taxonomy why.
-    return taxonBadge(taxonId)
-      .then((badge) => {
-        if (span.dataset.taxon === taxonId) fillBadge(span, badge);
-      })
-      .catch(() => undefined);
+  /** Fill the CITES appendix badge. ``kind`` is a label kind (cites, lookalike, not_wildlife)
+      or "unknown" when no single class was decided; a CITES class without an appendix is not
+      listed (for this origin). */
+  function showAppendix(span, kind, appendix) {
+    if (kind === "lookalike" || kind === "not_wildlife") fillBadge(span, "lookalike");
+    else if (APPENDICES.includes(appendix)) fillBadge(span, appendix);
+    else if (kind === "cites") fillBadge(span, "none");
+    else fillBadge(span, "unknown");
   }
 
   function fillBadge(span, kindName) {
-    if (kindName !== "unknown") span.dataset.taxon = "";
     span.className = "badge badge-" + kindName;
     span.textContent = t("appendix_" + kindName);
   }
@@ -491,15 +484,20 @@
     return state.taxonCache.get(taxonId);
   }
 
-  /** Badge for a taxon when no origin country decided its appendix. */
-  async function taxonBadge(taxonId) {
-    const taxon = await getTaxon(taxonId);
-    if (taxon.kind === "lookalike" || taxon.cites === false) return "lookalike";
-    const populations = taxon.populations || taxon.listings || [];
-    if (populations.some((p) => APPENDICES.includes(p.appendix))) return "origin";
-    if (APPENDICES.includes(taxon.appendix)) return taxon.appendix;
-    if (taxon.appendix === "not_listed") return "none";
-    return "unknown";
+  /** Without an origin country the service reports the strictest listing of a taxon listed
+      by population; say so next to the badge. */
+  async function noteOriginDependence(ident) {
+    const note = $("origin-note");
+    note.textContent = "";
+    const d = ident.decision || {};
+    if (ident.origin_country || !d.taxon || !APPENDICES.includes(d.appendix)) return;
+    try {
+      const taxon = await getTaxon(d.taxon.id);
+      const split = (taxon.populations || []).some((p) => APPENDICES.includes(p.appendix));
+      if (split && state.current === ident) note.textContent = t("originDepends");
+    } catch (_err) {
+      /* the note is a hint; the badge already shows the strictest listing */
+    }
   }
 
   function labelName(labelId, candidates) {
@@ -534,15 +532,16 @@
       sci = d.taxon.scientific_name;
       common = d.taxon.common_name || "";
     } else if (d.label) {
-      common = labelName(d.label, top);
+      common = d.label_name || labelName(d.label, top);
     } else {
       common = t("noTaxon");
     }
     $("sci").textContent = sci;
     $("common").textContent = sci && common ? "(" + common + ")" : common;
 
-    const decidedKind = kind === "lookalike" ? "lookalike" : "taxon";
-    showAppendix($("badge"), decidedKind, d.appendix, d.taxon ? d.taxon.id : null);
+    const decidedKind = kind === "lookalike" ? "lookalike" : kind === "taxon" ? "cites" : "unknown";
+    showAppendix($("badge"), decidedKind, d.appendix);
+    noteOriginDependence(ident);
     const p = typeof d.probability === "number" ? d.probability
       : top.length ? top[0].probability : null;
     $("prob").textContent = probabilityText(p);
@@ -597,7 +596,7 @@
       const facts = document.createElement("span");
       facts.className = "cand-facts";
       const badge = document.createElement("span");
-      showAppendix(badge, c.kind, c.appendix, c.taxon ? c.taxon.id : null);
+      showAppendix(badge, c.kind, c.appendix);
       const prob = document.createElement("span");
       prob.className = "prob";
       prob.textContent = probabilityText(c.probability);
@@ -730,10 +729,14 @@
       if (state.chosen.label) body.label = state.chosen.label;
       if (state.chosen.taxon_id) body.taxon_id = state.chosen.taxon_id;
     }
-    const note = $("note").value.trim();
-    if (note) body.note = note;
+    // Feedback has no case field of its own (docs/api.md): a case reference other than the
+    // one given with the photo travels at the start of the note.
+    let note = $("note").value.trim();
     const caseRef = $("fb-caseref").value.trim();
-    if (caseRef) body.case_ref = caseRef;
+    if (caseRef && caseRef !== (ident.case_ref || "")) {
+      note = t("caseLabel", { ref: caseRef }) + (note ? ": " + note : "");
+    }
+    if (note) body.note = note;
     const status = $("feedback-status");
     status.textContent = t("sending");
     try {
