@@ -414,4 +414,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:  # a colour space Pillow cannot convert (e.g. some TIFF modes)
+        raise UnsupportedImageError(
+            f"Images in colour mode {mode} are not supported: save the image as RGB or grey "
+            f"({ACCEPTED_FORMATS_TEXT}) and send it again."
+        ) from exc
