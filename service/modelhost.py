@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from model.bundle import BundleError, BundleSummary, list_bundles, load_bundle
+from model.bundle import BundleError, BundleSummary, Precision, list_bundles, load_bundle
 from model.predictor import Predictor
 from model.taxonomy import Taxonomy
 
@@ -91,7 +91,7 @@ class ModelHost:
         *,
         taxonomy: Taxonomy,
         threads: int | None,
-        precision: str,
+        precision: Precision,
         warmup_batch: int,
     ) -> None:
         self.weights_dir = weights_dir
@@ -118,7 +118,7 @@ class ModelHost:
                     bundle,
                     taxonomy=self._taxonomy,
                     threads=self._threads,
-                    precision=self._precision,  # type: ignore[arg-type]
+                    precision=self._precision,
                 )
                 self._warm_up(predictor)
             except ModelLoadError:
@@ -129,16 +129,22 @@ class ModelHost:
             return predictor
 
     def _warm_up(self, predictor: Predictor) -> None:
-        size = predictor.bundle.manifest.preprocess.input_size
+        """Run dummy batches (1 and the micro-batch size) and check the outputs are sane."""
+        size = predictor.preprocess.input_size
+        predictor.warmup()
         for batch in sorted({1, self._warmup_batch}):
             dummy = np.zeros((batch, 3, size, size), dtype=np.float32)
-            probabilities = predictor.probabilities(dummy)
-            if probabilities.shape != (batch, len(predictor.bundle.labels)) or not bool(
-                np.all(np.isfinite(probabilities))
-            ):
+            predictions = predictor.predict_arrays(dummy)
+            sane = len(predictions) == batch and all(
+                p.probabilities.shape == (len(predictor.labels),)
+                and bool(np.all(np.isfinite(p.probabilities)))
+                and abs(float(p.probabilities.sum()) - 1.0) < 1e-3
+                for p in predictions
+            )
+            if not sane:
                 raise ModelLoadError(
-                    f"bundle {predictor.bundle.path} failed warm-up: outputs of shape "
-                    f"{probabilities.shape} are not finite probabilities over its labels"
+                    f"bundle {predictor.bundle.path} failed warm-up: its outputs are not "
+                    "probabilities over its labels"
                 )
 
     def set_initial(self, predictor: Predictor) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-
 from model.labels import Label
 from model.predictor import Prediction, Predictor
-from model.taxonomy import Appendix, Taxonomy, TaxonNotFoundError
+from model.taxonomy import Appendix, TaxonNotFoundError, Taxonomy
 from service.guidance import GuidanceBook
 from service.imagestore import PreparedImage
 from service.keys import Principal
@@ -61,24 +59,20 @@ def build_result(
     top_k: int,
 ) -> dict[str, Any]:
     """The stored body of a new identification."""
-    labels = predictor.bundle.labels
-    probabilities = np.asarray(prediction.probabilities, dtype=np.float64)
-    order = np.argsort(-probabilities, kind="stable")[: max(1, min(top_k, len(labels)))]
+    labels = predictor.labels
     by_id = {label.id: label for label in labels}
-    top = []
-    for rank, index in enumerate(order, start=1):
-        label = labels[int(index)]
-        top.append(
-            {
-                "rank": rank,
-                "label": label.id,
-                "label_name": label.name,
-                "kind": label.kind,
-                "probability": round(float(probabilities[index]), 6),
-                "taxon": taxon_summary(taxonomy, label.taxon_id),
-                "appendix": appendix_of(taxonomy, label, origin_country),
-            }
-        )
+    top = [
+        {
+            "rank": rank,
+            "label": score.label.id,
+            "label_name": score.label.name,
+            "kind": score.label.kind,
+            "probability": round(float(score.probability), 6),
+            "taxon": taxon_summary(taxonomy, score.label.taxon_id),
+            "appendix": appendix_of(taxonomy, score.label, origin_country),
+        }
+        for rank, score in enumerate(prediction.top[: max(1, top_k)], start=1)
+    ]
     decision = prediction.decision
     deciding = by_id.get(decision.label_id) if decision.label_id else None
     return {

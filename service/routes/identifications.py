@@ -20,8 +20,8 @@ from service.deps import (
 )
 from service.guidance import negotiate_language
 from service.heatmaps import render_heatmap_png
-from service.identify import IdentifyOptions, upload_too_large
 from service.identify import Identifier as IdentifierService
+from service.identify import IdentifyOptions, upload_too_large
 from service.problems import ProblemError
 from service.render import feedback_dict, render_identification
 from service.repository import (

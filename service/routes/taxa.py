@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from model.taxonomy import InvalidCountryError, Taxonomy, TaxonNotFoundError
+from model.taxonomy import InvalidCountryError, TaxonNotFoundError, Taxonomy
 from service.deps import ContextDep, Reader
 from service.problems import ProblemError
 
