@@ -66,10 +66,11 @@ def rotated_jpeg(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def shoot(page: Page, name: str) -> Path:
-    """Save a full-page screenshot of the phone view as ``docs/screenshots/<name>.png``."""
+def shoot(page: Page, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot of the phone view (the whole page, or what the screen shows) as
+    ``docs/screenshots/<name>.png``."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True, animations="disabled", caret="initial")
+    page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="initial")
     logger.info("screenshot %s", path)
     return path

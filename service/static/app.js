@@ -522,6 +522,7 @@
 
     $("result").hidden = false;
     $("result").dataset.decision = kind;
+    $("result").dataset.id = ident.id;
     const decision = $("decision");
     decision.textContent = t("decision_" + kind);
     decision.className = "decision decision-" + kind;

@@ -1,0 +1,278 @@
+"""The officer web page in a real browser (Debian's Chromium, headless, phone size) against a
+real running service: sign in, photograph, read the answer, heat map, correction, languages.
+
+Screenshots of each step go to ``docs/screenshots/`` (shown in ``docs/web.md``). The service
+serves ``weights/default`` when a bundle has been trained there, else the tiny test bundle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PHONE,
+    default_bundle,
+    require_browser,
+    rotated_jpeg,
+    shoot,
+)
+from tests.service_helpers import ServiceHandle, running_service
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Route
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+APPENDIX_BADGES = {"Appendix I", "Appendix II", "Appendix III", "Not listed", "Look-alike"}
+DECISIONS = {
+    "Confident",
+    "Look-alike: probably not CITES material",
+    "Uncertain: refer to an expert",
+    "Outside the training domain: refer to an expert",
+}
+PROBABILITY = re.compile(r"^(very likely|likely|possible|unlikely), (>99|<1|\d{1,2})%$")
+
+
+@pytest.fixture(scope="module")
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceHandle]:
+    """The real service on a free loopback port, serving the default (or tiny) bundle."""
+    require_browser()
+    bundle = default_bundle() or request.getfixturevalue("tiny_bundle")
+    with running_service(Path(bundle), tmp_path_factory.mktemp("service-data")) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def officer_key(service: ServiceHandle) -> str:
+    """An officer's API key, made with the CLI."""
+    return service.make_key("officer", "Officer Dupont")
+
+
+@pytest.fixture()
+def page(service: ServiceHandle) -> Iterator[Page]:
+    """A fresh phone-sized page in headless Chromium; fails the test on any script error."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport=PHONE, device_scale_factor=1, is_mobile=True, has_touch=True, locale="en-GB"
+        )
+        context.set_default_timeout(20_000)
+        tab = context.new_page()
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield tab
+        browser.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def _sign_in(page: Page, service: ServiceHandle, key: str) -> None:
+    page.goto(service.url + "/")
+    page.fill("#apikey", key)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+
+
+@pytest.mark.shared_data
+def test_officer_flow_on_a_phone(
+    page: Page, service: ServiceHandle, officer_key: str, shared_data: Path
+) -> None:
+    """Sign in, identify a real photo, heat map, correct via the taxon search, French."""
+    from playwright.sync_api import expect
+
+    photo = sorted((shared_data / "met-ivory" / "ivory").glob("*.jpg"))[0]
+
+    # 1. A wrong key is refused in plain words; the right one signs in.
+    page.goto(service.url + "/")
+    expect(page.locator("#signin-title")).to_have_text("Sign in")
+    shoot(page, "01-sign-in")
+    page.fill("#apikey", "cv_00000000_wrong")
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#error")).to_contain_text("The API key was not accepted")
+    page.fill("#apikey", officer_key)
+    page.press("#apikey", "Enter")
+    expect(page.locator("#whoami")).to_contain_text("Officer Dupont (officer)")
+    expect(page.locator("#error")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('citesVision.apiKey')") == officer_key
+    assert page.evaluate("localStorage.getItem('citesVision.apiKey')") is None
+
+    # 2. Pick the photo with a case reference; the first upload fails on the network and the
+    #    page retries by itself.
+    page.set_input_files("#file", str(photo))
+    expect(page.locator("#chosen")).to_contain_text(photo.name)
+    page.click("details.more summary")
+    page.fill("#caseref", "SEIZ-2026-042")
+    attempts: list[str] = []
+
+    def flaky(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        attempts.append(route.request.method)
+        if len(attempts) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/v1/identifications", flaky)
+    shoot(page, "02-photo-chosen")
+    page.click("#identify-btn")
+    result = page.locator("#result")
+    expect(result).to_be_visible()
+    page.unroute("**/v1/identifications")
+    assert attempts == ["POST", "POST"], attempts
+    expect(page.locator("#error")).to_be_hidden()
+
+    # 3. The answer, readable at a glance.
+    decision = page.locator("#decision").inner_text()
+    assert decision in DECISIONS
+    assert page.locator("#badge").inner_text() in APPENDIX_BADGES | {"Appendix unknown"}
+    assert PROBABILITY.match(page.locator("#prob").inner_text()), page.locator("#prob").inner_text()
+    assert (page.locator("#sci").inner_text() + page.locator("#common").inner_text()).strip()
+    expect(page.locator("#guidance-text")).not_to_be_empty()
+    expect(page.locator("#candidates li").first).to_be_visible()
+    expect(page.locator("#photo")).to_have_js_property("complete", True)
+    assert page.locator("#photo").evaluate("img => img.naturalWidth") > 0
+    ident_id = result.get_attribute("data-id")
+    assert ident_id
+    page.wait_for_function(
+        "Math.abs(document.getElementById('result').getBoundingClientRect().top) < 2"
+    )
+    shoot(page, "03-result-at-a-glance", full_page=False)
+    shoot(page, "04-result")
+
+    # The service stored what the page showed.
+    with service.client(officer_key) as api:
+        stored = api.get(f"/v1/identifications/{ident_id}").json()
+    assert stored["case_ref"] == "SEIZ-2026-042"
+    assert stored["image"]["width"] == 384 or stored["image"]["height"] == 384
+
+    # 4. Heat map over the photo, toggled by keyboard.
+    toggle = page.locator("#heatmap-toggle")
+    toggle.focus()
+    page.keyboard.press("Enter")
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    heatmap = page.locator("#heatmap")
+    expect(heatmap).to_be_visible()
+    page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+    heat_box = heatmap.bounding_box()
+    photo_box = page.locator("#photo").bounding_box()
+    assert heat_box and photo_box and abs(heat_box["width"] - photo_box["width"]) < 2
+    toggle.scroll_into_view_if_needed()
+    shoot(page, "05-heatmap")
+
+    # 5. Correct it with the taxon search (keyboard only), a note and a case reference.
+    page.check("input[name=verdict][value=correct]")
+    search = page.locator("#taxon-search")
+    expect(search).to_be_focused()
+    search.type("Elephas", delay=20)
+    option = page.locator("#taxon-options [role=option]", has_text="Elephas maximus")
+    expect(option).to_be_visible()
+    shoot(page, "06-taxon-search")
+    count = page.locator("#taxon-options [role=option]").count()
+    index = next(
+        i
+        for i in range(count)
+        if "Elephas maximus" in page.locator("#taxon-options [role=option]").nth(i).inner_text()
+    )
+    for _ in range(index + 1):
+        search.press("ArrowDown")
+    search.press("Enter")
+    expect(page.locator("#taxon-chosen")).to_contain_text("Elephas maximus")
+    page.fill("#note", "Schreger lines checked with a loupe")
+    page.click("#feedback-form button[type=submit]")
+    expect(page.locator("#feedback-status")).to_contain_text("your correction was saved")
+    shoot(page, "07-feedback-saved")
+
+    # ... and the service stored it.
+    with service.client(officer_key) as api:
+        history = api.get(f"/v1/identifications/{ident_id}/feedback").json()["items"]
+    assert len(history) == 1
+    assert history[0]["verdict"] == "correct"
+    assert history[0]["taxon_id"] == "elephas-maximus"
+    assert history[0]["note"] == "Schreger lines checked with a loupe"
+
+    # 6. Recent cases show the identification with its correction.
+    first = page.locator("#recent-list li").first
+    expect(first).to_contain_text("corrected to")
+    expect(first).to_contain_text("SEIZ-2026-042")
+    page.locator("#recent").scroll_into_view_if_needed()
+    shoot(page, "08-recent-cases")
+
+    # 7. French everywhere: interface, guidance from the API, recent cases.
+    page.select_option("#lang", "fr")
+    expect(page.locator("html")).to_have_attribute("lang", "fr")
+    expect(page.locator("#identify-title")).to_have_text("Identifier un objet")
+    expect(page.locator("#guidance")).to_have_attribute("lang", "fr")
+    expect(page.locator("#recent-list li").first).to_contain_text("corrigé en")
+    assert page.locator("#decision").inner_text() in {
+        "Fiable",
+        "Imitation : probablement pas un spécimen CITES",
+        "Incertain : consultez un expert",
+        "Hors du domaine d’entraînement : consultez un expert",
+    }
+    page.evaluate("window.scrollTo(0, 0)")
+    shoot(page, "09-french")
+
+
+def test_large_rotated_photo_is_downscaled_upright(
+    page: Page, service: ServiceHandle, officer_key: str, tmp_path: Path
+) -> None:
+    """A 2400x1200 JPEG with EXIF orientation 6 reaches the service as an upright 800x1600."""
+    from playwright.sync_api import expect
+
+    source = tmp_path / "rotated.jpg"
+    source.write_bytes(rotated_jpeg(2400, 1200))
+    _sign_in(page, service, officer_key)
+    page.set_input_files("#camera", str(source))
+    page.click("#identify-btn")
+    expect(page.locator("#result")).to_be_visible()
+    ident_id = page.locator("#result").get_attribute("data-id")
+    with service.client(officer_key) as api:
+        stored = api.get(f"/v1/identifications/{ident_id}").json()
+        image = api.get(f"/v1/identifications/{ident_id}/image")
+    assert (stored["image"]["width"], stored["image"]["height"]) == (800, 1600)
+    assert stored["image"]["mime"] == "image/jpeg"
+    upright = Image.open(BytesIO(image.content)).convert("RGB")
+    top = upright.getpixel((400, 100))
+    bottom = upright.getpixel((400, 1500))
+    assert isinstance(top, tuple) and isinstance(bottom, tuple)
+    assert top[0] > 150 and top[1] < 90, f"the red band should be on top, got {top}"
+    assert abs(bottom[0] - bottom[1]) < 30, f"the bottom should be grey, got {bottom}"
+
+
+def test_api_errors_are_shown_in_plain_words(
+    page: Page, service: ServiceHandle, officer_key: str, tmp_path: Path
+) -> None:
+    """A file that is not an image gets the service's problem+json detail, not a stack trace."""
+    from playwright.sync_api import expect
+
+    fake = tmp_path / "scan.png"
+    fake.write_bytes(b"this is not a picture at all" * 10)
+    _sign_in(page, service, officer_key)
+    page.set_input_files("#file", str(fake))
+    page.click("#identify-btn")
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_have_attribute("role", "alert")
+    with httpx.Client(base_url=service.url) as raw:
+        problem = raw.post(
+            "/v1/identifications",
+            headers={"Authorization": f"Bearer {officer_key}"},
+            files={"image": ("scan.png", fake.read_bytes(), "image/png")},
+        ).json()
+    expect(error).to_contain_text(problem["detail"])
+    expect(page.locator("#result")).to_be_hidden()
