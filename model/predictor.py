@@ -1,0 +1,365 @@
+"""The predictor: an ONNX Runtime session over a verified bundle, from pixels to decisions.
+
+``predict_arrays`` is the real path (``predict_one`` and ``predict_bytes`` call it): a batch of
+preprocessed images (N,3,S,S) runs through the session; the logits are divided by the bundle's
+temperature and soft-maxed into calibrated probabilities; the pooled features give the
+out-of-domain score (when the bundle has an OOD model); :func:`model.decision.decide` turns
+each probability vector into a decision. Sessions are thread-safe, so one predictor serves
+concurrent callers. No torch, no HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from model.bundle import Bundle, BundleError, Precision, load_bundle
+from model.decision import Decision, decide
+from model.labels import Label
+from model.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess_bytes
+from model.taxonomy import Taxonomy, default_taxonomy
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("logits", "features", "cam")
+DEFAULT_MAX_BATCH = 64
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class PredictorError(ValueError):
+    """Input the predictor cannot use (shape, dtype, counts); the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label and its calibrated probability."""
+
+    label: Label
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the label's fields and the probability."""
+        return {**self.label.to_dict(), "probability": round(self.probability, 6)}
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """The result for one image.
+
+    Attributes:
+        probabilities: calibrated probabilities over all labels, shape (C,).
+        top: the ``top_k`` most probable labels, most probable first.
+        decision: the roll-up decision (see :mod:`model.decision`).
+        ood_score: out-of-domain score, or None when the bundle has no OOD model.
+        features: pooled backbone features (F,), only when asked for.
+    """
+
+    probabilities: FloatArray
+    top: list[LabelScore]
+    decision: Decision
+    ood_score: float | None
+    features: FloatArray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (without the full probability vector and features)."""
+        return {
+            "decision": self.decision.to_dict(),
+            "top": [score.to_dict() for score in self.top],
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+        }
+
+
+def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
+    """Row-wise softmax of ``logits / temperature`` (numerically stable), float32."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    result: FloatArray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0 if threads is None else threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+class Predictor:
+    """Runs a bundle: calibrated probabilities, OOD score and decision for each image.
+
+    Args:
+        bundle: a loaded :class:`~model.bundle.Bundle` or the path of a bundle folder.
+        taxonomy: taxonomy for the roll-up and appendices (default: the packaged one).
+        threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, all cores).
+        precision: ``fp32``, ``int8`` or ``auto`` (INT8 when the bundle has it).
+        max_batch: larger inputs are run in chunks of this many images.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | Path,
+        *,
+        taxonomy: Taxonomy | None = None,
+        threads: int | None = None,
+        precision: Precision = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        if threads is not None and threads < 1:
+            raise PredictorError(
+                f"threads must be at least 1 (or None for all cores), got {threads}"
+            )
+        if max_batch < 1:
+            raise PredictorError(f"max_batch must be at least 1, got {max_batch}")
+        self._taxonomy = taxonomy or default_taxonomy()
+        self._bundle = (
+            bundle if isinstance(bundle, Bundle) else load_bundle(bundle, taxonomy=self._taxonomy)
+        )
+        self._precision = self._bundle.resolve_precision(precision)
+        self._max_batch = max_batch
+        self._threads = threads
+        model_path = self._bundle.model_path(self._precision)
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), _session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from exc
+        self._check_session(model_path)
+        logger.info(
+            "predictor ready: bundle %s, %s, %s threads",
+            self.version,
+            self._precision,
+            "default" if threads is None else threads,
+        )
+
+    def _check_session(self, model_path: Path) -> None:
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        if INPUT_NAME not in inputs:
+            raise BundleError(f"{model_path}: the model has no input named {INPUT_NAME!r}")
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        if missing:
+            raise BundleError(f"{model_path}: the model lacks outputs {missing}")
+        classes = outputs["logits"].shape[-1]
+        if isinstance(classes, int) and classes != len(self.labels):
+            raise BundleError(
+                f"{model_path}: the model has {classes} outputs but the bundle has "
+                f"{len(self.labels)} labels"
+            )
+        size = inputs[INPUT_NAME].shape[-1]
+        if isinstance(size, int) and size != self.preprocess.input_size:
+            raise BundleError(
+                f"{model_path}: the model takes {size}x{size} images but the manifest says "
+                f"{self.preprocess.input_size}"
+            )
+
+    # ---- properties ----------------------------------------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        """The verified bundle this predictor runs."""
+        return self._bundle
+
+    @property
+    def version(self) -> str:
+        """The bundle version."""
+        return self._bundle.version
+
+    @property
+    def labels(self) -> tuple[Label, ...]:
+        """The bundle's labels, in output order."""
+        return self._bundle.labels
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing the bundle's model expects."""
+        return self._bundle.manifest.preprocess
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities the bundle was trained on (``camera``, ``xray``)."""
+        return self._bundle.manifest.modalities
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``int8``: the model file in use."""
+        return self._precision
+
+    @property
+    def threads(self) -> int | None:
+        """The intra-op thread count asked for (None: ONNX Runtime's default)."""
+        return self._threads
+
+    @property
+    def session_options(self) -> ort.SessionOptions:
+        """The options the ONNX Runtime session was created with."""
+        return self._session.get_session_options()
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        """The taxonomy used for roll-up and appendices."""
+        return self._taxonomy
+
+    # ---- inference -----------------------------------------------------------------------
+    def _check_batch(self, batch: npt.ArrayLike) -> FloatArray:
+        array = np.asarray(batch)
+        size = self.preprocess.input_size
+        if array.ndim != 4 or array.shape[1:] != (3, size, size):
+            raise PredictorError(
+                f"images must be a (N, 3, {size}, {size}) array (use "
+                f"model.preprocess.preprocess_bytes), got shape {tuple(array.shape)}"
+            )
+        if not np.issubdtype(array.dtype, np.floating):
+            raise PredictorError(f"images must be floating point, got {array.dtype}")
+        result: FloatArray = np.ascontiguousarray(array, dtype=np.float32)
+        return result
+
+    def _run(self, batch: FloatArray, outputs: Sequence[str]) -> list[npt.NDArray[Any]]:
+        chunks: list[list[npt.NDArray[Any]]] = []
+        for start in range(0, batch.shape[0], self._max_batch):
+            part = batch[start : start + self._max_batch]
+            chunks.append(self._session.run(list(outputs), {INPUT_NAME: part}))
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(outputs))]
+
+    def _countries(self, origin_countries: Sequence[str | None] | None, n: int) -> list[str | None]:
+        if origin_countries is None:
+            return [None] * n
+        if len(origin_countries) != n:
+            raise PredictorError(
+                f"origin_countries must have one entry per image ({n}), got {len(origin_countries)}"
+            )
+        return [self._taxonomy.normalize_country(c) for c in origin_countries]
+
+    def predict_arrays(
+        self,
+        batch: npt.ArrayLike,
+        *,
+        origin_countries: Sequence[str | None] | None = None,
+        top_k: int = 5,
+        with_features: bool = False,
+    ) -> list[Prediction]:
+        """Predict a batch of preprocessed images (N,3,S,S); the real inference path.
+
+        Args:
+            batch: normalised images as made by :func:`model.preprocess.preprocess_bytes`.
+            origin_countries: one ISO 3166-1 alpha-2 code (or None) per image; decides the
+                appendix for split listings. Invalid codes raise ``InvalidCountryError``.
+            top_k: how many labels to list per image.
+            with_features: keep the pooled features in each :class:`Prediction`.
+        """
+        images = self._check_batch(batch)
+        if top_k < 1:
+            raise PredictorError(f"top_k must be at least 1, got {top_k}")
+        countries = self._countries(origin_countries, images.shape[0])
+        if images.shape[0] == 0:
+            return []
+        logits, features = self._run(images, ("logits", "features"))
+        manifest = self._bundle.manifest
+        probabilities = softmax(logits, manifest.temperature)
+        ood = self._bundle.ood
+        scores = None if ood is None else ood.score(features)
+        ood_threshold = None if manifest.ood is None else manifest.ood.threshold
+        k = min(top_k, len(self.labels))
+        results: list[Prediction] = []
+        for i, probs in enumerate(probabilities):
+            order = np.argsort(-probs, kind="stable")[:k]
+            score = None if scores is None else float(scores[i])
+            decision = decide(
+                probs,
+                self.labels,
+                self._taxonomy,
+                manifest.thresholds,
+                countries[i],
+                ood_score=score,
+                ood_threshold=ood_threshold,
+            )
+            results.append(
+                Prediction(
+                    probabilities=probs,
+                    top=[LabelScore(self.labels[j], float(probs[j])) for j in order],
+                    decision=decision,
+                    ood_score=score,
+                    features=features[i].astype(np.float32) if with_features else None,
+                )
+            )
+        return results
+
+    def predict_one(
+        self, image: npt.ArrayLike, *, origin_country: str | None = None, top_k: int = 5
+    ) -> Prediction:
+        """Predict one preprocessed image (3,S,S): a batch of one."""
+        array = np.asarray(image)
+        if array.ndim != 3:
+            raise PredictorError(f"one image must have shape (3, S, S), got {tuple(array.shape)}")
+        return self.predict_arrays(array[None], origin_countries=[origin_country], top_k=top_k)[0]
+
+    def preprocess_bytes(self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> FloatArray:
+        """Decode and preprocess image bytes with the bundle's settings (raises ImageError)."""
+        return preprocess_bytes(data, self.preprocess, max_pixels=max_pixels)
+
+    def predict_bytes(
+        self,
+        images: Sequence[bytes],
+        *,
+        origin_countries: Sequence[str | None] | None = None,
+        top_k: int = 5,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Prediction | ImageError]:
+        """Predict encoded images; an image that cannot be decoded yields its ``ImageError``
+        in its place while the others are still predicted (results keep the input order)."""
+        countries = self._countries(origin_countries, len(images))
+        arrays: list[FloatArray] = []
+        positions: list[int] = []
+        errors: dict[int, ImageError] = {}
+        for i, data in enumerate(images):
+            try:
+                arrays.append(self.preprocess_bytes(data, max_pixels=max_pixels))
+            except ImageError as exc:
+                errors[i] = exc
+                continue
+            positions.append(i)
+        predictions: dict[int, Prediction] = {}
+        if arrays:
+            done = self.predict_arrays(
+                np.stack(arrays),
+                origin_countries=[countries[i] for i in positions],
+                top_k=top_k,
+            )
+            predictions = dict(zip(positions, done, strict=True))
+        return [predictions[i] if i in predictions else errors[i] for i in range(len(images))]
+
+    def heatmap(self, image: npt.ArrayLike | bytes, label_index: int | None = None) -> FloatArray:
+        """Class activation map (h, w) in [0, 1] for ``label_index`` (default: the top label).
+
+        ``image`` is encoded bytes or one preprocessed array (3,S,S). The map covers the model
+        input (the centre crop for ``crop="center"``); see :mod:`model.heatmap` to draw it.
+        """
+        array = self.preprocess_bytes(image) if isinstance(image, bytes) else np.asarray(image)
+        if array.ndim != 3:
+            raise PredictorError(f"one image must have shape (3, S, S), got {tuple(array.shape)}")
+        logits, cam = self._run(self._check_batch(array[None]), ("logits", "cam"))
+        index = int(np.argmax(logits[0])) if label_index is None else label_index
+        if not 0 <= index < len(self.labels):
+            raise PredictorError(f"label_index must be in 0..{len(self.labels) - 1}, got {index}")
+        activation = cam[0, index].astype(np.float32)
+        activation -= activation.min()
+        peak = float(activation.max())
+        result: FloatArray = activation / peak if peak > 0 else np.zeros_like(activation)
+        return result
+
+    def warmup(self) -> None:
+        """Run one blank image so the first real request does not pay for initialisation."""
+        size = self.preprocess.input_size
+        self._run(np.zeros((1, 3, size, size), dtype=np.float32), OUTPUT_NAMES)
