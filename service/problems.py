@@ -119,7 +119,7 @@ def _problem(request: Request, exc: Exception) -> ProblemResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     problem = ProblemError(
         500,
         "internal-error",
