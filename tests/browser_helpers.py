@@ -11,7 +11,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
@@ -49,6 +49,68 @@ def require_browser() -> None:
 def default_bundle() -> Path | None:
     """``weights/default`` when a bundle has been trained there, else None."""
     return DEFAULT_BUNDLE if (DEFAULT_BUNDLE / "manifest.json").is_file() else None
+
+
+DECISION_TEXT = {
+    "taxon": "Confident",
+    "lookalike": "Look-alike: probably not CITES material",
+    "uncertain": "Uncertain: refer to an expert",
+    "outside_training_domain": "Outside the training domain: refer to an expert",
+}
+
+
+def probability_text(p: float) -> str:
+    """What the page should write for a probability, in English ("likely, 87%")."""
+    if p >= 0.9:
+        words = "very likely"
+    elif p >= 0.66:
+        words = "likely"
+    elif p >= 0.33:
+        words = "possible"
+    else:
+        words = "unlikely"
+    pct = ">99" if p >= 0.995 else "<1" if p < 0.005 else str(round(p * 100))
+    return f"{words}, {pct}%"
+
+
+def badge_text(label_kind: str | None, appendix: str | None) -> str:
+    """The appendix badge the page should show for a class of ``label_kind`` (English)."""
+    if label_kind in ("lookalike", "not_wildlife"):
+        return "Look-alike"
+    if appendix in ("I", "II", "III"):
+        return f"Appendix {appendix}"
+    return "Not listed" if label_kind == "cites" else "Appendix unknown"
+
+
+def check_answer(page: Page, ident: dict[str, Any]) -> None:
+    """Assert that the English page shows what the API answered for ``ident``."""
+    from playwright.sync_api import expect
+
+    decision = ident["decision"]
+    kind = decision["kind"]
+    expect(page.locator("#decision")).to_have_text(DECISION_TEXT[kind])
+    decided = kind in ("taxon", "lookalike")
+    candidates = page.locator("#candidates li")
+    if decided:
+        taxon = decision.get("taxon")
+        if taxon:
+            expect(page.locator("#sci")).to_have_text(taxon["scientific_name"])
+        else:
+            expect(page.locator("#common")).to_have_text(decision["label_name"])
+        label_kind = "lookalike" if kind == "lookalike" else "cites"
+        expect(page.locator("#badge")).to_have_text(badge_text(label_kind, decision["appendix"]))
+        expect(page.locator("#prob")).to_have_text(probability_text(decision["probability"]))
+        others = [c for c in ident["top_k"] if c["label"] != decision["label"]]
+    else:
+        expect(page.locator("#facts")).to_be_hidden()
+        expect(page.locator("#candidates-title")).to_have_text("Closest candidates")
+        others = ident["top_k"]
+    expect(candidates).to_have_count(max(1, len(others)))
+    for index, cand in enumerate(others):
+        item = candidates.nth(index)
+        expect(item.locator(".badge")).to_have_text(badge_text(cand["kind"], cand["appendix"]))
+        expect(item.locator(".prob")).to_have_text(probability_text(cand["probability"]))
+    expect(page.locator("#guidance-text")).to_have_text(ident["guidance"]["text"])
 
 
 def rotated_jpeg(width: int, height: int) -> bytes:

@@ -543,9 +543,11 @@
     const decidedKind = kind === "lookalike" ? "lookalike" : kind === "taxon" ? "cites" : "unknown";
     showAppendix($("badge"), decidedKind, d.appendix);
     noteOriginDependence(ident);
-    const p = typeof d.probability === "number" ? d.probability
-      : top.length ? top[0].probability : null;
-    $("prob").textContent = probabilityText(p);
+    // Without a decided class there is no single appendix or probability to show: the
+    // closest candidates below carry theirs.
+    const decided = kind === "taxon" || kind === "lookalike";
+    $("facts").hidden = !decided;
+    $("prob").textContent = decided ? probabilityText(d.probability) : "";
 
     const guidance = ident.guidance || {};
     $("guidance-title").textContent = guidance.title || "";
@@ -553,7 +555,10 @@
     $("guidance").hidden = !(guidance.title || guidance.text);
     if (guidance.language) $("guidance").lang = guidance.language;
 
-    renderCandidates(top, kind === "taxon" || kind === "lookalike" ? d.label : null);
+    const candidatesTitle = $("candidates-title");
+    candidatesTitle.dataset.i18n = decided ? "otherCandidates" : "closestCandidates";
+    candidatesTitle.textContent = t(candidatesTitle.dataset.i18n);
+    renderCandidates(top, decided ? d.label : null);
 
     const meta = [t("model", { version: ident.model_version })];
     if (ident.case_ref) meta.push(t("caseLabel", { ref: ident.case_ref }));
