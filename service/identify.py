@@ -121,6 +121,18 @@ def overloaded(reason: str) -> ProblemError:
     )
 
 
+def storage_unavailable(exc: OSError) -> ProblemError:
+    """507 when the image store cannot be written (disk full, read-only, permissions)."""
+    logger.error("cannot write to the image store: %s", exc)
+    return ProblemError(
+        507,
+        "storage-unavailable",
+        "The image store cannot be written right now (disk full or read-only); nothing was "
+        "stored. Retry later; an operator must check the data directory.",
+        title="Storage unavailable",
+    )
+
+
 @dataclass(frozen=True)
 class _Prepared:
     array: npt.NDArray[np.float32]
@@ -180,7 +192,6 @@ class Identifier:
             data, predictor.bundle.manifest.preprocess, max_pixels=settings.max_pixels
         )
         image = prepare_image(data, keep_gps=settings.keep_gps)
-        self.context.store.put(image)  # durable before the database row refers to it
         return _Prepared(array, image)
 
     async def identify(
@@ -285,6 +296,11 @@ class Identifier:
         created_at: datetime,
     ) -> None:
         decision = result["decision"]
+        try:  # durable before the database row refers to it; not at all for refused requests
+            self.context.store.put(image)
+        except OSError as exc:
+            self.context.metrics.rejected.labels(reason="storage").inc()
+            raise storage_unavailable(exc) from None
         with self.context.sessions() as session:
             relative = self.context.store.relative_path(image.sha256, image.ext)
             record_image(session, image, relative)

@@ -181,7 +181,7 @@ def test_without_a_valid_key_every_operation_is_401(
         "none": {},
         "garbage": {"Authorization": "Bearer not-a-key"},
         "wrong_secret": {"Authorization": f"Bearer cv_{key_id}_{'A' * 43}"},
-        "empty_bearer": {"Authorization": "Bearer "},
+        "empty_bearer": {"Authorization": "Bearer"},
         "basic_scheme": {"Authorization": "Basic YWRtaW46YWRtaW4="},
     }[presented]
     with httpx.Client(base_url=ctx.handle.url, headers=headers, timeout=60) as client:
