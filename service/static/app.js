@@ -53,6 +53,29 @@
     return text;
   }
 
+  /** Show interface text ``key`` in ``el`` and remember it, so that a change of language
+      rewrites it; a value ``{t: key}`` in ``vars`` is itself translated. ``key`` null clears. */
+  function say(el, key, vars) {
+    if (!key) {
+      el.textContent = "";
+      delete el.dataset.msg;
+      return;
+    }
+    el.dataset.msg = JSON.stringify({ key, vars: vars || null });
+    const filled = {};
+    for (const [name, value] of Object.entries(vars || {})) {
+      filled[name] = value && typeof value === "object" ? t(value.t) : value;
+    }
+    el.textContent = t(key, filled);
+  }
+
+  /** The latest feedback already given on an identification, in words. */
+  function sayFeedback(el, fb) {
+    if (!fb) say(el, null);
+    else if (fb.verdict === "confirm") say(el, "earlierConfirmed");
+    else say(el, "earlierCorrected", { name: correctionName(fb) });
+  }
+
   /** The first of the browser's preferred languages that the page speaks (else English). */
   function browserLanguage() {
     const prefs = navigator.languages && navigator.languages.length
@@ -80,6 +103,11 @@
     for (const el of document.querySelectorAll("[data-i18n]")) {
       el.textContent = t(el.dataset.i18n);
     }
+    for (const el of document.querySelectorAll("[data-msg]")) {
+      const msg = JSON.parse(el.dataset.msg);
+      say(el, msg.key, msg.vars);
+    }
+    if (state.lastError && !$("error").hidden) showError(state.lastError);
     for (const el of document.querySelectorAll("[data-i18n-attr]")) {
       for (const pair of el.dataset.i18nAttr.split(";")) {
         const [attr, key] = pair.split(":");
@@ -124,8 +152,17 @@
 
   class NetworkError extends Error {}
 
+  /** A mistake the officer can fix; shown as interface text ``key``. */
+  class UserError extends Error {
+    constructor(key) {
+      super(key);
+      this.key = key;
+    }
+  }
+
   /** Plain-words text for an error, in the interface language where we can. */
   function errorText(err) {
+    if (err instanceof UserError) return t(err.key);
     if (err instanceof NetworkError) return t("networkFailed");
     if (err instanceof ApiError) {
       if (err.status === 401) return t("error_401");
@@ -142,6 +179,7 @@
   }
 
   function showError(err) {
+    state.lastError = err;
     const box = $("error");
     box.textContent = "";
     const strong = document.createElement("strong");
@@ -152,6 +190,7 @@
   }
 
   function clearError() {
+    state.lastError = null;
     $("error").hidden = true;
     $("error").textContent = "";
   }
@@ -276,12 +315,12 @@
     if (!file) return;
     clearError();
     if (file.type && !file.type.startsWith("image/")) {
-      showError(new Error(t("notImage")));
+      showError(new UserError("notImage"));
       return;
     }
     state.file = file;
     state.prepared = null;
-    $("chosen").textContent = t("chosenFile", { name: file.name || "photo" });
+    say($("chosen"), "chosenFile", { name: file.name || "photo" });
     $("identify-btn").disabled = false;
     $("retry").hidden = true;
   }
@@ -341,9 +380,9 @@
 
   // ---------------------------------------------------------------- upload
 
-  function setProgress(text, pct) {
+  function setProgress(key, vars, pct) {
     $("upload").hidden = false;
-    $("progress-label").textContent = text;
+    say($("progress-label"), key, vars);
     const bar = $("progress");
     if (pct === null) bar.removeAttribute("value"); // indeterminate while the model works
     else bar.value = pct;
@@ -365,10 +404,10 @@
       xhr.upload.onprogress = (e) => {
         if (e.lengthComputable) {
           const pct = Math.round((100 * e.loaded) / e.total);
-          setProgress(t("uploading", { pct }), pct);
+          setProgress("uploading", { pct }, pct);
         }
       };
-      xhr.upload.onload = () => setProgress(t("analysing"), null);
+      xhr.upload.onload = () => setProgress("analysing", null, null);
       xhr.onerror = () => reject(new NetworkError("network"));
       xhr.ontimeout = () => reject(new NetworkError("timeout"));
       xhr.onabort = () => reject(new NetworkError("abort"));
@@ -382,7 +421,7 @@
         if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
         else reject(new ApiError(xhr.status, body, xhr.getResponseHeader("Retry-After")));
       };
-      setProgress(t("uploading", { pct: 0 }), 0);
+      setProgress("uploading", { pct: 0 }, 0);
       xhr.send(form);
     });
   }
@@ -397,7 +436,7 @@
       const busy = err instanceof ApiError && err.status === 503;
       if (!(err instanceof NetworkError) && !busy) throw err;
       const wait = busy ? Math.min(10, Number(err.retryAfter) || 2) * 1000 : AUTO_RETRY_DELAY_MS;
-      setProgress(t("retrying"), null);
+      setProgress("retrying", null, null);
       await sleep(wait);
       return uploadOnce(prepared, fields);
     }
@@ -407,12 +446,12 @@
     if (event) event.preventDefault();
     clearError();
     if (!state.file) {
-      showError(new Error(t("noFile")));
+      showError(new UserError("noFile"));
       return;
     }
     const origin = $("origin").value.trim().toUpperCase();
     if (origin && !/^[A-Z]{2}$/.test(origin)) {
-      showError(new Error(t("originInvalid")));
+      showError(new UserError("originInvalid"));
       $("origin").focus();
       return;
     }
@@ -422,7 +461,7 @@
     $("retry").hidden = true;
     try {
       if (!state.prepared) {
-        setProgress(t("preparing"), null);
+        setProgress("preparing", null, null);
         state.prepared = await prepare(state.file, modality);
       }
       const ident = await uploadWithRetry(state.prepared, {
@@ -430,6 +469,7 @@
         origin_country: origin,
         case_ref: $("caseref").value.trim(),
       });
+      $("upload").hidden = true; // before scrolling to the answer, so that it does not move
       setPhoto(URL.createObjectURL(state.prepared.blob));
       renderResult(ident, { keepPhoto: true, focus: true });
       loadRecent();
@@ -488,13 +528,13 @@
       by population; say so next to the badge. */
   async function noteOriginDependence(ident) {
     const note = $("origin-note");
-    note.textContent = "";
+    say(note, null);
     const d = ident.decision || {};
     if (ident.origin_country || !d.taxon || !APPENDICES.includes(d.appendix)) return;
     try {
       const taxon = await getTaxon(d.taxon.id);
       const split = (taxon.populations || []).some((p) => APPENDICES.includes(p.appendix));
-      if (split && state.current === ident) note.textContent = t("originDepends");
+      if (split && state.current === ident) say(note, "originDepends");
     } catch (_err) {
       /* the note is a hint; the badge already shows the strictest listing */
     }
@@ -569,7 +609,8 @@
     if (state.heatmapFor !== ident.id) resetHeatmap();
     renderFeedbackForm(ident);
     if (options.focus) {
-      $("result").scrollIntoView({ behavior: "smooth", block: "start" });
+      const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      $("result").scrollIntoView({ behavior: still ? "auto" : "smooth", block: "start" });
       $("result-title").setAttribute("tabindex", "-1");
       $("result-title").focus({ preventScroll: true });
     }
@@ -641,7 +682,7 @@
     state.heatmapFor = null;
     $("heatmap").hidden = true;
     $("heatmap").removeAttribute("src");
-    $("heatmap-status").textContent = "";
+    say($("heatmap-status"), null);
     renderHeatmapToggle();
   }
 
@@ -650,7 +691,7 @@
     const button = $("heatmap-toggle");
     button.setAttribute("aria-pressed", on ? "true" : "false");
     button.textContent = on ? t("hideHeatmap") : t("showHeatmap");
-    if (on) $("heatmap-status").textContent = t("heatmapShown");
+    if (on) say($("heatmap-status"), "heatmapShown");
   }
 
   async function toggleHeatmap() {
@@ -659,12 +700,12 @@
     const img = $("heatmap");
     if (!img.hidden) {
       img.hidden = true;
-      $("heatmap-status").textContent = "";
+      say($("heatmap-status"), null);
       renderHeatmapToggle();
       return;
     }
     if (state.heatmapFor !== ident.id) {
-      $("heatmap-status").textContent = t("heatmapLoading");
+      say($("heatmap-status"), "heatmapLoading");
       try {
         const path = ident.heatmap_url
           || "/v1/identifications/" + encodeURIComponent(ident.id) + "/heatmap";
@@ -675,7 +716,7 @@
         img.src = url;
         await img.decode().catch(() => undefined);
       } catch (err) {
-        $("heatmap-status").textContent = "";
+        say($("heatmap-status"), null);
         showError(err);
         return;
       }
@@ -692,11 +733,23 @@
     state.feedbackFor = ident.id;
     $("feedback-form").reset();
     $("fb-caseref").value = ident.case_ref || "";
+    say($("confirm-text"), "confirmName", { name: confirmedName(ident) });
     $("correction").hidden = true;
     state.chosen = null;
-    $("taxon-chosen").textContent = "";
-    $("feedback-status").textContent = ident.feedback ? feedbackSummary(ident.feedback) : "";
+    say($("taxon-chosen"), null);
+    sayFeedback($("feedback-status"), ident.feedback);
     closeOptions();
+  }
+
+  /** What "confirm" agrees with: the decided class, else the first candidate (docs/api.md). */
+  function confirmedName(ident) {
+    const d = ident.decision || {};
+    const decided = d.kind === "taxon" || d.kind === "lookalike";
+    const top = (ident.top_k || [])[0];
+    if (decided && d.taxon) return d.taxon.scientific_name;
+    if (decided && d.label) return d.label_name || labelName(d.label, ident.top_k);
+    if (!top) return "?";
+    return top.taxon && top.taxon.scientific_name ? top.taxon.scientific_name : top.label_name;
   }
 
   function feedbackSummary(fb) {
@@ -728,7 +781,7 @@
     const body = { verdict };
     if (verdict === "correct") {
       if (!state.chosen) {
-        showError(new Error(t("chooseTaxon")));
+        showError(new UserError("chooseTaxon"));
         $("taxon-search").focus();
         return;
       }
@@ -744,18 +797,18 @@
     }
     if (note) body.note = note;
     const status = $("feedback-status");
-    status.textContent = t("sending");
+    say(status, "sending");
     try {
       const saved = await api("/v1/identifications/" + encodeURIComponent(ident.id) + "/feedback",
         { method: "POST", body });
       ident.feedback = saved;
       const time = new Date(saved.created_at || Date.now())
         .toLocaleTimeString(state.lang, { hour: "2-digit", minute: "2-digit" });
-      status.textContent = t("feedbackSaved", { verdict: t("verdict_" + verdict), time });
+      say(status, "feedbackSaved", { verdict: { t: "verdict_" + verdict }, time });
       status.dataset.saved = saved.id || "yes";
       loadRecent();
     } catch (err) {
-      status.textContent = "";
+      say(status, null);
       showError(err);
     }
   }
@@ -780,7 +833,7 @@
 
   function onSearchInput() {
     state.chosen = null;
-    $("taxon-chosen").textContent = "";
+    say($("taxon-chosen"), null);
     clearTimeout(state.searchTimer);
     const q = $("taxon-search").value.trim();
     if (q.length < 2) {
@@ -793,7 +846,7 @@
   /** Model labels whose name or id matches, then taxa from /v1/taxa, as options. */
   async function search(q) {
     const seq = ++state.searchSeq;
-    $("taxon-chosen").textContent = t("searching");
+    say($("taxon-chosen"), "searching");
     const needle = q.toLowerCase();
     const options = state.labels
       .filter((l) => (l.name || "").toLowerCase().includes(needle)
@@ -830,7 +883,7 @@
     list.textContent = "";
     state.options = options;
     state.active = -1;
-    $("taxon-chosen").textContent = options.length ? "" : t("searchNone", { q });
+    say($("taxon-chosen"), options.length ? null : "searchNone", { q });
     options.forEach((opt, i) => {
       const li = document.createElement("li");
       li.id = "taxon-opt-" + i;
@@ -863,7 +916,7 @@
     if (!opt) return;
     state.chosen = opt;
     $("taxon-search").value = opt.text;
-    $("taxon-chosen").textContent = t("chosenTaxon", { name: opt.text });
+    say($("taxon-chosen"), "chosenTaxon", { name: opt.text });
     closeOptions();
   }
 
@@ -888,13 +941,13 @@
 
   async function loadRecent() {
     if (!state.key) return;
-    $("recent-status").textContent = t("loading");
+    say($("recent-status"), "loading");
     try {
       const page = await api("/v1/identifications?mine=true&limit=" + RECENT_LIMIT);
       state.recent = page.items || [];
       renderRecent();
     } catch (err) {
-      $("recent-status").textContent = "";
+      say($("recent-status"), null);
       showError(err);
     }
   }
@@ -902,7 +955,7 @@
   function renderRecent() {
     const list = $("recent-list");
     list.textContent = "";
-    $("recent-status").textContent = state.recent.length ? "" : t("recentEmpty");
+    say($("recent-status"), state.recent.length ? null : "recentEmpty");
     for (const ident of state.recent) {
       const d = ident.decision || { kind: "uncertain" };
       const li = document.createElement("li");
@@ -918,14 +971,13 @@
         title.append(i);
         if (d.taxon.common_name) title.append(document.createTextNode(" (" + d.taxon.common_name + ")"));
       } else {
-        title.textContent = d.label ? labelName(d.label, ident.top_k) : t("noTaxon");
+        title.textContent = d.label ? d.label_name || labelName(d.label, ident.top_k) : t("noTaxon");
       }
       const line = document.createElement("span");
       line.className = "recent-line";
       const parts = [t("decision_" + d.kind)];
-      const p = typeof d.probability === "number" ? d.probability
-        : ident.top_k && ident.top_k.length ? ident.top_k[0].probability : null;
-      if (p !== null) parts.push(probabilityText(p));
+      const decided = d.kind === "taxon" || d.kind === "lookalike";
+      if (decided && typeof d.probability === "number") parts.push(probabilityText(d.probability));
       line.textContent = parts.join(" · ");
       const line2 = document.createElement("span");
       line2.className = "recent-line";
@@ -962,16 +1014,16 @@
       clearError();
       const key = $("apikey").value.trim();
       if (!key) {
-        $("signin-status").textContent = t("keyMissing");
+        say($("signin-status"), "keyMissing");
         $("apikey").focus();
         return;
       }
-      $("signin-status").textContent = t("signingIn");
+      say($("signin-status"), "signingIn");
       try {
         await signIn(key);
-        $("signin-status").textContent = "";
+        say($("signin-status"), null);
       } catch (err) {
-        $("signin-status").textContent = "";
+        say($("signin-status"), null);
         showError(err);
         $("apikey").focus();
       }
