@@ -80,6 +80,22 @@ class ServiceHandle:
             raise RuntimeError(f"keys create failed ({done.returncode}): {done.stderr}")
         return done.stdout.strip().splitlines()[-1]
 
+    def make_key_direct(self, role: str, name: str | None = None) -> str:
+        """Create a key in-process against the service's database (fast; for tests that need
+        many keys and already cover the CLI elsewhere)."""
+        from service.database import make_engine, make_sessionmaker
+        from service.keys import create_key
+
+        url = self.env.get("DATABASE_URL") or self.env.get("CITES_DATABASE_URL")
+        url = url or f"sqlite:///{(self.data_dir / 'cites.sqlite3').resolve()}"
+        engine = make_engine(url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                key, _info = create_key(session, name or f"test-{role}", role)
+        finally:
+            engine.dispose()
+        return key
+
     def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
         """An httpx client for this service, sending ``key`` as a bearer token."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
