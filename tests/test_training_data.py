@@ -29,6 +29,9 @@ def test_normalised_stem_groups_variants_of_one_board() -> None:
     assert d.normalised_stem("20170920_202750(1).jpg") == "20170920_202750"
     assert d.normalised_stem("20170920_202756.jpg") != d.normalised_stem("20170920_202750.jpg")
     assert d.normalised_stem("ivory_10074.jpg") != d.normalised_stem("non_ivory_10074.jpg")
+    assert d.normalised_stem("ivory_10074.jpg") != d.normalised_stem("ivory_10135.jpg")
+    assert d.normalised_stem("acacia-mearnsii-1-250x167.jpg") == "acacia-mearnsii"
+    assert d.normalised_stem("abies-balsamea2-300x600.jpg") == "abies-balsamea"
 
 
 def _samples(n_groups: int, per_group: int, label: str, source: str = "s") -> list[d.Sample]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,32 @@ class TrainConfig:
         values["data"] = tuple(values.get("data", ()))
         values["limitations"] = tuple(values.get("limitations", ()))
         return cls(**values)
+
+    def command(self) -> str:
+        """The ``cites-vision train`` command line that reproduces this configuration."""
+        defaults = TrainConfig(data=self.data)
+        words = ["cites-vision", "train"]
+        for item in self.data:
+            words += ["--data", item]
+        for f in fields(self):
+            value, default = getattr(self, f.name), getattr(defaults, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "data" or value == default:
+                continue
+            if f.name == "limitations":
+                for sentence in value:
+                    words += ["--limitation", sentence]
+            elif f.name == "pretrained":
+                words.append("--no-pretrained")
+            elif f.name == "int8":
+                words.append("--no-int8")
+            elif f.name == "cache_dir" and value is None:
+                words.append("--no-cache")
+            elif isinstance(value, bool):
+                words.append(flag)
+            else:
+                words += [flag, str(value)]
+        return shlex.join(words)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

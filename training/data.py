@@ -67,7 +67,8 @@ _VARIANT_TOKENS = frozenset(
 
 def normalised_stem(name: str) -> str:
     """A group key from a file name: lower case, no extension, size suffix, copy marker,
-    variant words (sealed, endgrain, zoom, full...) or trailing numbers of a series.
+    variant words (sealed, endgrain, zoom, full...) or short series numbers (``-1``,
+    ``sealed1``); numbers of three or more digits are ids and stay.
 
     >>> normalised_stem("black-walnut-endgrain-zoom-200x200.jpg")
     'black-walnut'
@@ -81,10 +82,13 @@ def normalised_stem(name: str) -> str:
     tokens = [t for t in re.split(r"[-_ ]+", stem) if t]
     kept: list[str] = []
     for token in tokens:
-        word = re.sub(r"\d+$", "", token)
-        if word in _VARIANT_TOKENS or not word:
+        if token.isdigit():  # ids (ivory_10074) stay; a short series index (-1, -2) goes
+            if len(token) >= 3:
+                kept.append(token)
             continue
-        kept.append(word)
+        word = re.sub(r"\d+$", "", token)  # sealed1, balsamea2: numbered variants
+        if word not in _VARIANT_TOKENS:
+            kept.append(word)
     return "-".join(kept) or stem
 
 
@@ -393,6 +397,29 @@ def split_samples(
     for sample in samples:
         result[side[sample.group]].append(sample)
     return result
+
+
+def subsample(samples: Sequence[Sample], limit: int, *, seed: int = 0) -> list[Sample]:
+    """A deterministic sample of at most ``limit`` images, spread over the classes.
+
+    Within each class, images are ordered by a hash of their path; classes then take turns, so
+    a small limit still sees every class.
+    """
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.label].append(sample)
+    queues = [
+        sorted(members, key=lambda s: _unit_hash(str(s.path), seed))
+        for _, members in sorted(by_class.items())
+    ]
+    chosen: list[Sample] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(q) for q in queues):
+        for queue in queues:
+            if depth < len(queue) and len(chosen) < limit:
+                chosen.append(queue[depth])
+        depth += 1
+    return chosen
 
 
 def summarise(samples: Sequence[Sample]) -> dict[str, object]:

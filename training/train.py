@@ -103,12 +103,13 @@ def choose_head(
 ) -> HeadFit:
     """Fit one head per weight decay and keep the one with the lowest validation loss.
 
-    Validation loss is class-weighted like training; with no validation images the smallest
-    weight decay that is not the minimum of the grid is used (1e-3).
+    Training is class-weighted; the validation loss is the plain mean negative log-likelihood
+    (class weights of a few-image class would make it a noisy criterion). With no validation
+    images, 1e-3 is used.
     """
     x_val = torch.as_tensor(val_features, dtype=torch.float32)
     y_val = torch.as_tensor(val_targets, dtype=torch.int64)
-    criterion = _weighted_loss(class_weights)
+    criterion = nn.CrossEntropyLoss()
     best: HeadFit | None = None
     for decay in weight_decays:
         weight, bias = fit_linear_head(

@@ -1,0 +1,200 @@
+"""End to end: train -> export -> load -> predict on tiny generated images (CPU, < 2 min).
+
+One module-scoped training run (head only, pretrained backbone, cached features in a temporary
+folder) serves every test here; ``evaluate``, ``compare`` and the predictor then run on the
+bundle it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from model.bundle import load_bundle
+from model.cli import main
+from model.predictor import Predictor
+from tests.factories import TINY_LABELS, make_tiny_bundle
+
+pytestmark = [pytest.mark.train]
+
+COLOURS = {"ivory": (220, 40, 40), "ceramic": (40, 40, 220), "rosewood": (40, 200, 40)}
+LABEL_MAP = (
+    "dataset_class\tlabel_id\tlabel_name\ttaxon_id\tkind\n"
+    "ivory\tivory\tIvory\tivory-elephant-walrus\tcites\n"
+    "ceramic\tceramic\tCeramic\tceramic-porcelain\tlookalike\n"
+    "rosewood\trosewood\tRosewood\tdalbergia\tcites\n"
+)
+
+
+def make_colour_set(root: Path, per_class: int = 16, size: int = 64, seed: int = 0) -> Path:
+    """``root/<class>/<i>.png``: noisy images of one dominant colour per class."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(colour, dtype=np.float64) + rng.normal(0, 20, 3)
+            pixels = base + rng.normal(0, 25, (size, size, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def make_grey_set(root: Path, count: int = 12, seed: int = 1) -> Path:
+    """Images unlike the training set (grey noise with stripes), for the OOD measurement."""
+    rng = np.random.default_rng(seed)
+    folder = root / "other"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = rng.integers(0, 255, (64, 64, 1)).repeat(3, axis=2).astype(np.uint8)
+        pixels[:, :: (i % 5) + 2] = 255
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train one head-only bundle on generated images; return the paths involved."""
+    root = tmp_path_factory.mktemp("train")
+    data = make_colour_set(root / "colours")
+    grey = make_grey_set(root / "grey")
+    label_map = root / "map.tsv"
+    label_map.write_text(LABEL_MAP)
+    base = make_tiny_bundle(root / "bases", version="tiny-swapped", labels=_swapped())
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--label-map",
+            str(label_map),
+            "--out",
+            str(root / "weights"),
+            "--version",
+            "v1",
+            "--mode",
+            "head",
+            "--cache-dir",
+            str(root / "cache"),
+            "--calibration-images",
+            "8",
+            "--ood-data",
+            str(grey),
+            "--base",
+            str(base),
+            "--threads",
+            "2",
+        ]
+    )
+    assert code == 0
+    return {"root": root, "data": data, "bundle": root / "weights" / "v1", "base": base}
+
+
+def _swapped() -> tuple:
+    """The tiny bundle's labels with ivory and ceramic swapped: it answers red -> ceramic."""
+    ivory, ceramic, rosewood = TINY_LABELS
+    return (
+        type(ivory)(0, ceramic.id, ceramic.name, ceramic.taxon_id, ceramic.kind),
+        type(ivory)(1, ivory.id, ivory.name, ivory.taxon_id, ivory.kind),
+        rosewood,
+    )
+
+
+def test_bundle_is_complete_and_records_its_training(trained: dict[str, Path]) -> None:
+    bundle = load_bundle(trained["bundle"])
+    manifest = bundle.manifest
+    assert [label.id for label in bundle.labels] == ["ivory", "ceramic", "rosewood"]
+    assert manifest.modalities == ("camera",)
+    assert manifest.models["fp32"] == "model.onnx"
+    assert manifest.ood is not None and manifest.ood.threshold > 0
+    assert "config.json" in manifest.files and "validation.json" in manifest.files
+    config = json.loads((trained["bundle"] / "config.json").read_text())
+    assert config["command"].startswith("cites-vision train --data")
+    assert config["config"]["mode"] == "head"
+    assert manifest.training["label_map"]["classes"]["ivory"] == "ivory"
+    assert manifest.metrics["fp32_check"]["disagreements"] == 0
+    assert manifest.metrics["validation"]["accuracy"] >= 0.99
+    assert 0 < manifest.temperature < 100
+    int8 = manifest.metrics["int8"]
+    assert int8["written"] == (manifest.models["int8"] is not None)
+    assert "INT8" in int8["reason"]
+    # --base: the swapped tiny bundle is worse, so the new bundle stays recommended
+    comparison = manifest.metrics["comparison_with_base"]
+    assert comparison["b_not_worse"] is True and manifest.recommended is True
+    assert manifest.provenance["parent_version"] == "tiny-swapped"
+    assert 0.0 <= manifest.metrics["ood"]["outside_flagged"] <= 1.0
+
+
+def test_predictor_answers_on_new_images(trained: dict[str, Path], tmp_path: Path) -> None:
+    fresh = make_colour_set(tmp_path / "fresh", per_class=2, seed=7)
+    predictor = Predictor(trained["bundle"])
+    paths = sorted(fresh.glob("*/*.png"))
+    predictions = predictor.predict_bytes([p.read_bytes() for p in paths])
+    for path, prediction in zip(paths, predictions, strict=True):
+        assert not isinstance(prediction, Exception)
+        assert prediction.top[0].label.id == path.parent.name
+        assert prediction.decision.kind in ("taxon", "lookalike", "uncertain")
+
+
+def test_evaluate_json_has_the_promised_keys(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(
+        [
+            "evaluate",
+            "--bundle",
+            str(trained["bundle"]),
+            "--data",
+            str(trained["data"]),
+            "--json",
+            "--out",
+            str(tmp_path / "report"),
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "balanced_accuracy", "ece", "images", "per_class"):
+        assert key in report
+    assert report["images"] == 48
+    assert report["accuracy"] >= 0.95
+    assert set(report["per_class"]) == set(COLOURS)
+    assert (tmp_path / "report" / "evaluation-reliability.png").stat().st_size > 0
+    assert (tmp_path / "report" / "evaluation.md").read_text().startswith("# ")
+
+
+def test_evaluate_refuses_unknown_classes(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "odd" / "pangolin").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "odd" / "pangolin" / "a.png")
+    code = main(["evaluate", "--bundle", str(trained["bundle"]), "--data", str(tmp_path / "odd")])
+    assert code != 0
+    assert "pangolin" in capsys.readouterr().err
+
+
+def test_compare_two_bundles(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "compare",
+            "--a",
+            str(trained["base"]),
+            "--b",
+            str(trained["bundle"]),
+            "--data",
+            str(trained["data"]),
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 48
+    assert result["b"]["accuracy"] > result["a"]["accuracy"]
+    assert result["mcnemar"]["b_right_a_wrong"] >= 16  # every ivory image flips
+    assert result["mcnemar"]["p_value"] < 0.001
+    assert result["b_not_worse"] is True

@@ -1,0 +1,335 @@
+"""Trainer subcommands of ``cites-vision``: ``train``, ``evaluate``, ``compare``, ``export``.
+
+Registered through the ``cites_vision.commands`` entry points; nothing heavy is imported at
+module level (torch, onnxruntime and matplotlib load inside the handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.cli import CommandError
+
+logger = logging.getLogger(__name__)
+
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def _add_data(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=required,
+        type=Path,
+        metavar="DIR_OR_CSV",
+        help="a folder of <class>/<image> or a CSV manifest (path,label,modality,source,"
+        "case_id); repeat to combine several",
+    )
+
+
+def _add_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate a deterministic sample of N images (for quick checks)",
+    )
+
+
+def register_train(subparsers: Subparsers) -> None:
+    """``cites-vision train``: fine-tune, calibrate, export and write a bundle."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a bundle from labelled images",
+        description="Fine-tune the backbone on labelled images, calibrate on a validation split, "
+        "export ONNX fp32 and INT8 and write weights/<version>/ (see docs/training.md).",
+    )
+    _add_data(p, required=False)
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="rebuild from a bundle's config.json (options given on the command line override it)",
+    )
+    p.add_argument(
+        "--label-map",
+        type=Path,
+        help="TSV: dataset_class label_id label_name "
+        "taxon_id kind (default: one label per class, for experiments only)",
+    )
+    p.add_argument("--out", type=Path, help="folder of bundles (default: weights)")
+    p.add_argument("--version", help="bundle version = folder name (default: UTC timestamp)")
+    p.add_argument(
+        "--mode",
+        choices=("head", "last", "full"),
+        help="train the head on cached features, the last stages, or everything",
+    )
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (last/full; default 6)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate of fine-tuning (default 3e-4)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, help="split and training seed (default 0)")
+    p.add_argument("--val-fraction", type=float, help="share of groups for validation (0.15)")
+    p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
+    p.add_argument("--augment", choices=("camera", "xray"), help="augmentation preset")
+    p.add_argument("--modality", choices=("camera", "xray"), help="modality of the images")
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_const",
+        const=False,
+        help="start from random weights (tests only)",
+    )
+    p.add_argument("--cache-dir", help="where backbone features are cached")
+    p.add_argument("--no-cache", action="store_true", help="do not cache features on disk")
+    p.add_argument("--work-dir", help="checkpoints and intermediate files (default runs/VERSION)")
+    p.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue fine-tuning from the work folder's checkpoint",
+    )
+    p.add_argument(
+        "--base",
+        help="bundle to compare with; the new one is not recommended "
+        "when it is worse on the same test images",
+    )
+    p.add_argument(
+        "--no-int8",
+        dest="int8",
+        action="store_const",
+        const=False,
+        help="do not write an INT8 model",
+    )
+    p.add_argument("--int8-max-drop", type=float, help="INT8 accuracy loss allowed (0.01)")
+    p.add_argument("--calibration-images", type=int, help="INT8 calibration images (128)")
+    p.add_argument(
+        "--ood-data",
+        help="folder of images that are not products, to measure the "
+        "share the OOD detector flags (e.g. ../shared/data/imagenet-sample)",
+    )
+    p.add_argument(
+        "--ood-flag-rate",
+        type=float,
+        help="share of validation images the OOD threshold may flag (0.05)",
+    )
+    p.add_argument(
+        "--target-precision",
+        type=float,
+        help="precision the decision thresholds aim for on validation (0.95)",
+    )
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--overwrite",
+        action="store_const",
+        const=True,
+        help="replace an existing bundle of the same version",
+    )
+    p.add_argument(
+        "--limitation",
+        dest="limitations",
+        action="append",
+        help="a sentence for the manifest's limitations (repeatable)",
+    )
+    p.set_defaults(func=_run_train)
+
+
+def _resolve_config(args: argparse.Namespace) -> Any:
+    from training.config import ConfigError, TrainConfig
+
+    base: dict[str, Any] = {}
+    if args.config:
+        try:
+            base = TrainConfig.load(args.config).to_dict()
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"{args.config}: cannot read the configuration ({exc})") from exc
+    names = TrainConfig.__dataclass_fields__
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            base[name] = (
+                [str(v) for v in value]
+                if name in ("data", "limitations")
+                else (str(value) if isinstance(value, Path) else value)
+            )
+    if args.no_cache:
+        base["cache_dir"] = None
+    try:
+        return TrainConfig.from_dict(base)
+    except (ConfigError, TypeError) as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from model.bundle import BundleError
+    from training.data import DataError
+    from training.export import ExportError
+    from training.pipeline import run
+
+    config = _resolve_config(args)
+    try:
+        path = run(config, command=config.command())
+    except (DataError, BundleError, ExportError) as exc:
+        raise CommandError(str(exc)) from exc
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _load(path: Path) -> Any:
+    from model.bundle import BundleError, load_bundle
+
+    try:
+        return load_bundle(path)
+    except BundleError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _samples(data: list[Path], limit: int | None) -> Any:
+    from training.data import DataError, load_datasets, subsample
+
+    try:
+        samples = load_datasets(data)
+    except DataError as exc:
+        raise CommandError(str(exc)) from exc
+    if limit is not None:
+        if limit < 1:
+            raise CommandError("--limit must be a positive number of images")
+        samples = subsample(samples, limit)
+    return samples
+
+
+def register_evaluate(subparsers: Subparsers) -> None:
+    """``cites-vision evaluate``: metrics of a bundle on labelled images."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a bundle on labelled images",
+        description="Accuracy, balanced accuracy, per-class precision/recall/F1, top-k, 95%% "
+        "bootstrap intervals, ECE before and after temperature scaling, confusion matrix and "
+        "reliability diagram, through the real predictor.",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder, e.g. weights/default")
+    _add_data(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    p.add_argument("--out", type=Path, help="write JSON, Markdown and PNG reports here")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto")
+    _add_limit(p)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.evaluation import evaluate_samples
+
+    bundle = _load(args.bundle)
+    samples = _samples(args.data, args.limit)
+    try:
+        result = evaluate_samples(bundle, samples, precision=args.precision)
+    except DataError as exc:
+        raise CommandError(str(exc)) from exc
+    report = {"bundle": bundle.version, **result.report}
+    if args.out:
+        result.write(args.out, "evaluation")
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    else:
+        lo, hi = report["accuracy_ci95"]
+        sys.stdout.write(
+            f"{bundle.version}: {report['images']} images, accuracy {report['accuracy']:.4f} "
+            f"(95% {lo:.4f}-{hi:.4f}), balanced accuracy {report['balanced_accuracy']:.4f}, "
+            f"ECE {report['ece']:.4f}\n"
+        )
+    return 0
+
+
+def register_compare(subparsers: Subparsers) -> None:
+    """``cites-vision compare``: two bundles on the same images with McNemar's test."""
+    p = subparsers.add_parser(
+        "compare",
+        help="compare two bundles on the same images",
+        description="Evaluate bundles A and B on the same images; paired difference with a "
+        "bootstrap interval and McNemar's test.",
+    )
+    p.add_argument("--a", type=Path, required=True, help="bundle A (e.g. the active one)")
+    p.add_argument("--b", type=Path, required=True, help="bundle B (e.g. the candidate)")
+    _add_data(p)
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto")
+    _add_limit(p)
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from training.compare import compare_bundles
+    from training.data import DataError
+
+    a, b = _load(args.a), _load(args.b)
+    samples = _samples(args.data, args.limit)
+    try:
+        result = compare_bundles(a, b, samples, precision=args.precision)
+    except DataError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    else:
+        mc = result["mcnemar"]
+        sys.stdout.write(
+            f"{result['images']} images: A {a.version} {result['a']['accuracy']:.4f}, "
+            f"B {b.version} {result['b']['accuracy']:.4f}, difference "
+            f"{result['difference']:+.4f} (95% {result['difference_ci95'][0]:+.4f} to "
+            f"{result['difference_ci95'][1]:+.4f}); McNemar p = {mc['p_value']:.4g} "
+            f"({mc['a_right_b_wrong']} vs {mc['b_right_a_wrong']} discordant)\n"
+        )
+    return 0
+
+
+def register_export(subparsers: Subparsers) -> None:
+    """``cites-vision export``: (re)quantise a bundle's fp32 model to INT8 with the gate."""
+    p = subparsers.add_parser(
+        "export",
+        help="add or redo the INT8 model of a bundle",
+        description="Quantise a bundle's fp32 ONNX model to static INT8 (QDQ, per-channel, "
+        "calibrated on --calibration images), check it on --data (at most --max-drop accuracy "
+        "loss) and write a new bundle version with it; the fp32 model is copied unchanged.",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="source bundle")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        action="append",
+        required=True,
+        help="images to calibrate activations on (folder or manifest)",
+    )
+    _add_data(p)
+    p.add_argument("--version", required=True, help="version of the new bundle")
+    p.add_argument("--out", type=Path, default=Path("weights"), help="folder of bundles")
+    p.add_argument("--calibration-images", type=int, default=128)
+    p.add_argument("--max-drop", type=float, default=0.01)
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from training.data import DataError
+    from training.requantize import requantize_bundle
+
+    bundle = _load(args.bundle)
+    try:
+        path, gate = requantize_bundle(
+            bundle,
+            _samples(args.calibration, None),
+            _samples(args.data, None),
+            out=args.out,
+            version=args.version,
+            calibration_images=args.calibration_images,
+            max_drop=args.max_drop,
+            command=shlex.join(["cites-vision", *sys.argv[1:]]),
+        )
+    except DataError as exc:
+        raise CommandError(str(exc)) from exc
+    sys.stdout.write(f"{path}: {gate.reason}\n")
+    return 0

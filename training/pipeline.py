@@ -1,0 +1,358 @@
+"""``cites-vision train`` end to end: data -> head/fine-tune -> calibrate -> export -> bundle.
+
+Order of work (everything tuned on the validation split; the test split is only reported):
+
+1. load the datasets and the label map; grouped, deterministic train/val/test split;
+2. frozen-backbone features (cached) and a linear head chosen on validation;
+3. for ``last``/``full``: fine-tune on augmented images, keep the best validation epoch;
+4. temperature and decision thresholds on validation; OOD model fitted on training features;
+5. export fp32 (gate: every validation top-1 agrees with PyTorch) and INT8 (gate: <= 1 point);
+6. a provisional bundle is evaluated through the real predictor on validation and test (and the
+   OOD threshold is set from the served model's validation scores);
+7. the final bundle is written with its reports, ``config.json`` and, with ``--base``, a paired
+   comparison that decides ``recommended``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from model.decision import Thresholds
+from training import data as d
+from training.calibrate import choose_ood_threshold, choose_thresholds, fit_temperature
+from training.config import TrainConfig
+from training.metrics import softmax
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LIMITATIONS = (
+    "Trained on camera photographs only; x-ray images are refused (no x-ray training data).",
+)
+
+
+@dataclass
+class SplitArrays:
+    """Paths, targets, sources and backbone features of one split."""
+
+    samples: list[d.Sample]
+    targets: NDArray[np.int64]
+    features: NDArray[np.float32]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Image files of the split."""
+        return [s.path for s in self.samples]
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The current git commit of the working tree (``None`` outside a repository)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _prepare(config: TrainConfig) -> tuple[list[d.Sample], d.LabelMap, dict[str, list[d.Sample]]]:
+    samples = d.load_datasets([Path(p) for p in config.data], modality=config.modality)
+    if config.label_map:
+        label_map = d.read_label_map(Path(config.label_map))
+    else:
+        label_map = d.identity_label_map(samples)
+        logger.warning("no --label-map: one label per dataset class, taxon id = class name")
+    splits = d.split_samples(
+        samples, d.SplitFractions(config.val_fraction, config.test_fraction), seed=config.seed
+    )
+    for name, part in splits.items():
+        logger.info("%s split: %d images, %d groups", name, len(part), len({s.group for s in part}))
+    if not splits["train"] or not splits["val"]:
+        raise d.DataError("the split left no training or no validation images; add images")
+    return samples, label_map, splits
+
+
+def _features(
+    model: torch.nn.Module, samples: list[d.Sample], config: TrainConfig, cache: bool, desc: str
+) -> NDArray[np.float32]:
+    from model.backbone import BACKBONE_PREPROCESS
+    from training.features import extract_features
+
+    if not samples:
+        return np.zeros((0, 1280), dtype=np.float32)
+    cache_dir = Path(config.cache_dir) if (cache and config.cache_dir) else None
+    return extract_features(
+        model, [s.path for s in samples], BACKBONE_PREPROCESS, cache_dir=cache_dir, desc=desc
+    )
+
+
+def run(config: TrainConfig, command: str | None = None) -> Path:
+    """Train, calibrate, export and write a bundle; returns the bundle folder."""
+    from model.backbone import BACKBONE_PREPROCESS, create_model, describe
+    from model.bundle import load_bundle, write_bundle
+    from model.ood import fit_ood
+    from training import export as ex
+    from training.evaluation import evaluate_samples, ood_scores_for
+    from training.train import choose_head, fine_tune, set_head
+
+    started = time.monotonic()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    command = command or config.command()
+    version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(config.out)
+    if (out_dir / version).exists() and not config.overwrite:
+        raise d.DataError(f"{out_dir / version} exists; pass --overwrite or another --version")
+    work = Path(config.work_dir) if config.work_dir else out_dir.parent / "runs" / version
+    work.mkdir(parents=True, exist_ok=True)
+
+    samples, label_map, splits = _prepare(config)
+    d.check_taxa(label_map)
+    num_classes = len(label_map.labels)
+    arrays: dict[str, SplitArrays] = {}
+    model = create_model(num_classes, pretrained=config.pretrained)
+    for name, part in splits.items():
+        arrays[name] = SplitArrays(
+            part,
+            d.encode_labels(part, label_map),
+            _features(model, part, config, cache=config.pretrained, desc=f"{name} features"),
+        )
+    train, val, test = arrays["train"], arrays["val"], arrays["test"]
+    weights = d.class_weights(train.targets, num_classes)
+    head = choose_head(
+        train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
+    )
+    set_head(model, head.weight, head.bias)
+    history: list[dict[str, float]] = []
+    val_inputs = None
+    if config.mode != "head" and config.epochs > 0:
+        from training.augment import preset_for
+        from training.features import load_inputs
+        from training.images import AugmentedImages
+
+        val_inputs = load_inputs(val.paths, BACKBONE_PREPROCESS)
+        train_set = AugmentedImages(
+            train.paths, train.targets, preset_for(config.augment).build(BACKBONE_PREPROCESS)
+        )
+        state = fine_tune(
+            model,
+            train_set,
+            val_inputs,
+            val.targets,
+            mode=config.mode,
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size,
+            class_weights=weights,
+            checkpoint=work / "checkpoint.pt",
+            resume=config.resume,
+            seed=config.seed,
+        )
+        history = state.history
+        for name, part in arrays.items():
+            part.features = _features(
+                model, part.samples, config, cache=False, desc=f"{name} features (fine-tuned)"
+            )
+    model.eval()
+    classifier = model.get_classifier()
+    w = classifier.weight.detach().numpy().astype(np.float64)
+    b = classifier.bias.detach().numpy().astype(np.float64)
+    val_logits = val.features.astype(np.float64) @ w.T + b
+    temperature = fit_temperature(val_logits, val.targets)
+    kinds = [label.kind for label in label_map.labels]
+    chosen = choose_thresholds(
+        softmax(val_logits, temperature),
+        val.targets,
+        kinds,
+        target_precision=config.target_precision,
+    )
+    thresholds = Thresholds(
+        taxon=chosen["taxon"].threshold, lookalike=chosen["lookalike"].threshold
+    )
+    ood_model = fit_ood(train.features, train.targets)
+    provisional_ood = choose_ood_threshold(ood_model.score(val.features), config.ood_flag_rate)
+
+    # Export and the two gates.
+    from training.features import load_inputs
+
+    if val_inputs is None:
+        val_inputs = load_inputs(val.paths, BACKBONE_PREPROCESS)
+    fp32_path = ex.export_fp32(model, work, val_inputs[:4])
+    fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
+    int8_path: Path | None = None
+    int8_gate = None
+    if config.int8:
+        calibration = ex.calibration_paths(train.paths, config.calibration_images, config.seed)
+        int8_gate = ex.export_int8(
+            fp32_path,
+            work,
+            calibration,
+            BACKBONE_PREPROCESS,
+            val_inputs,
+            val.targets,
+            max_drop=config.int8_max_drop,
+        )
+        int8_path = work / ex.INT8_FILE if int8_gate.written else None
+    del val_inputs
+
+    common: dict[str, Any] = {
+        "onnx_fp32": fp32_path,
+        "onnx_int8": int8_path,
+        "labels": label_map.labels,
+        "preprocess": BACKBONE_PREPROCESS,
+        "temperature": temperature,
+        "thresholds": thresholds,
+        "modalities": [config.modality],
+        "ood": ood_model,
+        "backbone": describe(model)["name"],
+    }
+    provisional = write_bundle(
+        work,
+        version="provisional",
+        metrics={},
+        training={},
+        provenance={},
+        limitations=[],
+        ood_threshold=provisional_ood,
+        overwrite=True,
+        **common,
+    )
+    bundle = load_bundle(provisional)
+    # OOD threshold from the served model's validation scores (INT8 when it ships).
+    served_val_scores = ood_scores_for(bundle, val.paths)
+    ood_threshold = choose_ood_threshold(served_val_scores, config.ood_flag_rate)
+
+    reports: dict[str, Path] = {}
+    metrics: dict[str, Any] = {}
+    for name, part in (("validation", val), ("test", test)):
+        if not part.samples:
+            continue
+        result = evaluate_samples(bundle, part.samples, label_map, ood_threshold=ood_threshold)
+        metrics[name] = result.report
+        for path in result.write(work / "reports", name):
+            reports[path.name] = path
+    ood_summary: dict[str, Any] = {
+        "method": "mahalanobis_pca",
+        "fitted_on": "training split features",
+        "threshold_rule": f"validation quantile {1 - config.ood_flag_rate:.2f} (served model)",
+        "threshold": ood_threshold,
+        "validation_flagged": float(np.mean(served_val_scores > ood_threshold)),
+    }
+    if test.samples:
+        ood_summary["test_flagged"] = metrics["test"].get("ood_flagged")
+    if config.ood_data:
+        outside = d.load_dataset(Path(config.ood_data))
+        scores = ood_scores_for(bundle, [s.path for s in outside])
+        ood_summary["outside_images"] = len(outside)
+        ood_summary["outside_data"] = Path(config.ood_data).name
+        ood_summary["outside_flagged"] = float(np.mean(scores > ood_threshold))
+        logger.info(
+            "OOD: %.1f%% of %s flagged (validation %.1f%%)",
+            100 * ood_summary["outside_flagged"],
+            config.ood_data,
+            100 * ood_summary["validation_flagged"],
+        )
+    metrics["ood"] = ood_summary
+    metrics["fp32_check"] = fp32_check.__dict__
+    metrics["int8"] = (
+        int8_gate.to_dict() if int8_gate else {"written": False, "reason": "--no-int8"}
+    )
+    metrics["calibration"] = {
+        "temperature": temperature,
+        "thresholds": {k: v.__dict__ for k, v in chosen.items()},
+    }
+
+    recommended, comparison = True, None
+    parent_version = None
+    if config.base:
+        from training.compare import compare_bundles
+
+        base = load_bundle(Path(config.base))
+        parent_version = base.version
+        eval_samples = test.samples or val.samples
+        comparison = compare_bundles(base, bundle, eval_samples)
+        metrics["comparison_with_base"] = comparison
+        recommended = comparison["b_not_worse"]
+        if not recommended:
+            logger.warning(
+                "the new bundle is worse than its base %s on %d images (%.4f vs %.4f): "
+                "not marked recommended",
+                base.version,
+                comparison["images"],
+                comparison["b"]["accuracy"],
+                comparison["a"]["accuracy"],
+            )
+
+    duration = time.monotonic() - started
+    training_info: dict[str, Any] = {
+        "data": d.summarise(samples),
+        "splits": {name: d.summarise(part.samples) for name, part in arrays.items()},
+        "split_rule": (
+            f"deterministic grouped split by case_id (seed {config.seed}); per class, groups "
+            f"ordered by sha256 of their key: {config.val_fraction:.0%} validation, "
+            f"{config.test_fraction:.0%} test, rest training"
+        ),
+        "label_map": label_map.to_dict(),
+        "mode": config.mode,
+        "head_weight_decay": head.weight_decay,
+        "epochs": history,
+        "class_weights": [round(float(x), 4) for x in weights],
+        "duration_s": round(duration, 1),
+    }
+    config_file = work / "config.json"
+    config_file.write_text(
+        json.dumps({"command": command, "config": config.to_dict()}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    provenance = {
+        "command": command,
+        "git_commit": git_commit(),
+        "parent_version": parent_version,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    limitations = list(config.limitations) or list(DEFAULT_LIMITATIONS)
+    final = write_bundle(
+        out_dir,
+        version=version,
+        metrics=metrics,
+        training=training_info,
+        provenance=provenance,
+        limitations=limitations,
+        ood_threshold=ood_threshold,
+        extra_files={"config.json": config_file, **reports},
+        recommended=recommended,
+        parent_version=parent_version,
+        overwrite=config.overwrite,
+        **common,
+    )
+    _cleanup(work)
+    logger.info("bundle %s written in %.0f s", final, time.monotonic() - started)
+    return final
+
+
+def _cleanup(work: Path) -> None:
+    """Remove the work folder (exports, provisional bundle, checkpoint) after a finished run."""
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
