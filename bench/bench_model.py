@@ -91,6 +91,7 @@ def run(
     batches: tuple[int, ...] = BATCHES,
     threads: int | None = None,
     with_channels_last: bool = True,
+    peak_n: int = 2048,
 ) -> dict[str, Any]:
     """Measure every backend at every batch size, interleaved over ``rounds``.
 
@@ -123,7 +124,7 @@ def run(
     per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in runners}
     peaks: list[float] = []
     for round_index in range(rounds):
-        peaks.append(fp32_peak(n=2048, repeats=3)["peak_gflops"])
+        peaks.append(fp32_peak(n=peak_n, repeats=3)["peak_gflops"])
         for name, runner in runners.items():
             for batch in batches:
                 data = inputs[batch]

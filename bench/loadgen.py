@@ -5,6 +5,8 @@ send multipart uploads back to back, cycling through the images of a folder. The
 it stops after ``--requests`` requests or ``--duration`` seconds, whichever comes first, and every
 request has a timeout. It speaks raw HTTP over asyncio streams (no client library) so that the
 generator takes as little of the shared CPUs as possible away from the server it measures.
+Each JPEG upload carries a unique comment segment unless ``--same-bytes`` is given, so that every
+request is a new image to the server, as officers' photos are.
 
 It prints one JSON object: status counts, latency percentiles of the successful requests, images
 per second, and the time the run took.
@@ -17,6 +19,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,10 +41,36 @@ class LoadgenError(Exception):
 
 @dataclass(frozen=True)
 class Payload:
-    """One pre-built request body and the number of images it carries."""
+    """One request body as fixed multipart framing around the image bytes it carries.
 
-    body: bytes
-    images: int
+    ``body(tag)`` joins them; with a ``tag`` every JPEG gets a comment segment holding it, so
+    that each request uploads different bytes (as real photos are) and a server that stores
+    images by content hash cannot skip the write.
+    """
+
+    frames: tuple[bytes, ...]
+    files: tuple[bytes, ...]
+
+    @property
+    def images(self) -> int:
+        """Number of images in the body."""
+        return len(self.files)
+
+    def body(self, tag: bytes | None = None) -> bytes:
+        """The request body, with every JPEG made unique by ``tag`` when given."""
+        out = [self.frames[0]]
+        for data, frame in zip(self.files, self.frames[1:], strict=True):
+            out.append(unique_jpeg(data, tag) if tag is not None else data)
+            out.append(frame)
+        return b"".join(out)
+
+
+def unique_jpeg(data: bytes, tag: bytes) -> bytes:
+    """``data`` with a JPEG comment segment (``FF FE``) holding ``tag`` after the SOI marker;
+    other formats are returned unchanged."""
+    if data[:2] != b"\xff\xd8" or len(tag) > 65000:
+        return data
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(tag) + 2) + tag + data[2:]
 
 
 @dataclass
@@ -57,21 +86,25 @@ class Outcome:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
-def multipart_body(files: list[tuple[str, bytes]], field_name: str, extra: dict[str, str]) -> bytes:
-    """Encode form fields and files as ``multipart/form-data`` with :data:`BOUNDARY`."""
-    parts: list[bytes] = []
+def multipart_payload(
+    files: list[tuple[str, bytes]], field_name: str, extra: dict[str, str]
+) -> Payload:
+    """Frame form fields and files as ``multipart/form-data`` with :data:`BOUNDARY`."""
+    frames: list[bytes] = []
+    current = b""
     for key, value in extra.items():
         disposition = f'Content-Disposition: form-data; name="{key}"'
-        parts.append(f"--{BOUNDARY}\r\n{disposition}\r\n\r\n{value}\r\n".encode())
-    for filename, data in files:
+        current += f"--{BOUNDARY}\r\n{disposition}\r\n\r\n{value}\r\n".encode()
+    for filename, _data in files:
         mime = MIME.get(Path(filename).suffix.lower(), "application/octet-stream")
         head = (
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; '
             f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
         )
-        parts.append(head.encode() + data + b"\r\n")
-    parts.append(f"--{BOUNDARY}--\r\n".encode())
-    return b"".join(parts)
+        frames.append(current + head.encode())
+        current = b"\r\n"
+    frames.append(current + f"--{BOUNDARY}--\r\n".encode())
+    return Payload(tuple(frames), tuple(data for _name, data in files))
 
 
 def build_payloads(
@@ -82,12 +115,12 @@ def build_payloads(
     if not paths:
         raise LoadgenError(f"no images (.jpg, .png, .tif) in {folder}")
     files = [(p.name, p.read_bytes()) for p in paths]
-    payloads = []
+    payloads: list[Payload] = []
     for start in range(0, len(files), per_request):
         group = files[start : start + per_request]
         if len(group) < per_request and payloads:
             break
-        payloads.append(Payload(multipart_body(group, field_name, extra), len(group)))
+        payloads.append(multipart_payload(group, field_name, extra))
     return payloads
 
 
@@ -153,13 +186,18 @@ async def _worker(
         budget["left"] -= 1
         payload = payloads[position % len(payloads)]
         position += budget["stride"]
+        budget["serial"] += 1
+        tag = (
+            f"cites-bench {budget['run']} {budget['serial']}".encode() if budget["unique"] else None
+        )
+        body = payload.body(tag)
         start = time.perf_counter()
         try:
             if writer is None or reader is None:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port), timeout_s
                 )
-            writer.write(request_head % len(payload.body) + payload.body)
+            writer.write(request_head % len(body) + body)
             status, _body, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             outcome.sent += 1
@@ -191,6 +229,7 @@ async def run_load(
     headers: dict[str, str] | None = None,
     timeout_s: float = 60.0,
     warmup: int = 0,
+    unique: bool = True,
 ) -> dict[str, Any]:
     """Run the closed loop and return its summary (see the module docstring)."""
     if concurrency < 1 or max_requests < 1 or duration_s <= 0:
@@ -204,13 +243,23 @@ async def run_load(
     ).encode()
     if warmup:
         warm = Outcome()
-        warm_budget = {"left": warmup, "deadline": time.perf_counter() + duration_s, "stride": 1}
+        warm_budget = {
+            "left": warmup,
+            "deadline": time.perf_counter() + duration_s,
+            "stride": 1,
+            "serial": 0,
+            "run": f"{time.time_ns()}-warmup",
+            "unique": unique,
+        }
         await _worker(0, host, port, request_head, payloads, warm_budget, warm, timeout_s)
     outcome = Outcome()
     budget: dict[str, Any] = {
         "left": max_requests,
         "deadline": time.perf_counter() + duration_s,
         "stride": concurrency,
+        "serial": 0,
+        "run": str(time.time_ns()),
+        "unique": unique,
     }
     start = time.perf_counter()
     await asyncio.gather(
@@ -259,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests first")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     parser.add_argument("--limit-images", type=int, default=512)
+    parser.add_argument(
+        "--same-bytes",
+        action="store_true",
+        help="send the files unchanged (default: a unique JPEG comment per request, so every "
+        "upload is new to a content-addressed store, as real photos are)",
+    )
     return parser
 
 
@@ -282,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 headers=headers,
                 timeout_s=args.timeout,
                 warmup=args.warmup,
+                unique=not args.same_bytes,
             )
         )
     except (LoadgenError, ValueError, OSError) as exc:
