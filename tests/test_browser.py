@@ -207,8 +207,17 @@ def test_officer_flow_on_a_phone(
         "Incertain : consultez un expert",
         "Hors du domaine d’entraînement : consultez un expert",
     }
+    expect(page.locator("#feedback-status")).to_contain_text("votre correction a été enregistrée")
+    expect(page.locator("#taxon-chosen")).to_contain_text("éléphant d'Asie")
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, "09-french")
+
+    # 8. The same page on a desktop screen: two columns.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    identify_box = page.locator("#identify").bounding_box()
+    result_box = page.locator("#result").bounding_box()
+    assert identify_box and result_box and result_box["x"] > identify_box["x"] + 300
+    shoot(page, "10-desktop-french")
 
 
 def test_confident_answer(

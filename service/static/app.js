@@ -64,7 +64,9 @@
     el.dataset.msg = JSON.stringify({ key, vars: vars || null });
     const filled = {};
     for (const [name, value] of Object.entries(vars || {})) {
-      filled[name] = value && typeof value === "object" ? t(value.t) : value;
+      if (value && typeof value === "object" && value.time) filled[name] = clockTime(value.time);
+      else if (value && typeof value === "object") filled[name] = t(value.t);
+      else filled[name] = value;
     }
     el.textContent = t(key, filled);
   }
@@ -116,6 +118,8 @@
     }
     renderWhoami();
     renderHeatmapToggle();
+    showChosen();
+    if (!$("taxon-options").hidden) showOptions(state.options, $("taxon-search").value);
   }
 
   async function setLanguage(lang) {
@@ -198,7 +202,7 @@
   // ---------------------------------------------------------------- API
 
   function headers(extra) {
-    const h = Object.assign({ Accept: "application/json", "Accept-Language": acceptLanguage() }, extra);
+    const h = { Accept: "application/json", "Accept-Language": acceptLanguage(), ...extra };
     if (state.key) h.Authorization = "Bearer " + state.key;
     return h;
   }
@@ -307,7 +311,7 @@
     }
   }
 
-  // ---------------------------------------------------------------- choosing and preparing the photo
+  // ---------------------------------------------------------------- choosing the photo
 
   function onFileChosen(event) {
     const file = event.target.files && event.target.files[0];
@@ -351,7 +355,8 @@
     return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
   }
 
-  /** Downscale to MAX_SIDE as JPEG; small JPEGs, x-ray scans and undecodable files go as they are. */
+  /** Downscale to MAX_SIDE as JPEG; small JPEGs, x-ray scans and files the browser cannot
+      decode go as they are (the service reads HEIC and 16-bit TIFF itself). */
   async function prepare(file, modality) {
     const baseName = (file.name || "photo").replace(/\.[^.]*$/, "");
     const isJpeg = file.type === "image/jpeg";
@@ -549,8 +554,16 @@
 
   /** Name parts of a top-k entry: scientific (italic) and common / label name. */
   function candidateNames(c) {
-    if (c.taxon) return { sci: c.taxon.scientific_name, common: c.taxon.common_name || c.label_name };
+    if (c.taxon && isTaxon(c.taxon)) {
+      return { sci: c.taxon.scientific_name, common: c.taxon.common_name || c.label_name };
+    }
+    if (c.taxon && c.taxon.common_name) return { sci: "", common: c.taxon.common_name };
     return { sci: "", common: c.label_name || c.label };
+  }
+
+  /** True for a biological taxon (its name is set in italics); false for a material or group. */
+  function isTaxon(taxon) {
+    return Boolean(taxon && taxon.scientific_name) && (!taxon.kind || taxon.kind === "taxon");
   }
 
   function renderResult(ident, opts) {
@@ -569,9 +582,11 @@
 
     let sci = "";
     let common = "";
-    if (d.taxon) {
+    if (isTaxon(d.taxon)) {
       sci = d.taxon.scientific_name;
       common = d.taxon.common_name || "";
+    } else if (d.taxon) {
+      common = d.taxon.common_name || d.taxon.scientific_name || d.label_name || "";
     } else if (d.label) {
       common = d.label_name || labelName(d.label, top);
     } else {
@@ -651,6 +666,12 @@
       li.append(name, facts);
       list.append(li);
     }
+  }
+
+  function clockTime(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return iso;
+    return date.toLocaleTimeString(state.lang, { hour: "2-digit", minute: "2-digit" });
   }
 
   function formatTime(iso) {
@@ -802,8 +823,7 @@
       const saved = await api("/v1/identifications/" + encodeURIComponent(ident.id) + "/feedback",
         { method: "POST", body });
       ident.feedback = saved;
-      const time = new Date(saved.created_at || Date.now())
-        .toLocaleTimeString(state.lang, { hour: "2-digit", minute: "2-digit" });
+      const time = { time: saved.created_at || new Date().toISOString() };
       say(status, "feedbackSaved", { verdict: { t: "verdict_" + verdict }, time });
       status.dataset.saved = saved.id || "yes";
       loadRecent();
@@ -843,6 +863,24 @@
     state.searchTimer = setTimeout(() => search(q), SEARCH_DELAY_MS);
   }
 
+  /** How an option of the search box reads in the current language. */
+  function optionText(opt) {
+    if (!opt.taxon) return opt.labelName + " — " + t("modelLabel");
+    const taxon = opt.taxon;
+    const names = taxon.common_names || {};
+    const common = names[state.lang] || names.en || "";
+    const what = taxon.kind === "lookalike" ? t("appendix_lookalike") : rankName(taxon.rank);
+    return taxon.scientific_name + (common ? " — " + common : "") + " (" + what + ")";
+  }
+
+  /** Show the chosen correction (again, after a change of language). */
+  function showChosen() {
+    if (!state.chosen) return;
+    const text = optionText(state.chosen);
+    $("taxon-search").value = text;
+    say($("taxon-chosen"), "chosenTaxon", { name: text });
+  }
+
   /** Model labels whose name or id matches, then taxa from /v1/taxa, as options. */
   async function search(q) {
     const seq = ++state.searchSeq;
@@ -852,24 +890,13 @@
       .filter((l) => (l.name || "").toLowerCase().includes(needle)
         || (l.id || "").toLowerCase().includes(needle))
       .slice(0, 5)
-      .map((l) => ({
-        label: l.id,
-        taxon_id: l.taxon_id || null,
-        text: l.name + " — " + t("modelLabel"),
-      }));
+      .map((l) => ({ label: l.id, taxon_id: l.taxon_id || null, labelName: l.name }));
     try {
       const found = await api("/v1/taxa?q=" + encodeURIComponent(q) + "&limit=8");
       for (const taxon of found.items || []) {
         state.taxonCache.set(taxon.id, taxon);
-        const names = taxon.common_names || {};
-        const common = names[state.lang] || names.en || "";
         const label = state.labels.find((l) => l.taxon_id === taxon.id);
-        const what = taxon.kind === "lookalike" ? t("appendix_lookalike") : rankName(taxon.rank);
-        options.push({
-          label: label ? label.id : null,
-          taxon_id: taxon.id,
-          text: taxon.scientific_name + (common ? " — " + common : "") + " (" + what + ")",
-        });
+        options.push({ label: label ? label.id : null, taxon_id: taxon.id, taxon });
       }
     } catch (err) {
       if (seq === state.searchSeq) showError(err);
@@ -889,7 +916,7 @@
       li.id = "taxon-opt-" + i;
       li.setAttribute("role", "option");
       li.setAttribute("aria-selected", "false");
-      li.textContent = opt.text;
+      li.textContent = optionText(opt);
       li.addEventListener("mousedown", (e) => {
         e.preventDefault(); // keep focus in the input
         choose(i);
@@ -915,8 +942,7 @@
     const opt = state.options[i];
     if (!opt) return;
     state.chosen = opt;
-    $("taxon-search").value = opt.text;
-    say($("taxon-chosen"), "chosenTaxon", { name: opt.text });
+    showChosen();
     closeOptions();
   }
 
@@ -965,13 +991,16 @@
       button.className = "recent-open";
       const title = document.createElement("span");
       title.className = "recent-title";
-      if (d.taxon) {
+      if (isTaxon(d.taxon)) {
         const i = document.createElement("i");
         i.textContent = d.taxon.scientific_name;
         title.append(i);
-        if (d.taxon.common_name) title.append(document.createTextNode(" (" + d.taxon.common_name + ")"));
+        const common = d.taxon.common_name;
+        if (common) title.append(document.createTextNode(" (" + common + ")"));
       } else {
-        title.textContent = d.label ? d.label_name || labelName(d.label, ident.top_k) : t("noTaxon");
+        const name = d.taxon ? d.taxon.common_name
+          : d.label_name || labelName(d.label, ident.top_k);
+        title.textContent = d.label ? name : t("noTaxon");
       }
       const line = document.createElement("span");
       line.className = "recent-line";
