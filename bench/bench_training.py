@@ -110,3 +110,21 @@ def recorded_rebuild(bundle_dir: Path) -> dict[str, Any]:
         "images": training.get("images") or training.get("train_images"),
         "mode": training.get("mode"),
     }
+
+
+def measure_rebuild(out_dir: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
+    """Run ``training/build_default.sh`` into ``out_dir`` and time it (10-25 min on 2 cores)."""
+    import subprocess
+
+    from bench.common import REPO_ROOT
+
+    script = REPO_ROOT / "training" / "build_default.sh"
+    argv = ["bash", str(script), "--out", str(out_dir), "--version", "bench-rebuild"]
+    start = time.perf_counter()
+    done = subprocess.run(
+        argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"rebuild failed ({done.returncode}): {done.stderr[-2000:]}")
+    return {"command": "training/build_default.sh", "measured_seconds": seconds}

@@ -518,21 +518,22 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             lines.append(f"| {mode} | {_f(row['images_per_s'])} |")
         rebuild = training.get("rebuild") or {}
         lines += [""]
+        if rebuild.get("recorded_seconds"):
+            lines.append(
+                f"Time to rebuild the default bundle: its manifest records "
+                f"**{_f(rebuild['recorded_seconds'] / 60, 1)} min** for the whole pipeline on "
+                f"this kind of machine (mode `{rebuild.get('mode')}`; command "
+                f"`{rebuild.get('command')}`)."
+            )
         if rebuild.get("measured_seconds"):
             lines.append(
-                f"Rebuilding the default bundle (`{rebuild.get('command')}`) took "
-                f"**{_f(rebuild['measured_seconds'] / 60, 1)} min** in this run."
+                f"Measured here with `{RUN} --only rebuild` (`training/build_default.sh` into a "
+                f"scratch folder): **{_f(rebuild['measured_seconds'] / 60, 1)} min**."
             )
-        elif rebuild.get("recorded_seconds"):
+        if not rebuild.get("recorded_seconds") and not rebuild.get("measured_seconds"):
             lines.append(
-                f"The default bundle records its build: `{rebuild.get('command')}` took "
-                f"**{_f(rebuild['recorded_seconds'] / 60, 1)} min** "
-                f"({rebuild.get('images')} training images, mode {rebuild.get('mode')})."
-            )
-        else:
-            lines.append(
-                "Time to rebuild the default bundle: not measured in this run "
-                f"({rebuild.get('reason', 'the manifest records no duration')})."
+                "Time to rebuild the default bundle: not known (the manifest records no "
+                f"duration; measure it with `{RUN} --only rebuild`, 10-25 min)."
             )
         lines.append("")
         _figure(lines, "training.png", "fine-tuning images/s", f"{RUN} --only training")

@@ -8,7 +8,9 @@ Stages (``--only`` picks some; the others keep their previous results from
 * ``service``: the service under load, both endpoints, micro-batching on/off, raw predictor;
 * ``compare``: ours vs plain FastAPI + PyTorch and vs LitServe, alternating rounds;
 * ``training``: images/s of each fine-tuning mode, time to rebuild the default bundle;
-* ``profile``: py-spy samples of the service under load and on one 12 MP image.
+* ``profile``: py-spy samples of the service under load and on one 12 MP image;
+* ``rebuild`` (only when asked): time ``training/build_default.sh`` for real; otherwise the
+  duration the default bundle's manifest records is reported.
 
 ``--quick`` shrinks every stage to a smoke run (a minute or two; numbers meaningless).
 """
@@ -30,6 +32,8 @@ from bench.common import CACHE_DIR, DEFAULT_BUNDLE, RESULTS_FILE, machine_info, 
 logger = logging.getLogger("bench")
 
 STAGES = ("model", "preprocess", "service", "compare", "training", "profile")
+EXTRA_STAGES = ("rebuild",)
+"""Not part of ``make bench`` (it alone takes 10-25 min): ``--only rebuild``."""
 
 
 class Plan:
@@ -165,6 +169,13 @@ def stage_profile(plan: Plan, bundle: Path, work: Path) -> dict[str, Any]:
     return results
 
 
+def stage_rebuild(plan: Plan, bundle: Path, work: Path) -> dict[str, Any]:
+    """Rebuild the default bundle for real (into a scratch folder) and time it."""
+    from bench import bench_training
+
+    return bench_training.measure_rebuild(work / "weights")
+
+
 RUNNERS: dict[str, Callable[[Plan, Path, Path], dict[str, Any]]] = {
     "model": stage_model,
     "preprocess": stage_preprocess,
@@ -172,6 +183,7 @@ RUNNERS: dict[str, Callable[[Plan, Path, Path], dict[str, Any]]] = {
     "compare": stage_compare,
     "training": stage_training,
     "profile": stage_profile,
+    "rebuild": stage_rebuild,
 }
 RESULT_KEYS = {"profile": "profiles"}
 
@@ -179,7 +191,7 @@ RESULT_KEYS = {"profile": "profiles"}
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen stages, merge with stored results, write results and the page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--only", action="append", choices=STAGES, help="stage(s) to run")
+    parser.add_argument("--only", action="append", choices=STAGES + EXTRA_STAGES, help="stage(s)")
     parser.add_argument("--skip", action="append", choices=STAGES, default=[], help="skip stage")
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (not for the doc)")
     parser.add_argument("--bundle", type=Path, default=None, help="default: weights/default")
@@ -216,7 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("stage %s ...", stage)
             t0 = time.perf_counter()
             try:
-                results[RESULT_KEYS.get(stage, stage)] = RUNNERS[stage](plan, bundle, work)
+                value = RUNNERS[stage](plan, bundle, work)
+                if stage == "rebuild":
+                    results.setdefault("training", {}).setdefault("rebuild", {}).update(value)
+                else:
+                    previous = (results.get("training") or {}).get("rebuild") or {}
+                    results[RESULT_KEYS.get(stage, stage)] = value
+                    if stage == "training" and previous.get("measured_seconds"):
+                        value["rebuild"].update(
+                            {k: previous[k] for k in ("measured_seconds",) if k in previous}
+                        )
             except Exception:  # one failed stage must not lose the others' results
                 logger.exception("stage %s failed", stage)
                 failed.append(stage)
