@@ -25,7 +25,9 @@ from bench.service_load import SINGLE_PATH, our_service, run_loadgen
 
 logger = logging.getLogger(__name__)
 
-SERVERS = ("cites_vision", "litserve", "plain_pytorch")
+SERVERS = ("cites_vision", "litserve", "plain_pytorch", "litserve_int8")
+"""The last is not a goal's baseline: LitServe on the bundle's INT8 file shows how much of the
+difference is the model file and how much the server."""
 
 
 def _start_all(
@@ -34,19 +36,21 @@ def _start_all(
     servers: dict[str, tuple[ServerProcess, str]] = {}
     ours = stack.enter_context(our_service(bundle_dir, log_dir))
     servers["cites_vision"] = (ours, ours.base_url + SINGLE_PATH)
-    port = free_port()
-    lit = stack.enter_context(
-        running_server(
-            "litserve",
-            python_argv(
-                "bench.servers.litserve_onnx", "--bundle", str(bundle_dir), "--port", str(port)
-            ),
-            port=port,
-            ready_path="/health",
-            log_dir=log_dir,
+    for name, precision in (("litserve", "fp32"), ("litserve_int8", "int8")):
+        port = free_port()
+        argv = python_argv(
+            "bench.servers.litserve_onnx",
+            "--bundle",
+            str(bundle_dir),
+            "--port",
+            str(port),
+            "--precision",
+            precision,
         )
-    )
-    servers["litserve"] = (lit, lit.base_url + "/predict")
+        lit = stack.enter_context(
+            running_server(name, argv, port=port, ready_path="/health", log_dir=log_dir)
+        )
+        servers[name] = (lit, lit.base_url + "/predict")
     port = free_port()
     plain = stack.enter_context(
         running_server(

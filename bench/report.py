@@ -32,6 +32,7 @@ SERVER_NAMES = {
     "cites_vision": "CITES Vision service",
     "litserve": "LitServe + ONNX Runtime fp32",
     "plain_pytorch": "plain FastAPI + PyTorch eager",
+    "litserve_int8": "LitServe + ONNX Runtime INT8 (for reference)",
 }
 
 
@@ -261,14 +262,15 @@ def plot_compare(compare: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     servers = compare["servers"]
-    names = [SERVER_NAMES.get(n, n).replace(" + ", "\n+ ") for n in servers]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    names = [SERVER_NAMES.get(n, n).replace(" + ", "\n+ ").replace(" (", "\n(") for n in servers]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), dpi=110)
     for ax, key, title, ylabel in (
         (left, "images_per_s", f"images/s at concurrency {compare['concurrency']}", "images / s"),
         (right, "phone_p50_ms", "12 MP JPEG, one client: p50", "ms"),
     ):
         values = [servers[n][key] for n in servers]
-        bars = ax.bar(range(len(values)), values, color=["#2a7", "#57c", "#c75"][: len(values)])
+        colours = ["#2a7", "#57c", "#c75", "#99b"][: len(values)]
+        bars = ax.bar(range(len(values)), values, color=colours)
         ax.bar_label(bars, labels=[_f(v, 0) for v in values], fontsize=8)
         ax.set_xticks(range(len(values)), names, fontsize=8)
         ax.set_title(title)
@@ -461,15 +463,20 @@ def render(results: dict[str, Any], existing: str = "") -> str:
     lines += ["## 4. The alternatives, side by side", ""]
     if compare:
         lines += [
-            "Three servers run at once and are measured in turn, "
+            "The servers run at once and are measured in turn, "
             f"{len(next(iter(compare['servers'].values()))['images_per_s_per_round'])} rounds, "
-            "the order rotating each round: our service (default settings), "
+            "the order rotating each round: our service (default settings: precision `auto`, "
+            "so the bundle's INT8 file when it has one), "
             "`bench/servers/plain_torch.py` (FastAPI, one PyTorch eager forward per request, "
             "full-size PIL decode and resize: what most teams write first) and "
-            "`bench/servers/litserve_onnx.py` (LitServe, the server SpeciesNet uses, with the same "
-            "`model.onnx` in fp32, dynamic batching up to 16 with a 5 ms timeout, the same naive "
-            "decode). Same load generator, same images. The PyTorch server builds the bundle's "
-            "architecture with an untrained head: the cost is the same, the answers are not.",
+            "`bench/servers/litserve_onnx.py` (LitServe, the server SpeciesNet uses, with the "
+            "bundle's `model.onnx` in fp32, dynamic batching up to 16 with a 5 ms timeout, the "
+            "same full-size decode). LitServe on the INT8 file is listed for reference only (it "
+            "separates the model file's share of the difference from the server's). Same load "
+            "generator, same images; every upload carries a unique JPEG comment, so our "
+            "content-addressed store writes every image, as it would for officers' photos. The "
+            "PyTorch server builds the bundle's architecture with an untrained head: the cost is "
+            "the same, the answers are not.",
             "",
             f"| server | images/s at {compare['concurrency']} clients (per round) | p50 / p99 ms "
             "under load | 12 MP JPEG p50 ms, one client (per round) | non-2xx | peak RSS MiB |",
