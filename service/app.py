@@ -30,7 +30,7 @@ from service.imagestore import ImageStore
 from service.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
-from service.problems import ProblemError, install_problem_handlers
+from service.problems import ProblemError, install_problem_handlers, install_problem_openapi
 from service.repository import ACTIVE_MODEL_KEY, get_state
 from service.routes import feedback, identifications, models, ops, taxa
 from service.settings import Settings, load_settings
@@ -211,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    install_problem_openapi(app)
     for router in (ops.router, identifications.router, feedback.router, taxa.router, models.router):
         app.include_router(router)
     limit_for, problem_for = _body_limits(settings)

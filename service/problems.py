@@ -135,3 +135,64 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Exception, _unexpected)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def _error_statuses(path: str, method: str, operation: Mapping[str, Any]) -> set[int]:
+    """The error statuses an operation can answer (see the problem table in docs/api.md)."""
+    statuses = {500}
+    body = operation.get("requestBody", {}).get("content", {})
+    if operation.get("parameters") or body:
+        statuses.add(422)
+    if "security" in operation:
+        statuses |= {401, 403}
+    if "{" in path:
+        statuses.add(404)
+    if method == "post" and path.startswith("/v1/"):
+        statuses |= {400, 413}  # malformed body; over the body limit
+    if "multipart/form-data" in body:
+        statuses |= {503, 504, 507}  # overloaded / not ready; timeout; image store unwritable
+    if path.endswith("/activate"):
+        statuses.add(409)
+    if path == "/readyz":
+        statuses.add(503)
+    return statuses
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Document every error answer of ``app`` as ``application/problem+json`` in its OpenAPI
+    schema, so that clients (and schema-driven fuzzers) see what the service really sends."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                PROBLEM_SCHEMA
+            )
+            problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for path, item in schema.get("paths", {}).items():
+                for method, operation in item.items():
+                    responses = operation.setdefault("responses", {})
+                    for status in sorted(_error_statuses(path, method, operation)):
+                        entry = responses.setdefault(str(status), {})
+                        entry.setdefault("description", HTTPStatus(status).phrase)
+                        entry["content"] = problem
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -181,7 +181,7 @@ def list_all(
     session: SessionDep,
     language: Language,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**53)] = 0,  # SQL integers are 64-bit
     since: Annotated[datetime | None, Query(description="ISO time, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="ISO time, exclusive")] = None,
     case_ref: Annotated[str | None, Query(max_length=120)] = None,

@@ -44,7 +44,13 @@ async def readyz(context: ContextDep) -> dict[str, Any]:
     return {"status": "ready", "model_version": predictor.version, "database": "ok"}
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
 def metrics(context: ContextDep) -> Response:
     """The Prometheus text exposition of this service."""
     return Response(context.metrics.render(), media_type=context.metrics.content_type)
