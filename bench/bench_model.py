@@ -10,6 +10,7 @@ median over rounds is reported.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -129,7 +130,7 @@ def run(
             for batch in batches:
                 data = inputs[batch]
                 times = time_repeated(
-                    lambda r=runner, d=data: r(d), min_time_s=seconds, min_repeats=3
+                    functools.partial(runner, data), min_time_s=seconds, min_repeats=3, warmup=2
                 )
                 per_round[name][batch].append(float(np.median(times)))
         logger.info(

@@ -177,8 +177,7 @@ async def _worker(
     outcome: Outcome,
     timeout_s: float,
 ) -> None:
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     position = index
     while True:
         if budget["left"] <= 0 or time.perf_counter() >= budget["deadline"]:
@@ -193,18 +192,18 @@ async def _worker(
         body = payload.body(tag)
         start = time.perf_counter()
         try:
-            if writer is None or reader is None:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), timeout_s
-                )
-            writer.write(request_head % len(body) + body)
-            status, _body, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
+            if connection is None:
+                connection = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            connection[1].write(request_head % len(body) + body)
+            status, _body, keep_alive = await asyncio.wait_for(
+                _read_response(connection[0]), timeout_s
+            )
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             outcome.sent += 1
             outcome.count(type(exc).__name__)
-            if writer is not None:
-                writer.close()
-            reader = writer = None
+            if connection is not None:
+                connection[1].close()
+            connection = None
             continue
         elapsed = time.perf_counter() - start
         outcome.sent += 1
@@ -213,10 +212,10 @@ async def _worker(
             outcome.latencies_s.append(elapsed)
             outcome.images_ok += payload.images
         if not keep_alive:
-            writer.close()
-            reader = writer = None
-    if writer is not None:
-        writer.close()
+            connection[1].close()
+            connection = None
+    if connection is not None:
+        connection[1].close()
 
 
 async def run_load(
@@ -317,13 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pair(item: str, separator: str) -> tuple[str, str]:
+    key, found, value = item.partition(separator)
+    if not found:
+        raise LoadgenError(f"expected KEY{separator}VALUE, got {item!r}")
+    return key.strip(), value.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one bounded load test and print its JSON summary on stdout."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     try:
-        form = dict(item.split("=", 1) for item in args.form)
-        headers = dict((s.strip() for s in item.split(":", 1)) for item in args.header)
+        form = dict(_pair(item, "=") for item in args.form)
+        headers = dict(_pair(item, ":") for item in args.header)
         payloads = build_payloads(
             args.images, args.field, args.per_request, form, args.limit_images
         )

@@ -68,7 +68,8 @@ class OnnxClassifierAPI(ls.LitAPI):  # type: ignore[misc]
         """Run the session; returns softmax probabilities."""
         logits = self.session.run(["logits"], {"image": x})[0]
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+        return probabilities
 
     def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
         """Split a batch of probabilities into rows."""
