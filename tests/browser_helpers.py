@@ -113,6 +113,72 @@ def check_answer(page: Page, ident: dict[str, Any]) -> None:
     expect(page.locator("#guidance-text")).to_have_text(ident["guidance"]["text"])
 
 
+# Runs in the page: every visible text and control, checked for a contrast of at least 4.5:1
+# against the first opaque background behind it (WCAG AA), and every form control for a name.
+_AUDIT_JS = """
+() => {
+  const problems = [];
+  const rgba = (text) => {
+    const m = text.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(",").map((x) => parseFloat(x));
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const lum = (c) => {
+    const ch = [c.r, c.g, c.b].map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * ch[0] + 0.7152 * ch[1] + 0.0722 * ch[2];
+  };
+  const background = (el) => {
+    for (let node = el; node; node = node.parentElement) {
+      const bg = rgba(getComputedStyle(node).backgroundColor);
+      if (bg && bg.a > 0.99) return bg;
+      if (node.tagName === "IMG") return null;
+    }
+    return { r: 255, g: 255, b: 255, a: 1 };
+  };
+  const visible = (el) => {
+    const r = el.getBoundingClientRect();
+    const st = getComputedStyle(el);
+    return r.width > 0 && r.height > 0 && st.visibility !== "hidden" && st.opacity !== "0";
+  };
+  for (const el of document.querySelectorAll("body *")) {
+    if (!visible(el)) continue;
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    const control = el.matches("input:not([type=radio]):not([type=file]), select, textarea");
+    if (!own && !control) continue;
+    const fg = rgba(getComputedStyle(el).color);
+    const bg = background(el);
+    if (!fg || !bg) continue;
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    if (ratio < 4.5) {
+      const what = (el.id ? "#" + el.id : el.tagName.toLowerCase() + "." + el.className);
+      const text = el.textContent.trim().slice(0, 40);
+      problems.push(`contrast ${ratio.toFixed(2)} < 4.5 for ${what}: "${text}"`);
+    }
+  }
+  for (const el of document.querySelectorAll("input, select, textarea, button")) {
+    if (el.type === "hidden") continue;
+    const labelled = el.labels && [...el.labels].some((l) => l.textContent.trim());
+    const named = labelled
+      || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby")
+      || (el.tagName === "BUTTON" && el.textContent.trim());
+    if (!named) problems.push(`no accessible name: ${el.outerHTML.slice(0, 80)}`);
+  }
+  return problems;
+}
+"""
+
+
+def accessibility_problems(page: Page) -> list[str]:
+    """Visible text below 4.5:1 contrast and form controls without a name, on the page now."""
+    problems: list[str] = page.evaluate(_AUDIT_JS)
+    return problems
+
+
 def rotated_jpeg(width: int, height: int) -> bytes:
     """A JPEG stored ``width`` x ``height`` with EXIF orientation 6 (shown rotated 90° clockwise).
 

@@ -20,6 +20,7 @@ from tests.browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     PHONE,
+    accessibility_problems,
     check_answer,
     default_bundle,
     require_browser,
@@ -91,6 +92,7 @@ def test_officer_flow_on_a_phone(
     page.goto(service.url + "/")
     expect(page.locator("#signin-title")).to_have_text("Sign in")
     shoot(page, "01-sign-in")
+    assert accessibility_problems(page) == []
     page.fill("#apikey", "cv_00000000_wrong")
     page.click("#signin-form button[type=submit]")
     expect(page.locator("#error")).to_contain_text("The API key was not accepted")
@@ -100,6 +102,13 @@ def test_officer_flow_on_a_phone(
     expect(page.locator("#error")).to_be_hidden()
     assert page.evaluate("sessionStorage.getItem('citesVision.apiKey')") == officer_key
     assert page.evaluate("localStorage.getItem('citesVision.apiKey')") is None
+
+    # Keyboard: Tab from "Sign out" reaches the camera button, which shows its focus.
+    page.focus("#signout")
+    page.keyboard.press("Tab")
+    expect(page.locator("#camera")).to_be_focused()
+    outline = page.eval_on_selector("label[for=camera]", "l => getComputedStyle(l).outlineStyle")
+    assert outline == "solid"
 
     # 2. Pick the photo with a case reference; the first upload fails on the network and the
     #    page retries by itself.
@@ -179,6 +188,7 @@ def test_officer_flow_on_a_phone(
     page.click("#feedback-form button[type=submit]")
     expect(page.locator("#feedback-status")).to_contain_text("your correction was saved")
     shoot(page, "07-feedback-saved")
+    assert accessibility_problems(page) == []
 
     # ... and the service stored it.
     with service.client(officer_key) as api:
@@ -211,6 +221,7 @@ def test_officer_flow_on_a_phone(
     expect(page.locator("#taxon-chosen")).to_contain_text("éléphant d'Asie")
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, "09-french")
+    assert accessibility_problems(page) == []
 
     # 8. The same page on a desktop screen: two columns.
     page.set_viewport_size({"width": 1280, "height": 900})
