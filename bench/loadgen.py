@@ -81,6 +81,8 @@ class Outcome:
     statuses: dict[str, int] = field(default_factory=dict)
     images_ok: int = 0
     sent: int = 0
+    done_at: list[tuple[float, int]] = field(default_factory=list)
+    """(completion time, images) of each successful request."""
 
     def count(self, status: str) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -211,6 +213,7 @@ async def _worker(
         if 200 <= status < 300:
             outcome.latencies_s.append(elapsed)
             outcome.images_ok += payload.images
+            outcome.done_at.append((start + elapsed, payload.images))
         if not keep_alive:
             connection[1].close()
             connection = None
@@ -267,14 +270,35 @@ async def run_load(
             for i in range(concurrency)
         )
     )
-    wall = time.perf_counter() - start
-    return summarise(outcome, wall, concurrency)
+    end = time.perf_counter()
+    return summarise(
+        outcome,
+        end - start,
+        concurrency,
+        window_s=min(end, budget["deadline"]) - start,
+        started=start,
+    )
 
 
-def summarise(outcome: Outcome, wall_s: float, concurrency: int) -> dict[str, Any]:
-    """Turn raw outcomes into the printed summary."""
+def summarise(
+    outcome: Outcome,
+    wall_s: float,
+    concurrency: int,
+    *,
+    window_s: float | None = None,
+    started: float = 0.0,
+) -> dict[str, Any]:
+    """Turn raw outcomes into the printed summary.
+
+    Throughput counts what completed within the measurement window (start to the time limit, or
+    to the end when the request limit came first), so the drain of the requests still in flight
+    at the time limit does not dilute it.
+    """
     ok = sum(n for s, n in outcome.statuses.items() if s.isdigit() and 200 <= int(s) < 300)
     lat_ms = [t * 1000.0 for t in outcome.latencies_s]
+    window = window_s if window_s and window_s > 0 else wall_s
+    in_window = [(t, n) for t, n in outcome.done_at if t - started <= window]
+    images_in_window = sum(n for _, n in in_window) if outcome.done_at else outcome.images_ok
     return {
         "concurrency": concurrency,
         "requests": outcome.sent,
@@ -283,8 +307,9 @@ def summarise(outcome: Outcome, wall_s: float, concurrency: int) -> dict[str, An
         "statuses": dict(sorted(outcome.statuses.items())),
         "images_ok": outcome.images_ok,
         "wall_s": wall_s,
-        "requests_per_s": ok / wall_s if wall_s > 0 else 0.0,
-        "images_per_s": outcome.images_ok / wall_s if wall_s > 0 else 0.0,
+        "window_s": window,
+        "requests_per_s": (len(in_window) if outcome.done_at else ok) / window if window else 0.0,
+        "images_per_s": images_in_window / window if window > 0 else 0.0,
         "p50_ms": percentile(lat_ms, 50),
         "p95_ms": percentile(lat_ms, 95),
         "p99_ms": percentile(lat_ms, 99),
