@@ -54,6 +54,21 @@ class Plan:
         self.profile_seconds = 3.0 if quick else 10.0
 
 
+BENCH_MODULES = ("litserve", "psutil", "matplotlib", "torch", "timm", "fastapi", "uvicorn")
+
+
+def missing_dependencies() -> list[str]:
+    """Bench-only packages (the ``bench`` extra and friends) that are not importable here."""
+    import importlib.util
+
+    from bench.profile import py_spy
+
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if py_spy() is None:
+        missing.append("py-spy")
+    return missing
+
+
 def resolve_bundle(flag: Path | None) -> tuple[Path, bool]:
     """The bundle to measure and whether it is the development stand-in."""
     if flag is not None:
@@ -203,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    missing = missing_dependencies()
+    if missing:
+        sys.stderr.write(
+            f"error: the benchmarks need {', '.join(missing)}: "
+            "pip install -e '.[serve,train,bench]' (or pip install -r bench/requirements.txt)\n"
+        )
+        return 2
     plan = Plan(args.quick)
     results_file = args.results or (
         CACHE_DIR / "results-quick.json" if args.quick else RESULTS_FILE
@@ -210,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s for s in (args.only or STAGES) if s not in args.skip]
     bundle, stand_in = resolve_bundle(args.bundle)
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    if not (bundle / "manifest.json").is_file():
+        sys.stderr.write(f"error: {bundle} is not a bundle (no manifest.json); pass --bundle DIR\n")
+        return 2
     manifest = json.loads((bundle / "manifest.json").read_text())
     results["machine"] = machine_info()
     results["bundle"] = {
