@@ -323,18 +323,25 @@ def render(results: dict[str, Any], existing: str = "") -> str:
         "`docs/benchmarks/results.json`; `python -m bench.report` re-renders this page without "
         "measuring. Do not edit it by hand except the sections named in `bench/report.py`.",
         "",
-        f"- Machine: {machine.get('cpus')} CPUs ({machine.get('cpu')}), "
-        f"{machine.get('memory_gib')} GiB; Python {machine.get('python')}, "
-        f"ONNX Runtime {machine.get('onnxruntime')}, PyTorch {machine.get('torch')}, "
-        f"numpy {machine.get('numpy')}.",
-        f"- Run: {machine.get('date')}, commit `{machine.get('commit')}`.",
-        f"- Bundle: `{bundle.get('path')}` (version `{bundle.get('version')}`)"
-        + (
-            " - a **stand-in** made by `bench/devbundle.py` because `weights/default` was missing"
-            if bundle.get("stand_in")
-            else ""
-        )
-        + ".",
+        *(
+            [
+                f"- Machine: {machine.get('cpus')} CPUs ({machine.get('cpu')}), "
+                f"{machine.get('memory_gib')} GiB; Python {machine.get('python')}, "
+                f"ONNX Runtime {machine.get('onnxruntime')}, PyTorch {machine.get('torch')}, "
+                f"numpy {machine.get('numpy')}.",
+                f"- Run: {machine.get('date')}, commit `{machine.get('commit')}`.",
+                f"- Bundle: `{bundle.get('path')}` (version `{bundle.get('version')}`)"
+                + (
+                    " - a **stand-in** made by `bench/devbundle.py` because `weights/default` "
+                    "was missing"
+                    if bundle.get("stand_in")
+                    else ""
+                )
+                + ".",
+            ]
+            if machine
+            else ["- No run recorded yet: run `make bench`."]
+        ),
         "- Method: this machine is shared and flips between a fast and a slow CPU state within "
         "minutes, so everything compared is measured in the same run, interleaved over rounds; "
         "ratios are taken within a round and the median of per-round ratios is reported. Servers "
