@@ -55,10 +55,12 @@ def officer_key(service: ServiceHandle) -> str:
 
 @pytest.fixture()
 def page(service: ServiceHandle) -> Iterator[Page]:
-    """A fresh phone-sized page in headless Chromium; fails the test on any script error."""
+    """A fresh phone-sized page in headless Chromium. Afterwards, fails the test on any script
+    error and on any request that left the service (no CDN, font or script from elsewhere)."""
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
+    urls: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(
@@ -67,9 +69,13 @@ def page(service: ServiceHandle) -> Iterator[Page]:
         context.set_default_timeout(20_000)
         tab = context.new_page()
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.on("request", lambda request: urls.append(request.url))
         yield tab
         browser.close()
     assert not errors, f"script errors on the page: {errors}"
+    elsewhere = [u for u in urls if not u.startswith((service.url + "/", "blob:", "data:"))]
+    assert not elsewhere, f"the page fetched from outside the service: {elsewhere}"
+    assert any(u.startswith(service.url + "/v1/") for u in urls)
 
 
 def _sign_in(page: Page, service: ServiceHandle, key: str) -> None:
@@ -273,6 +279,40 @@ def test_large_rotated_photo_is_downscaled_upright(
     assert isinstance(top, tuple) and isinstance(bottom, tuple)
     assert top[0] > 150 and top[1] < 90, f"the red band should be on top, got {top}"
     assert abs(bottom[0] - bottom[1]) < 30, f"the bottom should be grey, got {bottom}"
+
+
+def test_retry_button_after_network_failures(
+    page: Page, service: ServiceHandle, officer_key: str, tmp_path: Path
+) -> None:
+    """When the upload and its automatic retry both fail, the officer gets a plain message and a
+    "Try again" button that sends the same photo once the network is back."""
+    from playwright.sync_api import expect
+
+    photo = tmp_path / "red.png"
+    photo.write_bytes(solid_image_bytes((250, 10, 10), (320, 240)))
+    _sign_in(page, service, officer_key)
+    page.set_input_files("#file", str(photo))
+    posts: list[str] = []
+
+    def down(route: Route) -> None:
+        if route.request.method == "POST":
+            posts.append(route.request.url)
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/v1/identifications", down)
+    page.click("#identify-btn")
+    expect(page.locator("#error")).to_contain_text("the network failed")
+    retry = page.locator("#retry")
+    expect(retry).to_be_visible()
+    expect(retry).to_be_focused()
+    assert len(posts) == 2  # the first try and the automatic retry
+    page.unroute("**/v1/identifications")
+    page.keyboard.press("Enter")
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#error")).to_be_hidden()
+    expect(retry).to_be_hidden()
 
 
 def test_api_errors_are_shown_in_plain_words(

@@ -274,7 +274,7 @@
     $("signout").hidden = false;
     $("apikey").value = "";
     renderWhoami();
-    loadLabels();
+    loadModel();
     loadRecent();
   }
 
@@ -302,13 +302,38 @@
       : "";
   }
 
-  async function loadLabels() {
+  /** The active model: its labels (offered for corrections), modalities and limitations. */
+  async function loadModel() {
     try {
-      const model = await api("/v1/models/active");
-      state.labels = Array.isArray(model.labels) ? model.labels : [];
+      state.model = await api("/v1/models/active");
     } catch (_err) {
-      state.labels = []; // corrections then go by taxon only
+      state.model = null; // corrections then go by taxon only; the service still checks modality
     }
+    const model = state.model || {};
+    state.labels = Array.isArray(model.labels) ? model.labels : [];
+    const modalities = Array.isArray(model.modalities) ? model.modalities : ["camera", "xray"];
+    const select = $("modality");
+    for (const option of select.options) option.disabled = !modalities.includes(option.value);
+    if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
+      const usable = [...select.options].find((o) => !o.disabled);
+      if (usable) select.value = usable.value;
+    }
+    const list = $("limitations");
+    list.textContent = "";
+    for (const sentence of model.limitations || []) {
+      const li = document.createElement("li");
+      li.textContent = sentence;
+      list.append(li);
+    }
+    showModelInfo();
+  }
+
+  /** Limitations are shown for answers of the active model only. */
+  function showModelInfo() {
+    const ident = state.current;
+    const model = state.model;
+    $("model-info").hidden = !(ident && model && ident.model_version === model.version
+      && $("limitations").children.length);
   }
 
   // ---------------------------------------------------------------- choosing the photo
@@ -619,6 +644,7 @@
     if (ident.case_ref) meta.push(t("caseLabel", { ref: ident.case_ref }));
     if (ident.created_at) meta.push(formatTime(ident.created_at));
     $("meta").textContent = meta.join(" · ");
+    showModelInfo();
 
     if (!options.keepPhoto || !state.photoUrl) loadPhoto(ident);
     if (state.heatmapFor !== ident.id) resetHeatmap();
