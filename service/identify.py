@@ -86,7 +86,7 @@ def run_batch(items: Sequence[InferenceItem]) -> list[Prediction]:
     return [r for r in results if r is not None]
 
 
-def image_problem(exc: ImageError, max_upload_bytes: int) -> ProblemError:
+def image_problem(exc: ImageError) -> ProblemError:
     """The problem for an unusable image."""
     if isinstance(exc, ImageTooLargeError):
         return ProblemError(413, "too-many-pixels", str(exc), title="Image has too many pixels")
@@ -248,7 +248,7 @@ class Identifier:
             )
         except ImageError as exc:
             context.metrics.rejected.labels(reason=f"image_{exc.code}").inc()
-            raise image_problem(exc, context.settings.max_upload_bytes) from None
+            raise image_problem(exc) from None
         decoded = time.perf_counter()
         item = InferenceItem(predictor, prepared.array, options.origin_country, options.top_k)
         try:

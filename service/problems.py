@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -79,7 +79,7 @@ _SLUGS = {
 
 
 def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, StarletteHTTPException)  # registered for this type only
+    exc = cast(StarletteHTTPException, exc)  # registered for this type only
     status = exc.status_code
     slug = _SLUGS.get(status, f"http-{status}")
     reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
@@ -93,7 +93,7 @@ def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
 
 
 def _validation(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, RequestValidationError)
+    exc = cast(RequestValidationError, exc)  # registered for this type only
     errors = [
         {
             "loc": list(err.get("loc", ())),
@@ -114,8 +114,7 @@ def _validation(request: Request, exc: Exception) -> ProblemResponse:
 
 
 def _problem(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, ProblemError)
-    return problem_response(exc, request.url.path)
+    return problem_response(cast(ProblemError, exc), request.url.path)
 
 
 def _unexpected(request: Request, exc: Exception) -> ProblemResponse:

@@ -682,6 +682,22 @@ def test_health_ready_docs_and_page(api: Api) -> None:
     schema = api.client.get("/openapi.json").json()
     assert "/v1/identifications:batch" in schema["paths"]
     assert api.client.get("/docs").status_code == 200
+
+
+def test_web_page_and_assets_are_served(make_api: Callable[..., Api], tmp_path: Path) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_text("<!doctype html><title>CITES</title>", encoding="utf-8")
+    (static / "app.js").write_text("console.log(1);", encoding="utf-8")
+    api = make_api(static_dir=static)
     page = api.client.get("/")
-    if page.status_code == 200:  # the web page is served when service/static exists
-        assert page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>CITES</title>" in page.text
+    asset = api.client.get("/static/app.js")
+    assert asset.status_code == 200 and "javascript" in asset.headers["content-type"]
+    assert_problem(api.client.get("/static/missing.js"), 404, "not-found")
+
+
+def test_no_web_page_folder_means_api_only(make_api: Callable[..., Api], tmp_path: Path) -> None:
+    api = make_api(static_dir=tmp_path / "absent")
+    assert_problem(api.client.get("/"), 404, "not-found")

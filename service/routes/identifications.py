@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -122,8 +123,6 @@ async def identify_batch(
     images: Annotated[list[UploadFile], File(description="the images, in order")],
 ) -> dict[str, Any]:
     """Identify up to ``CITES_MAX_BATCH_IMAGES`` images; one bad image gives an error entry."""
-    import asyncio
-
     settings = context.settings
     if len(images) > settings.max_batch_images:
         raise ProblemError(
