@@ -1,4 +1,5 @@
-"""Load: 64 concurrent clients identify for 60 s against a real service process.
+"""Load: 64 concurrent clients identify for 60 s against a real service process (marked
+``slow``), and a 5 s run against a tiny work queue that must answer 503 back-pressure.
 
 Pass criteria (issue 7): no error except the intended back-pressure (503 problem with
 ``Retry-After``), and bounded memory (the server's resident memory stays under a ceiling and
@@ -29,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service_helpers import running_service
+from tests.service_helpers import ServiceHandle, running_service
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ SECONDS = float(os.environ.get("CITES_LOAD_SECONDS", "60"))
 CONCURRENCY = int(os.environ.get("CITES_LOAD_CONCURRENCY", "64"))
 RSS_CEILING_MIB = 1536.0
 RSS_GROWTH_MIB = 64.0  # allowed growth from the middle of the run to its end
-
-pytestmark = pytest.mark.slow
 
 
 def _images(count: int = 24) -> list[bytes]:
@@ -72,7 +71,7 @@ async def _client(
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         i = worker
         while time.monotonic() < until:
-            i += CONCURRENCY
+            i += 1
             image = images[i % len(images)]
             started = time.perf_counter()
             try:
@@ -117,32 +116,55 @@ def _bundle(tiny_bundle: Path) -> Path:
     return default if (default / "manifest.json").is_file() else tiny_bundle
 
 
+def _run_load(
+    handle: ServiceHandle, seconds: float, concurrency: int
+) -> tuple[Tally, list[tuple[float, float]], float]:
+    """``concurrency`` clients identify for ``seconds``; returns what they saw, the server's
+    memory samples (s, MiB) and the elapsed time."""
+    images = _images()
+    tally = Tally()
+    samples: list[tuple[float, float]] = []
+    key = handle.make_key("scanner")
+    stop = threading.Event()
+    sampler = threading.Thread(target=_rss_sampler, args=(handle.process.pid, stop, samples))
+    sampler.start()
+    started = time.monotonic()
+
+    async def run_all() -> None:
+        until = time.monotonic() + seconds
+        await asyncio.gather(
+            *(_client(handle.url, key, images, w, until, tally) for w in range(concurrency))
+        )
+
+    try:
+        asyncio.run(run_all())
+    finally:
+        elapsed = time.monotonic() - started
+        stop.set()
+        sampler.join()
+    return tally, samples, elapsed
+
+
+def test_back_pressure_is_503_with_retry_after(tiny_bundle: Path, tmp_path: Path) -> None:
+    """With a work queue of 4, 64 clients get 201s and 503 + Retry-After problems, nothing
+    else, for 5 s (the short, default-run companion of the 60 s test)."""
+    pytest.importorskip("psutil", reason="psutil measures the server's memory")
+    env = {"CITES_QUEUE_MAX": "4", "CITES_BATCH_MAX_SIZE": "2"}
+    with running_service(tiny_bundle, tmp_path / "data", env=env) as handle:
+        tally, _, _ = _run_load(handle, 5.0, 64)
+        assert httpx.get(handle.url + "/readyz", timeout=30).status_code == 200
+    assert not tally.errors, f"{len(tally.errors)} errors, e.g. {tally.errors[:5]}"
+    assert set(tally.statuses) == {201, 503}, tally.statuses
+    assert tally.retry_after_missing == 0
+
+
+@pytest.mark.slow
 def test_concurrency_64_for_60_s(tiny_bundle: Path, tmp_path: Path) -> None:
     """No error but 503 back-pressure; memory bounded; figures reported."""
     pytest.importorskip("psutil", reason="psutil measures the server's memory")
     bundle = _bundle(tiny_bundle)
-    images = _images()
-    tally = Tally()
-    samples: list[tuple[float, float]] = []
     with running_service(bundle, tmp_path / "data") as handle:
-        key = handle.make_key("scanner")
-        stop = threading.Event()
-        sampler = threading.Thread(target=_rss_sampler, args=(handle.process.pid, stop, samples))
-        sampler.start()
-        started = time.monotonic()
-
-        async def run_all() -> None:
-            until = time.monotonic() + SECONDS
-            await asyncio.gather(
-                *(_client(handle.url, key, images, w, until, tally) for w in range(CONCURRENCY))
-            )
-
-        try:
-            asyncio.run(run_all())
-        finally:
-            elapsed = time.monotonic() - started
-            stop.set()
-            sampler.join()
+        tally, samples, elapsed = _run_load(handle, SECONDS, CONCURRENCY)
         metrics = httpx.get(handle.url + "/metrics", timeout=30).text
     report = _report(tally, samples, elapsed, bundle, metrics)
     print("load:", json.dumps(report))
