@@ -10,6 +10,7 @@ from typing import Any, cast
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,18 @@ def _problem(request: Request, exc: Exception) -> ProblemResponse:
     return problem_response(cast(ProblemError, exc), request.url.path)
 
 
+def _database_unavailable(request: Request, exc: Exception) -> ProblemResponse:
+    logger.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    problem = ProblemError(
+        503,
+        "database-unavailable",
+        "The database does not answer right now; retry shortly.",
+        title="Database unavailable",
+        headers={"Retry-After": "5"},
+    )
+    return problem_response(problem, request.url.path)
+
+
 def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     problem = ProblemError(
@@ -133,6 +146,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -237,6 +237,22 @@ def test_unexpected_errors_are_500_problems_and_logged(
     assert any("bug for the test" in (r.exc_text or "") for r in caplog.records)
 
 
+def test_database_outage_is_503(
+    make_api: Callable[..., Api], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.database import make_engine, make_sessionmaker
+
+    api = make_api()
+    gone = make_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'cites.sqlite3'}")
+    monkeypatch.setattr(api.context, "engine", gone)
+    monkeypatch.setattr(api.context, "sessions", make_sessionmaker(gone))
+    response = api.client.get("/v1/me", headers=api.h("officer"))
+    assert_problem(response, 503, "database-unavailable")
+    assert response.headers["retry-after"] == "5"
+    assert_problem(api.client.get("/readyz"), 503, "not-ready")
+    gone.dispose()
+
+
 # ---- auth and roles ----------------------------------------------------------------------
 
 
