@@ -154,3 +154,8 @@ def test_default_label_map_names_taxa_of_the_taxonomy() -> None:
 def test_class_weights_are_inverse_frequency() -> None:
     weights = d.class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights.tolist() == pytest.approx([4 / 6, 4 / 2, 0.0])
+
+
+def test_class_weights_can_be_tempered() -> None:
+    weights = d.class_weights(np.array([0, 0, 0, 1]), 2, power=0.5)
+    assert weights.tolist() == pytest.approx([(4 / 6) ** 0.5, 2**0.5])

@@ -75,6 +75,9 @@ def register_train(subparsers: Subparsers) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate of fine-tuning (default 3e-4)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, help="split and training seed (default 0)")
+    p.add_argument("--class-weight-power", type=float,
+                   help="class weights (n / (C * count)) ** power; 1 balances fully, 0 turns "
+                   "them off (default 0.5)")
     p.add_argument("--val-fraction", type=float, help="share of groups for validation (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
     p.add_argument("--augment", choices=("camera", "xray"), help="augmentation preset")
@@ -166,6 +169,15 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         raise CommandError(str(exc)) from exc
 
 
+NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
+
+
+def quiet_exporter_logs() -> None:
+    """The ONNX exporter logs every graph pass at INFO; keep the trainer's log readable."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from model.bundle import BundleError
     from training.data import DataError
@@ -173,6 +185,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from training.pipeline import run
 
     config = _resolve_config(args)
+    quiet_exporter_logs()
     try:
         path = run(config, command=config.command())
     except (DataError, BundleError, ExportError) as exc:

@@ -30,6 +30,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.02
     seed: int = 0
+    class_weight_power: float = 0.5
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     augment: str = "camera"

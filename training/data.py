@@ -333,12 +333,19 @@ def encode_labels(samples: Sequence[Sample], label_map: LabelMap) -> NDArray[np.
     return np.array([label_map.index_of(s.label) for s in samples], dtype=np.int64)
 
 
-def class_weights(targets: NDArray[np.int64], num_classes: int) -> NDArray[np.float64]:
-    """Inverse-frequency weights ``n / (C * count)``; 0 for a class with no images."""
+def class_weights(
+    targets: NDArray[np.int64], num_classes: int, power: float = 1.0
+) -> NDArray[np.float64]:
+    """Inverse-frequency weights ``(n / (C * count)) ** power``; 0 for a class with no images.
+
+    ``power`` 1 balances the classes fully; 0.5 (square root) tempers the weight of classes
+    with a handful of images so that one of them does not dominate a mini-batch.
+    """
     counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)
     present = int((counts > 0).sum())
     with np.errstate(divide="ignore"):
-        weights = np.where(counts > 0, counts.sum() / (present * counts.astype(np.float64)), 0.0)
+        ratio = np.where(counts > 0, counts.sum() / (present * counts.astype(np.float64)), 0.0)
+    weights: NDArray[np.float64] = ratio**power
     return weights
 
 

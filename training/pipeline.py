@@ -136,7 +136,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             _features(model, part, config, cache=config.pretrained, desc=f"{name} features"),
         )
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
-    weights = d.class_weights(train.targets, num_classes)
+    weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
     head = choose_head(
         train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
     )
