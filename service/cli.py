@@ -124,6 +124,7 @@ def register_serve(subparsers: Subparsers) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from model.bundle import BundleError, load_bundle
     from service.app import StartupError, create_app
 
     bundle = resolve_bundle(args.bundle)
@@ -132,6 +133,10 @@ def _serve(args: argparse.Namespace) -> int:
             f"no model bundle at {bundle} (expected {bundle / 'manifest.json'}). Train one with "
             "`cites-vision train ...`, or pass --bundle DIR / set CITES_BUNDLE_DIR."
         )
+    try:
+        load_bundle(bundle)  # fail here with a clear message rather than inside the server
+    except BundleError as exc:
+        raise CommandError(f"the bundle at {bundle} cannot be served: {exc}") from None
     settings = _settings(
         data_dir=args.data_dir,
         bundle_dir=bundle,

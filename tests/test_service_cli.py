@@ -54,6 +54,13 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no model bundle" in err and "--bundle" in err
 
 
+def test_serve_refuses_a_damaged_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = make_corrupt_bundle(tmp_path / "weights")
+    assert main(["serve", "--bundle", str(bundle), "--data-dir", str(tmp_path / "var")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be served" in err and "sha256" in err
+
+
 def test_serve_refuses_bad_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
