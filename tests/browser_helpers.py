@@ -93,8 +93,11 @@ def check_answer(page: Page, ident: dict[str, Any]) -> None:
     candidates = page.locator("#candidates li")
     if decided:
         taxon = decision.get("taxon")
-        if taxon:
+        if taxon and taxon.get("kind", "taxon") == "taxon":  # a species, genus...: in italics
             expect(page.locator("#sci")).to_have_text(taxon["scientific_name"])
+        elif taxon:  # a product group or look-alike material: its common name
+            name = taxon.get("common_name") or taxon["scientific_name"]
+            expect(page.locator("#common")).to_have_text(name[:1].upper() + name[1:])
         else:
             expect(page.locator("#common")).to_have_text(decision["label_name"])
         label_kind = "lookalike" if kind == "lookalike" else "cites"

@@ -582,8 +582,12 @@
     if (c.taxon && isTaxon(c.taxon)) {
       return { sci: c.taxon.scientific_name, common: c.taxon.common_name || c.label_name };
     }
-    if (c.taxon && c.taxon.common_name) return { sci: "", common: c.taxon.common_name };
-    return { sci: "", common: c.label_name || c.label };
+    if (c.taxon && c.taxon.common_name) return { sci: "", common: capitalise(c.taxon.common_name) };
+    return { sci: "", common: capitalise(c.label_name || c.label) };
+  }
+
+  function capitalise(text) {
+    return text ? text.charAt(0).toLocaleUpperCase(state.lang) + text.slice(1) : "";
   }
 
   /** True for a biological taxon (its name is set in italics); false for a material or group. */
@@ -611,7 +615,7 @@
       sci = d.taxon.scientific_name;
       common = d.taxon.common_name || "";
     } else if (d.taxon) {
-      common = d.taxon.common_name || d.taxon.scientific_name || d.label_name || "";
+      common = capitalise(d.taxon.common_name || d.taxon.scientific_name || d.label_name || "");
     } else if (d.label) {
       common = d.label_name || labelName(d.label, top);
     } else {
@@ -631,6 +635,10 @@
 
     const guidance = ident.guidance || {};
     $("guidance-title").textContent = guidance.title || "";
+    // A guidance title that repeats the decision line above it is not shown twice.
+    const title = (guidance.title || "").trim().toLowerCase();
+    const same = title === t("decision_" + kind).toLowerCase();
+    $("guidance-title").hidden = same || !guidance.title;
     $("guidance-text").textContent = guidance.text || "";
     $("guidance").hidden = !(guidance.title || guidance.text);
     if (guidance.language) $("guidance").lang = guidance.language;
@@ -895,7 +903,7 @@
     const taxon = opt.taxon;
     const names = taxon.common_names || {};
     const common = names[state.lang] || names.en || "";
-    const what = taxon.kind === "lookalike" ? t("appendix_lookalike") : rankName(taxon.rank);
+    const what = taxon.kind === "lookalike" ? t("lookalikeMaterial") : rankName(taxon.rank);
     return taxon.scientific_name + (common ? " — " + common : "") + " (" + what + ")";
   }
 
@@ -1024,8 +1032,8 @@
         const common = d.taxon.common_name;
         if (common) title.append(document.createTextNode(" (" + common + ")"));
       } else {
-        const name = d.taxon ? d.taxon.common_name
-          : d.label_name || labelName(d.label, ident.top_k);
+        const name = capitalise(d.taxon ? d.taxon.common_name
+          : d.label_name || labelName(d.label, ident.top_k));
         title.textContent = d.label ? name : t("noTaxon");
       }
       const line = document.createElement("span");
