@@ -801,10 +801,12 @@
     const d = ident.decision || {};
     const decided = d.kind === "taxon" || d.kind === "lookalike";
     const top = (ident.top_k || [])[0];
-    if (decided && d.taxon) return d.taxon.scientific_name;
-    if (decided && d.label) return d.label_name || labelName(d.label, ident.top_k);
-    if (!top) return "?";
-    return top.taxon && top.taxon.scientific_name ? top.taxon.scientific_name : top.label_name;
+    const nameOf = (taxon, fallback) => {
+      if (isTaxon(taxon)) return taxon.scientific_name;
+      return (taxon && taxon.common_name) || fallback || "?";
+    };
+    if (decided) return nameOf(d.taxon, d.label_name || labelName(d.label, ident.top_k));
+    return top ? nameOf(top.taxon, top.label_name) : "?";
   }
 
   function feedbackSummary(fb) {
