@@ -30,7 +30,9 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a 2xx is sent after the commit, so the commit must survive a power cut too
+            # (NORMAL survives a process crash only); images are fsynced likewise.
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
 
     return engine
