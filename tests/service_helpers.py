@@ -99,7 +99,7 @@ class ServiceHandle:
     def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
         """An httpx client for this service, sending ``key`` as a bearer token."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, trust_env=False)
 
     def log_text(self) -> str:
         """Everything the process wrote so far."""
@@ -169,7 +169,8 @@ def start_service(
                 f"service exited with {process.returncode} before ready:\n{handle.log_text()}"
             )
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(handle.url + "/readyz", timeout=2).status_code == 200:
+            ready = httpx.get(handle.url + "/readyz", timeout=2, trust_env=False)
+            if ready.status_code == 200:
                 return handle
         if time.monotonic() > deadline:
             handle.kill()
