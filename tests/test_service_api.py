@@ -470,6 +470,27 @@ def test_export_is_a_training_manifest_with_images(make_api: Callable[..., Api])
     assert by_source[f"feedback:{blue['id']}"]["modality"] == "camera"
 
 
+def test_export_is_read_by_the_training_loader(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    data_module = pytest.importorskip("training.data", reason="the training package")
+    api = make_api()
+    ident = api.identify(GREEN, case_ref="TIMBER-7").json()
+    api.client.post(
+        f"/v1/identifications/{ident['id']}/feedback",
+        headers=api.h("officer"),
+        json={"verdict": "confirm"},
+    )
+    archive = api.client.get("/v1/feedback/export", headers=api.h("trainer")).content
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(tmp_path / "export", filter="data")
+    samples = data_module.load_manifest(tmp_path / "export" / "manifest.csv")
+    assert [(s.label, s.modality, s.case_id) for s in samples] == [
+        ("rosewood", "camera", "TIMBER-7")
+    ]
+    assert samples[0].path.is_file()
+
+
 # ---- taxa and models ---------------------------------------------------------------------
 
 
