@@ -258,7 +258,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_record(tiny_bundle: Path, tmp_p
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while len(acks.feedback) < 40 and time.monotonic() < deadline:
+        while len(acks.feedback) < 80 and time.monotonic() < deadline:
             time.sleep(0.05)
         handle.kill()  # SIGKILL mid-stream: requests are in flight right now
         time.sleep(0.5)
@@ -304,6 +304,11 @@ def _check_records(db_path: Path, data_dir: Path, acks: Acks) -> tuple[int, int]
         rows = dict(conn.execute("SELECT id, image_sha256 FROM identifications").fetchall())
         images = dict(conn.execute("SELECT sha256, path FROM images").fetchall())
         feedback = dict(conn.execute("SELECT id, identification_id FROM feedback").fetchall())
+    found_ids = sum(1 for i in acks.identifications if i in rows)
+    found_feedback = sum(1 for f in acks.feedback if f in feedback)
+    logger.info(
+        "after the kill: %d identification rows, %d feedback rows", len(rows), len(feedback)
+    )
     missing = [i for i in acks.identifications if i not in rows]
     assert not missing, f"{len(missing)} acknowledged identifications lost: {missing[:5]}"
     for identification_id, sha in acks.identifications.items():
@@ -312,11 +317,14 @@ def _check_records(db_path: Path, data_dir: Path, acks: Acks) -> tuple[int, int]
         stored = data_dir / "images" / images[sha]
         assert stored.is_file(), f"image file {stored} missing"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
+    for identification_id, sha in rows.items():  # acknowledged or not: no half-written row
+        assert sha in images, f"identification {identification_id} refers to a missing image"
+        assert (data_dir / "images" / images[sha]).is_file(), images[sha]
     lost = [f for f in acks.feedback if f not in feedback]
     assert not lost, f"{len(lost)} acknowledged feedback entries lost: {lost[:5]}"
     for feedback_id, identification_id in acks.feedback.items():
         assert feedback[feedback_id] == identification_id
-    return len(acks.identifications), len(acks.feedback)
+    return found_ids, found_feedback
 
 
 def _report_kill(acks: Acks, found_ids: int, found_feedback: int) -> None:
