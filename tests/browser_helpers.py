@@ -197,9 +197,12 @@ def rotated_jpeg(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def shoot(page: Page, name: str, *, full_page: bool = True) -> Path:
-    """Save a screenshot of the phone view (the whole page, or what the screen shows) as
-    ``docs/screenshots/<name>.png``."""
+def shoot(page: Page, name: str, *, full_page: bool = True, centre: str | None = None) -> Path:
+    """Save a screenshot as ``docs/screenshots/<name>.png``: the whole page, or what the screen
+    shows (``full_page=False``), optionally after scrolling the element ``centre`` to the
+    middle of the screen."""
+    if centre is not None:
+        page.locator(centre).evaluate("el => el.scrollIntoView({block: 'center'})")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="initial")

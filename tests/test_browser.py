@@ -169,8 +169,7 @@ def test_officer_flow_on_a_phone(
     heat_box = heatmap.bounding_box()
     photo_box = page.locator("#photo").bounding_box()
     assert heat_box and photo_box and abs(heat_box["width"] - photo_box["width"]) < 2
-    toggle.scroll_into_view_if_needed()
-    shoot(page, "05-heatmap")
+    shoot(page, "05-heatmap", full_page=False, centre=".photo")
 
     # 5. Correct it with the taxon search (keyboard only), a note and a case reference.
     page.check("input[name=verdict][value=correct]")
@@ -179,7 +178,7 @@ def test_officer_flow_on_a_phone(
     search.type("Elephas", delay=20)
     option = page.locator("#taxon-options [role=option]", has_text="Elephas maximus")
     expect(option).to_be_visible()
-    shoot(page, "06-taxon-search")
+    shoot(page, "06-taxon-search", full_page=False, centre="#taxon-search")
     count = page.locator("#taxon-options [role=option]").count()
     index = next(
         i
@@ -193,7 +192,7 @@ def test_officer_flow_on_a_phone(
     page.fill("#note", "Schreger lines checked with a loupe")
     page.click("#feedback-form button[type=submit]")
     expect(page.locator("#feedback-status")).to_contain_text("your correction was saved")
-    shoot(page, "07-feedback-saved")
+    shoot(page, "07-feedback-saved", full_page=False, centre="#feedback-form")
     assert accessibility_problems(page) == []
 
     # ... and the service stored it.
@@ -208,8 +207,7 @@ def test_officer_flow_on_a_phone(
     first = page.locator("#recent-list li").first
     expect(first).to_contain_text("corrected to")
     expect(first).to_contain_text("SEIZ-2026-042")
-    page.locator("#recent").scroll_into_view_if_needed()
-    shoot(page, "08-recent-cases")
+    shoot(page, "08-recent-cases", full_page=False, centre="#recent")
 
     # 7. French everywhere: interface, guidance from the API, recent cases.
     page.select_option("#lang", "fr")
