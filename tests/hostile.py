@@ -166,6 +166,29 @@ def gif_declaring(width: int, height: int) -> bytes:
     return header + frame + lzw + b"\x3b"
 
 
+def webp_declaring(width: int, height: int) -> bytes:
+    """A WebP (VP8X) header declaring a ``width`` x ``height`` canvas, with no image data."""
+    vp8x = (
+        b"VP8X"
+        + struct.pack("<I", 10)
+        + b"\x00" * 4
+        + (width - 1).to_bytes(3, "little")
+        + (height - 1).to_bytes(3, "little")
+    )
+    body = b"WEBP" + vp8x
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def png_text_bomb(megabytes: int = 8) -> bytes:
+    """A valid 8x8 PNG with a zTXt chunk that inflates to ``megabytes`` MB."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
+    png = buf.getvalue()
+    payload = b"Comment\x00\x00" + zlib.compress(b"A" * (megabytes * 1024 * 1024), 9)
+    at = png.index(b"IDAT") - 4
+    return png[:at] + _png_chunk(b"zTXt", payload) + png[at:]
+
+
 def animated_gif(frames: int = 4) -> bytes:
     """A small animated GIF (different colour per frame)."""
     images = [Image.new("RGB", (48, 48), (60 * i % 256, 40, 200 - 30 * i)) for i in range(frames)]
@@ -205,6 +228,10 @@ def zip_bytes() -> bytes:
 PDF_BYTES = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
     b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
+SVG_BYTES = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+    b"<script>alert(1)</script></svg>"
 )
 HTML_BYTES = b"<!doctype html><html><body><script>alert(1)</script><img src=x></body></html>"
 TEXT_BYTES = b"This is not an image, it is a shipping note.\n" * 20
@@ -283,6 +310,7 @@ def refused_cases() -> list[HostileCase]:
         _upload("text_as_jpeg", TEXT_BYTES, why="plain text named photo.jpg"),
         _upload("html_as_png", HTML_BYTES, filename="x.png", content_type="image/png"),
         _upload("pdf_as_jpeg", PDF_BYTES),
+        _upload("svg_as_png", SVG_BYTES, filename="x.png", content_type="image/svg+xml"),
         _upload("zip_as_jpeg", zip_bytes(), why="a ZIP holding a JPEG is still not an image"),
         _upload("truncated_jpeg", ok_jpeg[: len(ok_jpeg) // 2]),
         _upload("jpeg_header_only", ok_jpeg[:200]),
@@ -292,6 +320,8 @@ def refused_cases() -> list[HostileCase]:
         _upload("png_bomb_header", png_declaring(100_000, 100_000), expect=TOO_BIG),
         _upload("png_bomb_real", png_real_bomb(6000), filename="b.png", expect=TOO_BIG),
         _upload("tiff_bomb", tiff_declaring(100_000, 100_000), filename="s.tif", expect=TOO_BIG),
+        _upload("webp_bomb", webp_declaring(16_383, 16_383), filename="w.webp", expect=TOO_BIG),
+        _upload("png_text_chunk_bomb", png_text_bomb(), filename="t.png"),
         _upload("gif_bomb", gif_declaring(65_535, 65_535), filename="a.gif", expect=TOO_BIG),
         # transport: wrong or missing content types, broken multipart
         HostileCase(
