@@ -172,6 +172,13 @@ def _body_limits(settings: Settings) -> tuple[Any, Any]:
                 f"at most {settings.max_upload_bytes} bytes). Split the batch.",
                 title="Batch too large",
             )
+        if path.rstrip("/") != "/v1/identifications":  # JSON bodies (feedback) and the rest
+            return ProblemError(
+                413,
+                "body-too-large",
+                f"The request body exceeds {limit} bytes; send a smaller request.",
+                title="Request too large",
+            )
         return upload_too_large(None, settings.max_upload_bytes)
 
     return limit_for, problem_for

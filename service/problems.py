@@ -69,6 +69,7 @@ def problem_response(problem: ProblemError, instance: str | None = None) -> Prob
 
 
 _SLUGS = {
+    400: "bad-request",
     401: "unauthenticated",
     403: "forbidden",
     404: "not-found",
