@@ -151,8 +151,10 @@ def test_back_pressure_is_503_with_retry_after(tiny_bundle: Path, tmp_path: Path
     pytest.importorskip("psutil", reason="psutil measures the server's memory")
     env = {"CITES_QUEUE_MAX": "4", "CITES_BATCH_MAX_SIZE": "2"}
     with running_service(tiny_bundle, tmp_path / "data", env=env) as handle:
-        tally, _, _ = _run_load(handle, 5.0, 64)
+        tally, samples, _ = _run_load(handle, 5.0, 64)
         assert httpx.get(handle.url + "/readyz", timeout=30).status_code == 200
+    peak = max((rss for _, rss in samples), default=0.0)
+    print(f"back-pressure: statuses {tally.statuses}, peak RSS {peak:.0f} MiB")
     assert not tally.errors, f"{len(tally.errors)} errors, e.g. {tally.errors[:5]}"
     assert set(tally.statuses) == {201, 503}, tally.statuses
     assert tally.retry_after_missing == 0
