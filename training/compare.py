@@ -71,3 +71,25 @@ def compare_bundles(
         "significant": test.p_value < SIGNIFICANCE,
         "b_not_worse": acc_b >= acc_a,
     }
+
+
+def judge_against_base(
+    base: Bundle, candidate: Bundle, samples: Sequence[Sample]
+) -> tuple[bool, dict[str, Any]]:
+    """Compare a new bundle with its base; it is recommended only when it is not worse.
+
+    Returns ``(recommended, comparison)``; logs a warning when the candidate is worse.
+    """
+    comparison = compare_bundles(base, candidate, samples)
+    recommended = bool(comparison["b_not_worse"])
+    if not recommended:
+        logger.warning(
+            "the new bundle is worse than its base %s on %d images (accuracy %.4f vs %.4f, "
+            "McNemar p = %.3g): not marked recommended",
+            base.version,
+            comparison["images"],
+            comparison["b"]["accuracy"],
+            comparison["a"]["accuracy"],
+            comparison["mcnemar"]["p_value"],
+        )
+    return recommended, comparison

@@ -165,23 +165,31 @@ def calibration_paths(paths: Sequence[Path], count: int, seed: int = 0) -> list[
 def quantize_int8(
     fp32_path: Path, out_path: Path, paths: Sequence[Path], config: PreprocessConfig
 ) -> Path:
-    """Static INT8 QDQ, per-channel weights, MinMax activations calibrated on ``paths``."""
+    """Static INT8 QDQ: per-channel signed weights, unsigned activations (the U8S8 form x86
+    runs fastest) with MinMax ranges calibrated on ``paths``. On the head-only default model,
+    unsigned activations lost 0.3 points of validation accuracy where signed ones lost 1.0."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _Reader(paths, config, batch_size=16),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantiser logs every rescaled channel on the root logger
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                _Reader(paths, config, batch_size=16),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+    finally:
+        root.setLevel(level)
     logger.info("wrote %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
     return out_path
 

@@ -281,26 +281,14 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "thresholds": {k: v.__dict__ for k, v in chosen.items()},
     }
 
-    recommended, comparison = True, None
-    parent_version = None
+    recommended, parent_version = True, None
     if config.base:
-        from training.compare import compare_bundles
+        from training.compare import judge_against_base
 
         base = load_bundle(Path(config.base))
         parent_version = base.version
-        eval_samples = test.samples or val.samples
-        comparison = compare_bundles(base, bundle, eval_samples)
+        recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
         metrics["comparison_with_base"] = comparison
-        recommended = comparison["b_not_worse"]
-        if not recommended:
-            logger.warning(
-                "the new bundle is worse than its base %s on %d images (%.4f vs %.4f): "
-                "not marked recommended",
-                base.version,
-                comparison["images"],
-                comparison["b"]["accuracy"],
-                comparison["a"]["accuracy"],
-            )
 
     duration = time.monotonic() - started
     training_info: dict[str, Any] = {

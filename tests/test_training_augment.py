@@ -1,0 +1,58 @@
+"""Augmentation presets: camera and x-ray recipes produce model-ready tensors."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from PIL import Image  # noqa: E402
+
+from model.preprocess import PreprocessConfig  # noqa: E402
+from training.augment import CAMERA, PRESETS, XRAY, GaussianNoise, RandomGamma, preset_for  # noqa: E402
+
+
+def _photo() -> Image.Image:
+    image = Image.new("RGB", (120, 90), (200, 120, 40))
+    image.paste((20, 60, 200), (10, 10, 60, 50))
+    return image
+
+
+def test_presets_are_named_and_looked_up() -> None:
+    assert set(PRESETS) == {"camera", "xray"}
+    assert preset_for("xray") is XRAY
+    with pytest.raises(KeyError, match="choose camera, xray"):
+        preset_for("infrared")
+
+
+@pytest.mark.parametrize("preset", [CAMERA, XRAY])
+def test_preset_output_matches_the_model_input(preset: object) -> None:
+    config = PreprocessConfig()
+    transform = preset.build(config)  # type: ignore[attr-defined]
+    torch.manual_seed(0)
+    out = transform(_photo())
+    assert out.shape == (3, config.input_size, config.input_size)
+    assert out.dtype == torch.float32
+    # normalised with mean = std = 0.5: values lie in [-1, 1]
+    assert float(out.min()) >= -1.0 - 1e-5 and float(out.max()) <= 1.0 + 1e-5
+
+
+def test_xray_preset_is_grayscale_and_random() -> None:
+    transform = XRAY.build(PreprocessConfig())
+    torch.manual_seed(1)
+    first = transform(_photo())
+    # gray before the per-channel noise (std at most 0.05 of the range): channels nearly equal
+    assert float((first[0] - first[1]).abs().mean()) < 0.1
+    assert float((first[1] - first[2]).abs().mean()) < 0.1
+    second = transform(_photo())
+    assert not torch.equal(first, second)
+
+
+def test_gamma_and_noise_steps() -> None:
+    image = torch.full((3, 4, 4), 0.25)
+    assert torch.allclose(RandomGamma((2.0, 2.0))(image), torch.full((3, 4, 4), 0.0625))
+    torch.manual_seed(0)
+    noisy = GaussianNoise(0.5)(image)
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+    assert not torch.equal(noisy, image)

@@ -1,0 +1,97 @@
+"""Export gates: fp32 must agree with PyTorch on every top-1; INT8 may lose at most 1 point.
+
+Both gates run on the tiny ONNX model of ``tests.factories`` (pure colours -> labels), so no
+backbone export is needed: fast enough for every CI run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from model.preprocess import PreprocessConfig  # noqa: E402
+from tests.factories import build_tiny_onnx, tiny_weights  # noqa: E402
+from training import export as ex  # noqa: E402
+
+pytestmark = [pytest.mark.train]
+
+
+class TinyTorch(torch.nn.Module):
+    """The tiny ONNX model in PyTorch: logits = channel means @ W (optionally negated)."""
+
+    def __init__(self, sign: float = 1.0) -> None:
+        super().__init__()
+        self.weight = torch.from_numpy(tiny_weights(3)) * sign
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) @ self.weight
+
+
+def _inputs(n_per_class: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for label, channel in enumerate((0, 2, 1)):
+        for _ in range(n_per_class):
+            x = rng.uniform(-1.0, -0.2, (3, 224, 224)).astype(np.float32)
+            x[channel] = rng.uniform(0.2, 1.0)
+            images.append(x)
+            targets.append(label)
+    return np.stack(images), np.array(targets)
+
+
+def _png_folder(root: Path) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate([(250, 10, 10), (10, 10, 250), (10, 250, 10)] * 2):
+        path = root / f"{i}.png"
+        Image.new("RGB", (32, 32), colour).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_fp32_gate_passes_when_top1_agrees(tmp_path: Path) -> None:
+    onnx_path = build_tiny_onnx(tmp_path / "m.onnx")
+    inputs, _ = _inputs()
+    check = ex.check_fp32(TinyTorch(), onnx_path, inputs)
+    assert check.disagreements == 0 and check.top1_agreement == 1.0
+    assert check.max_abs_logit_diff < 1e-4
+
+
+def test_fp32_gate_refuses_a_disagreeing_export(tmp_path: Path) -> None:
+    onnx_path = build_tiny_onnx(tmp_path / "m.onnx")
+    inputs, _ = _inputs()
+    with pytest.raises(ex.ExportError, match="disagree on the top-1 of 12 of 12"):
+        ex.check_fp32(TinyTorch(sign=-1.0), onnx_path, inputs)
+
+
+def test_int8_gate_rule_both_ways() -> None:
+    ok = ex.int8_gate(0.90, 0.895, images=200, calibration_images=10)
+    assert ok.written and "drop 0.50 points" in ok.reason
+    bad = ex.int8_gate(0.90, 0.885, images=200, calibration_images=10)
+    assert not bad.written and bad.reason.startswith("INT8 file not written")
+    edge = ex.int8_gate(0.90, 0.89, images=200, calibration_images=10)
+    assert edge.written  # exactly one point is allowed
+
+
+def test_int8_export_keeps_a_good_model_and_deletes_a_failing_one(tmp_path: Path) -> None:
+    fp32 = build_tiny_onnx(tmp_path / "m.onnx")
+    calibration = _png_folder(tmp_path)
+    inputs, targets = _inputs()
+    (tmp_path / "ok").mkdir()
+    kept = ex.export_int8(fp32, tmp_path / "ok", calibration, PreprocessConfig(), inputs, targets)
+    assert kept.written
+    assert (tmp_path / "ok" / ex.INT8_FILE).is_file()
+    assert kept.int8_accuracy >= kept.fp32_accuracy - 0.01
+    # A fake requirement that INT8 be 50 points better than fp32 forces the failure path.
+    (tmp_path / "bad").mkdir()
+    refused = ex.export_int8(
+        fp32, tmp_path / "bad", calibration, PreprocessConfig(), inputs, targets, max_drop=-0.5
+    )
+    assert not refused.written
+    assert not (tmp_path / "bad" / ex.INT8_FILE).exists()
+    assert "not written" in refused.reason
