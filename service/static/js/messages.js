@@ -1,7 +1,8 @@
 /* Interface text in the three CITES working languages. Keys are shared by index.html
-   (data-i18n, data-i18n-attr) and app.js (t()). "{name}" marks a value filled in at run time. */
-"use strict";
-window.CITES_I18N = {
+   (data-i18n, data-i18n-attr) and the scripts (t(), say()). "{name}" marks a value filled in
+   at run time. Every key must exist in every language (the browser test reads all three). */
+
+export const MESSAGES = {
   en: {
     skip: "Skip to content",
     language: "Language",

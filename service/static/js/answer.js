@@ -1,0 +1,197 @@
+/* The answer: decision, name, appendix badge, probability, guidance, candidates, photo and
+   heat map. */
+import { apiBlobUrl, getTaxon } from "./api.js";
+import { showError } from "./errors.js";
+import { formatTime, say, t } from "./i18n.js";
+import { $, state } from "./state.js";
+import {
+  APPENDICES,
+  appendName,
+  isDecided,
+  labelName,
+  nameParts,
+  probabilityText,
+  showAppendix,
+} from "./words.js";
+
+/** Show identification ``ident``; ``focus`` scrolls to it and moves the focus to its heading. */
+export function renderAnswer(ident, { focus = false, keepPhoto = false } = {}) {
+  state.current = ident;
+  const d = ident.decision || { kind: "uncertain" };
+  const kind = d.kind || "uncertain";
+  const decided = isDecided(d);
+  const top = Array.isArray(ident.top_k) ? ident.top_k : [];
+  const section = $("result");
+  section.hidden = false;
+  section.dataset.decision = kind;
+  section.dataset.id = ident.id;
+
+  const decision = $("decision");
+  decision.textContent = t("decision_" + kind);
+  decision.className = "decision decision-" + kind;
+  const parts = decided || d.taxon
+    ? nameParts(d.taxon, d.label_name || labelName(d.label, top))
+    : { sci: "", common: t("noTaxon") };
+  $("sci").textContent = parts.sci;
+  $("common").textContent = parts.sci && parts.common ? "(" + parts.common + ")" : parts.common;
+
+  // Without a decided class there is no single appendix or probability: the closest
+  // candidates below carry theirs.
+  $("facts").hidden = !decided;
+  showAppendix($("badge"), kind === "lookalike" ? "lookalike" : "cites", d.appendix);
+  $("prob").textContent = decided ? probabilityText(d.probability) : "";
+  noteOriginDependence(ident);
+
+  renderGuidance(ident.guidance || {}, kind);
+  const title = $("candidates-title");
+  title.dataset.i18n = decided ? "otherCandidates" : "closestCandidates";
+  title.textContent = t(title.dataset.i18n);
+  renderCandidates(decided ? top.filter((c) => !d.label || c.label !== d.label) : top);
+
+  const meta = [t("model", { version: ident.model_version })];
+  if (ident.case_ref) meta.push(t("caseLabel", { ref: ident.case_ref }));
+  if (ident.created_at) meta.push(formatTime(ident.created_at));
+  $("meta").textContent = meta.join(" · ");
+  showModelInfo();
+
+  if (!keepPhoto || !state.photoUrl) loadPhoto(ident);
+  if (state.heatmapFor !== ident.id) resetHeatmap();
+  if (focus) {
+    const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    section.scrollIntoView({ behavior: still ? "auto" : "smooth", block: "start" });
+    $("result-title").setAttribute("tabindex", "-1");
+    $("result-title").focus({ preventScroll: true });
+  }
+}
+
+function renderGuidance(guidance, kind) {
+  const title = $("guidance-title");
+  title.textContent = guidance.title || "";
+  // A guidance title that repeats the decision line above it is not shown twice.
+  const same = (guidance.title || "").trim().toLowerCase() === t("decision_" + kind).toLowerCase();
+  title.hidden = same || !guidance.title;
+  $("guidance-text").textContent = guidance.text || "";
+  $("guidance").hidden = !(guidance.title || guidance.text);
+  if (guidance.language) $("guidance").lang = guidance.language;
+}
+
+function renderCandidates(candidates) {
+  const list = $("candidates");
+  list.textContent = "";
+  if (!candidates.length) {
+    const li = document.createElement("li");
+    li.className = "hint";
+    li.textContent = t("noOtherCandidates");
+    list.append(li);
+    return;
+  }
+  for (const c of candidates) {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "cand-name";
+    appendName(name, nameParts(c.taxon, c.label_name || c.label));
+    const facts = document.createElement("span");
+    facts.className = "cand-facts";
+    const badge = document.createElement("span");
+    showAppendix(badge, c.kind, c.appendix);
+    const prob = document.createElement("span");
+    prob.className = "prob";
+    prob.textContent = probabilityText(c.probability);
+    facts.append(badge, document.createTextNode(" "), prob);
+    li.append(name, facts);
+    list.append(li);
+  }
+}
+
+/** Without an origin country the service gives the strictest listing of a taxon listed by
+    population; say so next to the badge. */
+async function noteOriginDependence(ident) {
+  const note = $("origin-note");
+  say(note, null);
+  const d = ident.decision || {};
+  if (ident.origin_country || !d.taxon || !APPENDICES.includes(d.appendix)) return;
+  try {
+    const taxon = await getTaxon(d.taxon.id);
+    const split = (taxon.populations || []).some((p) => APPENDICES.includes(p.appendix));
+    if (split && state.current === ident) say(note, "originDepends");
+  } catch (_err) {
+    /* only a hint: the badge already shows the strictest listing */
+  }
+}
+
+/** The active model's limitations, for answers of the active model only. */
+export function showModelInfo() {
+  const ident = state.current;
+  const model = state.model;
+  $("model-info").hidden = !(ident && model && ident.model_version === model.version
+    && $("limitations").children.length);
+}
+
+// ---------------------------------------------------------------- photo and heat map
+
+/** Show ``url`` (an object URL) as the photo of the answer. */
+export function setPhoto(url) {
+  if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
+  state.photoUrl = url;
+  $("photo").src = url;
+}
+
+async function loadPhoto(ident) {
+  if (!ident.image || !ident.image.url) return;
+  try {
+    setPhoto(await apiBlobUrl(ident.image.url));
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function resetHeatmap() {
+  if (state.heatmapUrl) URL.revokeObjectURL(state.heatmapUrl);
+  state.heatmapUrl = null;
+  state.heatmapFor = null;
+  $("heatmap").hidden = true;
+  $("heatmap").removeAttribute("src");
+  say($("heatmap-status"), null);
+  renderHeatmapToggle();
+}
+
+/** The toggle's text and pressed state (also after a change of language). */
+export function renderHeatmapToggle() {
+  const on = !$("heatmap").hidden;
+  const button = $("heatmap-toggle");
+  button.setAttribute("aria-pressed", on ? "true" : "false");
+  button.textContent = on ? t("hideHeatmap") : t("showHeatmap");
+  if (on) say($("heatmap-status"), "heatmapShown");
+}
+
+/** Lay the service's heat map over the photo, or take it away. */
+export async function toggleHeatmap() {
+  const ident = state.current;
+  if (!ident) return;
+  const img = $("heatmap");
+  if (!img.hidden) {
+    img.hidden = true;
+    say($("heatmap-status"), null);
+    renderHeatmapToggle();
+    return;
+  }
+  if (state.heatmapFor !== ident.id) {
+    say($("heatmap-status"), "heatmapLoading");
+    try {
+      const path = ident.heatmap_url
+        || "/v1/identifications/" + encodeURIComponent(ident.id) + "/heatmap";
+      const url = await apiBlobUrl(path);
+      resetHeatmap();
+      state.heatmapUrl = url;
+      state.heatmapFor = ident.id;
+      img.src = url;
+      await img.decode().catch(() => undefined);
+    } catch (err) {
+      say($("heatmap-status"), null);
+      showError(err);
+      return;
+    }
+  }
+  img.hidden = false;
+  renderHeatmapToggle();
+}

@@ -1,0 +1,290 @@
+/* CITES Vision officer page: sign in, photograph an item, read the answer, give feedback.
+   Plain JavaScript modules, no build step, nothing fetched from elsewhere; talks to the JSON API
+   in docs/api.md. The DOM is built with textContent only, never innerHTML. */
+import {
+  renderAnswer,
+  renderHeatmapToggle,
+  setPhoto,
+  showModelInfo,
+  toggleHeatmap,
+} from "./answer.js";
+import { api, postIdentification } from "./api.js";
+import { ApiError, clearError, NetworkError, showError, UserError } from "./errors.js";
+import { initFeedback, relabelFeedback, renderFeedbackForm } from "./feedback.js";
+import { chooseLanguage, initialLanguage, rewritePage, say, t } from "./i18n.js";
+import { preparePhoto } from "./photo.js";
+import { initRecent, loadRecent } from "./recent.js";
+import { $, state } from "./state.js";
+
+const KEY_STORE = "citesVision.apiKey"; // sessionStorage only: gone when the tab closes
+const AUTO_RETRY_DELAY_MS = 1500;
+
+// ---------------------------------------------------------------- languages
+
+/** Put the current language everywhere on the page. */
+function relabel() {
+  $("lang").value = state.lang;
+  rewritePage();
+  if (state.lastError && !$("error").hidden) showError(state.lastError);
+  renderWhoami();
+  renderHeatmapToggle();
+  relabelFeedback();
+}
+
+async function switchLanguage(lang) {
+  chooseLanguage(lang);
+  relabel();
+  if (!state.key) return;
+  // Guidance and common names come from the API in the requested language: ask again.
+  if (state.current) {
+    try {
+      const ident = await api("/v1/identifications/" + encodeURIComponent(state.current.id));
+      show(ident, { keepPhoto: true });
+    } catch (err) {
+      showError(err);
+    }
+  }
+  loadRecent();
+}
+
+// ---------------------------------------------------------------- signing in
+
+async function signIn(key) {
+  const previous = state.key;
+  state.key = key;
+  try {
+    state.me = await api("/v1/me");
+  } catch (err) {
+    state.key = previous;
+    throw err;
+  }
+  try {
+    window.sessionStorage.setItem(KEY_STORE, key);
+  } catch (_err) {
+    /* storage refused: the key lasts for this page only */
+  }
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  $("apikey").value = "";
+  renderWhoami();
+  loadModel();
+  loadRecent();
+}
+
+function signOut({ keepError = false } = {}) {
+  state.key = null;
+  state.me = null;
+  state.current = null;
+  state.feedbackFor = null;
+  try {
+    window.sessionStorage.removeItem(KEY_STORE);
+  } catch (_err) {
+    /* nothing stored */
+  }
+  $("app").hidden = true;
+  $("signout").hidden = true;
+  $("signin").hidden = false;
+  $("result").hidden = true;
+  $("feedback").hidden = true;
+  if (!keepError) clearError();
+  $("apikey").focus();
+}
+
+async function onSignIn(event) {
+  event.preventDefault();
+  clearError();
+  const key = $("apikey").value.trim();
+  if (!key) {
+    say($("signin-status"), "keyMissing");
+    $("apikey").focus();
+    return;
+  }
+  say($("signin-status"), "signingIn");
+  try {
+    await signIn(key);
+    say($("signin-status"), null);
+  } catch (err) {
+    say($("signin-status"), null);
+    showError(err);
+    $("apikey").focus();
+  }
+}
+
+function renderWhoami() {
+  $("whoami").textContent = state.me
+    ? t("signedInAs", { name: state.me.name, role: t("role_" + state.me.role) })
+    : "";
+}
+
+/** The active model: its labels (offered for corrections), modalities and limitations. */
+async function loadModel() {
+  try {
+    state.model = await api("/v1/models/active");
+  } catch (_err) {
+    state.model = null; // corrections then go by taxon only; the service still checks modality
+  }
+  const model = state.model || {};
+  state.labels = Array.isArray(model.labels) ? model.labels : [];
+  const modalities = Array.isArray(model.modalities) ? model.modalities : ["camera", "xray"];
+  const select = $("modality");
+  for (const option of select.options) option.disabled = !modalities.includes(option.value);
+  if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
+    const usable = [...select.options].find((o) => !o.disabled);
+    if (usable) select.value = usable.value;
+  }
+  const list = $("limitations");
+  list.textContent = "";
+  for (const sentence of model.limitations || []) {
+    const li = document.createElement("li");
+    li.textContent = sentence;
+    list.append(li);
+  }
+  showModelInfo();
+}
+
+// ---------------------------------------------------------------- photo, upload, answer
+
+function onFileChosen(event) {
+  const file = event.target.files && event.target.files[0];
+  event.target.value = ""; // choosing the same file again still fires "change"
+  if (!file) return;
+  clearError();
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(new UserError("notImage"));
+    return;
+  }
+  state.file = file;
+  state.prepared = null;
+  say($("chosen"), "chosenFile", { name: file.name || "photo" });
+  $("identify-btn").disabled = false;
+  $("retry").hidden = true;
+}
+
+/** Progress of the upload: a percentage, or null while the service works (indeterminate). */
+function setProgress(key, vars, pct) {
+  $("upload").hidden = false;
+  say($("progress-label"), key, vars);
+  const bar = $("progress");
+  if (pct === null) bar.removeAttribute("value");
+  else bar.value = pct;
+}
+
+function uploadOnce(prepared, fields) {
+  return postIdentification(prepared, fields, (pct) => {
+    if (pct === null) setProgress("analysing", null, null);
+    else setProgress("uploading", { pct }, pct);
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Upload with one automatic retry after a network failure or a busy (503) service. */
+async function uploadWithRetry(prepared, fields) {
+  try {
+    return await uploadOnce(prepared, fields);
+  } catch (err) {
+    const busy = err instanceof ApiError && err.status === 503;
+    if (!(err instanceof NetworkError) && !busy) throw err;
+    const wait = busy ? Math.min(10, Number(err.retryAfter) || 2) * 1000 : AUTO_RETRY_DELAY_MS;
+    setProgress("retrying", null, null);
+    await sleep(wait);
+    return uploadOnce(prepared, fields);
+  }
+}
+
+async function identify(event) {
+  if (event) event.preventDefault();
+  clearError();
+  if (!state.file) {
+    showError(new UserError("noFile"));
+    return;
+  }
+  const origin = $("origin").value.trim().toUpperCase();
+  if (origin && !/^[A-Z]{2}$/.test(origin)) {
+    showError(new UserError("originInvalid"));
+    $("origin").focus();
+    return;
+  }
+  const modality = $("modality").value;
+  const button = $("identify-btn");
+  button.disabled = true;
+  $("retry").hidden = true;
+  try {
+    if (!state.prepared) {
+      setProgress("preparing", null, null);
+      state.prepared = await preparePhoto(state.file, modality);
+    }
+    const ident = await uploadWithRetry(state.prepared, {
+      modality,
+      origin_country: origin,
+      case_ref: $("caseref").value.trim(),
+    });
+    $("upload").hidden = true; // before scrolling to the answer, so that it does not move
+    setPhoto(URL.createObjectURL(state.prepared.blob));
+    show(ident, { keepPhoto: true, focus: true });
+    loadRecent();
+  } catch (err) {
+    showError(err);
+    if (err instanceof NetworkError || (err instanceof ApiError && err.status >= 500)) {
+      $("retry").hidden = false;
+      $("retry").focus();
+    }
+  } finally {
+    $("upload").hidden = true;
+    button.disabled = !state.file;
+  }
+}
+
+/** Show an identification: the answer and the feedback form for it. */
+function show(ident, options) {
+  renderAnswer(ident, options);
+  renderFeedbackForm(ident);
+}
+
+async function openCase(id) {
+  clearError();
+  try {
+    show(await api("/v1/identifications/" + encodeURIComponent(id)), { focus: true });
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+function start() {
+  chooseLanguage(initialLanguage());
+  relabel();
+  $("lang").addEventListener("change", (e) => switchLanguage(e.target.value));
+  $("signin-form").addEventListener("submit", onSignIn);
+  $("signout").addEventListener("click", () => signOut());
+  document.addEventListener("cites:unauthorised", () => {
+    if (state.key) signOut({ keepError: true });
+  });
+  $("camera").addEventListener("change", onFileChosen);
+  $("file").addEventListener("change", onFileChosen);
+  $("modality").addEventListener("change", () => {
+    state.prepared = null;
+  });
+  $("identify-form").addEventListener("submit", identify);
+  $("retry").addEventListener("click", () => identify());
+  $("heatmap-toggle").addEventListener("click", toggleHeatmap);
+  initFeedback({ onSaved: loadRecent });
+  initRecent({ onOpen: openCase });
+
+  let saved = null;
+  try {
+    saved = window.sessionStorage.getItem(KEY_STORE);
+  } catch (_err) {
+    saved = null;
+  }
+  if (saved) {
+    signIn(saved).catch((err) => {
+      signOut({ keepError: true });
+      showError(err);
+    });
+  }
+}
+
+start(); // modules run after the document has been parsed

@@ -1,0 +1,62 @@
+/* Errors in plain words: the API's problem+json, network failures and the officer's mistakes. */
+import { t } from "./i18n.js";
+import { $, state } from "./state.js";
+
+/** An HTTP error answer; ``problem`` is the problem+json body (or {}). */
+export class ApiError extends Error {
+  constructor(status, problem, retryAfter) {
+    super((problem && (problem.detail || problem.title)) || "HTTP " + status);
+    this.status = status;
+    this.problem = problem || {};
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** The request never got an answer (offline, connection reset, timeout). */
+export class NetworkError extends Error {}
+
+/** A mistake the officer can fix; shown as interface text ``key``. */
+export class UserError extends Error {
+  constructor(key) {
+    super(key);
+    this.key = key;
+  }
+}
+
+/** Plain-words text for an error, in the interface language where the page can. */
+export function errorText(err) {
+  if (err instanceof UserError) return t(err.key);
+  if (err instanceof NetworkError) return t("networkFailed");
+  if (err instanceof ApiError) {
+    if (err.status === 401) return t("error_401");
+    if (err.status === 403) return t("error_403");
+    if (err.status === 503 && err.retryAfter) {
+      return t("error_503", { s: err.retryAfter }) + " " + (err.problem.detail || "");
+    }
+    // The service writes `detail` for people: what went wrong and what to do.
+    if (err.problem.detail) return err.problem.detail;
+    if (err.problem.title) return err.problem.title;
+    return t("error_generic", { status: err.status });
+  }
+  return err && err.message ? err.message : String(err);
+}
+
+/** Show ``err`` in the alert box. A refused key also fires "cites:unauthorised". */
+export function showError(err) {
+  state.lastError = err;
+  const box = $("error");
+  box.textContent = "";
+  const strong = document.createElement("strong");
+  strong.textContent = t("error_prefix") + " ";
+  box.append(strong, document.createTextNode(errorText(err)));
+  box.hidden = false;
+  if (err instanceof ApiError && err.status === 401) {
+    document.dispatchEvent(new CustomEvent("cites:unauthorised"));
+  }
+}
+
+export function clearError() {
+  state.lastError = null;
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
