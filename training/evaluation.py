@@ -21,7 +21,7 @@ from tqdm import tqdm
 from model.bundle import Bundle
 from model.labels import Label
 from training.data import DataError, LabelMap, Sample
-from training.features import batches, load_inputs
+from training.inputs import batches, load_inputs
 from training.report import classification_report, write_report
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.preprocess import PreprocessConfig
-from training.features import batches, load_inputs
+from training.inputs import batches, load_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +21,12 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
-from model.preprocess import PreprocessConfig, preprocess_bytes
-from training.data import DataError
+from model.preprocess import PreprocessConfig
+from training.inputs import batches, load_inputs
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "cites-vision" / "features"
-
-
-def load_inputs(paths: Sequence[Path], config: PreprocessConfig) -> NDArray[np.float32]:
-    """Preprocess image files into one ``[N, 3, S, S]`` batch (the evaluation path)."""
-    arrays = []
-    for path in paths:
-        try:
-            arrays.append(preprocess_bytes(Path(path).read_bytes(), config))
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read image ({exc.strerror})") from exc
-        except ValueError as exc:  # model.preprocess.ImageError and subclasses
-            raise DataError(f"{path}: {exc}") from exc
-    return np.stack(arrays).astype(np.float32, copy=False)
-
-
-def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    """Consecutive slices of ``items`` of at most ``size`` elements."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @torch.no_grad()

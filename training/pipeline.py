@@ -145,8 +145,8 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     val_inputs = None
     if config.mode != "head" and config.epochs > 0:
         from training.augment import preset_for
-        from training.features import load_inputs
         from training.images import AugmentedImages
+        from training.inputs import load_inputs
 
         val_inputs = load_inputs(val.paths, BACKBONE_PREPROCESS)
         train_set = AugmentedImages(
@@ -192,7 +192,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     provisional_ood = choose_ood_threshold(ood_model.score(val.features), config.ood_flag_rate)
 
     # Export and the two gates.
-    from training.features import load_inputs
+    from training.inputs import load_inputs
 
     if val_inputs is None:
         val_inputs = load_inputs(val.paths, BACKBONE_PREPROCESS)

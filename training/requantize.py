@@ -16,7 +16,7 @@ from model.bundle import LABELS_FILE, MANIFEST_FILE, MODEL_FILES, OOD_FILE, Bund
 from training.data import Sample
 from training.evaluation import bundle_label_map
 from training.export import Int8Gate, calibration_paths, export_int8
-from training.features import load_inputs
+from training.inputs import load_inputs
 
 logger = logging.getLogger(__name__)
 
