@@ -10,6 +10,7 @@ leaves no half-written record.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -345,33 +346,56 @@ def _report_kill(acks: Acks, found_ids: int, found_feedback: int) -> None:
 # --- an image store that cannot be written ----------------------------------------------------
 
 
-def _make_unwritable(path: Path) -> bool:
-    """Make ``path`` (and everything under it) unwritable even for root; False if impossible."""
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None:
-            return False
-        done = subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True, check=False)
-        if done.returncode != 0:
-            return False
-    else:
-        for sub in [path, *[p for p in path.rglob("*") if p.is_dir()]]:
+@contextlib.contextmanager
+def _unwritable(path: Path) -> Iterator[str]:
+    """Make the folder ``path`` unwritable for the ``with`` block; yields how it was done.
+
+    As root (whom permissions do not stop) the folder and everything under it get the ext4
+    immutable attribute; where ``chattr`` cannot do that (another filesystem), the folder is
+    moved aside and a plain file takes its place, so that nothing can be created under it.
+    Otherwise the permissions are removed."""
+    if os.geteuid() != 0:
+        dirs = [path, *[p for p in path.rglob("*") if p.is_dir()]]
+        for sub in dirs:
             sub.chmod(0o555)
+        try:
+            yield "permissions"
+        finally:
+            for sub in dirs:
+                sub.chmod(0o755)
+        return
+    immutable = shutil.which("chattr") is not None and _chattr(path, "+i")
+    if immutable and _really_unwritable(path):
+        try:
+            yield "chattr +i"
+        finally:
+            _chattr(path, "-i")
+        return
+    if immutable:
+        _chattr(path, "-i")
+    aside = path.with_name(path.name + ".aside")
+    path.rename(aside)
+    path.write_bytes(b"not a folder\n")
+    try:
+        yield "a file in place of the folder"
+    finally:
+        path.unlink()
+        aside.rename(path)
+
+
+def _chattr(path: Path, flag: str) -> bool:
+    done = subprocess.run(["chattr", "-R", flag, str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def _really_unwritable(path: Path) -> bool:
     probe = path / ".probe"
     try:
         probe.write_bytes(b"x")
     except OSError:
         return True
     probe.unlink()
-    _make_writable(path)
     return False
-
-
-def _make_writable(path: Path) -> None:
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True, check=False)
-    else:
-        for sub in [path, *[p for p in path.rglob("*") if p.is_dir()]]:
-            sub.chmod(0o755)
 
 
 def test_unwritable_image_store_is_503_or_507_and_stores_nothing(server: Server) -> None:
@@ -380,13 +404,12 @@ def test_unwritable_image_store_is_503_or_507_and_stores_nothing(server: Server)
     images = server.handle.data_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     assert _identify(server.client, seed=31).status_code == 201  # the store has sub-folders
-    if not _make_unwritable(images):
-        pytest.skip("cannot make a folder unwritable here (needs chattr as root, or non-root)")
-    try:
+    with _unwritable(images) as how:
+        logger.info("image store made unwritable with %s", how)
         before = hostile.StoreSnapshot.take(server.handle.data_dir)
         for seed in (32, 33):
             response = _identify(server.client, seed=seed)
-            assert response.status_code in (503, 507), response.text[:400]
+            assert response.status_code in (503, 507), (how, response.text[:400])
             assert response.headers["content-type"].startswith(hostile.PROBLEM_MEDIA_TYPE)
             assert "image" in response.json()["detail"].lower()
         batch = server.client.post(
@@ -400,6 +423,4 @@ def test_unwritable_image_store_is_503_or_507_and_stores_nothing(server: Server)
         after = hostile.StoreSnapshot.take(server.handle.data_dir)
         assert before.difference(after) == []
         assert server.client.get("/readyz").status_code in (200, 503)
-    finally:
-        _make_writable(images)
     assert _identify(server.client, seed=35).status_code == 201
