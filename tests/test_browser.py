@@ -7,6 +7,7 @@ serves ``weights/default`` when a bundle has been trained there, else the tiny t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -300,8 +301,22 @@ def test_large_rotated_photo_is_downscaled_upright(
     source.write_bytes(rotated_jpeg(2400, 1200))
     _sign_in(page, service, officer_key)
     page.set_input_files("#camera", str(source))
+    # A slow network (Chromium's own throttling) keeps the progress indicator on screen. On
+    # loopback Chromium reports the whole upload at once, so it is seen in its second phase.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    slow = {"offline": False, "latency": 400, "downloadThroughput": 50_000}
+    cdp.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": 20_000})
     page.click("#identify-btn")
-    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#upload")).to_be_visible()
+    expect(page.locator("#progress-label")).to_have_text(re.compile(r"Uploading… \d+%|Analysing…"))
+    shoot(page, "02b-uploading", full_page=False, centre="#identify")
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#upload")).to_be_hidden()
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {**slow, "downloadThroughput": -1, "latency": 0, "uploadThroughput": -1},
+    )
     ident_id = page.locator("#result").get_attribute("data-id")
     with service.client(officer_key) as api:
         stored = api.get(f"/v1/identifications/{ident_id}").json()
