@@ -277,18 +277,26 @@ def test_confident_answer(
     page: Page, service: ServiceHandle, officer_key: str, tmp_path: Path
 ) -> None:
     """A plain red photo (the tiny bundle's ivory class) shows the badge and probability the
-    service gave, whatever the bundle decides."""
+    service gave, whatever the bundle decides; the key survives a reload, not a sign-out."""
     from playwright.sync_api import expect
 
     red = tmp_path / "red.png"
     red.write_bytes(solid_image_bytes((250, 10, 10), (320, 240)))
     _sign_in(page, service, officer_key)
+    page.reload()  # the key lasts for the tab's session: still signed in
+    expect(page.locator("#app")).to_be_visible()
+    expect(page.locator("#signin")).to_be_hidden()
     page.set_input_files("#file", str(red))
     page.click("#identify-btn")
     expect(page.locator("#result")).to_be_visible()
     with service.client(officer_key) as api:
         ident = api.get(f"/v1/identifications/{page.locator('#result').get_attribute('data-id')}")
     check_answer(page, ident.json())
+
+    page.click("#signout")
+    expect(page.locator("#signin")).to_be_visible()
+    expect(page.locator("#result")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('citesVision.apiKey')") is None
 
 
 def test_large_rotated_photo_is_downscaled_upright(
