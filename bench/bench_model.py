@@ -84,6 +84,33 @@ def bundle_facts(bundle_dir: Path) -> dict[str, Any]:
     }
 
 
+def quantised_copy(fp32_path: Path, calibration_images: int = 64) -> Path | None:
+    """An INT8 copy of ``fp32_path`` made with the product's own quantiser
+    (:func:`training.export.quantize_int8`), cached by the fp32 file's hash; None if unavailable.
+
+    Only for timing: the copy is not gated on accuracy.
+    """
+    from bench.common import CACHE_DIR
+    from bench.images import load_set, write_load_set
+    from model.bundle import sha256_file
+    from model.preprocess import PreprocessConfig
+
+    try:
+        from training.export import quantize_int8
+    except ImportError as exc:
+        logger.warning("no INT8 model and no quantiser (%s): INT8 not measured", exc)
+        return None
+    out = CACHE_DIR / f"int8-{sha256_file(fp32_path)[:16]}.onnx"
+    if not out.is_file():
+        folder = write_load_set(load_set(calibration_images), CACHE_DIR / "calibration")
+        paths = sorted(folder.glob("*.jpg"))[:calibration_images]
+        logger.info(
+            "quantising %s to INT8 for timing (%d calibration images)", fp32_path, len(paths)
+        )
+        quantize_int8(fp32_path, out, paths, PreprocessConfig())
+    return out
+
+
 def run(
     bundle_dir: Path,
     *,
@@ -93,6 +120,7 @@ def run(
     threads: int | None = None,
     with_channels_last: bool = True,
     peak_n: int = 2048,
+    quantise_missing_int8: bool = True,
 ) -> dict[str, Any]:
     """Measure every backend at every batch size, interleaved over ``rounds``.
 
@@ -115,10 +143,13 @@ def run(
         logger.warning("PyTorch backends skipped: %s", exc)
     if facts["fp32"] is not None:
         runners["onnxruntime_fp32"] = _ort_runner(facts["fp32"], threads)
-    if facts["int8"] is not None:
-        runners["onnxruntime_int8"] = _ort_runner(facts["int8"], threads)
-    else:
-        logger.warning("bundle %s has no INT8 model", bundle_dir)
+    int8_source = "bundle"
+    int8_path = facts["int8"]
+    if int8_path is None and facts["fp32"] is not None and quantise_missing_int8:
+        int8_path = quantised_copy(facts["fp32"])
+        int8_source = "quantised by the benchmark (the bundle has no INT8 file)"
+    if int8_path is not None:
+        runners["onnxruntime_int8"] = _ort_runner(int8_path, threads)
 
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batches}
@@ -143,6 +174,7 @@ def run(
         gflop = float("nan")
     results: dict[str, Any] = {
         "bundle": facts["version"],
+        "int8_source": int8_source if "onnxruntime_int8" in runners else None,
         "threads": threads,
         "rounds": rounds,
         "input_size": size,

@@ -19,9 +19,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.bench_model import bundle_facts
 from bench.common import median
 from bench.servers.process import ServerProcess, free_port, python_argv, running_server
-from bench.service_load import SINGLE_PATH, our_service, run_loadgen
+from bench.service_load import SINGLE_PATH, active_model, our_service, run_loadgen
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,17 @@ difference is the model file and how much the server."""
 
 
 def _start_all(
-    stack: ExitStack, bundle_dir: Path, log_dir: Path
+    stack: ExitStack, bundle_dir: Path, log_dir: Path, ours_model: dict[str, Any]
 ) -> dict[str, tuple[ServerProcess, str]]:
     servers: dict[str, tuple[ServerProcess, str]] = {}
     ours = stack.enter_context(our_service(bundle_dir, log_dir))
+    ours_model.update(active_model(ours))
     servers["cites_vision"] = (ours, ours.base_url + SINGLE_PATH)
+    has_int8 = bundle_facts(bundle_dir)["int8"] is not None
     for name, precision in (("litserve", "fp32"), ("litserve_int8", "int8")):
+        if precision == "int8" and not has_int8:
+            logger.info("the bundle has no INT8 file: LitServe INT8 not measured")
+            continue
         port = free_port()
         argv = python_argv(
             "bench.servers.litserve_onnx",
@@ -79,12 +85,15 @@ def run(
     phone_requests: int = 12,
 ) -> dict[str, Any]:
     """Alternate the three servers over ``rounds``; return per-round numbers and median ratios."""
-    throughput: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
-    phone: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
     with ExitStack() as stack:
-        servers = _start_all(stack, bundle_dir, log_dir)
+        ours_model: dict[str, Any] = {}
+        servers = _start_all(stack, bundle_dir, log_dir, ours_model)
+        names = tuple(name for name in SERVERS if name in servers)
+        throughput: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        phone: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for round_index in range(rounds):
-            order = SERVERS[round_index % len(SERVERS) :] + SERVERS[: round_index % len(SERVERS)]
+            shift = round_index % len(names)
+            order = names[shift:] + names[:shift]
             for name in order:
                 server, url = servers[name]
                 result = run_loadgen(
@@ -114,8 +123,10 @@ def run(
                 logger.info(
                     "round %d %s 12 MP p50 %.0f ms", round_index + 1, name, result["p50_ms"]
                 )
-        memory = {name: servers[name][0].peak_rss_mib() for name in SERVERS}
-    return summarise(throughput, phone, memory, concurrency)
+        memory = {name: servers[name][0].peak_rss_mib() for name in names}
+    summary = summarise(throughput, phone, memory, concurrency)
+    summary["active_model"] = ours_model
+    return summary
 
 
 def summarise(
@@ -128,7 +139,7 @@ def summarise(
     ours_ips = [r["images_per_s"] for r in throughput["cites_vision"]]
     ours_p50 = [r["p50_ms"] for r in phone["cites_vision"]]
     summary: dict[str, Any] = {"concurrency": concurrency, "servers": {}, "ratios": {}}
-    for name in SERVERS:
+    for name in throughput:
         ips = [r["images_per_s"] for r in throughput[name]]
         p50 = [r["p50_ms"] for r in phone[name]]
         summary["servers"][name] = {

@@ -415,7 +415,8 @@ def render(results: dict[str, Any], existing: str = "") -> str:
     if service:
         raw = service.get("raw_predictor") or {}
         lines += [
-            f"`cites-vision serve` with the bundle above (precision `auto`), anonymous access, a "
+            "`cites-vision serve` with the bundle above (precision `auto`: the service reported "
+            f"`{(service.get('active_model') or {}).get('precision', '?')}`), anonymous access, a "
             f"fresh SQLite data directory; every identification is stored as in production. Each "
             f"cell is one bounded run of {_f(service['duration_s'], 0)} s. The batch endpoint gets "
             f"{service.get('batch_images', 8)} images per request. Real photos from "
@@ -473,7 +474,8 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             "The servers run at once and are measured in turn, "
             f"{len(next(iter(compare['servers'].values()))['images_per_s_per_round'])} rounds, "
             "the order rotating each round: our service (default settings: precision `auto`, "
-            "so the bundle's INT8 file when it has one), "
+            "the bundle's INT8 file when it has one; here it reported "
+            f"`{(compare.get('active_model') or {}).get('precision', '?')}`), "
             "`bench/servers/plain_torch.py` (FastAPI, one PyTorch eager forward per request, "
             "full-size PIL decode and resize: what most teams write first) and "
             "`bench/servers/litserve_onnx.py` (LitServe, the server SpeciesNet uses, with the "

@@ -131,6 +131,19 @@ def our_service(
             yield server
 
 
+def active_model(server: ServerProcess) -> dict[str, Any]:
+    """Version and precision the running service reports (``GET /v1/models/active``)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.base_url + "/v1/models/active", timeout=10) as answer:
+            data = json.loads(answer.read())
+    except (OSError, ValueError) as exc:
+        logger.warning("could not read the active model: %s", exc)
+        return {}
+    return {"version": data.get("version"), "precision": data.get("precision")}
+
+
 def load_matrix(
     server: ServerProcess,
     images_dir: Path,
@@ -188,6 +201,7 @@ def run(
     for batching in (True, False):
         key = "batching_on" if batching else "batching_off"
         with our_service(bundle_dir, log_dir, batching=batching) as server:
+            results["active_model"] = active_model(server)
             results[key] = load_matrix(
                 server, images_dir, concurrencies=concurrencies, duration_s=duration_s
             )
@@ -202,9 +216,8 @@ def raw_predictor_throughput(
 
     The same images the load tests send; the service's throughput is reported as a share of this.
     """
-    from model.predictor import Predictor
-
     from model.bundle import load_bundle
+    from model.predictor import Predictor
 
     predictor = Predictor(load_bundle(bundle_dir), threads=cpu_count())
     datas = [image.data for image in images]

@@ -173,8 +173,15 @@ def test_model_bench_on_the_tiny_bundle(tiny_bundle: Path) -> None:
     from bench import bench_model
 
     result = bench_model.run(
-        tiny_bundle, rounds=1, seconds=0.01, batches=(1, 2), with_channels_last=False, peak_n=256
+        tiny_bundle,
+        rounds=1,
+        seconds=0.01,
+        batches=(1, 2),
+        with_channels_last=False,
+        peak_n=256,
+        quantise_missing_int8=False,
     )
+    assert result["int8_source"] is None
     assert set(result["backends"]) == {"pytorch_eager", "onnxruntime_fp32"}
     assert result["backends"]["onnxruntime_fp32"]["2"]["images_per_s"] > 0
     assert 0.6 < result["gflop_per_image"] < 0.9  # EfficientNet-Lite0 at 224: about 0.77
