@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK = 0xC17E5
 
 
 def make_engine(url: str) -> Engine:
@@ -64,6 +65,9 @@ def migrate(engine: Engine) -> None:
     url = engine.url.render_as_string(hide_password=False)
     config = alembic_config(url)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait, then find it done.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     logger.debug("database schema is up to date (%s)", engine.url.render_as_string())

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,6 +132,29 @@ def test_migration_creates_every_table(sessions: type[Session]) -> None:
     with sessions() as session:
         names = set(inspect(session.get_bind()).get_table_names())
     assert {"api_keys", "images", "identifications", "feedback", "service_state"} <= names
+
+
+@pytest.mark.postgres
+def test_concurrent_migrations_on_postgresql(postgres: PostgresServer) -> None:
+    url = postgres.create_database("migrate_race")
+    engines = [make_engine(url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def run(engine: Any) -> None:
+        try:
+            migrate(engine)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert "feedback" in inspect(engines[0]).get_table_names()
+    for engine in engines:
+        engine.dispose()
 
 
 def test_keys_verify_revoke_and_never_store_the_secret(sessions: type[Session]) -> None:
