@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,12 +191,18 @@ class ModelHost:
             f"no bundle {version!r} under {weights_dir} (known versions: {known})"
         )
 
-    async def activate(self, version: str) -> Predictor:
+    async def activate(
+        self, version: str, persist: Callable[[Predictor], None] | None = None
+    ) -> Predictor:
         """Load ``version`` off the event loop, then swap it in; the old one keeps serving if
-        anything fails."""
+        anything fails. ``persist`` (blocking) records the choice before the swap, under the
+        same lock, so that concurrent activations persist in the order they swap."""
         path = self.find(version)
         async with self._swap_lock:
-            predictor = await asyncio.get_running_loop().run_in_executor(None, self.load, path)
+            loop = asyncio.get_running_loop()
+            predictor = await loop.run_in_executor(None, self.load, path)
+            if persist is not None:
+                await loop.run_in_executor(None, persist, predictor)
             old = self._current
             self._current = predictor  # one reference assignment: the swap is atomic
             logger.info(

@@ -202,6 +202,30 @@ def test_swap_under_load_fails_no_request(server: Server) -> None:
     server.client.post(f"/v1/models/{SERVING}/activate")
 
 
+def test_concurrent_activations_persist_what_serves(server: Server) -> None:
+    """Admins activating at the same time: after each round the version persisted for the next
+    start is the one serving (the persist happens under the swap lock)."""
+    db_path = server.handle.data_dir / "cites.sqlite3"
+    mismatches = []
+    for round_ in range(10):
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(
+                pool.map(
+                    lambda v: server.client.post(f"/v1/models/{v}/activate").status_code,
+                    [SERVING, OTHER] * 3,
+                )
+            )
+        assert codes == [200] * 6, codes
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as conn:
+            rows = conn.execute("SELECT value FROM service_state").fetchall()
+        persisted = {value for (value,) in rows} & {SERVING, OTHER}
+        active = _active(server.client)
+        if persisted != {active}:
+            mismatches.append((round_, active, persisted))
+    assert not mismatches
+    assert server.client.post(f"/v1/models/{SERVING}/activate").status_code == 200
+
+
 # --- kill -9 --------------------------------------------------------------------------------
 
 

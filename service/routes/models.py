@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
+from model.predictor import Predictor
 from service.deps import Admin, ContextDep, Reader
 from service.modelhost import ModelLoadError, ModelNotFoundError, describe_predictor
 from service.problems import ProblemError
@@ -41,8 +41,13 @@ def active_model(context: ContextDep, _principal: Reader) -> dict[str, Any]:
 async def activate(version: str, context: ContextDep, _principal: Admin) -> dict[str, Any]:
     """Swap the serving model; requests in flight finish on the old one, and a bundle that fails
     leaves the old one serving."""
+
+    def persist(predictor: Predictor) -> None:
+        with context.sessions() as session:
+            set_state(session, ACTIVE_MODEL_KEY, predictor.bundle.path.name)
+
     try:
-        predictor = await context.host.activate(version)
+        predictor = await context.host.activate(version, persist)
     except ModelNotFoundError as exc:
         raise ProblemError(404, "not-found", str(exc), title="Model not found") from None
     except ModelLoadError as exc:
@@ -57,10 +62,4 @@ async def activate(version: str, context: ContextDep, _principal: Admin) -> dict
         ) from None
     context.metrics.model_swaps.labels(outcome="activated").inc()
     context.metrics.set_active_model(predictor.version)
-
-    def persist() -> None:
-        with context.sessions() as session:
-            set_state(session, ACTIVE_MODEL_KEY, predictor.bundle.path.name)
-
-    await run_in_threadpool(persist)
     return describe_predictor(predictor)
