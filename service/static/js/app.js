@@ -171,9 +171,19 @@ function setProgress(key, vars, pct) {
 }
 
 function uploadOnce(prepared, fields) {
+  let spoken = -1; // the label (read out by screen readers) changes in steps of 25%
   return postIdentification(prepared, fields, (pct) => {
-    if (pct === null) setProgress("analysing", null, null);
-    else setProgress("uploading", { pct }, pct);
+    if (pct === null) {
+      setProgress("analysing", null, null);
+      return;
+    }
+    const step = Math.floor(pct / 25) * 25;
+    if (step !== spoken) {
+      spoken = step;
+      setProgress("uploading", { pct: step }, pct);
+    } else {
+      $("progress").value = pct;
+    }
   });
 }
 
