@@ -43,7 +43,7 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/feedback/export"): frozenset({"trainer", "admin"}),
     ("POST", "/v1/models/{version}/activate"): frozenset({"admin"}),
 }
-PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/")
 
 
 @dataclass
