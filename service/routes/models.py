@@ -61,5 +61,6 @@ async def activate(version: str, context: ContextDep, _principal: Admin) -> dict
             title="Model could not be activated",
         ) from None
     context.metrics.model_swaps.labels(outcome="activated").inc()
-    context.metrics.set_active_model(predictor.version)
+    serving = context.host.current or predictor  # after racing activations: the last swap
+    context.metrics.set_active_model(serving.version)
     return describe_predictor(predictor)
