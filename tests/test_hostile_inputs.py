@@ -116,6 +116,31 @@ def test_hostile_looking_but_legitimate_is_stored_safely(
         assert not path.exists(), f"{accepted.name} wrote {path}"
 
 
+def test_batch_with_hostile_members_answers_each_in_order(target: Target) -> None:
+    """A scanner batch mixing good images with a bomb and a truncated file: the bad ones get
+    error entries in place, the good ones are identified and stored, nothing else is stored."""
+    good = [hostile.image_bytes(seed=s) for s in (41, 42)]
+    members = [
+        ("a.jpg", good[0]),
+        ("bomb.png", hostile.png_declaring(100_000, 100_000)),
+        ("cut.jpg", good[1][: len(good[1]) // 3]),
+        ("b.jpg", hostile.image_bytes(seed=43)),
+    ]
+    before = hostile.StoreSnapshot.take(target.data_dir)
+    response = target.client.post(
+        hostile.BATCH, files=[("images", (n, d, "image/jpeg")) for n, d in members]
+    )
+    assert response.status_code == 200, response.text[:400]
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3]
+    assert [r["filename"] for r in results] == [n for n, _ in members]
+    assert "identification" in results[0] and "identification" in results[3]
+    assert results[1]["error"]["status"] == 413
+    assert results[2]["error"]["status"] == 422
+    new_files = hostile.StoreSnapshot.take(target.data_dir).files - before.files
+    assert len(new_files) == 2, sorted(new_files)
+
+
 def test_service_still_serves_after_the_corpus(target: Target) -> None:
     """After every hostile request the service answers a normal identification and stays ready."""
     files = {"image": ("after.jpg", hostile.image_bytes(seed=7), "image/jpeg")}
