@@ -18,6 +18,7 @@ non-UTF-8 file name, a boundary that does not match its header.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sqlite3
@@ -71,6 +72,7 @@ class HostileCase:
     params: Mapping[str, str] = field(default_factory=dict)
     expect: frozenset[int] = frozenset({422})
     why: str = ""
+    problem: str | None = None  # the problem type slug expected (docs/api.md), when it is fixed
 
     def url_path(self, identification_id: str) -> str:
         """The request path with ``{id}`` filled in."""
@@ -423,11 +425,39 @@ def refused_cases() -> list[HostileCase]:
         _get("list_negative_limit", "/v1/identifications", {"limit": "-1"}),
         _get("list_bad_since", "/v1/identifications", {"since": "yesterday'--"}),
     ]
+    cases = [dataclasses.replace(case, problem=PROBLEM_TYPES.get(case.name)) for case in cases]
     names = [case.name for case in cases]
     duplicates = {name for name in names if names.count(name) > 1}
     if duplicates:
         raise ValueError(f"duplicate hostile case names: {sorted(duplicates)}")
     return cases
+
+
+_UNSUPPORTED = ("text_as_jpeg", "html_as_png", "pdf_as_jpeg", "svg_as_png", "zip_as_jpeg")
+_CORRUPT = ("truncated_jpeg", "jpeg_header_only", "jpeg_corrupt_entropy", "png_bad_crc")
+_BOMBS = ("png_bomb_header", "png_bomb_real", "tiff_bomb", "webp_bomb", "gif_bomb")
+_NAMES = ("path_traversal_name", "absolute_path_name", "unicode_name", "non_utf8_name")
+_FIELDS = ("top_k_zero", "top_k_negative", "top_k_huge", "top_k_not_a_number", "unknown_modality")
+_COUNTRIES = ("unknown_country", "country_three_letters", "country_sql")
+
+#: The problem type (slug of ``type``) each case must get, where the answer is not a matter of
+#: which layer notices first.
+PROBLEM_TYPES: dict[str, str] = {
+    "zero_bytes": "empty-image",
+    **dict.fromkeys(_UNSUPPORTED + _NAMES, "unsupported-image"),
+    **dict.fromkeys((*_CORRUPT, "png_text_chunk_bomb"), "corrupt-image"),
+    **dict.fromkeys(_BOMBS, "too-many-pixels"),
+    **dict.fromkeys(_FIELDS + _COUNTRIES, "validation-error"),
+    "oversized_upload": "image-too-large",
+    "batch_too_many": "batch-too-large",
+    "feedback_sql_label": "unknown-label",
+    "feedback_sql_taxon": "unknown-label",
+    "feedback_unknown_verdict": "validation-error",
+    "feedback_enormous_note": "body-too-large",
+    "feedback_unknown_id": "not-found",
+    "identification_sql_id": "not-found",
+    "taxon_sql_id": "not-found",
+}
 
 
 @dataclass(frozen=True)

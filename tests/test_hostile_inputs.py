@@ -86,6 +86,8 @@ def test_refused_with_problem_and_nothing_stored(target: Target, case: hostile.H
         f"{response.text[:400]}"
     )
     _assert_problem(response)
+    if case.problem is not None:
+        assert response.json()["type"].endswith("/" + case.problem), response.json()
     after = hostile.StoreSnapshot.take(target.data_dir)
     assert before.difference(after) == [], f"{case.name} left a trace"
     assert target.client.get("/healthz").status_code == 200
