@@ -70,17 +70,32 @@ def register_train(subparsers: Subparsers) -> None:
         choices=("head", "last", "full"),
         help="train the head on cached features, the last stages, or everything",
     )
-    p.add_argument("--epochs", type=int, help="fine-tuning epochs (last/full; default 6)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (last/full; default 8)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of fine-tuning (default 3e-4)")
+    p.add_argument("--lr", type=float, help="peak learning rate of fine-tuning (default 5e-4)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, help="split and training seed (default 0)")
-    p.add_argument("--class-weight-power", type=float,
-                   help="class weights (n / (C * count)) ** power; 1 balances fully, 0 turns "
-                   "them off (default 0.5)")
+    p.add_argument(
+        "--class-weight-power",
+        type=float,
+        help="class weights (n / (C * count)) ** power; 1 balances fully, 0 turns "
+        "them off (default 0.5)",
+    )
     p.add_argument("--val-fraction", type=float, help="share of groups for validation (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
     p.add_argument("--augment", choices=("camera", "xray"), help="augmentation preset")
+    p.add_argument(
+        "--views",
+        type=int,
+        help="augmented views cached per training image in "
+        "'last' mode (default 2, plus the plain view)",
+    )
+    p.add_argument(
+        "--trained-stages",
+        type=int,
+        help="stages trained in 'last' mode, counted "
+        "from the end (default 1: the last stage and the head)",
+    )
     p.add_argument("--modality", choices=("camera", "xray"), help="modality of the images")
     p.add_argument(
         "--no-pretrained",

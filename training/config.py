@@ -24,16 +24,18 @@ class TrainConfig:
     out: str = "weights"
     version: str = ""
     label_map: str | None = None
-    mode: str = "head"
-    epochs: int = 6
+    mode: str = "last"
+    epochs: int = 8
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 5e-4
     weight_decay: float = 0.02
     seed: int = 0
     class_weight_power: float = 0.5
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     augment: str = "camera"
+    views: int = 2
+    trained_stages: int = 1
     modality: str = "camera"
     pretrained: bool = True
     cache_dir: str | None = str(DEFAULT_CACHE_DIR)
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ConfigError("--val-fraction plus --test-fraction must leave 10% for training")
         if not 0.0 < self.ood_flag_rate < 1.0:
             raise ConfigError("--ood-flag-rate must be in (0, 1)")
+        if self.views < 0 or not 1 <= self.trained_stages <= 7:
+            raise ConfigError("--views must be >= 0 and --trained-stages in 1..7")
         if self.calibration_images < 1:
             raise ConfigError("--calibration-images must be >= 1")
 

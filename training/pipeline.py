@@ -103,6 +103,60 @@ def _features(
     )
 
 
+def _train_last(
+    model: torch.nn.Module,
+    arrays: dict[str, SplitArrays],
+    config: TrainConfig,
+    weights: NDArray[np.float64],
+    work: Path,
+) -> tuple[list[dict[str, float]], int]:
+    """``last`` mode: cache trunk maps, train the last stage and head, refresh the features."""
+    from model.backbone import BACKBONE_PREPROCESS
+    from training.augment import preset_for
+    from training.partial import (
+        cache_augmented,
+        cache_plain,
+        features_from_maps,
+        split_index,
+        train_last_stage,
+    )
+
+    split = split_index(model, config.trained_stages)
+    plain = {
+        name: cache_plain(model, part.paths, BACKBONE_PREPROCESS, split, f"{name} maps")
+        for name, part in arrays.items()
+        if part.samples
+    }
+    transform = preset_for(config.augment).build(BACKBONE_PREPROCESS)
+    views = [plain["train"][None]]
+    if config.views:
+        views.append(
+            cache_augmented(
+                model, arrays["train"].paths, transform, split, config.views, seed=config.seed
+            )
+        )
+    result = train_last_stage(
+        model,
+        torch.cat(views),
+        arrays["train"].targets,
+        plain["val"],
+        arrays["val"].targets,
+        split,
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        class_weights=weights,
+        seed=config.seed,
+        checkpoint=work / "checkpoint.pt",
+        resume=config.resume,
+    )
+    for name, part in arrays.items():
+        if part.samples:
+            part.features = features_from_maps(model, plain[name], split)
+    return result.history, result.best_epoch
+
+
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
     from model.backbone import BACKBONE_PREPROCESS, create_model, describe
@@ -143,7 +197,10 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     set_head(model, head.weight, head.bias)
     history: list[dict[str, float]] = []
     val_inputs = None
-    if config.mode != "head" and config.epochs > 0:
+    best_epoch = 0
+    if config.mode == "last" and config.epochs > 0:
+        history, best_epoch = _train_last(model, arrays, config, weights, work)
+    elif config.mode == "full" and config.epochs > 0:
         from training.augment import preset_for
         from training.images import AugmentedImages
         from training.inputs import load_inputs
@@ -167,7 +224,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             resume=config.resume,
             seed=config.seed,
         )
-        history = state.history
+        history, best_epoch = state.history, state.best_epoch
         for name, part in arrays.items():
             part.features = _features(
                 model, part.samples, config, cache=False, desc=f"{name} features (fine-tuned)"
@@ -303,6 +360,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "mode": config.mode,
         "head_weight_decay": head.weight_decay,
         "epochs": history,
+        "best_epoch": best_epoch,
         "class_weights": [round(float(x), 4) for x in weights],
         "duration_s": round(duration, 1),
     }

@@ -194,7 +194,7 @@ def train_one_epoch(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss) * len(targets)
+            total += float(loss.detach()) * len(targets)
             count += len(targets)
             bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
