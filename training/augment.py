@@ -61,7 +61,8 @@ class AugmentPreset:
         if self.noise_std:
             steps.append(GaussianNoise(self.noise_std))
         steps.append(v2.Normalize(list(config.mean), list(config.std)))
-        return v2.Compose(steps)
+        transform: Callable[[Image.Image], torch.Tensor] = v2.Compose(steps)
+        return transform
 
 
 class RandomGamma(torch.nn.Module):

@@ -12,13 +12,14 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli import CommandError
 
 logger = logging.getLogger(__name__)
 
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_data(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -19,11 +19,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model.labels import Label
+from model.labels import Label, LabelKind
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def read_label_map(path: Path) -> LabelMap:
             raise DataError(f"{path}:{number}: dataset class {dataset_class!r} is mapped twice")
         known = labels.get(label_id)
         if known is None:
-            labels[label_id] = Label(len(labels), label_id, name, taxon_id, kind)
+            labels[label_id] = Label(len(labels), label_id, name, taxon_id, cast(LabelKind, kind))
         elif (known.taxon_id, known.kind) != (taxon_id, kind):
             raise DataError(
                 f"{path}:{number}: label {label_id!r} was mapped to {known.taxon_id} "

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +31,14 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "cites-vision" / "features"
 
 
 @torch.no_grad()
-def pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def pooled_features(model: Any, inputs: torch.Tensor) -> torch.Tensor:
     """Globally pooled last feature map (what the classifier sees), ``[N, F]``."""
     feature_map = model.forward_features(inputs.contiguous(memory_format=torch.channels_last))
-    return feature_map.mean(dim=(2, 3))
+    pooled: torch.Tensor = feature_map.mean(dim=(2, 3))
+    return pooled
 
 
-def fingerprint(model: nn.Module, config: PreprocessConfig) -> str:
+def fingerprint(model: Any, config: PreprocessConfig) -> str:
     """A short hash of the backbone weights (all but the classifier) and the preprocessing."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     classifier = {id(p) for p in model.get_classifier().parameters()}

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,15 @@ from training.inputs import batches, load_inputs
 
 logger = logging.getLogger(__name__)
 
+TimmModel = Any
+"""A timm EfficientNet: its stages and head are reached by attribute (``blocks``, ``conv_head``),
+which torch's ``nn.Module`` typing cannot describe."""
+
 DEFAULT_TRAINED_STAGES = 1
 """Stages trained in ``last`` mode (counted from the end): stage 6 plus the head."""
 
 
-def split_index(model: nn.Module, trained_stages: int) -> int:
+def split_index(model: TimmModel, trained_stages: int) -> int:
     """Index of the first trained stage in ``model.blocks``."""
     stages = len(model.blocks)
     if not 1 <= trained_stages <= stages:
@@ -43,34 +48,37 @@ def split_index(model: nn.Module, trained_stages: int) -> int:
 
 
 @torch.no_grad()
-def trunk(model: nn.Module, images: torch.Tensor, split: int) -> torch.Tensor:
+def trunk(model: TimmModel, images: torch.Tensor, split: int) -> torch.Tensor:
     """The frozen part: stem and stages ``0..split-1`` (eval mode)."""
     x = model.bn1(model.conv_stem(images.contiguous(memory_format=torch.channels_last)))
     for stage in model.blocks[:split]:
         x = stage(x)
-    return x
+    maps: torch.Tensor = x
+    return maps
 
 
-def top_features(model: nn.Module, maps: torch.Tensor, split: int) -> torch.Tensor:
+def top_features(model: TimmModel, maps: torch.Tensor, split: int) -> torch.Tensor:
     """The trained part up to the pooled features ``[N, F]``."""
     x = maps.float().contiguous(memory_format=torch.channels_last)
     for stage in model.blocks[split:]:
         x = stage(x)
     x = model.bn2(model.conv_head(x))
-    return x.mean(dim=(2, 3))
+    pooled: torch.Tensor = x.mean(dim=(2, 3))
+    return pooled
 
 
-def top_logits(model: nn.Module, maps: torch.Tensor, split: int) -> torch.Tensor:
+def top_logits(model: TimmModel, maps: torch.Tensor, split: int) -> torch.Tensor:
     """Logits from cached maps, with the model's dropout before the classifier in training."""
     features = top_features(model, maps, split)
     features = nn.functional.dropout(
         features, p=float(getattr(model, "drop_rate", 0.0)), training=model.training
     )
-    return model.get_classifier()(features)
+    logits: torch.Tensor = model.get_classifier()(features)
+    return logits
 
 
 def cache_plain(
-    model: nn.Module, paths: Sequence[Path], config: PreprocessConfig, split: int, desc: str
+    model: TimmModel, paths: Sequence[Path], config: PreprocessConfig, split: int, desc: str
 ) -> torch.Tensor:
     """Trunk maps of the evaluation view (``preprocess_bytes``), float16 ``[N, C, h, w]``."""
     model.eval()
@@ -82,7 +90,7 @@ def cache_plain(
 
 
 def cache_augmented(
-    model: nn.Module,
+    model: TimmModel,
     paths: Sequence[Path],
     transform: Callable[[Image.Image], torch.Tensor],
     split: int,
@@ -118,7 +126,7 @@ class LastStageResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _trainable(model: nn.Module, split: int) -> list[nn.Parameter]:
+def _trainable(model: TimmModel, split: int) -> list[nn.Parameter]:
     prefixes = (
         *(f"blocks.{i}." for i in range(split, len(model.blocks))),
         "conv_head.",
@@ -135,7 +143,7 @@ def _trainable(model: nn.Module, split: int) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module,
+    model: TimmModel,
     maps: torch.Tensor,
     targets: torch.Tensor,
     split: int,
@@ -149,7 +157,7 @@ def _evaluate(
 
 
 def train_last_stage(
-    model: nn.Module,
+    model: TimmModel,
     train_views: torch.Tensor,
     train_targets: NDArray[np.int64],
     val_maps: torch.Tensor,
@@ -255,7 +263,7 @@ def train_last_stage(
 
 def _save(
     path: Path,
-    model: nn.Module,
+    model: TimmModel,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
@@ -282,7 +290,7 @@ def _save(
 
 
 @torch.no_grad()
-def features_from_maps(model: nn.Module, maps: torch.Tensor, split: int) -> NDArray[np.float32]:
+def features_from_maps(model: TimmModel, maps: torch.Tensor, split: int) -> NDArray[np.float32]:
     """Pooled features ``[N, F]`` of the (eval-mode) model from cached trunk maps."""
     model.eval()
     if len(maps) == 0:

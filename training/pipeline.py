@@ -182,7 +182,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
     arrays: dict[str, SplitArrays] = {}
-    model = create_model(num_classes, pretrained=config.pretrained)
+    model: Any = create_model(num_classes, pretrained=config.pretrained)
     for name, part in splits.items():
         arrays[name] = SplitArrays(
             part,
@@ -225,12 +225,16 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             seed=config.seed,
         )
         history, best_epoch = state.history, state.best_epoch
-        for name, part in arrays.items():
-            part.features = _features(
-                model, part.samples, config, cache=False, desc=f"{name} features (fine-tuned)"
+        for name, split_arrays in arrays.items():
+            split_arrays.features = _features(
+                model,
+                split_arrays.samples,
+                config,
+                cache=False,
+                desc=f"{name} features (fine-tuned)",
             )
     model.eval()
-    classifier = model.get_classifier()
+    classifier: Any = model.get_classifier()
     w = classifier.weight.detach().numpy().astype(np.float64)
     b = classifier.bias.detach().numpy().astype(np.float64)
     val_logits = val.features.astype(np.float64) @ w.T + b
@@ -246,7 +250,9 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         taxon=chosen["taxon"].threshold, lookalike=chosen["lookalike"].threshold
     )
     ood_model = fit_ood(train.features, train.targets)
-    provisional_ood = choose_ood_threshold(ood_model.score(val.features), config.ood_flag_rate)
+    provisional_ood = choose_ood_threshold(
+        ood_model.score(val.features).astype(np.float64), config.ood_flag_rate
+    )
 
     # Export and the two gates.
     from training.inputs import load_inputs
@@ -295,15 +301,15 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     )
     bundle = load_bundle(provisional)
     # OOD threshold from the served model's validation scores (INT8 when it ships).
-    served_val_scores = ood_scores_for(bundle, val.paths)
+    served_val_scores = ood_scores_for(bundle, val.paths).astype(np.float64)
     ood_threshold = choose_ood_threshold(served_val_scores, config.ood_flag_rate)
 
     reports: dict[str, Path] = {}
     metrics: dict[str, Any] = {}
-    for name, part in (("validation", val), ("test", test)):
-        if not part.samples:
+    for name, evaluated in (("validation", val), ("test", test)):
+        if not evaluated.samples:
             continue
-        result = evaluate_samples(bundle, part.samples, label_map, ood_threshold=ood_threshold)
+        result = evaluate_samples(bundle, evaluated.samples, label_map, ood_threshold=ood_threshold)
         metrics[name] = result.report
         for path in result.write(work / "reports", name):
             reports[path.name] = path
@@ -350,7 +356,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     duration = time.monotonic() - started
     training_info: dict[str, Any] = {
         "data": d.summarise(samples),
-        "splits": {name: d.summarise(part.samples) for name, part in arrays.items()},
+        "splits": {name: d.summarise(a.samples) for name, a in arrays.items()},
         "split_rule": (
             f"deterministic grouped split by case_id (seed {config.seed}); per class, groups "
             f"ordered by sha256 of their key: {config.val_fraction:.0%} validation, "

@@ -93,17 +93,17 @@ def classification_report(
         group_arr = np.asarray(groups)
         for name in sorted(set(groups)):
             idx = np.flatnonzero(group_arr == name)
+            subset_correct = correct[idx]
+
+            def subset_acc(i: NDArray[np.int64], sc: NDArray[np.bool_] = subset_correct) -> float:
+                return float(sc[i].mean())
+
             present = sorted({int(t) for t in y_true[idx]} | {int(p) for p in y_pred[idx]})
             report["subsets"][name] = {
                 "images": len(idx),
                 "accuracy": _round(correct[idx].mean()),
                 "accuracy_ci95": [
-                    _round(v)
-                    for v in m.bootstrap_ci(
-                        lambda i, idx=idx: float(correct[idx][i].mean()),
-                        len(idx),
-                        resamples=resamples,
-                    )
+                    _round(v) for v in m.bootstrap_ci(subset_acc, len(idx), resamples=resamples)
                 ],
                 "balanced_accuracy": _round(m.balanced_accuracy(y_true[idx], y_pred[idx], c)),
                 "labels": [labels[i].id for i in present],

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from training.images import AugmentedImages
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +87,11 @@ def fit_linear_head(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = criterion(head(x), y) + 0.5 * weight_decay * head.weight.pow(2).sum()
-        loss.backward()
+        loss: torch.Tensor = criterion(head(x), y) + 0.5 * weight_decay * head.weight.pow(2).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    optimizer.step(closure)
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
     return head.weight.detach().clone(), head.bias.detach().clone()
 
 
@@ -134,7 +138,7 @@ def choose_head(
     return best
 
 
-def set_head(model: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+def set_head(model: Any, weight: torch.Tensor, bias: torch.Tensor) -> None:
     """Copy a fitted head into the model's classifier."""
     classifier = model.get_classifier()
     with torch.no_grad():
@@ -260,7 +264,7 @@ def save_checkpoint(
 
 def fine_tune(
     model: nn.Module,
-    train_set: torch.utils.data.Dataset[tuple[torch.Tensor, int]],
+    train_set: AugmentedImages,
     val_inputs: NDArray[np.float32],
     val_targets: NDArray[np.int64],
     *,
