@@ -95,3 +95,46 @@ def test_int8_export_keeps_a_good_model_and_deletes_a_failing_one(tmp_path: Path
     assert not refused.written
     assert not (tmp_path / "bad" / ex.INT8_FILE).exists()
     assert "not written" in refused.reason
+
+
+def test_export_command_adds_a_gated_int8_model_to_a_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from model.bundle import load_bundle
+    from model.cli import main
+    from tests.factories import make_tiny_bundle
+
+    source = make_tiny_bundle(tmp_path / "weights", version="tiny-fp32")
+    for label, colour in (
+        ("ivory", (250, 0, 0)),
+        ("ceramic", (0, 0, 250)),
+        ("rosewood", (0, 250, 0)),
+    ):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (30, 20), (colour[0], colour[1] + i, colour[2])).save(
+                tmp_path / "data" / label / f"{i}.png"
+            )
+    code = main(
+        [
+            "export",
+            "--bundle",
+            str(source),
+            "--calibration",
+            str(tmp_path / "data"),
+            "--data",
+            str(tmp_path / "data"),
+            "--version",
+            "tiny-int8",
+            "--out",
+            str(tmp_path / "weights"),
+        ]
+    )
+    assert code == 0
+    assert "INT8 validation accuracy" in capsys.readouterr().out
+    bundle = load_bundle(tmp_path / "weights" / "tiny-int8")
+    assert bundle.has_int8
+    assert bundle.manifest.metrics["int8"]["written"] is True
+    assert bundle.manifest.provenance["parent_version"] == "tiny-fp32"
