@@ -83,6 +83,8 @@ class Outcome:
     sent: int = 0
     done_at: list[tuple[float, int]] = field(default_factory=list)
     """(completion time, images) of each successful request."""
+    item_errors: dict[str, int] = field(default_factory=dict)
+    """Failed images inside successful batch answers, by status."""
 
     def count(self, status: str) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -124,6 +126,25 @@ def build_payloads(
             break
         payloads.append(multipart_payload(group, field_name, extra))
     return payloads
+
+
+def count_batch_items(body: bytes, outcome: Outcome) -> int:
+    """Successful images in a batch answer (``results[]`` entries with an ``identification``);
+    failed entries are counted in ``outcome.item_errors`` by their status."""
+    try:
+        results = json.loads(body).get("results", [])
+    except (ValueError, AttributeError):
+        outcome.item_errors["unparsable"] = outcome.item_errors.get("unparsable", 0) + 1
+        return 0
+    ok = 0
+    for entry in results:
+        if isinstance(entry, dict) and entry.get("identification") is not None:
+            ok += 1
+        else:
+            error = entry.get("error") if isinstance(entry, dict) else None
+            key = str(error.get("status", "?")) if isinstance(error, dict) else "?"
+            outcome.item_errors[key] = outcome.item_errors.get(key, 0) + 1
+    return ok
 
 
 def check_loopback(url: str) -> tuple[str, int, str]:
@@ -211,9 +232,12 @@ async def _worker(
         outcome.sent += 1
         outcome.count(str(status))
         if 200 <= status < 300:
+            images = payload.images
+            if budget["count_items"]:
+                images = count_batch_items(_body, outcome)
             outcome.latencies_s.append(elapsed)
-            outcome.images_ok += payload.images
-            outcome.done_at.append((start + elapsed, payload.images))
+            outcome.images_ok += images
+            outcome.done_at.append((start + elapsed, images))
         if not keep_alive:
             connection[1].close()
             connection = None
@@ -232,6 +256,7 @@ async def run_load(
     timeout_s: float = 60.0,
     warmup: int = 0,
     unique: bool = True,
+    batch_answers: bool = False,
 ) -> dict[str, Any]:
     """Run the closed loop and return its summary (see the module docstring)."""
     if concurrency < 1 or max_requests < 1 or duration_s <= 0:
@@ -252,6 +277,7 @@ async def run_load(
             "serial": 0,
             "run": f"{time.time_ns()}-warmup",
             "unique": unique,
+            "count_items": False,
         }
         await _worker(0, host, port, request_head, payloads, warm_budget, warm, timeout_s)
     outcome = Outcome()
@@ -262,6 +288,7 @@ async def run_load(
         "serial": 0,
         "run": str(time.time_ns()),
         "unique": unique,
+        "count_items": batch_answers,
     }
     start = time.perf_counter()
     await asyncio.gather(
@@ -306,6 +333,7 @@ def summarise(
         "errors": outcome.sent - ok,
         "statuses": dict(sorted(outcome.statuses.items())),
         "images_ok": outcome.images_ok,
+        "item_errors": dict(sorted(outcome.item_errors.items())),
         "wall_s": wall_s,
         "window_s": window,
         "requests_per_s": (len(in_window) if outcome.done_at else ok) / window if window else 0.0,
@@ -332,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests first")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     parser.add_argument("--limit-images", type=int, default=512)
+    parser.add_argument(
+        "--batch-answers",
+        action="store_true",
+        help="answers are batch answers: count the images in results[] that succeeded",
+    )
     parser.add_argument(
         "--same-bytes",
         action="store_true",
@@ -369,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=args.timeout,
                 warmup=args.warmup,
                 unique=not args.same_bytes,
+                batch_answers=args.batch_answers,
             )
         )
     except (LoadgenError, ValueError, OSError) as exc:

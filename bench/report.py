@@ -117,6 +117,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         for by_c in (service.get(key) or {}).values():
             for result in by_c.values():
                 errors += unintended_errors(result.get("statuses", {}))
+                errors += unintended_errors(result.get("item_errors", {}))
                 runs += 1
     ours = servers.get("cites_vision") or {}
     if ours:
@@ -438,6 +439,10 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             for endpoint, by_c in (service.get(key) or {}).items():
                 for c, r in by_c.items():
                     statuses = ", ".join(f"{s}: {n}" for s, n in r["statuses"].items())
+                    if r.get("item_errors"):
+                        statuses += "; failed images " + ", ".join(
+                            f"{s}: {n}" for s, n in r["item_errors"].items()
+                        )
                     lines.append(
                         f"| {endpoint} | {c} | {_f(r['images_per_s'])} | {_f(r['p50_ms'], 0)} "
                         f"| {_f(r['p95_ms'], 0)} | {_f(r['p99_ms'], 0)} | {r['requests']} "

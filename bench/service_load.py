@@ -41,6 +41,7 @@ def run_loadgen(
     warmup: int = 2,
     headers: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
+    batch_answers: bool = False,
 ) -> dict[str, Any]:
     """Run :mod:`bench.loadgen` in its own process and return its JSON summary."""
     argv = python_argv(
@@ -66,6 +67,8 @@ def run_loadgen(
     )
     for key, value in (headers or {}).items():
         argv += ["--header", f"{key}: {value}"]
+    if batch_answers:
+        argv.append("--batch-answers")
     done = subprocess.run(
         argv,
         cwd=REPO_ROOT,
@@ -171,11 +174,12 @@ def load_matrix(
                 duration_s=duration_s,
                 field=field,
                 per_request=per_request,
+                batch_answers=endpoint == "batch",
             )
             result["peak_rss_mib"] = server.peak_rss_mib()
             results[endpoint][str(concurrency)] = result
             logger.info(
-                "%s %s c=%d: %.1f img/s p50 %.0f ms p99 %.0f ms statuses %s, peak %.0f MiB",
+                "%s %s c=%d: %.1f img/s p50 %.0f ms p99 %.0f ms statuses %s %s, peak %.0f MiB",
                 server.name,
                 endpoint,
                 concurrency,
@@ -183,6 +187,7 @@ def load_matrix(
                 result["p50_ms"],
                 result["p99_ms"],
                 result["statuses"],
+                result.get("item_errors") or "",
                 result["peak_rss_mib"],
             )
     return results

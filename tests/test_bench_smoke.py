@@ -34,7 +34,10 @@ class _Recorder(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).bodies.append(hashlib.sha256(body).hexdigest())
         status = 201 if b"image/jpeg" in body else 422
-        answer = json.dumps({"ok": status == 201}).encode()
+        files = body.count(b"filename=")
+        answer = json.dumps(
+            {"results": [{"identification": {}}] * (files - 1) + [{"error": {"status": 503}}]}
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
@@ -99,11 +102,12 @@ def test_loadgen_process_counts_and_sends_unique_jpegs(recorder: str, images: Pa
 def test_loadgen_batch_payload_and_same_bytes(recorder: str, images: Path) -> None:
     done = _run_loadgen(
         "--url", recorder, "--images", str(images), "--field", "images", "--per-request", "2",
-        "--requests", "4", "--duration", "10", "--warmup", "0", "--same-bytes",
+        "--requests", "4", "--duration", "10", "--warmup", "0", "--same-bytes", "--batch-answers",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["ok"] == 4 and result["images_ok"] == 8
+    assert result["ok"] == 4 and result["images_ok"] == 4  # one of each two failed
+    assert result["item_errors"] == {"503": 4}
     assert len(set(_Recorder.bodies)) == 1  # one two-image payload, sent unchanged
 
 
