@@ -22,7 +22,7 @@ from typing import Any
 from bench.bench_model import bundle_facts
 from bench.common import median
 from bench.servers.process import ServerProcess, free_port, python_argv, running_server
-from bench.service_load import SINGLE_PATH, active_model, our_service, run_loadgen
+from bench.service_load import SINGLE_PATH, active_model, measured_load, our_service
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,13 @@ def run(
             order = names[shift:] + names[:shift]
             for name in order:
                 server, url = servers[name]
-                result = run_loadgen(
-                    url, load_dir, concurrency=concurrency, requests=20000, duration_s=duration_s
+                result = measured_load(
+                    server,
+                    url,
+                    load_dir,
+                    concurrency=concurrency,
+                    requests=20000,
+                    duration_s=duration_s,
                 )
                 result["peak_rss_mib"] = server.peak_rss_mib()
                 throughput[name].append(result)
@@ -111,7 +116,8 @@ def run(
                 )
             for name in order:
                 server, url = servers[name]
-                result = run_loadgen(
+                result = measured_load(
+                    server,
                     url,
                     phone_dir,
                     concurrency=1,
@@ -152,6 +158,8 @@ def summarise(
             "phone_p50_ms": median(p50),
             "phone_p50_ms_per_round": p50,
             "phone_errors": sum(r["errors"] for r in phone[name]),
+            "cpu_ms_per_image": median([r["cpu_ms_per_image"] for r in throughput[name]]),
+            "phone_cpu_ms_per_image": median([r["cpu_ms_per_image"] for r in phone[name]]),
             "peak_rss_mib": memory[name],
         }
         if name != "cites_vision":
@@ -159,6 +167,13 @@ def summarise(
                 "throughput": median([a / b for a, b in zip(ours_ips, ips, strict=True) if b > 0]),
                 "phone_latency_speedup": median(
                     [b / a for a, b in zip(ours_p50, p50, strict=True) if a > 0]
+                ),
+                "cpu_per_image": median(
+                    [
+                        r["cpu_ms_per_image"] / o["cpu_ms_per_image"]
+                        for o, r in zip(throughput["cites_vision"], throughput[name], strict=True)
+                        if o["cpu_ms_per_image"] > 0
+                    ]
                 ),
             }
     return summary

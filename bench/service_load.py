@@ -134,6 +134,20 @@ def our_service(
             yield server
 
 
+def measured_load(
+    server: ServerProcess, url: str, images_dir: Path, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`run_loadgen` plus the server's CPU time per successful image (``cpu_ms_per_image``):
+    unlike images/s, CPU time per image hardly depends on what else the shared machine runs."""
+    before = server.cpu_seconds()
+    result = run_loadgen(url, images_dir, **kwargs)
+    used = server.cpu_seconds() - before
+    result["server_cpu_s"] = used
+    images = result.get("images_ok") or 0
+    result["cpu_ms_per_image"] = 1000.0 * used / images if images else float("nan")
+    return result
+
+
 def active_model(server: ServerProcess) -> dict[str, Any]:
     """Version and precision the running service reports (``GET /v1/models/active``)."""
     import urllib.request
@@ -166,7 +180,8 @@ def load_matrix(
             else:
                 url, field = server.base_url + BATCH_PATH, "images"
                 per_request = BATCH_IMAGES_PER_REQUEST
-            result = run_loadgen(
+            result = measured_load(
+                server,
                 url,
                 images_dir,
                 concurrency=concurrency,

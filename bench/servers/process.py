@@ -46,10 +46,28 @@ class ServerProcess:
         """Remember every process of the server's tree (workers can come and go)."""
         self.pids.update(process_tree(self.process.pid))
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server's live processes."""
+        self.refresh_pids()
+        return cpu_seconds(sorted(self.pids))
+
     def peak_rss_mib(self) -> float:
         """Sum of the peak RSS of the server's processes (an upper bound of the true peak)."""
         self.refresh_pids()
         return peak_rss_mib(sorted(self.pids))
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """Sum of user + system CPU seconds of ``pids`` (from ``/proc/<pid>/stat``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
 
 
 def _wait_ready(server: ServerProcess, ready_path: str, timeout_s: float) -> None:
