@@ -72,9 +72,10 @@ def mode_throughput(
     torch.set_num_threads(cpu_count())
     runners = {mode: _step_runner(mode, batch, size) for mode in MODES}
     per_round: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for _ in range(rounds):
+    for round_index in range(rounds):
         for mode, runner in runners.items():
-            runner()  # warm-up (allocations, oneDNN primitives)
+            if round_index == 0:
+                runner()  # warm-up (allocations, oneDNN primitives)
             start = time.perf_counter()
             for _ in range(steps):
                 runner()

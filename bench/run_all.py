@@ -49,7 +49,7 @@ class Plan:
         self.concurrencies = (1, 8) if quick else (1, 8, 32, 64)
         self.compare_rounds = 1 if quick else 3
         self.phone_requests = 3 if quick else 12
-        self.training_steps = 1 if quick else 3
+        self.training_steps = 1 if quick else 2
         self.training_rounds = 1 if quick else 2
         self.profile_seconds = 3.0 if quick else 10.0
 
