@@ -94,6 +94,10 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spin-waiting: the session shares the cores with
+    # decode threads and other processes, and spinning burned half the service's CPU per image
+    # (docs/benchmarks.md: 24 -> 12.5 CPU ms per image together with single-threaded BLAS).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -122,6 +122,11 @@ def register_serve(subparsers: Subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The service's numpy work is tiny (OOD projection, softmax, heat maps); multi-threaded BLAS
+    # only spin-waits against the decode and ONNX Runtime threads. Must be set before numpy is
+    # imported; an explicit setting in the environment wins.
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
     import uvicorn
 
     from model.bundle import BundleError, load_bundle
