@@ -296,6 +296,13 @@ def plot_training(training: dict[str, Any], path: Path) -> None:
     )
 
 
+def _short_command(command: Any) -> str:
+    """The command without its long free-text options (``--limitation ...``)."""
+    text = str(command or "")
+    head = text.split(" --limitation ", 1)[0]
+    return head + (" --limitation ..." if head != text else "")
+
+
 def _preserved(existing: str) -> dict[str, str]:
     sections: dict[str, str] = {}
     for heading in PRESERVED:
@@ -550,7 +557,7 @@ def render(results: dict[str, Any], existing: str = "") -> str:
                 f"Time to rebuild the default bundle: its manifest records "
                 f"**{_f(rebuild['recorded_seconds'] / 60, 1)} min** for the whole pipeline on "
                 f"this kind of machine (mode `{rebuild.get('mode')}`; command "
-                f"`{rebuild.get('command')}`)."
+                f"`{_short_command(rebuild.get('command'))}`)."
             )
         if rebuild.get("measured_seconds"):
             lines.append(
