@@ -224,6 +224,17 @@ def test_officer_flow_on_a_phone(
     }
     expect(page.locator("#feedback-status")).to_contain_text("votre correction a été enregistrée")
     expect(page.locator("#taxon-chosen")).to_contain_text("éléphant d'Asie")
+    expect(page.locator("#confirm-text")).to_contain_text("Oui, c’est")
+    with service.client(officer_key) as api:
+        in_french = api.get(
+            f"/v1/identifications/{ident_id}", headers={"Accept-Language": "fr"}
+        ).json()
+    decision = in_french["decision"]
+    decided = decision["kind"] in ("taxon", "lookalike")
+    named = decision["taxon"] if decided else in_french["top_k"][0]["taxon"]
+    if named and named.get("kind") != "taxon" and named.get("common_name"):
+        # A material or product group is confirmed by its common name, here in French.
+        expect(page.locator("#confirm-text")).to_have_text(f"Oui, c’est {named['common_name']}")
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, "09-french")
     assert accessibility_problems(page) == []

@@ -26,11 +26,12 @@ export function initFeedback({ onSaved }) {
 /** Show the form for ``ident`` (kept as it is while the officer works on the same one). */
 export function renderFeedbackForm(ident) {
   $("feedback").hidden = !state.me || !GIVES_FEEDBACK.includes(state.me.role);
+  // The name follows the language of the answer (common names come from the API).
+  say($("confirm-text"), "confirmName", { name: confirmedName(ident) });
   if (state.feedbackFor === ident.id) return;
   state.feedbackFor = ident.id;
   $("feedback-form").reset();
   $("fb-caseref").value = ident.case_ref || "";
-  say($("confirm-text"), "confirmName", { name: confirmedName(ident) });
   $("correction").hidden = true;
   state.chosen = null;
   say($("taxon-chosen"), null);
