@@ -3,14 +3,18 @@
 Every backend runs the same network (the bundle's ONNX files; for PyTorch the same architecture
 built by :func:`model.backbone.create_model` and wrapped like the export, so it computes logits,
 features and class activation maps too) on the same random batch, with every CPU this process may
-use. The machine flips between fast and slow states, so the backends are interleaved over rounds
-and each round also re-measures the fp32 matmul peak; ratios are taken within a round and the
-median over rounds is reported.
+use. Each backend lives in its own process and waits idle while another is timed (in one process
+PyTorch's OpenMP threads and BLAS threads keep spinning and slow the next backend down). The
+machine flips between fast and slow states, so the backends are interleaved over rounds and each
+round also re-measures the fp32 matmul peak; ratios are taken within a round and the median over
+rounds is reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import json
 import logging
 from collections.abc import Callable
@@ -35,6 +39,7 @@ def _ort_runner(model_path: Path, threads: int) -> Callable[[np.ndarray], object
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the product
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
@@ -111,6 +116,91 @@ def quantised_copy(fp32_path: Path, calibration_images: int = 64) -> Path | None
     return out
 
 
+def _worker_main(conn: Any, spec: tuple[Any, ...], threads: int, size: int, peak_n: int) -> None:
+    """A backend's own process: build the runner, then time what the parent asks for."""
+    try:
+        if spec[0] == "peak":
+            conn.send(("ready", None))
+            while (message := conn.recv()) is not None:
+                conn.send(("ok", fp32_peak(n=peak_n, repeats=3)["peak_gflops"]))
+            return
+        if spec[0] == "torch":
+            runner = _torch_runner(spec[1], threads, channels_last=spec[2])
+        else:
+            runner = _ort_runner(Path(spec[1]), threads)
+        rng = np.random.default_rng(0)
+        inputs: dict[int, np.ndarray] = {}
+        conn.send(("ready", None))
+        while (message := conn.recv()) is not None:
+            batch, seconds = message
+            if batch not in inputs:
+                inputs[batch] = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+            times = time_repeated(
+                functools.partial(runner, inputs[batch]),
+                min_time_s=seconds,
+                min_repeats=3,
+                warmup=2,
+            )
+            conn.send(("ok", float(np.median(times))))
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Workers:
+    """One process per backend (and one for the peak), started together, idle between asks.
+
+    Backends in one process disturb each other: PyTorch's OpenMP threads and BLAS threads keep
+    spinning after their work and steal the cores from whatever runs next.
+    """
+
+    def __init__(
+        self, specs: dict[str, tuple[Any, ...]], *, threads: int, size: int, peak_n: int
+    ) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._conns: dict[str, Any] = {}
+        self._procs: list[Any] = []
+        for name, spec in {"peak": ("peak",), **specs}.items():
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_worker_main, args=(child, spec, threads, size, peak_n), daemon=True
+            )
+            process.start()
+            self._conns[name] = parent
+            self._procs.append(process)
+        for name in self._conns:
+            self._answer(name)
+
+    def _answer(self, name: str) -> Any:
+        status, value = self._conns[name].recv()
+        if status == "error":
+            raise RuntimeError(f"backend {name} failed: {value}")
+        return value
+
+    def peak(self) -> float:
+        """Measured fp32 GEMM peak right now (GFLOP/s)."""
+        self._conns["peak"].send(True)
+        return float(self._answer("peak"))
+
+    def measure(self, name: str, batch: int, seconds: float) -> float:
+        """Median seconds per call of backend ``name`` at ``batch``."""
+        self._conns[name].send((batch, seconds))
+        return float(self._answer(name))
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for conn in self._conns.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for process in self._procs:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+
+
 def run(
     bundle_dir: Path,
     *,
@@ -132,41 +222,34 @@ def run(
     threads = threads or cpu_count()
     facts = bundle_facts(bundle_dir)
     size = facts["size"]
-    runners: dict[str, Callable[[np.ndarray], object]] = {}
-    try:
-        runners["pytorch_eager"] = _torch_runner(facts["num_classes"], threads)
+    specs: dict[str, tuple[Any, ...]] = {}
+    if importlib.util.find_spec("torch") is not None:
+        specs["pytorch_eager"] = ("torch", facts["num_classes"], False)
         if with_channels_last:
-            runners["pytorch_eager_channels_last"] = _torch_runner(
-                facts["num_classes"], threads, channels_last=True
-            )
-    except ImportError as exc:
-        logger.warning("PyTorch backends skipped: %s", exc)
+            specs["pytorch_eager_channels_last"] = ("torch", facts["num_classes"], True)
+    else:
+        logger.warning("PyTorch backends skipped: torch is not installed")
     if facts["fp32"] is not None:
-        runners["onnxruntime_fp32"] = _ort_runner(facts["fp32"], threads)
+        specs["onnxruntime_fp32"] = ("onnx", str(facts["fp32"]), False)
     int8_source = "bundle"
     int8_path = facts["int8"]
     if int8_path is None and facts["fp32"] is not None and quantise_missing_int8:
         int8_path = quantised_copy(facts["fp32"])
         int8_source = "quantised by the benchmark (the bundle has no INT8 file)"
     if int8_path is not None:
-        runners["onnxruntime_int8"] = _ort_runner(int8_path, threads)
+        specs["onnxruntime_int8"] = ("onnx", str(int8_path), False)
 
-    rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batches}
-    per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in runners}
+    per_round: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in specs}
     peaks: list[float] = []
-    for round_index in range(rounds):
-        peaks.append(fp32_peak(n=peak_n, repeats=3)["peak_gflops"])
-        for name, runner in runners.items():
-            for batch in batches:
-                data = inputs[batch]
-                times = time_repeated(
-                    functools.partial(runner, data), min_time_s=seconds, min_repeats=3, warmup=2
-                )
-                per_round[name][batch].append(float(np.median(times)))
-        logger.info(
-            "model round %d/%d done (peak %.0f GFLOP/s)", round_index + 1, rounds, peaks[-1]
-        )
+    with _Workers(specs, threads=threads, size=size, peak_n=peak_n) as workers:
+        for round_index in range(rounds):
+            peaks.append(workers.peak())
+            for name in specs:
+                for batch in batches:
+                    per_round[name][batch].append(workers.measure(name, batch, seconds))
+            logger.info(
+                "model round %d/%d done (peak %.0f GFLOP/s)", round_index + 1, rounds, peaks[-1]
+            )
 
     try:
         gflop = model_gflops(facts["num_classes"], size)
@@ -174,7 +257,8 @@ def run(
         gflop = float("nan")
     results: dict[str, Any] = {
         "bundle": facts["version"],
-        "int8_source": int8_source if "onnxruntime_int8" in runners else None,
+        "int8_source": int8_source if "onnxruntime_int8" in specs else None,
+        "isolation": "each backend in its own process, idle while the others run",
         "threads": threads,
         "rounds": rounds,
         "input_size": size,
@@ -196,6 +280,7 @@ def run(
             }
             shares = [i * gflop / p for i, p in zip(ips, peaks, strict=True)]
             results["share_of_peak"][name][str(batch)] = median(shares)
+            results["backends"][name][str(batch)]["share_of_peak_per_round"] = shares
     results["ratios"] = _ratios(per_round, batches)
     return results
 

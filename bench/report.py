@@ -373,7 +373,8 @@ def render(results: dict[str, Any], existing: str = "") -> str:
         gflop = model.get("gflop_per_image")
         lines += [
             f"Same network and input ({model['input_size']}x{model['input_size']}, random data), "
-            f"{model['threads']} threads, {model['rounds']} interleaved rounds. Model cost "
+            f"{model['threads']} threads, {model['rounds']} interleaved rounds, each backend in "
+            "its own process (idle while another is timed). Model cost "
             f"(`torch.utils.flop_counter`, 2 FLOPs per multiply-add): **{_f(gflop, 3)} GFLOP per "
             f"image**. Measured fp32 matmul peak (best of numpy and torch 2048x2048 sgemm, "
             f"median over rounds): **{_f(model['peak_gflops'], 0)} GFLOP/s**, i.e. a ceiling of "
@@ -440,8 +441,8 @@ def render(results: dict[str, Any], existing: str = "") -> str:
                 f"### {title}",
                 "",
                 "| endpoint | clients | images/s | p50 ms | p95 ms | p99 ms | requests "
-                "| statuses | peak RSS MiB |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| statuses | server CPU ms per image | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for endpoint, by_c in (service.get(key) or {}).items():
                 for c, r in by_c.items():
