@@ -1,8 +1,8 @@
 """End to end: train -> export -> load -> predict on tiny generated images (CPU, < 2 min).
 
 One module-scoped training run (``last`` mode for two epochs, pretrained backbone, cached
-features in a temporary folder) serves every test here; ``evaluate``, ``compare`` and the predictor then run on the
-bundle it wrote.
+features in a temporary folder) serves every test here; ``evaluate``, ``compare`` and the
+predictor then run on the bundle it wrote.
 """
 
 from __future__ import annotations
