@@ -1,7 +1,8 @@
 """What the machine can do: measured fp32 matrix-multiply peak, and what the model costs.
 
-The peak is the best of a few large single-precision GEMMs (numpy's BLAS and torch's), using every
-CPU this process may run on. The model cost is counted by ``torch.utils.flop_counter`` on one
+The peak is the best of a few large single-precision GEMMs (numpy's BLAS, ONNX Runtime's MLAS and
+torch), using every CPU this process may run on; on this machine MLAS (AVX-512) is the fastest by
+far, so numpy or torch alone would understate the peak. The model cost is counted by ``torch.utils.flop_counter`` on one
 224x224 image (convolutions and matrix products; 2 FLOPs per multiply-add).
 """
 
@@ -47,9 +48,47 @@ def torch_sgemm_gflops(n: int = 2048, repeats: int = 5, threads: int | None = No
         return _gemm_gflops(torch.mm, a, b, n, repeats)
 
 
+def onnxruntime_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GEMM rate of ONNX Runtime's own kernels (MLAS) on ``n x n``, in GFLOP/s.
+
+    A one-node ``MatMul`` graph built in memory; the kernels the model's convolutions use.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "gemm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    feeds = {
+        "a": rng.standard_normal((n, n), dtype=np.float32),
+        "b": rng.standard_normal((n, n), dtype=np.float32),
+    }
+    return _gemm_gflops(
+        lambda a, b: session.run(None, {"a": a, "b": b}), *feeds.values(), n, repeats
+    )
+
+
 def fp32_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Measured fp32 matrix-multiply peak: both libraries and the best of them (GFLOP/s)."""
+    """Measured fp32 matrix-multiply peak: each library and the best of them (GFLOP/s)."""
     result = {"numpy_gflops": numpy_sgemm_gflops(n, repeats)}
+    try:
+        result["onnxruntime_gflops"] = onnxruntime_sgemm_gflops(n, repeats)
+    except ImportError:
+        logger.info("onnx not installed: no ONNX Runtime GEMM")
     try:
         result["torch_gflops"] = torch_sgemm_gflops(n, repeats)
     except ImportError:
