@@ -2,8 +2,9 @@
 
 The peak is the best of a few large single-precision GEMMs (numpy's BLAS, ONNX Runtime's MLAS and
 torch), using every CPU this process may run on; on this machine MLAS (AVX-512) is the fastest by
-far, so numpy or torch alone would understate the peak. The model cost is counted by ``torch.utils.flop_counter`` on one
-224x224 image (convolutions and matrix products; 2 FLOPs per multiply-add).
+far, so numpy or torch alone would understate the peak. The model cost is counted by
+``torch.utils.flop_counter`` on one 224x224 image (convolutions and matrix products; 2 FLOPs
+per multiply-add).
 """
 
 from __future__ import annotations

@@ -376,8 +376,9 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             f"{model['threads']} threads, {model['rounds']} interleaved rounds, each backend in "
             "its own process (idle while another is timed). Model cost "
             f"(`torch.utils.flop_counter`, 2 FLOPs per multiply-add): **{_f(gflop, 3)} GFLOP per "
-            f"image**. Measured fp32 matmul peak (best of numpy, ONNX Runtime (MLAS) and torch 2048x2048 "
-            f"sgemm, median over rounds): **{_f(model['peak_gflops'], 0)} GFLOP/s**, i.e. a ceiling of "
+            "image**. Measured fp32 matmul peak (best of numpy, ONNX Runtime (MLAS) and torch "
+            "2048x2048 sgemm, median over rounds): "
+            f"**{_f(model['peak_gflops'], 0)} GFLOP/s**, i.e. a ceiling of "
             f"{_f(model['peak_gflops'] / gflop if gflop else None, 0)} images/s in fp32.",
             "",
             "| backend | batch | latency per batch (ms) | images/s | x PyTorch eager "
