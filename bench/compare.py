@@ -1,8 +1,10 @@
 """Our service against the usual alternatives, in the same run, with the same load generator.
 
-Three servers run at once on loopback: ours (``cites-vision serve``, default settings), a plain
-FastAPI endpoint with PyTorch eager per request (:mod:`bench.servers.plain_torch`) and LitServe
-with the same ONNX model and dynamic batching (:mod:`bench.servers.litserve_onnx`). The CPU
+The servers run at once on loopback, but only the one being measured is running: the others
+are paused (SIGSTOP; LitServe's loops poll even when idle). They are ours (``cites-vision
+serve``, default settings), a plain FastAPI endpoint with PyTorch eager per request
+(:mod:`bench.servers.plain_torch`) and LitServe with the same ONNX model and dynamic batching
+(:mod:`bench.servers.litserve_onnx`), in fp32 and, for reference, on the INT8 file. The CPU
 flips between fast and slow states within minutes, so each round measures every server in turn
 (the order rotates from round to round), ratios are taken within a round, and the report gives
 the median of the per-round ratios.
@@ -15,6 +17,7 @@ our service also storing the image and the record, then the answer).
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,17 @@ def _start_all(
     return servers
 
 
+def _only(servers: dict[str, tuple[ServerProcess, str]], name: str) -> tuple[ServerProcess, str]:
+    """Resume server ``name`` and pause the others, so idle servers take no CPU from it."""
+    for other, (server, _url) in servers.items():
+        if other != name:
+            server.pause()
+    server, url = servers[name]
+    server.resume()
+    time.sleep(0.5)  # let it settle after being paused
+    return server, url
+
+
 def run(
     bundle_dir: Path,
     load_dir: Path,
@@ -95,7 +109,7 @@ def run(
             shift = round_index % len(names)
             order = names[shift:] + names[:shift]
             for name in order:
-                server, url = servers[name]
+                server, url = _only(servers, name)
                 result = measured_load(
                     server,
                     url,
@@ -115,7 +129,7 @@ def run(
                     result["statuses"],
                 )
             for name in order:
-                server, url = servers[name]
+                server, url = _only(servers, name)
                 result = measured_load(
                     server,
                     url,
@@ -129,6 +143,8 @@ def run(
                 logger.info(
                     "round %d %s 12 MP p50 %.0f ms", round_index + 1, name, result["p50_ms"]
                 )
+        for server, _url in servers.values():
+            server.resume()
         memory = {name: servers[name][0].peak_rss_mib() for name in names}
     summary = summarise(throughput, phone, memory, concurrency)
     summary["active_model"] = ours_model

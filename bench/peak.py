@@ -74,13 +74,13 @@ def onnxruntime_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     rng = np.random.default_rng(0)
-    feeds = {
-        "a": rng.standard_normal((n, n), dtype=np.float32),
-        "b": rng.standard_normal((n, n), dtype=np.float32),
-    }
-    return _gemm_gflops(
-        lambda a, b: session.run(None, {"a": a, "b": b}), *feeds.values(), n, repeats
-    )
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+
+    def multiply(x: Any, y: Any) -> Any:
+        return session.run(None, {"a": x, "b": y})
+
+    return _gemm_gflops(multiply, a, b, n, repeats)
 
 
 def fp32_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:

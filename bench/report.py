@@ -486,7 +486,8 @@ def render(results: dict[str, Any], existing: str = "") -> str:
     lines += ["## 4. The alternatives, side by side", ""]
     if compare:
         lines += [
-            "The servers run at once and are measured in turn, "
+            "The servers run at once; each is measured in turn while the others are paused "
+            "(SIGSTOP: LitServe's loops poll even when idle), "
             f"{len(next(iter(compare['servers'].values()))['images_per_s_per_round'])} rounds, "
             "the order rotating each round: our service (default settings: precision `auto`, "
             "the bundle's INT8 file when it has one; here it reported "

@@ -46,6 +46,17 @@ class ServerProcess:
         """Remember every process of the server's tree (workers can come and go)."""
         self.pids.update(process_tree(self.process.pid))
 
+    def pause(self) -> None:
+        """Stop the server's process group (SIGSTOP) so it takes no CPU from another server's run;
+        some servers (LitServe's worker loops) poll even when idle."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Continue a paused server (SIGCONT)."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the server's live processes."""
         self.refresh_pids()
@@ -127,6 +138,7 @@ def running_server(
 
 
 def _stop(server: ServerProcess) -> None:
+    server.resume()
     server.refresh_pids()
     if server.process.poll() is None:
         with suppress(ProcessLookupError):
