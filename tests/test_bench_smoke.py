@@ -172,6 +172,7 @@ def test_report_renders_goals_and_keeps_hand_written_sections() -> None:
 
 
 @pytest.mark.train
+@pytest.mark.slow  # spawns one process per backend, each importing torch: ~10-30 s
 def test_model_bench_on_the_tiny_bundle(tiny_bundle: Path) -> None:
     pytest.importorskip("torch")
     from bench import bench_model
