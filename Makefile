@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test lint typecheck pytest system-deps bench clean
+.PHONY: run test lint typecheck pytest system-deps bench default-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ pytest: $(VENV)/.all-installed system-deps
 	$(BIN)/pytest -q -rs
 
 test: lint typecheck pytest
+
+# Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
+default-bundle: $(VENV)/.all-installed
+	BIN=$(BIN) training/build_default.sh
 
 bench: $(VENV)/.all-installed
 	$(BIN)/python -m bench.run_all
