@@ -5,6 +5,7 @@ The archive (tar.gz) holds ``manifest.csv`` with the columns ``path,label,modali
 ``images/<sha256>.<ext>``. One row per identification that has feedback; its latest entry wins.
 A confirmation labels the image with the predicted label (the decision's label, else the top-1
 label); a correction with the label it gives, or its taxon id when it names only a taxon.
+``case_id`` is the latest feedback's case reference, else the identification's, else its id.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def export_label(ident: Identification, feedback: Feedback) -> str | None:
     return feedback.label or feedback.taxon_id
 
 
+def export_case_id(ident: Identification, feedback: Feedback) -> str:
+    """The manifest's ``case_id``: the feedback's case reference, else the identification's,
+    else the identification id (so that training groups the photos of one seizure)."""
+    return feedback.case_ref or ident.case_ref or ident.id
+
+
 def write_export(
     session: Session, store: ImageStore, out: Path, *, since: datetime | None = None
 ) -> ExportSummary:
@@ -79,7 +86,13 @@ def write_export(
                 tar.add(source, arcname=name, recursive=False)
                 added.add(name)
             writer.writerow(
-                (name, label, ident.modality, f"feedback:{ident.id}", ident.case_ref or ident.id)
+                (
+                    name,
+                    label,
+                    ident.modality,
+                    f"feedback:{ident.id}",
+                    export_case_id(ident, feedback),
+                )
             )
             rows += 1
         data = manifest.getvalue().encode("utf-8")

@@ -151,4 +151,5 @@ def feedback_dict(row: Feedback) -> dict[str, Any]:
         "label": row.label,
         "taxon_id": row.taxon_id,
         "note": row.note,
+        "case_ref": row.case_ref,
     }

@@ -149,6 +149,7 @@ def add_feedback(
     label: str | None,
     taxon_id: str | None,
     note: str | None,
+    case_ref: str | None = None,
 ) -> Feedback:
     """Append a feedback entry (never updates an older one) and commit."""
     row = Feedback(
@@ -161,6 +162,7 @@ def add_feedback(
         label=label,
         taxon_id=taxon_id,
         note=note,
+        case_ref=case_ref,
     )
     session.add(row)
     session.commit()

@@ -110,6 +110,7 @@ class Feedback(Base):
     label: Mapped[str | None] = mapped_column(String(200), nullable=True)
     taxon_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    case_ref: Mapped[str | None] = mapped_column(String(120), nullable=True)
 
 
 class ServiceState(Base):

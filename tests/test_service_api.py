@@ -398,14 +398,24 @@ def test_feedback_history_is_kept_and_latest_shown(api: Api) -> None:
     correct = api.client.post(
         url,
         headers=api.h("trainer"),
-        json={"verdict": "correct", "label": "ceramic", "note": "glaze under magnification"},
+        json={
+            "verdict": "correct",
+            "label": "ceramic",
+            "note": "glaze under magnification",
+            "case_ref": "  SEIZ-77 ",
+        },
     )
     assert correct.status_code == 201
+    assert correct.json()["case_ref"] == "SEIZ-77" and correct.json()["note"].startswith("glaze")
     history = api.client.get(url, headers=api.h("scanner")).json()["items"]
     assert [f["verdict"] for f in history] == ["confirm", "correct"]
     assert history[0]["label"] is None and history[1]["label"] == "ceramic"
+    assert [f["case_ref"] for f in history] == [None, "SEIZ-77"]
     latest = api.client.get(f"/v1/identifications/{ident['id']}", headers=api.h()).json()
     assert latest["feedback"]["id"] == correct.json()["id"]
+    assert latest["feedback"]["case_ref"] == "SEIZ-77"
+    blank = api.client.post(url, headers=api.h(), json={"verdict": "confirm", "case_ref": "  "})
+    assert blank.status_code == 201 and blank.json()["case_ref"] is None
 
 
 def test_feedback_validation(api: Api) -> None:
@@ -426,6 +436,16 @@ def test_feedback_validation(api: Api) -> None:
         422,
         "unknown-label",
     )
+    for body in (
+        {"verdict": "confirm", "case_rf": "SEIZ-1"},  # a typo is refused, not dropped
+        {"verdict": "confirm", "case_ref": "x" * 121},
+        {"verdict": "confirm", "case_ref": 7},
+    ):
+        response = api.client.post(url, headers=api.h(), json=body)
+        assert_problem(response, 422, "validation-error")
+    typo = api.client.post(url, headers=api.h(), json={"verdict": "confirm", "case_rf": "S"})
+    assert "case_rf" in typo.text
+    assert api.client.get(url, headers=api.h()).json()["items"] == []
     ok = api.client.post(url, headers=api.h(), json={"verdict": "correct", "taxon_id": "loxodonta"})
     assert ok.status_code == 201, ok.text
     assert_problem(
@@ -441,11 +461,15 @@ def test_export_is_a_training_manifest_with_images(make_api: Callable[..., Api])
     api = make_api()
     red = api.identify(RED, case_ref="CASE-9").json()
     blue = api.identify(BLUE).json()
+    magenta = api.identify(MAGENTA, case_ref="CASE-3").json()
+    plain = api.identify(RED).json()  # no case reference anywhere: the id is the case
     api.identify(GREEN)  # no feedback: not exported
     for ident, body in (
-        (red, {"verdict": "correct", "label": "rosewood"}),
+        (red, {"verdict": "correct", "label": "rosewood", "case_ref": "OTHER"}),
         (red, {"verdict": "confirm"}),  # the latest wins: the predicted label
-        (blue, {"verdict": "correct", "label": "ivory"}),
+        (blue, {"verdict": "correct", "label": "ivory", "case_ref": "SEIZ-4"}),
+        (magenta, {"verdict": "correct", "label": "ivory", "case_ref": "SEIZ-4"}),
+        (plain, {"verdict": "confirm"}),
     ):
         api.client.post(
             f"/v1/identifications/{ident['id']}/feedback", headers=api.h("officer"), json=body
@@ -463,9 +487,13 @@ def test_export_is_a_training_manifest_with_images(make_api: Callable[..., Api])
             assert row["path"] in names
     assert list(rows[0]) == ["path", "label", "modality", "source", "case_id"]
     by_source = {r["source"]: r for r in rows}
-    assert set(by_source) == {f"feedback:{red['id']}", f"feedback:{blue['id']}"}
+    assert set(by_source) == {f"feedback:{i['id']}" for i in (red, blue, magenta, plain)}
     assert by_source[f"feedback:{red['id']}"]["label"] == "ivory"
-    assert by_source[f"feedback:{red['id']}"]["case_id"] == "CASE-9"
+    assert by_source[f"feedback:{red['id']}"]["case_id"] == "CASE-9"  # latest has none
+    # The feedback's case reference wins over the identification's (or its id).
+    assert by_source[f"feedback:{blue['id']}"]["case_id"] == "SEIZ-4"
+    assert by_source[f"feedback:{magenta['id']}"]["case_id"] == "SEIZ-4"
+    assert by_source[f"feedback:{plain['id']}"]["case_id"] == plain["id"]
     assert by_source[f"feedback:{blue['id']}"]["label"] == "ivory"
     assert by_source[f"feedback:{blue['id']}"]["modality"] == "camera"
 

@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
-from service.database import make_engine, make_sessionmaker, migrate
+from service.database import alembic_config, make_engine, make_sessionmaker, migrate
 from service.imagestore import GPS_IFD_TAG, ImageStore, prepare_image, strip_jpeg_gps
 from service.keys import Principal, Role, create_key, list_keys, revoke_key, verify_key
 from service.repository import (
@@ -155,6 +155,74 @@ def test_concurrent_migrations_on_postgresql(postgres: PostgresServer) -> None:
     assert "feedback" in inspect(engines[0]).get_table_names()
     for engine in engines:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_0001_database_upgrades_to_0002_and_keeps_its_rows(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from alembic import command
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database("u" + uuid.uuid4().hex[:12])
+    engine = make_engine(url)
+    with engine.begin() as connection:  # a database deployed before 0002
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    assert "case_ref" not in {c["name"] for c in inspect(engine).get_columns("feedback")}
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO images (sha256, path, size, mime, width, height, created_at) "
+                "VALUES ('ab', 'ab.jpg', 1, 'image/jpeg', 1, 1, :t)"
+            ),
+            {"t": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO identifications (id, created_at, created_by_name, image_sha256, "
+                "model_version, modality, case_ref, decision_kind, probability, rule, result) "
+                "VALUES ('i1', :t, 'old', 'ab', 'v1', 'camera', 'OLD-1', 'taxon', 0.9, 'r', '{}')"
+            ),
+            {"t": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO feedback (id, identification_id, created_at, created_by_name, "
+                "verdict, note) VALUES ('f1', 'i1', :t, 'old', 'confirm', 'kept')"
+            ),
+            {"t": now},
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0002"
+    with make_sessionmaker(engine)() as session:
+        old = feedback_history(session, "i1")
+        assert [(f.id, f.note, f.case_ref) for f in old] == [("f1", "kept", None)]
+        ident = session.get(Identification, "i1")
+        assert ident is not None and ident.case_ref == "OLD-1"
+        officer = _principal(session)
+        new = add_feedback(
+            session,
+            ident,
+            officer,
+            verdict="confirm",
+            label=None,
+            taxon_id=None,
+            note=None,
+            case_ref="SEIZ-2",
+        )
+        assert latest_feedback(session, ["i1"])["i1"].case_ref == "SEIZ-2"
+        assert new.case_ref == "SEIZ-2"
+    engine.dispose()
 
 
 def test_keys_verify_revoke_and_never_store_the_secret(sessions: type[Session]) -> None:

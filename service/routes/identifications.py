@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from model.taxonomy import TaxonNotFoundError
@@ -276,12 +276,24 @@ async def get_heatmap(
 
 
 class FeedbackIn(BaseModel):
-    """An officer's confirmation or correction."""
+    """An officer's confirmation or correction; unknown fields are refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     verdict: Literal["confirm", "correct"]
     label: str | None = Field(default=None, max_length=200, description="a label id")
     taxon_id: str | None = Field(default=None, max_length=200, description="a taxonomy id")
     note: str | None = Field(default=None, max_length=2000)
+    case_ref: str | None = Field(
+        default=None,
+        max_length=120,
+        description="case / seizure reference (as in identification); blank means none",
+    )
+
+    @field_validator("case_ref")
+    @classmethod
+    def _strip_case_ref(cls, value: str | None) -> str | None:
+        return value.strip() or None if value else None
 
     @model_validator(mode="after")
     def _needs_target(self) -> FeedbackIn:
@@ -329,6 +341,7 @@ def post_feedback(
         label=label,
         taxon_id=body.taxon_id,
         note=body.note.strip() if body.note else None,
+        case_ref=body.case_ref,
     )
     return feedback_dict(entry)
 
