@@ -191,6 +191,8 @@ def test_officer_flow_on_a_phone(
     search.press("Enter")
     expect(page.locator("#taxon-chosen")).to_contain_text("Elephas maximus")
     page.fill("#note", "Schreger lines checked with a loupe")
+    expect(page.locator("#fb-caseref")).to_have_value("SEIZ-2026-042")  # the photo's case
+    page.fill("#fb-caseref", "LAB-7")
     page.click("#feedback-form button[type=submit]")
     expect(page.locator("#feedback-status")).to_contain_text("your correction was saved")
     shoot(page, "07-feedback-saved", full_page=False, centre="#feedback-form")
@@ -202,7 +204,8 @@ def test_officer_flow_on_a_phone(
     assert len(history) == 1
     assert history[0]["verdict"] == "correct"
     assert history[0]["taxon_id"] == "elephas-maximus"
-    assert history[0]["note"] == "Schreger lines checked with a loupe"
+    assert history[0]["note"] == "Schreger lines checked with a loupe"  # no "Case ..." prefix
+    assert history[0]["case_ref"] == "LAB-7"
 
     # 6. Recent cases show the identification with its correction.
     first = page.locator("#recent-list li").first

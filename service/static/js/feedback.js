@@ -82,14 +82,11 @@ async function sendFeedback(event, onSaved) {
     if (state.chosen.label) body.label = state.chosen.label;
     if (state.chosen.taxon_id) body.taxon_id = state.chosen.taxon_id;
   }
-  // Feedback has no case field of its own (docs/api.md): a case reference other than the one
-  // given with the photo travels at the start of the note.
-  let note = $("note").value.trim();
-  const caseRef = $("fb-caseref").value.trim();
-  if (caseRef && caseRef !== (ident.case_ref || "")) {
-    note = t("caseLabel", { ref: caseRef }) + (note ? ": " + note : "");
-  }
+  // The case reference travels in its own field (docs/api.md); the export groups by it.
+  const note = $("note").value.trim();
   if (note) body.note = note;
+  const caseRef = $("fb-caseref").value.trim();
+  if (caseRef) body.case_ref = caseRef;
   const status = $("feedback-status");
   say(status, "sending");
   try {
