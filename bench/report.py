@@ -393,10 +393,23 @@ def render(results: dict[str, Any], existing: str = "") -> str:
                     f"| {_f(row['images_per_s'])} | {_f(ratio, 2) if ratio else '1.00'} "
                     f"| {_pct(model['share_of_peak'][name][batch])} |"
                 )
+        fp32_rounds = model["backends"].get("onnxruntime_fp32") or {}
+        if fp32_rounds:
+            per_batch = "; ".join(
+                f"batch {b}: " + ", ".join(_pct(v) for v in r.get("share_of_peak_per_round", []))
+                for b, r in fp32_rounds.items()
+            )
+            peaks = ", ".join(_f(p, 0) for p in model["peak_gflops_per_round"])
+            lines += [
+                "",
+                f"Per round (the machine's state changes between rounds): peak {peaks} GFLOP/s; "
+                f"ONNX Runtime fp32 share of that round's peak {per_batch}.",
+            ]
         lines += [
             "",
             "INT8 does integer arithmetic, so its share of the *fp32* peak can exceed "
-            "what fp32 can reach; it is shown for scale only.",
+            "what fp32 can reach; it is shown for scale only. INT8 file: "
+            f"{model.get('int8_source') or 'none'}.",
             "",
         ]
         _figure(lines, "model_backends.png", "images/s per backend", f"{RUN} --only model")
@@ -524,13 +537,13 @@ def render(results: dict[str, Any], existing: str = "") -> str:
         lines += [
             "",
             "| ours vs | throughput ratio (median of per-round) | 12 MP latency "
-            "speed-up (median of per-round) |",
-            "|---|---|---|",
+            "speed-up (median of per-round) | their CPU per image / ours |",
+            "|---|---|---|---|",
         ]
         for name, r in compare["ratios"].items():
             lines.append(
                 f"| {SERVER_NAMES.get(name, name)} | {_f(r['throughput'], 2)}x "
-                f"| {_f(r['phone_latency_speedup'], 2)}x |"
+                f"| {_f(r['phone_latency_speedup'], 2)}x | {_f(r.get('cpu_per_image'), 2)}x |"
             )
         lines.append("")
         _figure(lines, "alternatives.png", "ours vs the alternatives", f"{RUN} --only compare")
