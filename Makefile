@@ -48,7 +48,12 @@ test: lint typecheck pytest
 default-bundle: $(VENV)/.all-installed
 	BIN=$(BIN) training/build_default.sh
 
-bench: $(VENV)/.all-installed
+# The benchmark-only packages (LitServe, py-spy, psutil) go into the same .venv.
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.all-installed
+	$(BIN)/pip install --quiet -e '.[serve,train,dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run_all
 
 clean:
