@@ -1,7 +1,8 @@
 """Micro-batcher: groups concurrent requests into one predictor call.
 
 Requests put ``(item, future)`` on a bounded asyncio queue. One worker takes the first waiting
-item, then keeps collecting until it has ``max_size`` items or ``max_wait_s`` has passed since
+item; if nothing else is queued it runs that item at once (no waiting for company at low load),
+otherwise it keeps collecting until it has ``max_size`` items or ``max_wait_s`` has passed since
 the first, runs the batch function in a thread (so the event loop keeps serving), and resolves
 each future with its result. A full queue refuses new items at once (:class:`QueueFullError`,
 HTTP 503 + Retry-After), so memory stays bounded under overload.
@@ -111,6 +112,7 @@ class MicroBatcher(Generic[T, R]):
         first = await self._queue.get()
         batch = [first]
         deadline = time.perf_counter() + self.max_wait_s
+        waited = False
         while len(batch) < self.max_size:
             # Take whatever is already waiting without sleeping.
             try:
@@ -118,6 +120,16 @@ class MicroBatcher(Generic[T, R]):
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if not waited and len(batch) == 1:
+                # A lone item with nothing queued behind it: one yield lets requests that
+                # arrived in the same loop tick join; otherwise run it now rather than wait
+                # max_wait for company that may never come (under load, items queue up while
+                # the previous batch runs, so batches still form).
+                waited = True
+                await asyncio.sleep(0)
+                if self._queue.empty():
+                    break
+                continue
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -1,12 +1,22 @@
 """Identification pipeline: upload -> decode (pool) -> micro-batch -> decision -> store -> answer.
 
+The durable image write starts as soon as the stored bytes are known (after decode: GPS removed,
+sha256 computed) and runs in a thread while the model answers; it is awaited before the database
+row is written, so the file is always on disk before a row refers to it. A request that fails
+after the write started (503, 504, inference error, 507) deletes the file again unless a database
+row or another request in this process still needs the same content (the store is
+content-addressed, so identical uploads share one file). A process killed between the write and
+the commit can leave an unreferenced file behind, never a row without its file.
+
 Routers call :class:`Identifier`; it holds no HTTP code beyond raising :class:`ProblemError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +51,7 @@ from service.repository import (
     record_image,
     utcnow,
 )
+from service.tables import StoredImage
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +156,10 @@ class Identifier:
     def __init__(self, context: AppContext) -> None:
         self.context = context
         self._in_flight = 0
+        # sha256 -> requests of this process whose image write started and that have not yet
+        # committed or given up; guarded by _store_lock together with the discard decision.
+        self._writers: dict[str, int] = {}
+        self._store_lock = threading.Lock()
 
     def active_predictor(self) -> Predictor:
         """The serving predictor, or 503 while none is loaded."""
@@ -250,6 +265,32 @@ class Identifier:
             context.metrics.rejected.labels(reason=f"image_{exc.code}").inc()
             raise image_problem(exc) from None
         decoded = time.perf_counter()
+        write = self._start_write(prepared.image)
+        committed = False
+        try:
+            result = await self._infer_and_save(
+                prepared, write, options, principal, predictor, started, decoded
+            )
+            committed = True
+        finally:
+            if committed:
+                with self._store_lock:
+                    self._release(prepared.image.sha256)
+            else:  # refused, timed out or failed: no file may stay behind for this request
+                await self._discard(prepared.image, write)
+        return result
+
+    async def _infer_and_save(
+        self,
+        prepared: _Prepared,
+        write: asyncio.Future[str],
+        options: IdentifyOptions,
+        principal: Principal,
+        predictor: Predictor,
+        started: float,
+        decoded: float,
+    ) -> dict[str, Any]:
+        context = self.context
         item = InferenceItem(predictor, prepared.array, options.origin_country, options.top_k)
         try:
             prediction: Prediction = await context.batcher.submit(item)
@@ -274,6 +315,11 @@ class Identifier:
             case_ref=options.case_ref,
             top_k=options.top_k,
         )
+        try:  # durable before the database row refers to it
+            await asyncio.shield(write)
+        except OSError as exc:
+            context.metrics.rejected.labels(reason="storage").inc()
+            raise storage_unavailable(exc) from None
         await run_in_threadpool(self._save, result, prepared.image, principal, created_at)
         decision = result["decision"]
         context.metrics.decisions.labels(
@@ -288,6 +334,50 @@ class Identifier:
         }
         return result
 
+    def _start_write(self, image: PreparedImage) -> asyncio.Future[str]:
+        """Start storing ``image`` durably in a thread; the caller must later call
+        :meth:`_release` (committed) or :meth:`_discard` (failed) exactly once."""
+        with self._store_lock:
+            self._writers[image.sha256] = self._writers.get(image.sha256, 0) + 1
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(None, self.context.store.put, image)
+
+    def _release(self, sha256: str) -> bool:
+        """Forget one writer of ``sha256``; True when no other request of this process needs it.
+        Call with ``_store_lock`` held."""
+        left = self._writers.get(sha256, 0) - 1
+        if left > 0:
+            self._writers[sha256] = left
+            return False
+        self._writers.pop(sha256, None)
+        return True
+
+    async def _discard(self, image: PreparedImage, write: asyncio.Future[str]) -> None:
+        """After a failed request: wait for its write to end, then delete the file unless a
+        database row or another in-flight request of this process uses the same content."""
+        # An error means nothing complete was written; cancelled means the loop is stopping.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.shield(write)
+        await run_in_threadpool(self._discard_file, image)
+
+    def _discard_file(self, image: PreparedImage) -> None:
+        with self._store_lock:
+            if not self._release(image.sha256):
+                return
+            try:
+                with self.context.sessions() as session:
+                    if session.get(StoredImage, image.sha256) is not None:
+                        return
+            except Exception:  # cannot tell whether a row needs it: keep the file
+                logger.exception("could not check the database for image %s", image.sha256)
+                return
+            store = self.context.store
+            path = store.path_of(store.relative_path(image.sha256, image.ext))
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("could not remove the image of a failed request %s: %s", path, exc)
+
     def _save(
         self,
         result: dict[str, Any],
@@ -296,11 +386,6 @@ class Identifier:
         created_at: datetime,
     ) -> None:
         decision = result["decision"]
-        try:  # durable before the database row refers to it; not at all for refused requests
-            self.context.store.put(image)
-        except OSError as exc:
-            self.context.metrics.rejected.labels(reason="storage").inc()
-            raise storage_unavailable(exc) from None
         with self.context.sessions() as session:
             relative = self.context.store.relative_path(image.sha256, image.ext)
             record_image(session, image, relative)

@@ -707,6 +707,60 @@ def test_slow_identification_times_out_with_504(make_api: Callable[..., Api]) ->
     assert_problem(api.identify(RED), 504, "timeout")
 
 
+def _stored_files(api: Api) -> list[Path]:
+    return [p for p in (api.settings.data_dir / "images").rglob("*") if p.is_file()]
+
+
+def test_image_write_overlaps_inference(make_api: Callable[..., Api]) -> None:
+    """The durable write starts before the model answers: the file is there during inference."""
+    api = make_api()
+    seen: list[int] = []
+    original = api.context.batcher._run_batch
+
+    def watch(items: Sequence[InferenceItem]) -> Any:
+        deadline = time.monotonic() + 2.0
+        while not _stored_files(api) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(len(_stored_files(api)))
+        return original(items)
+
+    api.context.batcher._run_batch = watch
+    assert api.identify(RED).status_code == 201
+    assert seen == [1]
+
+
+def test_timed_out_or_failed_identification_stores_no_file(make_api: Callable[..., Api]) -> None:
+    api = make_api(request_timeout_s=0.3)
+    _slow_batches(api, 1.0)
+    assert_problem(api.identify(RED), 504, "timeout")
+    assert _stored_files(api) == []
+
+    def fail(items: Sequence[InferenceItem]) -> Any:
+        raise RuntimeError("inference failed")
+
+    api = make_api()  # the slow batch above still holds the first app's worker
+    api.context.batcher._run_batch = fail
+    assert api.identify(GREEN).status_code == 500
+    assert _stored_files(api) == []
+
+
+def test_failed_identification_keeps_a_file_a_stored_row_uses(make_api: Callable[..., Api]) -> None:
+    api = make_api()
+    first = api.identify(RED)
+    assert first.status_code == 201
+    original = api.context.batcher._run_batch
+
+    def fail(items: Sequence[InferenceItem]) -> Any:
+        raise RuntimeError("inference failed")
+
+    api.context.batcher._run_batch = fail
+    assert api.identify(RED).status_code == 500  # same content: same file
+    assert len(_stored_files(api)) == 1
+    api.context.batcher._run_batch = original
+    served = api.client.get(first.json()["image"]["url"], headers=api.h("trainer"))
+    assert served.status_code == 200 and served.content == solid_image_bytes(RED)
+
+
 def test_concurrent_requests_share_one_onnx_call(make_api: Callable[..., Api]) -> None:
     api = make_api(batch_max_size=8, batch_max_wait_ms=100)
     sizes = _slow_batches(api, 0.05)

@@ -72,6 +72,55 @@ def test_batcher_waits_at_most_max_wait_for_a_lone_item() -> None:
     assert asyncio.run(main()) < 0.5
 
 
+def test_batcher_runs_a_lone_item_without_waiting_max_wait() -> None:
+    """Nothing else queued: the item runs at once instead of waiting 500 ms for company."""
+
+    def run(items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    async def main() -> list[float]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            run, max_size=32, max_wait_s=0.5, queue_max=64
+        )
+        batcher.start()
+        elapsed = []
+        try:
+            for i in range(3):
+                started = time.perf_counter()
+                assert await batcher.submit(i) == i
+                elapsed.append(time.perf_counter() - started)
+        finally:
+            await batcher.close()
+        return elapsed
+
+    assert max(asyncio.run(main())) < 0.25
+
+
+def test_batcher_still_groups_items_queued_behind_a_running_batch() -> None:
+    seen: list[list[int]] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        seen.append(list(items))
+        time.sleep(0.1)
+        return list(items)
+
+    async def main() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            run, max_size=8, max_wait_s=0.5, queue_max=64
+        )
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(0))
+            await asyncio.sleep(0.03)  # the lone first item is running now
+            rest = [batcher.submit(i) for i in range(1, 6)]
+            return list(await asyncio.gather(first, *rest))
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == list(range(6))
+    assert seen == [[0], [1, 2, 3, 4, 5]]
+
+
 def test_batcher_refuses_when_full_and_fails_callers_on_errors() -> None:
     gate = threading.Event()
 
