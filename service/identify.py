@@ -39,7 +39,7 @@ from model.preprocess import preprocess_bytes
 from model.taxonomy import InvalidCountryError
 from service.batcher import BatcherClosedError, QueueFullError
 from service.context import AppContext
-from service.imagestore import PreparedImage, prepare_image
+from service.imagestore import PreparedImage, jpeg_segments_readable, prepare_image
 from service.keys import Principal
 from service.problems import ProblemError
 from service.render import build_result
@@ -201,13 +201,26 @@ class Identifier:
                 ) from None
         return IdentifyOptions(modality, options.top_k, origin, options.case_ref)
 
-    def _prepare(self, data: bytes, predictor: Predictor) -> _Prepared:
+    def _decode(self, data: bytes, predictor: Predictor) -> npt.NDArray[np.float32]:
         settings = self.context.settings
-        array = preprocess_bytes(
+        return preprocess_bytes(
             data, predictor.bundle.manifest.preprocess, max_pixels=settings.max_pixels
         )
-        image = prepare_image(data, keep_gps=settings.keep_gps)
-        return _Prepared(array, image)
+
+    def _prepare(self, data: bytes, predictor: Predictor) -> _Prepared:
+        array = self._decode(data, predictor)
+        return _Prepared(array, prepare_image(data, keep_gps=self.context.settings.keep_gps))
+
+    def _prepare_early(self, data: bytes) -> PreparedImage | None:
+        """The stored bytes of a JPEG before decoding; None when that would need more than a
+        byte-level edit (unparsable segments mean a re-encode, which must wait for the decode's
+        pixel limit) or its headers are unreadable (decoding then reports what is wrong)."""
+        if not jpeg_segments_readable(data):
+            return None
+        try:
+            return prepare_image(data, keep_gps=self.context.settings.keep_gps)
+        except ValueError:
+            return None
 
     async def identify(
         self,
@@ -257,27 +270,44 @@ class Identifier:
         context = self.context
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        try:
-            prepared = await loop.run_in_executor(
-                context.decode_pool, self._prepare, data, predictor
-            )
-        except ImageError as exc:
-            context.metrics.rejected.labels(reason=f"image_{exc.code}").inc()
-            raise image_problem(exc) from None
-        decoded = time.perf_counter()
-        write = self._start_write(prepared.image)
+        image: PreparedImage | None = None
+        write: asyncio.Future[str] | None = None
         committed = False
         try:
+            if data[:2] == b"\xff\xd8":  # JPEG: GPS removal is byte-level and cheap, so the
+                # durable write can start now and overlap decoding as well as inference
+                image = await loop.run_in_executor(context.decode_pool, self._prepare_early, data)
+                if image is not None:
+                    write = self._start_write(image)
+            try:
+                if image is None:
+                    prepared = await loop.run_in_executor(
+                        context.decode_pool, self._prepare, data, predictor
+                    )
+                    image = prepared.image
+                    write = self._start_write(image)
+                else:
+                    array = await loop.run_in_executor(
+                        context.decode_pool, self._decode, data, predictor
+                    )
+                    prepared = _Prepared(array, image)
+            except ImageError as exc:
+                context.metrics.rejected.labels(reason=f"image_{exc.code}").inc()
+                raise image_problem(exc) from None
+            if write is None:  # pragma: no cover - both paths above start the write
+                raise RuntimeError("the image write was not started")
+            decoded = time.perf_counter()
             result = await self._infer_and_save(
                 prepared, write, options, principal, predictor, started, decoded
             )
             committed = True
         finally:
-            if committed:
-                with self._store_lock:
-                    self._release(prepared.image.sha256)
-            else:  # refused, timed out or failed: no file may stay behind for this request
-                await self._discard(prepared.image, write)
+            if write is not None and image is not None:
+                if committed:
+                    with self._store_lock:
+                        self._release(image.sha256)
+                else:  # refused, timed out or failed: no file may stay behind for this request
+                    await self._discard(image, write)
         return result
 
     async def _infer_and_save(

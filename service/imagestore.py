@@ -114,6 +114,12 @@ def _segments(data: bytes) -> list[tuple[int, int, int]] | None:
     return None
 
 
+def jpeg_segments_readable(data: bytes) -> bool:
+    """True when ``data`` is a JPEG whose segments before the scan parse, so that
+    :func:`strip_jpeg_gps` works on bytes alone (no decode or re-encode)."""
+    return _segments(data) is not None
+
+
 def strip_jpeg_gps(data: bytes) -> bytes:
     """Remove the GPS IFD from a JPEG's EXIF and drop XMP packets; pixels are untouched."""
     segments = _segments(data)

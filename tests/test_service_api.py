@@ -23,7 +23,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.identify import InferenceItem, run_batch
-from service.imagestore import GPS_IFD_TAG
+from service.imagestore import GPS_IFD_TAG, jpeg_segments_readable
 from service.keys import create_key, revoke_key
 from service.settings import Settings
 from tests import images
@@ -726,7 +726,21 @@ def test_image_write_overlaps_inference(make_api: Callable[..., Api]) -> None:
 
     api.context.batcher._run_batch = watch
     assert api.identify(RED).status_code == 201
-    assert seen == [1]
+    assert api.identify(data=jpeg_with_gps()).status_code == 201  # written before decoding
+    assert seen == [1, 2]
+
+
+def test_refused_jpeg_leaves_no_file(make_api: Callable[..., Api]) -> None:
+    """A JPEG's write starts before decoding; a corrupt scan is refused and the file removed."""
+    api = make_api()
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 64).convert("RGB").save(buffer, "JPEG")
+    photo = buffer.getvalue()
+    truncated = photo[: photo.index(b"\xff\xda") + 40]  # headers intact, scan cut short
+    assert jpeg_segments_readable(truncated)
+    response = api.identify(data=truncated)
+    assert response.status_code == 422, response.text
+    assert _stored_files(api) == []
 
 
 def test_timed_out_or_failed_identification_stores_no_file(make_api: Callable[..., Api]) -> None:
