@@ -65,6 +65,8 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 
 _OPEN_LOCK = threading.Lock()
 _STRICT_LOCK = threading.Lock()
+_strict_decodes = 0  # decodes in progress that need truncation refused (see _load_strictly)
+_saved_truncated_flag = False
 _HEIF_LOCK = threading.Lock()
 _heif_registered = False
 
@@ -376,18 +378,27 @@ def _decode_opened(
 
 
 def _load_strictly(image: ImageFile.ImageFile) -> None:
-    """Decode the pixels; truncation raises even if another module allows truncated images."""
-    if not ImageFile.LOAD_TRUNCATED_IMAGES:
-        image.load()
-        return
-    # Pillow's plugins read this module-level flag while decoding; hold it off for our decode.
+    """Decode the pixels; truncation raises even if another module allows truncated images.
+
+    Pillow's plugins read the module-level flag ``ImageFile.LOAD_TRUNCATED_IMAGES`` while
+    decoding. Every decode here counts itself in; the first one in saves the flag and turns it
+    off, the last one out restores it. Decodes still run in parallel, and none of them can see
+    the flag restored while it is decoding (a plain save/restore per decode let one thread's
+    restore switch truncation back on in the middle of another thread's decode).
+    """
+    global _strict_decodes, _saved_truncated_flag
     with _STRICT_LOCK:
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            image.load()
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        if _strict_decodes == 0:
+            _saved_truncated_flag = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_decodes += 1
+    try:
+        image.load()
+    finally:
+        with _STRICT_LOCK:
+            _strict_decodes -= 1
+            if _strict_decodes == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _saved_truncated_flag
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
