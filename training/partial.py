@@ -28,6 +28,7 @@ from tqdm import tqdm
 from model.preprocess import PreprocessConfig
 from training.images import decode_for_training
 from training.inputs import batches, load_inputs
+from training.train import write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -272,9 +273,8 @@ def _save(
     epochs: int,
 ) -> None:
     """Write a resumable checkpoint atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    write_checkpoint(
+        path,
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -284,9 +284,7 @@ def _save(
             "best_model": best_state,
             "epochs": epochs,
         },
-        tmp,
     )
-    tmp.replace(path)
 
 
 @torch.no_grad()

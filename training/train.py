@@ -247,9 +247,8 @@ def save_checkpoint(
     best_state: dict[str, torch.Tensor],
 ) -> None:
     """Write a resumable checkpoint atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    write_checkpoint(
+        path,
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -257,8 +256,18 @@ def save_checkpoint(
             "state": state.__dict__,
             "best_model": best_state,
         },
-        tmp,
     )
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Save ``payload`` with torch.save to a temporary file, then rename it over ``path``.
+
+    A crash mid-write leaves the previous checkpoint intact, so ``--resume`` always finds a
+    whole one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
     tmp.replace(path)
 
 
