@@ -99,6 +99,8 @@ def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
         max_wait_s=settings.batch_max_wait_ms / 1000.0,
         queue_max=settings.queue_max,
         metrics=metrics,
+        # requests still decoding will join the batch soon (context is bound below)
+        incoming=lambda: context.identifier.decoding(),
     )
     context = AppContext(
         settings=settings,

@@ -1,11 +1,14 @@
 """Micro-batcher: groups concurrent requests into one predictor call.
 
 Requests put ``(item, future)`` on a bounded asyncio queue. One worker takes the first waiting
-item; if nothing else is queued it runs that item at once (no waiting for company at low load),
-otherwise it keeps collecting until it has ``max_size`` items or ``max_wait_s`` has passed since
-the first, runs the batch function in a thread (so the event loop keeps serving), and resolves
-each future with its result. A full queue refuses new items at once (:class:`QueueFullError`,
-HTTP 503 + Retry-After), so memory stays bounded under overload.
+item and keeps collecting until it has ``max_size`` items or ``max_wait_s`` has passed since the
+first, runs the batch function in a thread (so the event loop keeps serving), and resolves each
+future with its result. It does not wait for company that is not coming: when nothing is queued
+and the optional ``incoming`` callable says no request is on its way (for the service: an
+image still being decoded), the batch runs at once, so a lone request at low load pays no ``max_wait_s``; without
+``incoming``, a lone item runs at once and a started batch waits out ``max_wait_s``. A full
+queue refuses new items at once (:class:`QueueFullError`, HTTP 503 + Retry-After), so memory
+stays bounded under overload.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ class MicroBatcher(Generic[T, R]):
         queue_max: int,
         metrics: ServiceMetrics | None = None,
         executor: Executor | None = None,
+        incoming: Callable[[], int] | None = None,
     ) -> None:
+        """``incoming`` returns how many items are on their way to :meth:`submit` (for the
+        service: requests whose image is still being decoded); see the module docstring."""
         if max_size < 1 or queue_max < 1 or max_wait_s < 0:
             raise ValueError("max_size and queue_max must be >= 1 and max_wait_s >= 0")
         self._run_batch = run_batch
@@ -63,6 +69,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[_Job[T, R]] = asyncio.Queue(maxsize=queue_max)
         self._metrics = metrics
         self._executor = executor
+        self._incoming = incoming
         self._worker: asyncio.Task[None] | None = None
         self.batches_run = 0
 
@@ -120,16 +127,14 @@ class MicroBatcher(Generic[T, R]):
                 continue
             except asyncio.QueueEmpty:
                 pass
-            if not waited and len(batch) == 1:
-                # A lone item with nothing queued behind it: one yield lets requests that
-                # arrived in the same loop tick join; otherwise run it now rather than wait
-                # max_wait for company that may never come (under load, items queue up while
-                # the previous batch runs, so batches still form).
+            if not waited:
+                # One yield lets requests that arrived in the same loop tick join.
                 waited = True
                 await asyncio.sleep(0)
-                if self._queue.empty():
-                    break
-                continue
+                if not self._queue.empty():
+                    continue
+            if self._nobody_coming(len(batch)):
+                break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -139,6 +144,14 @@ class MicroBatcher(Generic[T, R]):
                 break
         self._observe_depth()
         return batch
+
+    def _nobody_coming(self, collected: int) -> bool:
+        """True when waiting longer for this batch is pointless: nothing is on its way. Without
+        an ``incoming`` signal, only a lone item is run at once (under load, items queue up
+        while the previous batch runs, so batches still form)."""
+        if self._incoming is None:
+            return collected == 1
+        return self._incoming() <= 0
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

@@ -156,10 +156,16 @@ class Identifier:
     def __init__(self, context: AppContext) -> None:
         self.context = context
         self._in_flight = 0
+        self._decoding = 0  # requests decoding now, i.e. about to reach the micro-batcher
         # sha256 -> requests of this process whose image write started and that have not yet
         # committed or given up; guarded by _store_lock together with the discard decision.
         self._writers: dict[str, int] = {}
         self._store_lock = threading.Lock()
+
+    def decoding(self) -> int:
+        """Images being decoded now: the micro-batcher's ``incoming`` signal, so that it waits
+        (at most its max wait) for them instead of running a batch that they could join."""
+        return self._decoding
 
     def active_predictor(self) -> Predictor:
         """The serving predictor, or 503 while none is loaded."""
@@ -273,6 +279,8 @@ class Identifier:
         image: PreparedImage | None = None
         write: asyncio.Future[str] | None = None
         committed = False
+        self._decoding += 1
+        decoding = True
         try:
             if data[:2] == b"\xff\xd8":  # JPEG: GPS removal is byte-level and cheap, so the
                 # durable write can start now and overlap decoding as well as inference
@@ -297,11 +305,15 @@ class Identifier:
             if write is None:  # pragma: no cover - both paths above start the write
                 raise RuntimeError("the image write was not started")
             decoded = time.perf_counter()
+            self._decoding -= 1  # no await until the batcher has the item
+            decoding = False
             result = await self._infer_and_save(
                 prepared, write, options, principal, predictor, started, decoded
             )
             committed = True
         finally:
+            if decoding:
+                self._decoding -= 1
             if write is not None and image is not None:
                 if committed:
                     with self._store_lock:

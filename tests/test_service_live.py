@@ -138,25 +138,51 @@ def test_main_flow_over_http(service: ServiceHandle, tmp_path: Path) -> None:
     assert _metric(metrics, "cites_batch_size_count") >= 1
 
 
+def _batch_metrics(service: ServiceHandle) -> tuple[float, float]:
+    """(ONNX calls, images run) so far, from /metrics."""
+    text = httpx.get(service.url + "/metrics").text
+    return _metric(text, "cites_batch_size_count"), _metric(text, "cites_batch_size_sum")
+
+
 def test_concurrent_requests_are_micro_batched(service: ServiceHandle) -> None:
+    """Twelve officers posting at once share ONNX calls. Connections are opened before the
+    barrier and the photos take a few ms to decode, so the requests overlap in decoding; the
+    batcher then waits for the ones still decoding instead of running each alone."""
     key = service.make_key_direct("officer")
-    before = httpx.get(service.url + "/metrics").text
-    calls_before = _metric(before, "cites_batch_size_count")
-    images_before = _metric(before, "cites_batch_size_sum")
+    calls_before, images_before = _batch_metrics(service)
     barrier = threading.Barrier(12)
+    photo = solid_image_bytes(RED, size=(1600, 1200))
 
     def one(_: int) -> int:
         with service.client(key) as client:
+            assert client.get("/v1/me").status_code == 200  # connected before the start
             barrier.wait()
-            return _identify(client).status_code
+            return client.post(
+                "/v1/identifications", files={"image": ("photo.png", photo, "image/png")}
+            ).status_code
 
     with ThreadPoolExecutor(12) as pool:
         assert list(pool.map(one, range(12))) == [201] * 12
-    after = httpx.get(service.url + "/metrics").text
-    calls = _metric(after, "cites_batch_size_count") - calls_before
-    batched = _metric(after, "cites_batch_size_sum") - images_before
-    assert batched == 12
+    calls_after, images_after = _batch_metrics(service)
+    calls = calls_after - calls_before
+    assert images_after - images_before == 12
     assert calls < 12, f"{calls} ONNX calls for 12 concurrent requests: no batching"
+
+
+def test_images_of_one_batch_request_share_onnx_calls(service: ServiceHandle) -> None:
+    """All images of a batch request decode at once, so the batcher waits for them: 8 images
+    (the batch size limit here) take far fewer than 8 ONNX calls."""
+    scanner = service.client(service.make_key_direct("scanner"))
+    calls_before, images_before = _batch_metrics(service)
+    response = scanner.post(
+        "/v1/identifications:batch",
+        files=[("images", (f"{i}.png", _png(RED), "image/png")) for i in range(8)],
+    )
+    assert response.status_code == 200, response.text
+    assert all("identification" in r for r in response.json()["results"])
+    calls_after, images_after = _batch_metrics(service)
+    assert images_after - images_before == 8
+    assert calls_after - calls_before <= 2, f"{calls_after - calls_before} ONNX calls for 8"
 
 
 def test_revocation_is_immediate_and_keys_never_logged(service: ServiceHandle) -> None:

@@ -121,6 +121,43 @@ def test_batcher_still_groups_items_queued_behind_a_running_batch() -> None:
     assert seen == [[0], [1, 2, 3, 4, 5]]
 
 
+def test_batcher_waits_for_announced_items_and_not_for_absent_ones() -> None:
+    """With an ``incoming`` signal the batch waits for items on their way (here: one arriving
+    50 ms later) and runs at once when none are, even with max_wait at 2 s."""
+    seen: list[list[int]] = []
+    coming = [0]
+
+    def run(items: Sequence[int]) -> list[int]:
+        seen.append(list(items))
+        return list(items)
+
+    async def main() -> tuple[list[int], float]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            run, max_size=8, max_wait_s=2.0, queue_max=64, incoming=lambda: coming[0]
+        )
+        batcher.start()
+
+        async def late(item: int) -> int:
+            await asyncio.sleep(0.05)
+            coming[0] -= 1
+            return await batcher.submit(item)
+
+        try:
+            coming[0] = 1  # item 1 is "decoding" while item 0 reaches the batcher
+            joined = list(await asyncio.gather(batcher.submit(0), late(1)))
+            started = time.perf_counter()
+            pair = await asyncio.gather(batcher.submit(2), batcher.submit(3))
+            assert list(pair) == [2, 3]
+            return joined, time.perf_counter() - started
+        finally:
+            await batcher.close()
+
+    joined, elapsed = asyncio.run(main())
+    assert joined == [0, 1]
+    assert seen == [[0, 1], [2, 3]]
+    assert elapsed < 1.0  # nobody announced: no 2 s wait for a third item
+
+
 def test_batcher_refuses_when_full_and_fails_callers_on_errors() -> None:
     gate = threading.Event()
 
