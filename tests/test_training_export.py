@@ -97,6 +97,63 @@ def test_int8_export_keeps_a_good_model_and_deletes_a_failing_one(tmp_path: Path
     assert "not written" in refused.reason
 
 
+def test_quantize_int8_can_leave_the_leading_convolutions_in_fp32(tmp_path: Path) -> None:
+    import onnx
+
+    fp32 = build_tiny_onnx(tmp_path / "m.onnx")
+    convs = ex.leading_convs(fp32, 10)
+    assert len(convs) == 1
+    calibration = _png_folder(tmp_path)
+    quantised = ex.quantize_int8(fp32, tmp_path / "all.onnx", calibration, PreprocessConfig())
+    kept = ex.quantize_int8(
+        fp32, tmp_path / "kept.onnx", calibration, PreprocessConfig(), fp32_leading_convs=1
+    )
+    assert quantised == [] and kept == convs
+
+    def conv_inputs_dequantised(path: Path) -> bool:
+        graph = onnx.load(str(path)).graph
+        producers = {out: node.op_type for node in graph.node for out in node.output}
+        conv = next(node for node in graph.node if node.op_type == "Conv")
+        return any(producers.get(name) == "DequantizeLinear" for name in conv.input)
+
+    assert conv_inputs_dequantised(tmp_path / "all.onnx")
+    assert not conv_inputs_dequantised(tmp_path / "kept.onnx")
+
+
+def test_int8_export_keeps_leading_convolutions_fp32_until_the_gate_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in quantiser whose fully quantised model is wrong (negated weights) and whose
+    model with the first convolution in fp32 is right: the second one is kept, and both
+    attempts are recorded."""
+    fp32 = build_tiny_onnx(tmp_path / "m.onnx")
+    inputs, targets = _inputs()
+    tried: list[int] = []
+
+    def fake_quantize(
+        fp32_path: Path,
+        out_path: Path,
+        paths: object,
+        config: object,
+        *,
+        fp32_leading_convs: int = 0,
+    ) -> list[str]:
+        tried.append(fp32_leading_convs)
+        build_tiny_onnx(out_path, scale=4.0 if fp32_leading_convs else -4.0)
+        return ex.leading_convs(fp32_path, fp32_leading_convs)
+
+    monkeypatch.setattr(ex, "quantize_int8", fake_quantize)
+    (tmp_path / "out").mkdir()
+    gate = ex.export_int8(fp32, tmp_path / "out", [], PreprocessConfig(), inputs, targets)
+    assert tried == [0, 1]  # the tiny model has one convolution: steps 3, 5, 8 are the same
+    assert gate.written and (tmp_path / "out" / ex.INT8_FILE).is_file()
+    assert gate.fp32_nodes == tuple(ex.leading_convs(fp32, 1))
+    assert [a["fp32_leading_convs"] for a in gate.attempts] == [0, 1]
+    assert gate.attempts[0]["int8_accuracy"] < 0.5 and gate.int8_accuracy == 1.0
+    assert "the first 1 convolution(s) kept fp32" in gate.reason
+    assert gate.to_dict()["attempts"]
+
+
 def test_export_command_adds_a_gated_int8_model_to_a_bundle(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
