@@ -210,3 +210,65 @@ def test_compare_two_bundles(trained: dict[str, Path], capsys: pytest.CaptureFix
     assert result["mcnemar"]["b_right_a_wrong"] >= 16  # every ivory image flips
     assert result["mcnemar"]["p_value"] < 0.001
     assert result["b_not_worse"] is True
+
+
+def test_input_size_reaches_the_bundle_and_the_predictor(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """A head-only run at 128 px records 128 in the manifest, and its model takes 128 px."""
+    cache = trained["root"] / "cache"
+    before = set(cache.glob("*.npz"))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(trained["root"] / "map.tsv"),
+            "--out",
+            str(tmp_path / "weights"),
+            "--version",
+            "px128",
+            "--mode",
+            "head",
+            "--input-size",
+            "128",
+            "--cache-dir",
+            str(cache),
+            "--no-int8",
+            "--threads",
+            "2",
+        ]
+    )
+    assert code == 0
+    bundle = load_bundle(tmp_path / "weights" / "px128")
+    assert bundle.manifest.preprocess.input_size == 128
+    assert bundle.manifest.preprocess.resize_shorter == round(128 * 256 / 224)
+    config = json.loads((tmp_path / "weights" / "px128" / "config.json").read_text())
+    assert config["config"]["input_size"] == 128 and "--input-size 128" in config["command"]
+    # the 224 px features of the module's run are not reused: a cache file of its own
+    assert before and len(set(cache.glob("*.npz")) - before) == 1
+
+    predictor = Predictor(tmp_path / "weights" / "px128")
+    assert predictor.preprocess.input_size == 128
+    fresh = make_colour_set(tmp_path / "fresh", per_class=1, seed=9)
+    paths = sorted(fresh.glob("*/*.png"))
+    arrays = [predictor.preprocess_bytes(p.read_bytes()) for p in paths]
+    assert all(a.shape == (3, 128, 128) for a in arrays)
+    predictions = predictor.predict_arrays(np.stack(arrays))
+    assert [p.top[0].label.id for p in predictions] == [p.parent.name for p in paths]
+    assert predictor.heatmap(arrays[0]).shape == (4, 4)  # 128 / 32
+    with pytest.raises(ValueError, match="128"):
+        predictor.predict_arrays(np.zeros((1, 3, 224, 224), dtype=np.float32))
+
+
+@pytest.mark.parametrize("size", ["64", "513", "big"])
+def test_train_refuses_a_bad_input_size(
+    size: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(["train", "--data", str(tmp_path), "--input-size", size])
+    except SystemExit as exc:  # argparse refuses what is not a number
+        code = exc.code
+    assert code not in (0, None)
+    assert "--input-size" in capsys.readouterr().err

@@ -99,6 +99,13 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--modality", choices=("camera", "xray"), help="modality of the images")
     p.add_argument(
+        "--input-size",
+        type=int,
+        metavar="N",
+        help="model input side in pixels, 96..512 (default 224, the backbone's own); the shorter "
+        "side is resized to round(N * 256 / 224) before the centre crop",
+    )
+    p.add_argument(
         "--no-pretrained",
         dest="pretrained",
         action="store_const",

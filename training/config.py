@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from model.preprocess import PreprocessConfig
 from training.features import DEFAULT_CACHE_DIR
 from training.train import MODES
+
+INPUT_SIZES = (96, 512)
+"""Smallest and largest ``--input-size`` accepted (pixels, square model input)."""
 
 
 class ConfigError(ValueError):
@@ -37,6 +41,7 @@ class TrainConfig:
     views: int = 2
     trained_stages: int = 1
     modality: str = "camera"
+    input_size: int = 224
     pretrained: bool = True
     cache_dir: str | None = str(DEFAULT_CACHE_DIR)
     work_dir: str | None = None
@@ -69,6 +74,30 @@ class TrainConfig:
             raise ConfigError("--views must be >= 0 and --trained-stages in 1..7")
         if self.calibration_images < 1:
             raise ConfigError("--calibration-images must be >= 1")
+        low, high = INPUT_SIZES
+        if (
+            isinstance(self.input_size, bool)
+            or not isinstance(self.input_size, int)
+            or not low <= self.input_size <= high
+        ):
+            raise ConfigError(
+                f"--input-size must be a whole number of pixels in {low}..{high}, "
+                f"got {self.input_size!r}"
+            )
+
+    def preprocess(self) -> PreprocessConfig:
+        """The run's one preprocessing: the backbone's, at ``input_size``.
+
+        The shorter side is resized in the backbone's ratio (256 for 224), so the centre crop
+        keeps the same share of the image at every size.
+        """
+        from model.backbone import BACKBONE_PREPROCESS
+
+        base = BACKBONE_PREPROCESS
+        ratio = base.resize_shorter / base.input_size
+        return replace(
+            base, input_size=self.input_size, resize_shorter=round(self.input_size * ratio)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -56,6 +56,15 @@ class SplitArrays:
         return [s.path for s in self.samples]
 
 
+def train_image_shorter(input_size: int) -> int:
+    """Shorter side of the in-memory training copies for an input size.
+
+    288 at the backbone's 224 (``AugmentedImages``' default), scaled with larger inputs so that
+    random resized crops are not upsampled from a copy smaller than the model sees.
+    """
+    return max(288, round(input_size * 288 / 224))
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     """The current git commit of the working tree (``None`` outside a repository)."""
     try:
@@ -92,14 +101,13 @@ def _prepare(config: TrainConfig) -> tuple[list[d.Sample], d.LabelMap, dict[str,
 def _features(
     model: torch.nn.Module, samples: list[d.Sample], config: TrainConfig, cache: bool, desc: str
 ) -> NDArray[np.float32]:
-    from model.backbone import BACKBONE_PREPROCESS
     from training.features import extract_features
 
     if not samples:
         return np.zeros((0, 1280), dtype=np.float32)
     cache_dir = Path(config.cache_dir) if (cache and config.cache_dir) else None
     return extract_features(
-        model, [s.path for s in samples], BACKBONE_PREPROCESS, cache_dir=cache_dir, desc=desc
+        model, [s.path for s in samples], config.preprocess(), cache_dir=cache_dir, desc=desc
     )
 
 
@@ -111,7 +119,6 @@ def _train_last(
     work: Path,
 ) -> tuple[list[dict[str, float]], int]:
     """``last`` mode: cache trunk maps, train the last stage and head, refresh the features."""
-    from model.backbone import BACKBONE_PREPROCESS
     from training.augment import preset_for
     from training.partial import (
         cache_augmented,
@@ -122,12 +129,13 @@ def _train_last(
     )
 
     split = split_index(model, config.trained_stages)
+    preprocess = config.preprocess()
     plain = {
-        name: cache_plain(model, part.paths, BACKBONE_PREPROCESS, split, f"{name} maps")
+        name: cache_plain(model, part.paths, preprocess, split, f"{name} maps")
         for name, part in arrays.items()
         if part.samples
     }
-    transform = preset_for(config.augment).build(BACKBONE_PREPROCESS)
+    transform = preset_for(config.augment).build(preprocess)
     views = [plain["train"][None]]
     if config.views:
         views.append(
@@ -159,7 +167,7 @@ def _train_last(
 
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
-    from model.backbone import BACKBONE_PREPROCESS, create_model, describe
+    from model.backbone import create_model, describe
     from model.bundle import load_bundle, write_bundle
     from model.ood import fit_ood
     from training import export as ex
@@ -171,6 +179,10 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     command = command or config.command()
+    preprocess = config.preprocess()
+    logger.info(
+        "input %d px (shorter side resized to %d)", preprocess.input_size, preprocess.resize_shorter
+    )
     version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(config.out)
     if (out_dir / version).exists() and not config.overwrite:
@@ -205,9 +217,12 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         from training.images import AugmentedImages
         from training.inputs import load_inputs
 
-        val_inputs = load_inputs(val.paths, BACKBONE_PREPROCESS)
+        val_inputs = load_inputs(val.paths, preprocess)
         train_set = AugmentedImages(
-            train.paths, train.targets, preset_for(config.augment).build(BACKBONE_PREPROCESS)
+            train.paths,
+            train.targets,
+            preset_for(config.augment).build(preprocess),
+            keep_shorter=train_image_shorter(preprocess.input_size),
         )
         state = fine_tune(
             model,
@@ -258,7 +273,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     from training.inputs import load_inputs
 
     if val_inputs is None:
-        val_inputs = load_inputs(val.paths, BACKBONE_PREPROCESS)
+        val_inputs = load_inputs(val.paths, preprocess)
     fp32_path = ex.export_fp32(model, work, val_inputs[:4])
     fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
     int8_path: Path | None = None
@@ -269,7 +284,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             fp32_path,
             work,
             calibration,
-            BACKBONE_PREPROCESS,
+            preprocess,
             val_inputs,
             val.targets,
             max_drop=config.int8_max_drop,
@@ -281,7 +296,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "onnx_fp32": fp32_path,
         "onnx_int8": int8_path,
         "labels": label_map.labels,
-        "preprocess": BACKBONE_PREPROCESS,
+        "preprocess": preprocess,
         "temperature": temperature,
         "thresholds": thresholds,
         "modalities": [config.modality],
