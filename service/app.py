@@ -31,6 +31,7 @@ from service.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
 from service.problems import ProblemError, install_problem_handlers, install_problem_openapi
+from service.recorder import IdentificationRecorder
 from service.repository import ACTIVE_MODEL_KEY, get_state
 from service.routes import feedback, identifications, models, ops, taxa
 from service.settings import Settings, load_settings
@@ -112,6 +113,7 @@ def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
         taxonomy=taxonomy,
         host=host,
         batcher=batcher,
+        recorder=IdentificationRecorder(sessions, queue_max=settings.queue_max, metrics=metrics),
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
     )
     context.identifier = Identifier(context)
@@ -201,6 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = build_context(settings, metrics)
         app.state.context = context
         context.batcher.start()
+        context.recorder.start()
         logger.info(
             "serving model %s (data in %s)",
             context.host.current.version if context.host.current else "none",
@@ -210,6 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await context.batcher.close()
+            await context.recorder.close()
             context.decode_pool.shutdown(wait=False, cancel_futures=True)
             context.engine.dispose()
 

@@ -4,11 +4,11 @@ Requests put ``(item, future)`` on a bounded asyncio queue. One worker takes the
 item and keeps collecting until it has ``max_size`` items or ``max_wait_s`` has passed since the
 first, runs the batch function in a thread (so the event loop keeps serving), and resolves each
 future with its result. It does not wait for company that is not coming: when nothing is queued
-and the optional ``incoming`` callable says no request is on its way (for the service: an
-image still being decoded), the batch runs at once, so a lone request at low load pays no ``max_wait_s``; without
-``incoming``, a lone item runs at once and a started batch waits out ``max_wait_s``. A full
-queue refuses new items at once (:class:`QueueFullError`, HTTP 503 + Retry-After), so memory
-stays bounded under overload.
+and the optional ``incoming`` callable says no item is on its way (for the service: an image
+still being decoded), the batch runs at once, so a lone request at low load pays no
+``max_wait_s``; without ``incoming``, a lone item runs at once and a started batch waits out
+``max_wait_s``. A full queue refuses new items at once (:class:`QueueFullError`, HTTP 503 +
+Retry-After), so memory stays bounded under overload.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from service.batcher import MicroBatcher
     from service.identify import Identifier
     from service.modelhost import ModelHost
+    from service.recorder import IdentificationRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ KEY_TOUCH_INTERVAL_S = 60.0
 
 @dataclass
 class AppContext:
-    """Settings, storage, model host, batcher and metrics of one app."""
+    """Settings, storage, model host, batcher, recorder and metrics of one app."""
 
     settings: Settings
     engine: Engine
@@ -41,6 +42,7 @@ class AppContext:
     taxonomy: Taxonomy
     host: ModelHost
     batcher: MicroBatcher[Any, Any]
+    recorder: IdentificationRecorder
     decode_pool: ThreadPoolExecutor
     identifier: Identifier = field(init=False)
     _touched: dict[str, float] = field(default_factory=dict)

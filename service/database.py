@@ -17,9 +17,11 @@ MIGRATION_LOCK = 0xC17E5
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout on every connection.
+    Server databases get ``pool_pre_ping`` (a dropped connection is replaced, not used); a SQLite
+    file cannot drop a connection, so it skips that extra round trip per checkout."""
     is_sqlite = url.startswith("sqlite")
+    kwargs: dict[str, Any] = {"pool_pre_ping": not is_sqlite}
     if is_sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)

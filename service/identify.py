@@ -42,15 +42,9 @@ from service.context import AppContext
 from service.imagestore import PreparedImage, jpeg_segments_readable, prepare_image
 from service.keys import Principal
 from service.problems import ProblemError
+from service.recorder import PendingIdentification
 from service.render import build_result
-from service.repository import (
-    NewIdentification,
-    add_identification,
-    iso,
-    new_id,
-    record_image,
-    utcnow,
-)
+from service.repository import NewIdentification, iso, new_id, utcnow
 from service.tables import StoredImage
 
 logger = logging.getLogger(__name__)
@@ -362,7 +356,7 @@ class Identifier:
         except OSError as exc:
             context.metrics.rejected.labels(reason="storage").inc()
             raise storage_unavailable(exc) from None
-        await run_in_threadpool(self._save, result, prepared.image, principal, created_at)
+        await self._save(result, prepared.image, principal, created_at)
         decision = result["decision"]
         context.metrics.decisions.labels(
             kind=decision["kind"], label=decision["label"] or "-"
@@ -420,20 +414,21 @@ class Identifier:
             except OSError as exc:
                 logger.warning("could not remove the image of a failed request %s: %s", path, exc)
 
-    def _save(
+    async def _save(
         self,
         result: dict[str, Any],
         image: PreparedImage,
         principal: Principal,
         created_at: datetime,
     ) -> None:
+        """Commit the image row (if new) and the identification row, in a group commit with
+        the identifications that are ready at the same time."""
         decision = result["decision"]
-        with self.context.sessions() as session:
-            relative = self.context.store.relative_path(image.sha256, image.ext)
-            record_image(session, image, relative)
-            add_identification(
-                session,
-                NewIdentification(
+        await self.context.recorder.record(
+            PendingIdentification(
+                image=image,
+                image_path=self.context.store.relative_path(image.sha256, image.ext),
+                identification=NewIdentification(
                     principal=principal,
                     image_sha256=image.sha256,
                     model_version=result["model_version"],
@@ -450,7 +445,7 @@ class Identifier:
                 ident_id=result["id"],
                 created_at=created_at,
             )
-            session.commit()
+        )
         logger.info(
             "identification %s by key %s: %s %s (%.3f, %s)",
             result["id"],

@@ -58,6 +58,12 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.commit_rows = Histogram(
+            "cites_db_commit_rows",
+            "Identifications written per database transaction (group commit)",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.model_info = Gauge(
             "cites_model_info",
             "The active model version (value 1 for the active one)",

@@ -54,6 +54,41 @@ def record_image(session: Session, image: PreparedImage, relative_path: str) -> 
     return row
 
 
+def insert_image_if_new(session: Session, image: PreparedImage, relative_path: str) -> None:
+    """Add the image row for ``image`` unless one exists, without a savepoint or a read first:
+    ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL (:func:`record_image`
+    elsewhere). Same content means same row, so a concurrent insert of it is no conflict."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):  # pragma: no cover - SQLite and PostgreSQL only
+        record_image(session, image, relative_path)
+        return
+    values = {
+        "sha256": image.sha256,
+        "path": relative_path,
+        "size": len(image.data),
+        "mime": image.mime,
+        "width": image.width,
+        "height": image.height,
+        "created_at": utcnow(),
+    }
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(
+            sqlite_insert(StoredImage)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["sha256"])
+        )
+    else:
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        session.execute(
+            postgresql_insert(StoredImage)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["sha256"])
+        )
+
+
 @dataclass(frozen=True)
 class NewIdentification:
     """What an identification row records (``result`` is the response body)."""

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from service.database import alembic_config, make_engine, make_sessionmaker, migrate
 from service.imagestore import GPS_IFD_TAG, ImageStore, prepare_image, strip_jpeg_gps
 from service.keys import Principal, Role, create_key, list_keys, revoke_key, verify_key
+from service.metrics import ServiceMetrics
 from service.repository import (
     ListFilter,
     NewIdentification,
@@ -416,3 +417,95 @@ def test_store_writes_atomically_and_refuses_paths_outside(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="leaves the image store"):
         store.path_of("../../etc/passwd")
     assert os.access(store.path_of(relative), os.R_OK)
+
+
+# ---- group commit of identifications ----------------------------------------------------
+
+
+def _pending(principal: Principal, color: tuple[int, int, int], ident_id: str) -> Any:
+    from service.recorder import PendingIdentification
+
+    image = prepare_image(jpeg_with_gps(color), keep_gps=False)
+    return PendingIdentification(
+        image=image,
+        image_path=f"{image.sha256[:2]}/{image.sha256[2:4]}/{image.sha256}.jpg",
+        identification=NewIdentification(
+            principal=principal,
+            image_sha256=image.sha256,
+            model_version="v1",
+            modality="camera",
+            origin_country=None,
+            case_ref="GROUP-1",
+            decision_kind="taxon",
+            label="ivory",
+            taxon="loxodonta-africana",
+            probability=0.9,
+            rule="label_threshold",
+            result={"id": ident_id},
+        ),
+        ident_id=ident_id,
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_concurrent_identifications_share_one_commit(sessions: type[Session]) -> None:
+    """30 identifications ready together (10 distinct images) are written in at most two
+    transactions, and every row and image row is there afterwards."""
+    import asyncio
+
+    from service.recorder import IdentificationRecorder
+
+    with sessions() as session:
+        principal = _principal(session)
+    metrics = ServiceMetrics()
+    pending = [_pending(principal, (20 * (i % 10), 40, 90), str(uuid.uuid4())) for i in range(30)]
+
+    async def main() -> int:
+        recorder = IdentificationRecorder(sessions, queue_max=64, metrics=metrics)  # type: ignore[arg-type]
+        recorder.start()
+        try:
+            await asyncio.gather(*(recorder.record(p) for p in pending))
+        finally:
+            await recorder.close()
+        return recorder.commits
+
+    commits = asyncio.run(main())
+    assert 1 <= commits <= 2
+    with sessions() as session:
+        assert session.query(Identification).filter_by(case_ref="GROUP-1").count() == 30
+        assert session.query(StoredImage).count() == 10
+    assert "cites_db_commit_rows_sum 30.0" in metrics.render().decode()
+
+
+def test_a_failing_identification_fails_only_its_own_request(sessions: type[Session]) -> None:
+    """A row that cannot be written (here: a duplicate id) fails its caller with the database
+    error; the rows committed in the same group are all stored."""
+    import asyncio
+
+    from sqlalchemy.exc import IntegrityError
+
+    from service.recorder import IdentificationRecorder
+
+    with sessions() as session:
+        principal = _principal(session)
+    taken = str(uuid.uuid4())
+    good = [_pending(principal, (10, 10 * i, 200), str(uuid.uuid4())) for i in range(5)]
+    bad = _pending(principal, (0, 250, 250), taken)
+
+    async def main() -> list[BaseException | None]:
+        recorder = IdentificationRecorder(sessions, queue_max=64)  # type: ignore[arg-type]
+        recorder.start()
+        try:
+            await recorder.record(_pending(principal, (250, 250, 0), taken))  # stored first
+            return await asyncio.gather(
+                *(recorder.record(p) for p in [*good[:2], bad, *good[2:]]),
+                return_exceptions=True,
+            )
+        finally:
+            await recorder.close()
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[2], IntegrityError)
+    assert [o for i, o in enumerate(outcomes) if i != 2] == [None] * 5
+    with sessions() as session:
+        assert session.query(Identification).filter_by(case_ref="GROUP-1").count() == 6
