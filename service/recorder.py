@@ -12,6 +12,8 @@ fails, its rows are retried one transaction each, so one bad row fails only its 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,8 +71,19 @@ class IdentificationRecorder:
 
     async def record(self, pending: PendingIdentification) -> None:
         """Commit ``pending``; returns once it is durable, raises what its write raised (an
-        ``OperationalError`` becomes the service's 503 database-unavailable problem)."""
-        error = await self._writer.submit(pending)
+        ``OperationalError`` becomes the service's 503 database-unavailable problem).
+
+        A caller cancelled meanwhile (request timeout, client gone) does not leave the row's
+        fate open: the write goes on, and the cancellation is raised only once the row is
+        committed or has failed, so that the caller's clean-up (which deletes the image file
+        unless a row refers to it) sees the outcome."""
+        job = asyncio.ensure_future(self._writer.submit(pending))
+        try:
+            error = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await job
+            raise
         if error is not None:
             raise error
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -509,3 +510,40 @@ def test_a_failing_identification_fails_only_its_own_request(sessions: type[Sess
     assert [o for i, o in enumerate(outcomes) if i != 2] == [None] * 5
     with sessions() as session:
         assert session.query(Identification).filter_by(case_ref="GROUP-1").count() == 6
+
+
+def test_a_cancelled_caller_returns_only_once_its_row_is_settled(sessions: type[Session]) -> None:
+    """A request that times out while its row is being committed gets its cancellation only
+    after the commit, so its clean-up sees the row (and keeps the image file)."""
+    import asyncio
+
+    from service.recorder import IdentificationRecorder
+
+    with sessions() as session:
+        principal = _principal(session)
+    pending = _pending(principal, (1, 2, 3), str(uuid.uuid4()))
+    release = threading.Event()
+
+    async def main() -> float:
+        recorder = IdentificationRecorder(sessions, queue_max=8)  # type: ignore[arg-type]
+        original = recorder._commit
+
+        def slow_commit(group: Any) -> None:
+            release.wait(5)
+            original(group)
+
+        recorder._commit = slow_commit  # type: ignore[method-assign]
+        recorder.start()
+        threading.Timer(0.3, release.set).start()
+        started = time.perf_counter()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(recorder.record(pending), 0.05)
+            return time.perf_counter() - started
+        finally:
+            await recorder.close()
+
+    waited = asyncio.run(main())
+    assert waited >= 0.25  # the timeout was raised after the commit, not at 50 ms
+    with sessions() as session:
+        assert session.get(Identification, pending.ident_id) is not None
