@@ -310,6 +310,9 @@ class Taxonomy:
         self._index: list[tuple[str, str]] = [
             (normalize_name(name), t.id) for t in self._taxa.values() for name in t.names() if name
         ]
+        # (taxon id, country code) -> resolution; the taxonomy never changes after loading, and
+        # the service resolves the same few labels for every answer.
+        self._appendix_cache: dict[tuple[str, str | None], AppendixResolution] = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -433,8 +436,14 @@ class Taxonomy:
         listed; a product group reports the strictest appendix among its members; a higher taxon
         that is not listed itself reports the strictest appendix found below it.
         """
-        taxon = self.get(taxon_id)
         code = self.normalize_country(country)
+        cached = self._appendix_cache.get((taxon_id, code))
+        if cached is None:
+            cached = self._appendix_for(self.get(taxon_id), code)
+            self._appendix_cache[(taxon_id, code)] = cached
+        return cached
+
+    def _appendix_for(self, taxon: Taxon, code: str | None) -> AppendixResolution:
         if taxon.kind == "lookalike":
             return AppendixResolution(
                 taxon.id,

@@ -360,6 +360,18 @@ def test_appendix_for_by_origin(
     assert not resolution.origin_dependent
 
 
+def test_appendix_answers_are_remembered_per_taxon_and_normalised_country(
+    taxonomy: Taxonomy,
+) -> None:
+    """The service asks the same questions for every answer: they are resolved once, and
+    spellings of one country share the answer, while other countries keep their own."""
+    kenya = taxonomy.appendix_for("loxodonta-africana", "KE")
+    assert taxonomy.appendix_for("loxodonta-africana", "ke") is kenya
+    south_africa = taxonomy.appendix_for("loxodonta-africana", "ZA")
+    assert (kenya.appendix, south_africa.appendix) == (Appendix.I, Appendix.II)
+    assert taxonomy.appendix_for("loxodonta-africana", "ZA") is south_africa
+
+
 def test_split_listing_without_country_reports_strictest(taxonomy: Taxonomy) -> None:
     resolution = taxonomy.appendix_for("loxodonta-africana")
     assert resolution.appendix is Appendix.I
