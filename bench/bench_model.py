@@ -32,14 +32,13 @@ BATCHES = (1, 8, 32)
 
 
 def _ort_runner(model_path: Path, threads: int) -> Callable[[np.ndarray], object]:
+    """ONNX Runtime with the product predictor's own session options for batch work
+    (:func:`model.predictor.session_options`, spinning on; the service turns spinning off)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the product
+    from model.predictor import session_options
+
+    options = session_options(threads, spin=True)
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name

@@ -120,6 +120,7 @@ class ModelHost:
                     taxonomy=self._taxonomy,
                     threads=self._threads,
                     precision=self._precision,
+                    spin=False,  # the cores are shared with the decode threads
                 )
                 self._warm_up(predictor)
             except ModelLoadError:

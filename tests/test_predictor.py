@@ -90,6 +90,13 @@ def test_threads_setting_reaches_the_session(tiny_bundle: Path) -> None:
         Predictor(tiny_bundle, threads=0)
 
 
+def test_spinning_is_on_for_batch_use_and_can_be_turned_off(tiny_bundle: Path) -> None:
+    key = "session.intra_op.allow_spinning"
+    assert Predictor(tiny_bundle).session_options.get_session_config_entry(key) == "1"
+    shared = Predictor(tiny_bundle, spin=False)
+    assert shared.session_options.get_session_config_entry(key) == "0"
+
+
 def test_precision_auto_uses_int8_when_present(tiny_bundle_ood: Path) -> None:
     auto = Predictor(tiny_bundle_ood, threads=1)
     fp32 = Predictor(tiny_bundle_ood, threads=1, precision="fp32")

@@ -139,6 +139,12 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
 # ---- identify ----------------------------------------------------------------------------
 
 
+def test_the_service_model_does_not_spin_on_shared_cores(api: Api) -> None:
+    """The service's ONNX Runtime threads sleep when idle: they share the cores with decoding."""
+    options = api.context.host.current.session_options
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_identify_red_is_elephant_ivory_appendix_i(api: Api) -> None:
     response = api.identify(RED, origin_country="ke", case_ref="SEIZ-1", top_k=2)
     assert response.status_code == 201, response.text
