@@ -130,6 +130,11 @@ def test_bundle_is_complete_and_records_its_training(trained: dict[str, Path]) -
     int8 = manifest.metrics["int8"]
     assert int8["written"] == (manifest.models["int8"] is not None)
     assert "INT8" in int8["reason"]
+    # The temperature and thresholds belong to the model the service runs.
+    calibration = manifest.metrics["calibration"]
+    assert calibration["temperature"] == manifest.temperature
+    assert int8["written"]  # the colour task quantises without loss
+    assert calibration["fitted_on"].startswith("INT8")
     # --base: the swapped tiny bundle is worse, so the new bundle stays recommended
     comparison = manifest.metrics["comparison_with_base"]
     assert comparison["b_not_worse"] is True and manifest.recommended is True

@@ -20,6 +20,7 @@ import logging
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,12 @@ from numpy.typing import NDArray
 
 from model.decision import Thresholds
 from training import data as d
-from training.calibrate import choose_ood_threshold, choose_thresholds, fit_temperature
+from training.calibrate import (
+    ThresholdChoice,
+    choose_ood_threshold,
+    choose_thresholds,
+    fit_temperature,
+)
 from training.config import TrainConfig
 from training.metrics import softmax
 
@@ -96,6 +102,27 @@ def _prepare(config: TrainConfig) -> tuple[list[d.Sample], d.LabelMap, dict[str,
     if not splits["train"] or not splits["val"]:
         raise d.DataError("the split left no training or no validation images; add images")
     return samples, label_map, splits
+
+
+def _calibrate(
+    val_logits: NDArray[np.float64],
+    targets: NDArray[np.int64],
+    kinds: Sequence[str],
+    config: TrainConfig,
+) -> tuple[float, dict[str, ThresholdChoice], Thresholds]:
+    """Temperature (minimum validation NLL) and the decision thresholds chosen on the
+    temperature-scaled validation probabilities of ``val_logits``."""
+    temperature = fit_temperature(val_logits, targets)
+    chosen = choose_thresholds(
+        softmax(val_logits, temperature),
+        targets,
+        kinds,
+        target_precision=config.target_precision,
+    )
+    thresholds = Thresholds(
+        taxon=chosen["taxon"].threshold, lookalike=chosen["lookalike"].threshold
+    )
+    return temperature, chosen, thresholds
 
 
 def _features(
@@ -253,17 +280,9 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     w = classifier.weight.detach().numpy().astype(np.float64)
     b = classifier.bias.detach().numpy().astype(np.float64)
     val_logits = val.features.astype(np.float64) @ w.T + b
-    temperature = fit_temperature(val_logits, val.targets)
     kinds = [label.kind for label in label_map.labels]
-    chosen = choose_thresholds(
-        softmax(val_logits, temperature),
-        val.targets,
-        kinds,
-        target_precision=config.target_precision,
-    )
-    thresholds = Thresholds(
-        taxon=chosen["taxon"].threshold, lookalike=chosen["lookalike"].threshold
-    )
+    temperature, chosen, thresholds = _calibrate(val_logits, val.targets, kinds, config)
+    calibrated_on = "fp32 validation logits"
     ood_model = fit_ood(train.features, train.targets)
     provisional_ood = choose_ood_threshold(
         ood_model.score(val.features).astype(np.float64), config.ood_flag_rate
@@ -290,6 +309,14 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             max_drop=config.int8_max_drop,
         )
         int8_path = work / ex.INT8_FILE if int8_gate.written else None
+        if int8_path is not None:
+            # The service runs the INT8 model: calibrate what it serves, as the OOD threshold
+            # below is chosen on the served model too.
+            served_logits, _ = ex.onnx_outputs(int8_path, val_inputs)
+            temperature, chosen, thresholds = _calibrate(
+                served_logits.astype(np.float64), val.targets, kinds, config
+            )
+            calibrated_on = "INT8 validation logits (the served model)"
     del val_inputs
 
     common: dict[str, Any] = {
@@ -355,6 +382,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         int8_gate.to_dict() if int8_gate else {"written": False, "reason": "--no-int8"}
     )
     metrics["calibration"] = {
+        "fitted_on": calibrated_on,
         "temperature": temperature,
         "thresholds": {k: v.__dict__ for k, v in chosen.items()},
     }
