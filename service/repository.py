@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,15 +35,7 @@ def record_image(session: Session, image: PreparedImage, relative_path: str) -> 
     row = session.get(StoredImage, image.sha256)
     if row is not None:
         return row
-    row = StoredImage(
-        sha256=image.sha256,
-        path=relative_path,
-        size=len(image.data),
-        mime=image.mime,
-        width=image.width,
-        height=image.height,
-        created_at=utcnow(),
-    )
+    row = StoredImage(**_image_row(image, relative_path))
     try:
         with session.begin_nested():
             session.add(row)
@@ -62,7 +55,17 @@ def insert_image_if_new(session: Session, image: PreparedImage, relative_path: s
     if dialect not in ("sqlite", "postgresql"):  # pragma: no cover - SQLite and PostgreSQL only
         record_image(session, image, relative_path)
         return
-    values = {
+    dialect_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    session.execute(
+        dialect_insert(StoredImage)
+        .values(_image_row(image, relative_path))
+        .on_conflict_do_nothing(index_elements=["sha256"])
+    )
+
+
+def _image_row(image: PreparedImage, relative_path: str) -> dict[str, Any]:
+    """The column values of the image row for ``image``."""
+    return {
         "sha256": image.sha256,
         "path": relative_path,
         "size": len(image.data),
@@ -71,22 +74,6 @@ def insert_image_if_new(session: Session, image: PreparedImage, relative_path: s
         "height": image.height,
         "created_at": utcnow(),
     }
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        session.execute(
-            sqlite_insert(StoredImage)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["sha256"])
-        )
-    else:
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-        session.execute(
-            postgresql_insert(StoredImage)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["sha256"])
-        )
 
 
 @dataclass(frozen=True)
