@@ -87,7 +87,14 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
-def _prepare(config: TrainConfig) -> tuple[list[d.Sample], d.LabelMap, dict[str, list[d.Sample]]]:
+def prepare_data(
+    config: TrainConfig,
+) -> tuple[list[d.Sample], d.LabelMap, dict[str, list[d.Sample]]]:
+    """Load ``config.data`` and its label map and split it (grouped, deterministic).
+
+    Returns ``(all samples, label map, {"train", "val", "test": samples})``; raises
+    :class:`training.data.DataError` when the split leaves no training or validation images.
+    """
     samples = d.load_datasets([Path(p) for p in config.data], modality=config.modality)
     if config.label_map:
         label_map = d.read_label_map(Path(config.label_map))
@@ -125,9 +132,15 @@ def _calibrate(
     return temperature, chosen, thresholds
 
 
-def _features(
+def backbone_features(
     model: torch.nn.Module, samples: list[d.Sample], config: TrainConfig, cache: bool, desc: str
 ) -> NDArray[np.float32]:
+    """Pooled features ``[N, 1280]`` of ``samples`` through the evaluation preprocessing.
+
+    With ``cache`` (and ``config.cache_dir``) they are read from and written to the on-disk
+    feature cache, whose file is keyed by a fingerprint of the weights and the preprocessing;
+    the pipeline caches only the pretrained backbone's features.
+    """
     from training.features import extract_features
 
     if not samples:
@@ -217,7 +230,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     work = Path(config.work_dir) if config.work_dir else out_dir.parent / "runs" / version
     work.mkdir(parents=True, exist_ok=True)
 
-    samples, label_map, splits = _prepare(config)
+    samples, label_map, splits = prepare_data(config)
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
     arrays: dict[str, SplitArrays] = {}
@@ -226,7 +239,9 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         arrays[name] = SplitArrays(
             part,
             d.encode_labels(part, label_map),
-            _features(model, part, config, cache=config.pretrained, desc=f"{name} features"),
+            backbone_features(
+                model, part, config, cache=config.pretrained, desc=f"{name} features"
+            ),
         )
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
@@ -268,7 +283,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         )
         history, best_epoch = state.history, state.best_epoch
         for name, split_arrays in arrays.items():
-            split_arrays.features = _features(
+            split_arrays.features = backbone_features(
                 model,
                 split_arrays.samples,
                 config,
