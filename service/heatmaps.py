@@ -8,6 +8,7 @@ from model.heatmap import HeatmapError, render_heatmap_overlay
 from model.imageio import ImageError, decode_image
 from model.predictor import Predictor
 from service.context import AppContext
+from service.modelhost import ModelUnavailableError
 from service.problems import ProblemError
 from service.tables import Identification, StoredImage
 
@@ -38,18 +39,19 @@ async def render_heatmap_png(
     context: AppContext, row: Identification, image: StoredImage, label: str | None
 ) -> bytes:
     """PNG of the photo with the activation map of ``label`` (default: the decided label,
-    else the top-1 label), computed with the model that made the identification."""
-    predictor = context.host.current
-    if predictor is None or predictor.version != row.model_version:
-        active = predictor.version if predictor is not None else "none"
+    else the top-1 label), computed with the model that made the identification (the active
+    one, or an earlier one loaded again; ``410 model-unavailable`` when it is gone)."""
+    try:
+        predictor = await context.host.predictor_for(row.model_version)
+    except ModelUnavailableError as exc:
         raise ProblemError(
-            409,
-            "model-not-active",
-            f"This identification was made by model {row.model_version}, but {active} is "
-            "active now; heat maps are drawn by the model that made the identification. "
-            "Identify the image again for a heat map from the active model.",
-            title="Model no longer active",
-        )
+            410,
+            "model-unavailable",
+            f"This identification was made by model {row.model_version}, which can no longer "
+            f"be loaded ({exc}); heat maps are drawn by the model that made the "
+            "identification. Identify the image again for a heat map from the active model.",
+            title="Model no longer available",
+        ) from None
     index = _label_index(predictor, row, label)
     data = await asyncio.to_thread(context.store.read, image.path)
     loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,14 @@ class ModelNotFoundError(LookupError):
 
 class ModelLoadError(RuntimeError):
     """A bundle failed to load, verify or warm up."""
+
+
+class ModelUnavailableError(LookupError):
+    """An earlier model version is wanted (for a heat map) but cannot be loaded any more."""
+
+
+EARLIER_MODELS_KEPT = 1
+"""Earlier predictors kept loaded for heat maps of older identifications (least recent out)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ class ModelHost:
         self._current: Predictor | None = None
         self._swap_lock = asyncio.Lock()
         self._load_lock = threading.Lock()
+        self._earlier: OrderedDict[str, Predictor] = OrderedDict()
+        self._earlier_lock = threading.Lock()
 
     @property
     def current(self) -> Predictor | None:
@@ -206,9 +217,51 @@ class ModelHost:
                 await loop.run_in_executor(None, persist, predictor)
             old = self._current
             self._current = predictor  # one reference assignment: the swap is atomic
+            if old is not None and old.version != predictor.version:
+                self._keep_earlier(old)
             logger.info(
                 "activated model %s (was %s)",
                 predictor.version,
                 old.version if old is not None else "none",
             )
             return predictor
+
+    async def predictor_for(self, version: str) -> Predictor:
+        """The predictor of model ``version``: the active one, or an earlier one.
+
+        Earlier versions (for heat maps of identifications they made) come from the few kept
+        loaded since they were swapped out, else are loaded from the weights directory in a
+        worker thread. Raises :class:`ModelUnavailableError` with the reason when the version
+        is no longer there or no longer loads.
+        """
+        current = self._current
+        if current is not None and current.version == version:
+            return current
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._earlier_predictor, version)
+
+    def _earlier_predictor(self, version: str) -> Predictor:
+        with self._earlier_lock:
+            kept = self._earlier.get(version)
+            if kept is not None:
+                self._earlier.move_to_end(version)
+                return kept
+        try:
+            predictor = self.load(self.find(version))
+        except (ModelNotFoundError, ModelLoadError) as exc:
+            raise ModelUnavailableError(str(exc)) from None
+        if predictor.version != version:
+            raise ModelUnavailableError(
+                f"the folder {version!r} now holds model {predictor.version}, not {version}"
+            )
+        self._keep_earlier(predictor)
+        return predictor
+
+    def _keep_earlier(self, predictor: Predictor) -> None:
+        """Remember a loaded predictor that is not active, dropping the least recently used."""
+        with self._earlier_lock:
+            self._earlier[predictor.version] = predictor
+            self._earlier.move_to_end(predictor.version)
+            while len(self._earlier) > EARLIER_MODELS_KEPT:
+                dropped, _ = self._earlier.popitem(last=False)
+                logger.info("dropped earlier model %s from memory", dropped)

@@ -182,6 +182,8 @@ def _error_statuses(path: str, method: str, operation: Mapping[str, Any]) -> set
         statuses |= {503, 504, 507}  # overloaded / not ready; timeout; image store unwritable
     if path.endswith("/activate"):
         statuses.add(409)
+    if path.endswith("/heatmap"):
+        statuses.add(410)  # the model that made the identification is gone
     if path == "/readyz":
         statuses.add(503)
     return statuses

@@ -26,6 +26,7 @@ from service.identify import InferenceItem, run_batch
 from service.imagestore import GPS_IFD_TAG, jpeg_segments_readable
 from service.keys import create_key, revoke_key
 from service.settings import Settings
+from service.tables import Identification
 from tests import images
 from tests.factories import (
     BLUE,
@@ -571,13 +572,29 @@ def test_activate_swaps_persists_and_a_broken_bundle_keeps_the_old(
     metrics = api.client.get("/metrics").text
     assert 'cites_model_info{version="tiny-2"} 1.0' in metrics
     assert 'cites_model_info{version="tiny-1"}' not in metrics
-    # a heat map of an identification by the previous model is refused with a reason
-    assert_problem(api.client.get(old["heatmap_url"], headers=api.h()), 409, "model-not-active")
+    # a heat map of an identification by the previous model is drawn by that model, kept
+    # loaded since the swap
+    heat = api.client.get(old["heatmap_url"], headers=api.h())
+    assert heat.status_code == 200, heat.text
+    assert heat.headers["content-type"] == "image/png"
     first.close()
     # a restart on the same data dir serves the activated version
     second = start_api(weights, tmp_path / "data")
     again = next(second)
     assert again.client.get("/readyz").json()["model_version"] == "tiny-2"
+    # ... and loads the earlier model from the weights directory for its heat maps
+    reloaded = again.client.get(old["heatmap_url"], headers=again.h())
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.content == heat.content
+    # a model that is no longer in the weights directory: 410 with the reason
+    with again.context.sessions() as session:
+        row = session.get(Identification, old["id"])
+        row.model_version = "tiny-gone"
+        session.commit()
+    gone = assert_problem(
+        again.client.get(old["heatmap_url"], headers=again.h()), 410, "model-unavailable"
+    )
+    assert "tiny-gone" in gone["detail"] and "known versions" in gone["detail"]
     second.close()
 
 
