@@ -219,6 +219,8 @@ class ModelHost:
             self._current = predictor  # one reference assignment: the swap is atomic
             if old is not None and old.version != predictor.version:
                 self._keep_earlier(old)
+            with self._earlier_lock:  # an earlier copy of the version now active
+                self._earlier.pop(predictor.version, None)
             logger.info(
                 "activated model %s (was %s)",
                 predictor.version,

@@ -305,5 +305,8 @@ def test_model_host_keeps_the_most_recent_earlier_models_for_heat_maps(tmp_path:
         assert reloaded.version == versions[0]
         with pytest.raises(ModelUnavailableError, match="tiny-gone"):
             await host.predictor_for("tiny-gone")
+        # activating a version that was kept as an earlier one does not keep a second copy
+        await host.activate(versions[0])
+        assert host._earlier.keys() == {versions[-1]}
 
     asyncio.run(scenario())
