@@ -92,6 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trivial-augment", action="store_true")
     parser.add_argument("--grayscale", type=float, default=0.0, help="random grayscale chance")
     parser.add_argument("--mix", type=float, default=0.0, help="mixup/cutmix beta (0: off)")
+    parser.add_argument("--sam", type=float, default=0.0, help="sharpness-aware rho (0: off)")
     parser.add_argument("--cache-dir", default=None, help="backbone feature cache")
     args = parser.parse_args(argv)
     if bool(args.name) == bool(args.combine):
@@ -191,6 +192,38 @@ def _mixed_loss(
     return mixed
 
 
+def _sharpness_aware_gradient(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module, rho: float
+) -> None:
+    """Replace the gradients with those at the worst nearby weights (SAM, Foret et al. 2021).
+
+    Climbs ``rho`` along the normalised gradient, recomputes the loss's gradient there, and
+    steps back; batch-norm running statistics are not updated by the second pass.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    scale = rho / (float(norm) + 1e-12)
+    steps = []
+    with torch.no_grad():
+        for param in params:
+            assert param.grad is not None
+            step = param.grad * scale
+            param.add_(step)
+            steps.append(step)
+    momenta = {}
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            momenta[module] = module.momentum
+            module.momentum = 0.0
+    model.zero_grad(set_to_none=True)
+    criterion(model(images), targets).backward()
+    for module, momentum in momenta.items():
+        module.momentum = momentum
+    with torch.no_grad():
+        for param, step in zip(params, steps, strict=True):
+            param.sub_(step)
+
+
 def _validation(config: TrainConfig, val: SplitArrays) -> Validation:
     return Validation(
         load_inputs(val.paths, config.preprocess()),
@@ -271,6 +304,8 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
             loss = _mixed_loss(model, batch, targets, criterion, args.mix, rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if args.sam:
+                _sharpness_aware_gradient(model, batch, targets, criterion, args.sam)
             optimizer.step()
             scheduler.step()
             if ema is not None:

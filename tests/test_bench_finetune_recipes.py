@@ -68,6 +68,8 @@ def runs(setup: list[str]) -> dict[str, dict]:
         "0.4",
         "--label-smoothing",
         "0.1",
+        "--sam",
+        "0.05",
         "--seed",
         "1",
     )
