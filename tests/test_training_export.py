@@ -87,6 +87,11 @@ def test_int8_export_keeps_a_good_model_and_deletes_a_failing_one(tmp_path: Path
     assert kept.written
     assert (tmp_path / "ok" / ex.INT8_FILE).is_file()
     assert kept.int8_accuracy >= kept.fp32_accuracy - 0.01
+    # the judged model's validation logits come back for calibration, but not into the manifest
+    assert kept.val_logits is not None and kept.val_logits.shape[0] == len(inputs)
+    int8_logits, _ = ex.onnx_outputs(tmp_path / "ok" / ex.INT8_FILE, inputs)
+    np.testing.assert_array_equal(kept.val_logits, int8_logits)
+    assert "val_logits" not in kept.to_dict()
     # A fake requirement that INT8 be 50 points better than fp32 forces the failure path.
     (tmp_path / "bad").mkdir()
     refused = ex.export_int8(

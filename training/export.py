@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +70,13 @@ class Int8Gate:
     """Nodes left in fp32 (the leading convolutions) in the model that was judged."""
     attempts: tuple[dict[str, object], ...] = ()
     """Every quantisation tried: ``{"fp32_leading_convs": k, "int8_accuracy": a}``."""
+    val_logits: NDArray[np.float32] | None = field(default=None, repr=False, compare=False)
+    """Logits of the judged INT8 model on the validation inputs (for calibrating the served
+    model without running it again); not part of :meth:`to_dict`."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form for the manifest and reports."""
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "val_logits"}
 
 
 def session(path: Path, threads: int | None = None) -> object:
@@ -290,7 +293,9 @@ def export_int8(
             calibration_images=len(calibration),
             max_drop=max_drop,
         )
-        gate = replace(gate, fp32_nodes=tuple(excluded), attempts=tuple(attempts))
+        gate = replace(
+            gate, fp32_nodes=tuple(excluded), attempts=tuple(attempts), val_logits=int8_logits
+        )
         if gate.written:
             break
         logger.info("INT8 with %d leading convolutions fp32: %s", len(excluded), gate.reason)

@@ -324,12 +324,11 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             max_drop=config.int8_max_drop,
         )
         int8_path = work / ex.INT8_FILE if int8_gate.written else None
-        if int8_path is not None:
-            # The service runs the INT8 model: calibrate what it serves, as the OOD threshold
-            # below is chosen on the served model too.
-            served_logits, _ = ex.onnx_outputs(int8_path, val_inputs)
+        if int8_path is not None and int8_gate.val_logits is not None:
+            # The service runs the INT8 model: calibrate what it serves (on the validation
+            # logits its gate computed), as the OOD threshold below is chosen on it too.
             temperature, chosen, thresholds = _calibrate(
-                served_logits.astype(np.float64), val.targets, kinds, config
+                int8_gate.val_logits.astype(np.float64), val.targets, kinds, config
             )
             calibrated_on = "INT8 validation logits (the served model)"
     del val_inputs
