@@ -97,6 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.name) == bool(args.combine):
         parser.error("give either --name (train one recipe) or --combine (score finished runs)")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     args.data = tuple(args.data or DEFAULT_DATA)
     return args
 
@@ -224,11 +226,11 @@ def _sharpness_aware_gradient(
             param.sub_(step)
 
 
-def _validation(config: TrainConfig, val: SplitArrays) -> Validation:
+def _validation(config: TrainConfig, samples: list[d.Sample], label_map: d.LabelMap) -> Validation:
     return Validation(
-        load_inputs(val.paths, config.preprocess()),
-        val.targets,
-        np.array([s.source for s in val.samples]),
+        load_inputs([s.path for s in samples], config.preprocess()),
+        d.encode_labels(samples, label_map),
+        np.array([s.source for s in samples]),
     )
 
 
@@ -258,7 +260,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
         train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
     )
     set_head(model, head.weight, head.bias)
-    validation = _validation(config, val)
+    validation = _validation(config, val.samples, label_map)
     images = AugmentedImages(
         train.paths,
         train.targets,
@@ -340,8 +342,7 @@ def combine_runs(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"{run}: no last.pt (train it with --name {run.name} first)")
     config = _config(args)
     _, label_map, splits = prepare_data(config)
-    val = splits["val"]
-    validation = _validation(config, SplitArrays(val, d.encode_labels(val, label_map), np.empty(0)))
+    validation = _validation(config, splits["val"], label_map)
     logits = [np.load(run / "val_logits.npy") for run in runs]
     result: dict[str, Any] = {
         "runs": {

@@ -108,3 +108,9 @@ def test_combine_refuses_a_missing_run(setup: list[str]) -> None:
 def test_name_or_combine_is_required(setup: list[str]) -> None:
     with pytest.raises(SystemExit):
         fr.parse_args([])
+
+
+def test_zero_epochs_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        fr.parse_args(["--name", "x", "--epochs", "0"])
+    assert "--epochs must be at least 1" in capsys.readouterr().err
