@@ -162,28 +162,42 @@ def create_model(
 class ExportWrapper(nn.Module):
     """Wraps a timm EfficientNet so that one forward returns what a bundle's ONNX file exposes.
 
-    ``forward(image)`` returns ``(logits [N,C], features [N,1280], cam [N,C,h,w])``. ``features``
+    ``forward(image)`` returns ``(logits [N,C], features [N,F], cam [N,C,h,w])``. ``features``
     is the globally pooled last feature map (what the classifier sees); ``cam`` applies the
     classifier as a 1x1 convolution (weight and bias) to the last feature map, so the spatial mean
-    of ``cam`` equals ``logits``.
+    of ``cam`` equals ``logits``. With a ``reference`` backbone (the frozen ImageNet-pretrained
+    one), a fourth output ``reference_features [N,F']`` is its pooled features: what the
+    out-of-domain detector scores, because fine-tuning on a few classes collapses the fine-tuned
+    features (docs/model-card.md, "Open set").
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, reference: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         classifier = model.get_classifier()  # type: ignore[operator]
         if not isinstance(classifier, nn.Linear):
             raise BackboneError("ExportWrapper needs a model with a linear classifier head")
         self.classifier = classifier
+        self.reference = reference
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the model and return logits, pooled features and class activation maps."""
+    @property
+    def output_names(self) -> list[str]:
+        """The ONNX output names, in forward order."""
+        names = ["logits", "features", "cam"]
+        return [*names, "reference_features"] if self.reference is not None else names
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run the model and return logits, pooled features and class activation maps (and the
+        reference backbone's pooled features)."""
         feature_map = self.model.forward_features(image)  # type: ignore[operator]
         features = feature_map.mean(dim=(2, 3))
         logits = self.classifier(features)
         weight = self.classifier.weight[:, :, None, None]
         cam = nn.functional.conv2d(feature_map, weight, self.classifier.bias)
-        return logits, features, cam
+        if self.reference is None:
+            return logits, features, cam
+        reference_map = self.reference.forward_features(image)  # type: ignore[operator]
+        return logits, features, cam, reference_map.mean(dim=(2, 3))
 
 
 def export_onnx(
@@ -193,11 +207,13 @@ def export_onnx(
     input_size: int = 224,
     opset: int = 18,
     check_batch: torch.Tensor | None = None,
+    reference: nn.Module | None = None,
 ) -> float:
     """Export ``model`` to a single ONNX file and check it against PyTorch.
 
     The graph has input ``image`` [N,3,S,S] (dynamic batch) and outputs ``logits``,
-    ``features`` and ``cam`` (see :class:`ExportWrapper`). After writing, the file is run through
+    ``features`` and ``cam`` (and ``reference_features`` with a ``reference`` backbone; see
+    :class:`ExportWrapper`). After writing, the file is run through
     ``onnx.checker`` and ONNX Runtime is compared with PyTorch on ``check_batch`` (a fixed random
     batch of 2 when not given).
 
@@ -209,7 +225,8 @@ def export_onnx(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model).eval()
+    wrapper = ExportWrapper(model, reference).eval()
+    names = wrapper.output_names
     if check_batch is None:
         generator = torch.Generator().manual_seed(0)
         check_batch = torch.randn(2, 3, input_size, input_size, generator=generator)
@@ -222,7 +239,7 @@ def export_onnx(
             (example,),
             dynamo=True,
             input_names=["image"],
-            output_names=["logits", "features", "cam"],
+            output_names=names,
             dynamic_shapes={"image": {0: batch}},
             opset_version=opset,
             external_data=False,
@@ -242,10 +259,10 @@ def export_onnx(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run(["logits", "features", "cam"], {"image": check_batch.numpy()})
+    got = session.run(names, {"image": check_batch.numpy()})
     diffs = {
         name: float(np.max(np.abs(np.asarray(g) - e)))
-        for name, g, e in zip(("logits", "features", "cam"), got, expected, strict=True)
+        for name, g, e in zip(names, got, expected, strict=True)
     }
     logger.info(
         "exported %s (%.1f MB); ONNX Runtime vs PyTorch max abs diff: %s",

@@ -6,7 +6,9 @@ Layout (see ``docs/architecture.md``)::
     model.onnx         fp32, one file: input "image", outputs "logits", "features", "cam"
     model.int8.onnx    optional
     labels.tsv         index, id, name, taxon_id, kind
-    ood.npz            optional out-of-domain model
+    ood.npz            optional out-of-domain model (``ood.method``: mahalanobis_pca or knn_cosine,
+                       scored on the ONNX output named by ``ood.features``: ``features`` or
+                       ``reference_features``, the frozen ImageNet backbone's pooled features)
     *.json/*.md/*.png  optional reports
 
 :func:`write_bundle` builds the folder in a temporary sibling, verifies it with
@@ -33,7 +35,15 @@ from typing import Any, Literal
 
 from model.decision import Thresholds
 from model.labels import Label, LabelsError, read_labels, write_labels
-from model.ood import OOD_METHOD, OodError, OodModel
+from model.ood import (
+    KNN_METHOD,
+    OOD_METHOD,
+    OOD_METHODS,
+    AnyOodModel,
+    KnnOodModel,
+    OodError,
+    load_ood,
+)
 from model.preprocess import PreprocessConfig
 from model.taxonomy import Taxonomy, default_taxonomy
 
@@ -44,6 +54,8 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 LABELS_FILE = "labels.tsv"
 OOD_FILE = "ood.npz"
+OOD_FEATURE_OUTPUTS: tuple[str, ...] = ("features", "reference_features")
+"""ONNX outputs an OOD model may score: the fine-tuned or the frozen pretrained features."""
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 MODALITIES: tuple[str, ...] = ("camera", "xray")
 Precision = Literal["fp32", "int8", "auto"]
@@ -84,10 +96,17 @@ class OodSpec:
     method: str
     file: str
     threshold: float
+    features: str = "features"
+    """The ONNX output the detector scores (one of :data:`OOD_FEATURE_OUTPUTS`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in the manifest."""
-        return {"method": self.method, "file": self.file, "threshold": self.threshold}
+        return {
+            "method": self.method,
+            "file": self.file,
+            "threshold": self.threshold,
+            "features": self.features,
+        }
 
 
 @dataclass(frozen=True)
@@ -202,7 +221,7 @@ class Bundle:
     path: Path
     manifest: BundleManifest
     labels: tuple[Label, ...]
-    ood: OodModel | None = field(default=None, compare=False)
+    ood: AnyOodModel | None = field(default=None, compare=False)
 
     @property
     def version(self) -> str:
@@ -312,14 +331,35 @@ def _temperature(value: float, where: str) -> float:
 def _ood_spec(value: dict[str, Any] | None, where: str) -> OodSpec | None:
     if value is None:
         return None
-    if set(value) != {"method", "file", "threshold"}:
-        raise BundleError(f"{where}: must have exactly the keys 'method', 'file', 'threshold'")
-    if value["method"] != OOD_METHOD:
-        raise BundleError(f"{where}.method: {value['method']!r} is not supported ({OOD_METHOD})")
+    if (
+        not {"method", "file", "threshold"}
+        <= set(value)
+        <= {
+            "method",
+            "file",
+            "threshold",
+            "features",
+        }
+    ):
+        raise BundleError(
+            f"{where}: must have the keys 'method', 'file', 'threshold' (and optionally 'features')"
+        )
+    if value["method"] not in OOD_METHODS:
+        raise BundleError(
+            f"{where}.method: {value['method']!r} is not supported ({', '.join(OOD_METHODS)})"
+        )
     threshold = value["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
         raise BundleError(f"{where}.threshold: must be a positive number, got {threshold!r}")
-    return OodSpec(OOD_METHOD, _file_name(value["file"], f"{where}.file"), float(threshold))
+    features = value.get("features", "features")
+    if features not in OOD_FEATURE_OUTPUTS:
+        raise BundleError(
+            f"{where}.features: {features!r} is not an output the detector can score "
+            f"({', '.join(OOD_FEATURE_OUTPUTS)})"
+        )
+    return OodSpec(
+        str(value["method"]), _file_name(value["file"], f"{where}.file"), float(threshold), features
+    )
 
 
 def _strings(value: list[Any], where: str) -> tuple[str, ...]:
@@ -433,10 +473,10 @@ def load_bundle(path: Path, *, taxonomy: Taxonomy | None = None) -> Bundle:
                 f"{path / name}: the {precision} model has {classes} outputs but "
                 f"{manifest.labels_file} has {len(labels)} labels"
             )
-    ood: OodModel | None = None
+    ood: AnyOodModel | None = None
     if manifest.ood is not None:
         try:
-            ood = OodModel.load(path / manifest.ood.file)
+            ood = load_ood(path / manifest.ood.file, manifest.ood.method)
         except OodError as exc:
             raise BundleError(str(exc)) from exc
     logger.debug("loaded bundle %s from %s", manifest.version, path)
@@ -466,8 +506,9 @@ def write_bundle(
     training: Mapping[str, Any],
     provenance: Mapping[str, Any],
     limitations: Sequence[str],
-    ood: OodModel | None = None,
+    ood: AnyOodModel | None = None,
     ood_threshold: float | None = None,
+    ood_features: str = "features",
     extra_files: Mapping[str, Path] | None = None,
     recommended: bool = True,
     parent_version: str | None = None,
@@ -514,7 +555,8 @@ def write_bundle(
         ood_spec: OodSpec | None = None
         if ood is not None and ood_threshold is not None:
             ood.save(staging / OOD_FILE)
-            ood_spec = OodSpec(OOD_METHOD, OOD_FILE, float(ood_threshold))
+            method = KNN_METHOD if isinstance(ood, KnnOodModel) else OOD_METHOD
+            ood_spec = OodSpec(method, OOD_FILE, float(ood_threshold), ood_features)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         manifest = BundleManifest(
             schema_version=SCHEMA_VERSION,

@@ -164,6 +164,9 @@ class Predictor:
             raise BundleError(f"{model_path}: the model has no input named {INPUT_NAME!r}")
         outputs = {o.name: o for o in self._session.get_outputs()}
         missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        ood_spec = self._bundle.manifest.ood
+        if ood_spec is not None and ood_spec.features not in outputs:
+            missing.append(ood_spec.features)
         if missing:
             raise BundleError(f"{model_path}: the model lacks outputs {missing}")
         classes = outputs["logits"].shape[-1]
@@ -278,11 +281,14 @@ class Predictor:
         countries = self._countries(origin_countries, images.shape[0])
         if images.shape[0] == 0:
             return []
-        logits, features = self._run(images, ("logits", "features"))
         manifest = self._bundle.manifest
+        scored = "features" if manifest.ood is None else manifest.ood.features
+        names = ("logits", "features") if scored == "features" else ("logits", "features", scored)
+        outputs = self._run(images, names)
+        logits, features = outputs[0], outputs[1]
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood
-        scores = None if ood is None else ood.score(features)
+        scores = None if ood is None else ood.score(outputs[-1])
         ood_threshold = None if manifest.ood is None else manifest.ood.threshold
         k = min(top_k, len(self.labels))
         results: list[Prediction] = []

@@ -45,13 +45,28 @@ def test_colours_give_the_documented_decisions(predictor: Predictor) -> None:
     assert red.top[0].probability == pytest.approx(0.99933, abs=1e-4)
     assert red.ood_score is None  # this bundle has no OOD model
     assert not isinstance(blue, ImageError)
-    assert (blue.decision.kind, blue.top[0].label.id) == ("lookalike", "ceramic")
-    assert blue.decision.reason == "probably not CITES material: Ceramic or porcelain"
+    # Without an OOD model nothing says the image is in the domain: no look-alike all-clear.
+    assert (blue.decision.kind, blue.top[0].label.id) == ("uncertain", "ceramic")
     assert not isinstance(green, ImageError)
     assert (green.decision.taxon_id, green.decision.appendix) == ("dalbergia-latifolia", "II")
     assert not isinstance(magenta, ImageError)
     assert (magenta.decision.kind, magenta.decision.rule) == ("uncertain", "below_thresholds")
     assert magenta.probabilities[0] == pytest.approx(magenta.probabilities[1])
+
+
+def test_lookalike_only_after_the_ood_check_and_named_by_what_it_is_not(
+    tiny_bundle_ood: Path,
+) -> None:
+    checked = Predictor(tiny_bundle_ood, threads=1, precision="fp32")
+    blue, gray = checked.predict_bytes(
+        [solid_image_bytes(BLUE), solid_image_bytes((128, 128, 128))]
+    )
+    assert not isinstance(blue, ImageError) and not isinstance(gray, ImageError)
+    assert blue.decision.kind == "lookalike"
+    assert blue.decision.reason.startswith("not ")
+    assert ": looks like Ceramic or porcelain" in blue.decision.reason
+    assert blue.decision.reason.endswith("check the documents")
+    assert gray.decision.kind == "outside_training_domain"
 
 
 def test_batch_equals_singles(predictor: Predictor) -> None:
@@ -123,7 +138,7 @@ def test_ood_image_is_outside_training_domain(tiny_bundle_ood: Path) -> None:
     assert red.ood_score is not None and red.ood_score < TINY_OOD_THRESHOLD
     assert (gray.decision.kind, gray.decision.rule) == (
         "outside_training_domain",
-        "ood_mahalanobis",
+        "ood_score",
     )
     assert gray.decision.refer_to_expert
 
@@ -214,7 +229,7 @@ def test_predict_command_json_lines(
     assert [Path(r["path"]).name for r in lines] == ["red.png", "blue.jpg"]
     assert lines[0]["decision"]["kind"] == "taxon" and lines[0]["version"] == "tiny-1"
     assert lines[0]["decision"]["appendix"] == "I"  # no origin: the strictest
-    assert lines[1]["decision"]["kind"] == "lookalike"
+    assert lines[1]["decision"]["kind"] == "uncertain"  # no OOD model: no all-clear
     assert len(lines[0]["top"]) == 3
 
 

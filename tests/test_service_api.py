@@ -81,7 +81,7 @@ class Api:
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A weights dir with tiny-1, tiny-2 (same model, another version) and a corrupt one."""
     root = tmp_path_factory.mktemp("weights")
-    make_tiny_bundle(root, version="tiny-1")
+    make_tiny_bundle(root, version="tiny-1", with_ood=True, ood_threshold=30.0)
     make_tiny_bundle(root, version="tiny-2", parent_version="tiny-1")
     make_corrupt_bundle(root, version="tiny-broken")
     return root

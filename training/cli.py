@@ -146,6 +146,19 @@ def register_train(subparsers: Subparsers) -> None:
         help="share of validation images the OOD threshold may flag (0.05)",
     )
     p.add_argument(
+        "--ood-method",
+        choices=("knn-reference", "mahalanobis-finetuned"),
+        help="out-of-domain score: kNN on the frozen pretrained backbone's features "
+        "(knn-reference, default; doubles inference) or Mahalanobis on the fine-tuned features",
+    )
+    p.add_argument("--ood-k", type=int, help="neighbours of the kNN OOD score (10)")
+    p.add_argument(
+        "--max-all-clear",
+        type=float,
+        help="share of CITES validation images a look-alike label may answer 'not CITES' "
+        "(0.05); its threshold is raised until this holds",
+    )
+    p.add_argument(
         "--target-precision",
         type=float,
         help="precision the decision thresholds aim for on validation (0.95)",

@@ -120,14 +120,23 @@ def torch_logits(
     return torch.cat(chunks).numpy()
 
 
-def export_fp32(model: nn.Module, folder: Path, example: NDArray[np.float32] | None = None) -> Path:
-    """Write ``folder/model.onnx`` with :func:`model.backbone.export_onnx` (checked on a batch)."""
+def export_fp32(
+    model: nn.Module,
+    folder: Path,
+    example: NDArray[np.float32] | None = None,
+    reference: nn.Module | None = None,
+) -> Path:
+    """Write ``folder/model.onnx`` with :func:`model.backbone.export_onnx` (checked on a batch);
+    with ``reference`` (the frozen pretrained backbone) the file also outputs
+    ``reference_features``."""
     from model.backbone import export_onnx
 
     path = Path(folder) / FP32_FILE
     check = None if example is None else torch.from_numpy(example[:4].copy())
     model = model.eval().to(memory_format=torch.contiguous_format)
-    diff = export_onnx(model, path, check_batch=check)
+    if reference is not None:
+        reference = reference.eval().to(memory_format=torch.contiguous_format)
+    diff = export_onnx(model, path, check_batch=check, reference=reference)
     logger.info("fp32 export: max |logit diff| on the check batch %.2e", diff)
     return path
 

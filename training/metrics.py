@@ -187,3 +187,20 @@ def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
     e = np.exp(z)
     out: FloatArray = e / e.sum(axis=1, keepdims=True)
     return out
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (``(0, 0)`` when ``n`` is 0).
+
+    Only ``level`` 0.95 (z = 1.96) and 0.9 (z = 1.645) are supported.
+    """
+    if n <= 0:
+        return (0.0, 0.0)
+    z = {0.95: 1.959964, 0.9: 1.644854}.get(level)
+    if z is None:
+        raise ValueError(f"unsupported level {level}; use 0.95 or 0.9")
+    p = successes / n
+    denominator = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))

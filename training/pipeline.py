@@ -15,6 +15,7 @@ Order of work (everything tuned on the validation split; the test split is only 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -31,9 +32,12 @@ import torch
 from numpy.typing import NDArray
 
 from model.decision import Thresholds
+from model.labels import Label
 from training import data as d
 from training.calibrate import (
+    AllClearChoice,
     ThresholdChoice,
+    choose_all_clear_thresholds,
     choose_ood_threshold,
     choose_thresholds,
     fit_temperature,
@@ -114,22 +118,35 @@ def prepare_data(
 def _calibrate(
     val_logits: NDArray[np.float64],
     targets: NDArray[np.int64],
-    kinds: Sequence[str],
+    labels: Sequence[Label],
     config: TrainConfig,
-) -> tuple[float, dict[str, ThresholdChoice], Thresholds]:
+) -> tuple[float, dict[str, ThresholdChoice], Thresholds, dict[str, AllClearChoice]]:
     """Temperature (minimum validation NLL) and the decision thresholds chosen on the
-    temperature-scaled validation probabilities of ``val_logits``."""
+    temperature-scaled validation probabilities of ``val_logits``, with each look-alike label's
+    own stricter threshold where its shared one gives too many false all-clears."""
+    kinds = [label.kind for label in labels]
     temperature = fit_temperature(val_logits, targets)
-    chosen = choose_thresholds(
-        softmax(val_logits, temperature),
+    probs = softmax(val_logits, temperature)
+    chosen = choose_thresholds(probs, targets, kinds, target_precision=config.target_precision)
+    base = chosen["lookalike"].threshold
+    all_clear = choose_all_clear_thresholds(
+        probs,
         targets,
         kinds,
-        target_precision=config.target_precision,
+        [label.id for label in labels],
+        base,
+        max_all_clear=config.max_all_clear,
     )
     thresholds = Thresholds(
-        taxon=chosen["taxon"].threshold, lookalike=chosen["lookalike"].threshold
+        taxon=chosen["taxon"].threshold,
+        lookalike=base,
+        lookalike_by_label={
+            label_id: choice.threshold
+            for label_id, choice in all_clear.items()
+            if choice.threshold > base
+        },
     )
-    return temperature, chosen, thresholds
+    return temperature, chosen, thresholds, all_clear
 
 
 def backbone_features(
@@ -209,7 +226,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
     from model.backbone import create_model, describe
     from model.bundle import load_bundle, write_bundle
-    from model.ood import fit_ood
+    from model.ood import fit_knn, fit_ood
     from training import export as ex
     from training.evaluation import evaluate_samples, ood_scores_for
     from training.train import choose_head, fine_tune, set_head
@@ -244,6 +261,11 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             ),
         )
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
+    use_reference = config.ood_method == "knn-reference"
+    # The backbone before any training (ImageNet weights): its pooled features are what the kNN
+    # OOD score compares, so the bundle carries a frozen copy of it.
+    reference_model = copy.deepcopy(model).eval() if use_reference else None
+    reference_features = {name: a.features.copy() for name, a in arrays.items()}
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
     head = choose_head(
         train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
@@ -295,12 +317,18 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     w = classifier.weight.detach().numpy().astype(np.float64)
     b = classifier.bias.detach().numpy().astype(np.float64)
     val_logits = val.features.astype(np.float64) @ w.T + b
-    kinds = [label.kind for label in label_map.labels]
-    temperature, chosen, thresholds = _calibrate(val_logits, val.targets, kinds, config)
+    labels = label_map.labels
+    temperature, chosen, thresholds, all_clear = _calibrate(val_logits, val.targets, labels, config)
     calibrated_on = "fp32 validation logits"
-    ood_model = fit_ood(train.features, train.targets)
+    ood_model: Any
+    if use_reference:
+        ood_model = fit_knn(reference_features["train"], k=config.ood_k)
+        ood_features, val_ood_features = "reference_features", reference_features["val"]
+    else:
+        ood_model = fit_ood(train.features, train.targets)
+        ood_features, val_ood_features = "features", val.features
     provisional_ood = choose_ood_threshold(
-        ood_model.score(val.features).astype(np.float64), config.ood_flag_rate
+        ood_model.score(val_ood_features).astype(np.float64), config.ood_flag_rate
     )
 
     # Export and the two gates.
@@ -308,7 +336,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
 
     if val_inputs is None:
         val_inputs = load_inputs(val.paths, preprocess)
-    fp32_path = ex.export_fp32(model, work, val_inputs[:4])
+    fp32_path = ex.export_fp32(model, work, val_inputs[:4], reference=reference_model)
     fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
     int8_path: Path | None = None
     int8_gate = None
@@ -327,8 +355,8 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         if int8_path is not None and int8_gate.val_logits is not None:
             # The service runs the INT8 model: calibrate what it serves (on the validation
             # logits its gate computed), as the OOD threshold below is chosen on it too.
-            temperature, chosen, thresholds = _calibrate(
-                int8_gate.val_logits.astype(np.float64), val.targets, kinds, config
+            temperature, chosen, thresholds, all_clear = _calibrate(
+                int8_gate.val_logits.astype(np.float64), val.targets, labels, config
             )
             calibrated_on = "INT8 validation logits (the served model)"
     del val_inputs
@@ -342,6 +370,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "thresholds": thresholds,
         "modalities": [config.modality],
         "ood": ood_model,
+        "ood_features": ood_features,
         "backbone": describe(model)["name"],
     }
     provisional = write_bundle(
@@ -362,16 +391,24 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
 
     reports: dict[str, Path] = {}
     metrics: dict[str, Any] = {}
+    evaluated_splits: dict[str, tuple[list[d.Sample], Any]] = {}
     for name, evaluated in (("validation", val), ("test", test)):
         if not evaluated.samples:
             continue
         result = evaluate_samples(bundle, evaluated.samples, label_map, ood_threshold=ood_threshold)
         metrics[name] = result.report
+        evaluated_splits[name] = (evaluated.samples, result)
         for path in result.write(work / "reports", name):
             reports[path.name] = path
     ood_summary: dict[str, Any] = {
-        "method": "mahalanobis_pca",
-        "fitted_on": "training split features",
+        "method": bundle.manifest.ood.method if bundle.manifest.ood else None,
+        "features": ood_features,
+        "k": config.ood_k if use_reference else None,
+        "fitted_on": (
+            "training split, frozen ImageNet backbone's features (reference_features)"
+            if use_reference
+            else "training split, fine-tuned features"
+        ),
         "threshold_rule": f"validation quantile {1 - config.ood_flag_rate:.2f} (served model)",
         "threshold": ood_threshold,
         "validation_flagged": float(np.mean(served_val_scores > ood_threshold)),
@@ -391,6 +428,15 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             100 * ood_summary["validation_flagged"],
         )
     metrics["ood"] = ood_summary
+    from training.open_set import evaluate_open_set
+
+    metrics["open_set"] = evaluate_open_set(
+        bundle,
+        evaluated_splits,
+        Path(config.ood_data) if config.ood_data else None,
+        work,
+        label_map,
+    )
     metrics["fp32_check"] = fp32_check.__dict__
     metrics["int8"] = (
         int8_gate.to_dict() if int8_gate else {"written": False, "reason": "--no-int8"}
@@ -399,6 +445,15 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "fitted_on": calibrated_on,
         "temperature": temperature,
         "thresholds": {k: v.__dict__ for k, v in chosen.items()},
+        "all_clear": {
+            "max_all_clear": config.max_all_clear,
+            "rule": (
+                "each look-alike label's threshold is the smallest >= the shared one at which at "
+                "most max_all_clear of the validation images of the CITES labels it guards are "
+                "answered with it"
+            ),
+            "labels": {k: v.to_dict() for k, v in all_clear.items()},
+        },
     }
 
     recommended, parent_version = True, None
