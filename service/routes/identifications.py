@@ -82,7 +82,8 @@ def form_options(
 Options = Annotated[IdentifyOptions, Depends(form_options)]
 
 
-async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, or 413 when over ``limit``."""
     if upload.size is not None and upload.size > limit:
         raise upload_too_large(upload.size, limit)
     data = await upload.read(limit + 1)
@@ -107,7 +108,7 @@ async def identify_one(
     image: Annotated[UploadFile, File(description="the photo or x-ray image")],
 ) -> dict[str, Any]:
     """Suggest likely CITES taxa for one uploaded image, with decision and guidance."""
-    data = await _read_upload(image, context.settings.max_upload_bytes)
+    data = await read_upload(image, context.settings.max_upload_bytes)
     result = await identifier.identify(data, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
     return render_identification(result, language, context.guidance, None)
@@ -136,7 +137,7 @@ async def identify_batch(
     options = identifier.check_options(predictor, options)
 
     async def one(upload: UploadFile) -> dict[str, Any]:
-        data = await _read_upload(upload, settings.max_upload_bytes)
+        data = await read_upload(upload, settings.max_upload_bytes)
         return await identifier.identify(data, options, principal, predictor=predictor)
 
     outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
@@ -167,7 +168,8 @@ def _get(session: SessionDep, identification_id: str) -> Identification:
     return row
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """A query time as aware UTC (naive times are taken as UTC)."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -190,8 +192,8 @@ def list_all(
 ) -> dict[str, Any]:
     """A page of identifications with optional filters."""
     filters = ListFilter(
-        since=_as_utc(since),
-        until=_as_utc(until),
+        since=as_utc(since),
+        until=as_utc(until),
         case_ref=case_ref,
         decision=decision,
         label=label,
