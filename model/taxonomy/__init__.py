@@ -20,6 +20,7 @@ from model.taxonomy.appendix import AppendixRules
 from model.taxonomy.loading import (
     COUNTRIES_PATH,
     DATA_DIR,
+    DEFAULT_POPULATIONS_NAME,
     DEFAULT_TAXA_PATH,
     POPULATION_COLUMNS,
     TAXA_COLUMNS,
@@ -48,6 +49,7 @@ from model.taxonomy.types import (
 __all__ = [
     "COUNTRIES_PATH",
     "DATA_DIR",
+    "DEFAULT_POPULATIONS_NAME",
     "DEFAULT_TAXA_PATH",
     "KINDS",
     "LANGUAGES",
