@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from training.metrics import softmax
+from model.predictor import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def negative_log_likelihood(
     logits: NDArray[np.float64], y_true: NDArray[np.int64], temperature: float
 ) -> float:
     """Mean negative log-likelihood of the true classes at ``temperature``."""
-    probs = softmax(logits, temperature)
+    probs = softmax(logits, temperature, dtype=np.float64)
     picked = probs[np.arange(len(y_true)), y_true]
     return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
 
