@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -116,7 +117,7 @@ def choose_threshold(
 
 
 def choose_thresholds(
-    probs: NDArray[np.float64],
+    probs: NDArray[np.floating[Any]],
     y_true: NDArray[np.int64],
     kinds: Sequence[str],
     *,
