@@ -236,7 +236,7 @@ def _validation(config: TrainConfig, samples: list[d.Sample], label_map: d.Label
 
 def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """Train one recipe; write ``OUT/NAME/result.json``, ``last.pt`` and validation logits."""
-    from model.backbone import create_model
+    from training.backbone import create_model
 
     out = Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 def combine_runs(args: argparse.Namespace) -> dict[str, Any]:
     """Score the logit ensemble and the weight average ("soup") of finished runs."""
-    from model.backbone import create_model
+    from training.backbone import create_model
 
     names = [n for n in args.combine.split(",") if n]
     runs = [Path(args.out) / name for name in names]

@@ -121,8 +121,11 @@ def torch_logits(
 
 
 def export_fp32(model: nn.Module, folder: Path, example: NDArray[np.float32] | None = None) -> Path:
-    """Write ``folder/model.onnx`` with :func:`model.backbone.export_onnx` (checked on a batch)."""
-    from model.backbone import export_onnx
+    """Write ``folder/model.onnx`` with :func:`training.backbone.export_onnx`.
+
+    The export is checked on a batch.
+    """
+    from training.backbone import export_onnx
 
     path = Path(folder) / FP32_FILE
     check = None if example is None else torch.from_numpy(example[:4].copy())

@@ -207,10 +207,10 @@ def _train_last(
 
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
-    from model.backbone import create_model, describe
     from model.bundle import load_bundle, write_bundle
     from model.ood import fit_ood
     from training import export as ex
+    from training.backbone import create_model, describe
     from training.evaluation import evaluate_samples, ood_scores_for
     from training.train import choose_head, fine_tune, set_head
 
