@@ -81,6 +81,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "fr": "valable du {valid_from} au {valid_until} (vérifié le {today})",
         "es": "válido del {valid_from} al {valid_until} (verificado el {today})",
     },
+    "valid_until": {
+        "en": "valid until {valid_until} (checked on {today})",
+        "fr": "valable jusqu'au {valid_until} (vérifié le {today})",
+        "es": "válido hasta el {valid_until} (verificado el {today})",
+    },
     "expired": {
         "en": "the permit expired on {valid_until} (checked on {today})",
         "fr": "le permis a expiré le {valid_until} (vérifié le {today})",

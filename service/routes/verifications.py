@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
+from model.vocabulary import Modality
 from service.deps import ContextDep, Identifier, Reader, SessionDep
 from service.problems import ProblemError
-from service.routes.identifications import Language, Modality, as_utc, read_upload
+from service.routes.identifications import Language, as_utc, read_upload
 from service.verifications import (
     UploadedImage,
     VerificationFilter,
