@@ -31,12 +31,13 @@ from model.permits import (
     parse_permit,
 )
 from model.taxonomy import Taxonomy
-from service.identify import Identifier, IdentifyOptions
+from service.identify import IdentificationPipeline, IdentifyOptions
 from service.keys import Principal
 from service.problems import ProblemError
 from service.render import taxon_summary
 from service.repository import iso, new_id, utcnow
 from service.tables import Verification
+from service.uploads import Upload
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class UploadedImage:
     """One image of a verification request."""
 
     filename: str | None
-    data: bytes
+    upload: Upload
 
 
 def permit_problem(error: PermitDataError, language: str) -> ProblemError:
@@ -67,9 +68,12 @@ class Verifier:
     """Runs verifications for the router: permit checks, identifications, comparison, storage."""
 
     def __init__(
-        self, identifier: Identifier, taxonomy: Taxonomy, sessions: sessionmaker[Session]
+        self,
+        pipeline: IdentificationPipeline,
+        taxonomy: Taxonomy,
+        sessions: sessionmaker[Session],
     ) -> None:
-        self.identifier = identifier
+        self.pipeline = pipeline
         self.taxonomy = taxonomy
         self.sessions = sessions
 
@@ -94,15 +98,15 @@ class Verifier:
             raise permit_problem(exc, language) from None
         created_at = utcnow()
         assessment = assess_permit(permit, self.taxonomy, created_at.date())
-        predictor = self.identifier.active_predictor()  # every image on one model
-        options = self.identifier.check_options(
+        predictor = self.pipeline.active_predictor()  # every image on one model
+        options = self.pipeline.check_options(
             predictor,
             IdentifyOptions(modality=modality, origin_country=permit.origin, case_ref=case_ref),
         )
 
         async def one(image: UploadedImage) -> dict[str, Any]:
-            return await self.identifier.identify(
-                image.data, options, principal, predictor=predictor
+            return await self.pipeline.identify(
+                image.upload, options, principal, predictor=predictor
             )
 
         outcomes = await asyncio.gather(*(one(i) for i in images), return_exceptions=True)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from model.vocabulary import Modality
 from service.deps import ContextDep, Identifier, Reader, SessionDep
 from service.problems import ProblemError
-from service.routes.identifications import Language, as_utc, read_upload
+from service.routes.identifications import Language, as_utc, spool_upload
 from service.verifications import (
     UploadedImage,
     VerificationFilter,
@@ -105,9 +105,9 @@ async def verify(
             title="Too many images",
         )
     uploads = [
-        UploadedImage(u.filename, await read_upload(u, settings.max_upload_bytes)) for u in images
+        UploadedImage(u.filename, spool_upload(u, settings.max_upload_bytes)) for u in images
     ]
-    verifier = Verifier(context.identifier, context.taxonomy, context.sessions)
+    verifier = Verifier(context.pipeline, context.taxonomy, context.sessions)
     result = await verifier.verify(
         permit,
         uploads,
