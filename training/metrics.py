@@ -180,15 +180,6 @@ def mcnemar(correct_a: NDArray[np.bool_], correct_b: NDArray[np.bool_]) -> McNem
     return McNemar(b, c, statistic, p_value, "chi2_cc")
 
 
-def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
-    """Row-wise softmax of ``logits / temperature`` (numerically stable)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: FloatArray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``successes / n`` (``(0, 0)`` when ``n`` is 0).
 

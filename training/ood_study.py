@@ -124,7 +124,7 @@ def _rate(flags: NDArray[np.bool_]) -> dict[str, Any]:
 
 def run(bundle_dir: Path, data_dir: Path, out: Path, cache: Path) -> dict[str, Any]:
     """Compute every score on every set; returns (and writes) the study."""
-    from model.backbone import create_model
+    from training.backbone import create_model
     from model.ood import fit_ood
     from training.config import TrainConfig
     from training.open_set import near_domain_samples, unrelated_samples, write_reshoots

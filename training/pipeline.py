@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from model.decision import Thresholds
 from model.labels import Label
+from model.predictor import softmax
 from training import data as d
 from training.calibrate import (
     AllClearChoice,
@@ -43,7 +44,6 @@ from training.calibrate import (
     fit_temperature,
 )
 from training.config import TrainConfig
-from training.metrics import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _calibrate(
     own stricter threshold where its shared one gives too many false all-clears."""
     kinds = [label.kind for label in labels]
     temperature = fit_temperature(val_logits, targets)
-    probs = softmax(val_logits, temperature)
+    probs = softmax(val_logits, temperature, dtype=np.float64)
     chosen = choose_thresholds(probs, targets, kinds, target_precision=config.target_precision)
     base = chosen["lookalike"].threshold
     all_clear = choose_all_clear_thresholds(
@@ -224,10 +224,10 @@ def _train_last(
 
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
-    from model.backbone import create_model, describe
     from model.bundle import load_bundle, write_bundle
     from model.ood import fit_knn, fit_ood
     from training import export as ex
+    from training.backbone import create_model, describe
     from training.evaluation import evaluate_samples, ood_scores_for
     from training.train import choose_head, fine_tune, set_head
 
