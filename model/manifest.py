@@ -228,15 +228,18 @@ def _temperature(value: float, where: str) -> float:
 def _ood_spec(value: dict[str, Any] | None, where: str) -> OodSpec | None:
     if value is None:
         return None
-    if not {"method", "file", "threshold"} <= set(value) <= {
-        "method",
-        "file",
-        "threshold",
-        "features",
-    }:
+    if (
+        not {"method", "file", "threshold"}
+        <= set(value)
+        <= {
+            "method",
+            "file",
+            "threshold",
+            "features",
+        }
+    ):
         raise BundleError(
-            f"{where}: must have the keys 'method', 'file', 'threshold' (and optionally "
-            "'features')"
+            f"{where}: must have the keys 'method', 'file', 'threshold' (and optionally 'features')"
         )
     if value["method"] not in OOD_METHODS:
         raise BundleError(

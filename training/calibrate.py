@@ -186,7 +186,7 @@ class AllClearChoice:
 
 
 def all_clear_curve(
-    probs: NDArray[np.float64],
+    probs: NDArray[np.floating[Any]],
     y_true: NDArray[np.int64],
     lookalike: int,
     guarded: Sequence[int],
@@ -211,7 +211,7 @@ def all_clear_curve(
 
 
 def choose_all_clear_thresholds(
-    probs: NDArray[np.float64],
+    probs: NDArray[np.floating[Any]],
     y_true: NDArray[np.int64],
     kinds: Sequence[str],
     label_ids: Sequence[str],

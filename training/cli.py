@@ -147,6 +147,13 @@ def register_train(subparsers: Subparsers) -> None:
         help="share of validation images the OOD threshold may flag (0.05)",
     )
     p.add_argument(
+        "--from-bundle",
+        metavar="BUNDLE",
+        help="reuse BUNDLE's trained fp32 model instead of training (same labels, in the same "
+        "order): calibration, OOD model, INT8, evaluation and open-set figures are redone on "
+        "the data and label map given",
+    )
+    p.add_argument(
         "--ood-method",
         choices=("knn-reference", "mahalanobis-finetuned"),
         help="out-of-domain score: kNN on the frozen pretrained backbone's features "

@@ -59,6 +59,7 @@ class TrainConfig:
     calibration_images: int = 128
     ood_data: str | None = None
     ood_flag_rate: float = 0.05
+    from_bundle: str | None = None
     ood_method: str = "knn-reference"
     ood_k: int = 10
     max_all_clear: float = 0.05

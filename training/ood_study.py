@@ -124,8 +124,8 @@ def _rate(flags: NDArray[np.bool_]) -> dict[str, Any]:
 
 def run(bundle_dir: Path, data_dir: Path, out: Path, cache: Path) -> dict[str, Any]:
     """Compute every score on every set; returns (and writes) the study."""
-    from training.backbone import create_model
     from model.ood import fit_ood
+    from training.backbone import create_model
     from training.config import TrainConfig
     from training.open_set import near_domain_samples, unrelated_samples, write_reshoots
     from training.pipeline import prepare_data

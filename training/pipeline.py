@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -222,6 +223,29 @@ def _train_last(
     return result.history, result.best_epoch
 
 
+def _check_same_labels(old: Sequence[Label], new: Sequence[Label], where: str) -> None:
+    """``--from-bundle`` keeps the trained outputs: the label ids must be the same, in order
+    (names, taxa and kinds may change, e.g. a look-alike label becoming a CITES one)."""
+    if [label.id for label in old] != [label.id for label in new]:
+        raise d.DataError(
+            f"{where}: its labels ({', '.join(label.id for label in old)}) differ from the label "
+            f"map's ({', '.join(label.id for label in new)}); --from-bundle needs the same "
+            "label ids in the same order"
+        )
+
+
+def _onnx_features(path: Path, paths: Sequence[Path], preprocess: Any) -> NDArray[np.float32]:
+    """Pooled ``features`` output of an ONNX model for image files, in batches."""
+    from training import export as ex
+    from training.inputs import batches, load_inputs
+
+    chunks = [
+        ex.onnx_outputs(path, load_inputs(chunk, preprocess))[1]
+        for chunk in batches(list(paths), 64)
+    ]
+    return np.concatenate(chunks).astype(np.float32)
+
+
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
     from model.bundle import load_bundle, write_bundle
@@ -267,56 +291,77 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     reference_model = copy.deepcopy(model).eval() if use_reference else None
     reference_features = {name: a.features.copy() for name, a in arrays.items()}
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
-    head = choose_head(
-        train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
-    )
-    set_head(model, head.weight, head.bias)
+    base_bundle = load_bundle(Path(config.from_bundle)) if config.from_bundle else None
+    head_weight_decay: float | None = None
     history: list[dict[str, float]] = []
-    val_inputs = None
     best_epoch = 0
-    if config.mode == "last" and config.epochs > 0:
-        history, best_epoch = _train_last(model, arrays, config, weights, work)
-    elif config.mode == "full" and config.epochs > 0:
-        from training.augment import preset_for
-        from training.images import AugmentedImages
+    val_inputs = None
+    if base_bundle is not None:
         from training.inputs import load_inputs
 
+        _check_same_labels(base_bundle.labels, label_map.labels, config.from_bundle or "")
+        base_fp32 = base_bundle.model_path("fp32")
         val_inputs = load_inputs(val.paths, preprocess)
-        train_set = AugmentedImages(
-            train.paths,
+        base_logits, val.features = ex.onnx_outputs(base_fp32, val_inputs)
+        val_logits = base_logits.astype(np.float64)
+        if not use_reference:
+            train.features = _onnx_features(base_fp32, train.paths, preprocess)
+        backbone_name = base_bundle.manifest.backbone
+    else:
+        head = choose_head(
+            train.features,
             train.targets,
-            preset_for(config.augment).build(preprocess),
-            keep_shorter=train_image_shorter(preprocess.input_size),
-        )
-        state = fine_tune(
-            model,
-            train_set,
-            val_inputs,
+            val.features,
             val.targets,
-            mode=config.mode,
-            epochs=config.epochs,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            batch_size=config.batch_size,
+            num_classes,
             class_weights=weights,
-            checkpoint=work / "checkpoint.pt",
-            resume=config.resume,
-            seed=config.seed,
         )
-        history, best_epoch = state.history, state.best_epoch
-        for name, split_arrays in arrays.items():
-            split_arrays.features = backbone_features(
-                model,
-                split_arrays.samples,
-                config,
-                cache=False,
-                desc=f"{name} features (fine-tuned)",
+        set_head(model, head.weight, head.bias)
+        head_weight_decay = head.weight_decay
+        if config.mode == "last" and config.epochs > 0:
+            history, best_epoch = _train_last(model, arrays, config, weights, work)
+        elif config.mode == "full" and config.epochs > 0:
+            from training.augment import preset_for
+            from training.images import AugmentedImages
+            from training.inputs import load_inputs
+
+            val_inputs = load_inputs(val.paths, preprocess)
+            train_set = AugmentedImages(
+                train.paths,
+                train.targets,
+                preset_for(config.augment).build(preprocess),
+                keep_shorter=train_image_shorter(preprocess.input_size),
             )
-    model.eval()
-    classifier: Any = model.get_classifier()
-    w = classifier.weight.detach().numpy().astype(np.float64)
-    b = classifier.bias.detach().numpy().astype(np.float64)
-    val_logits = val.features.astype(np.float64) @ w.T + b
+            state = fine_tune(
+                model,
+                train_set,
+                val_inputs,
+                val.targets,
+                mode=config.mode,
+                epochs=config.epochs,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                batch_size=config.batch_size,
+                class_weights=weights,
+                checkpoint=work / "checkpoint.pt",
+                resume=config.resume,
+                seed=config.seed,
+            )
+            history, best_epoch = state.history, state.best_epoch
+            for name, split_arrays in arrays.items():
+                split_arrays.features = backbone_features(
+                    model,
+                    split_arrays.samples,
+                    config,
+                    cache=False,
+                    desc=f"{name} features (fine-tuned)",
+                )
+        model.eval()
+        classifier: Any = model.get_classifier()
+        w = classifier.weight.detach().numpy().astype(np.float64)
+        b = classifier.bias.detach().numpy().astype(np.float64)
+        val_logits = val.features.astype(np.float64) @ w.T + b
+        backbone_name = describe(model)["name"]
     labels = label_map.labels
     temperature, chosen, thresholds, all_clear = _calibrate(val_logits, val.targets, labels, config)
     calibrated_on = "fp32 validation logits"
@@ -336,8 +381,20 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
 
     if val_inputs is None:
         val_inputs = load_inputs(val.paths, preprocess)
-    fp32_path = ex.export_fp32(model, work, val_inputs[:4], reference=reference_model)
-    fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
+    if base_bundle is not None:
+        from training.backbone import add_reference_branch
+
+        fp32_path = work / ex.FP32_FILE
+        if reference_model is not None:
+            add_reference_branch(
+                base_fp32, reference_model, fp32_path, input_size=preprocess.input_size
+            )
+        else:
+            shutil.copyfile(base_fp32, fp32_path)
+        fp32_check = ex.check_fp32(base_fp32, fp32_path, val_inputs)
+    else:
+        fp32_path = ex.export_fp32(model, work, val_inputs[:4], reference=reference_model)
+        fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
     int8_path: Path | None = None
     int8_gate = None
     if config.int8:
@@ -371,7 +428,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "modalities": [config.modality],
         "ood": ood_model,
         "ood_features": ood_features,
-        "backbone": describe(model)["name"],
+        "backbone": backbone_name,
     }
     provisional = write_bundle(
         work,
@@ -475,8 +532,8 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
             f"{config.test_fraction:.0%} test, rest training"
         ),
         "label_map": label_map.to_dict(),
-        "mode": config.mode,
-        "head_weight_decay": head.weight_decay,
+        "mode": f"from bundle {base_bundle.version}" if base_bundle else config.mode,
+        "head_weight_decay": head_weight_decay,
         "epochs": history,
         "best_epoch": best_epoch,
         "class_weights": [round(float(x), 4) for x in weights],

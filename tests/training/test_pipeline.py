@@ -277,3 +277,86 @@ def test_train_refuses_a_bad_input_size(
         code = exc.code
     assert code not in (0, None)
     assert "--input-size" in capsys.readouterr().err
+
+
+def test_bundle_scores_ood_on_the_frozen_reference_features(trained: dict[str, Path]) -> None:
+    bundle = load_bundle(trained["bundle"])
+    assert bundle.manifest.ood is not None
+    assert (bundle.manifest.ood.method, bundle.manifest.ood.features) == (
+        "knn_cosine",
+        "reference_features",
+    )
+    metrics = bundle.manifest.metrics
+    assert metrics["ood"]["features"] == "reference_features"
+    assert "all_clear" in metrics["calibration"]
+    # the grey folder has no labels.tsv: no near-domain set, but every split's class breakdown
+    classes = metrics["open_set"]["validation"]["classes"]
+    assert set(classes["by_label"]) == {"ivory", "rosewood"}
+    assert "listed_timber" in classes
+
+
+def test_from_bundle_reuses_the_trained_model_with_a_new_label_map(
+    trained: dict[str, Path],
+) -> None:
+    root = trained["root"]
+    changed = root / "map-changed.tsv"
+    changed.write_text(
+        LABEL_MAP.replace("Ceramic\tceramic-porcelain", "Porcelain\tceramic-porcelain")
+    )
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(changed),
+            "--out",
+            str(root / "weights"),
+            "--version",
+            "v1-again",
+            "--from-bundle",
+            str(trained["bundle"]),
+            "--cache-dir",
+            str(root / "cache"),
+            "--calibration-images",
+            "8",
+            "--threads",
+            "2",
+        ]
+    )
+    assert code == 0
+    again = load_bundle(root / "weights" / "v1-again")
+    original = load_bundle(trained["bundle"])
+    assert again.labels[1].name == "Porcelain"
+    assert again.manifest.training["mode"] == "from bundle v1"
+    images = np.random.default_rng(3).normal(0, 1, (4, 3, 224, 224)).astype(np.float32)
+    first = Predictor(original, precision="fp32").predict_arrays(images)
+    second = Predictor(again, precision="fp32").predict_arrays(images)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_allclose(a.ood_score, b.ood_score, rtol=1e-4, atol=1e-5)
+        assert a.top[0].label.id == b.top[0].label.id
+
+
+def test_from_bundle_refuses_other_labels(trained: dict[str, Path]) -> None:
+    root = trained["root"]
+    other = root / "map-other.tsv"
+    other.write_text(LABEL_MAP.replace("rosewood\trosewood\t", "rosewood\tdalbergia-wood\t"))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(other),
+            "--out",
+            str(root / "weights"),
+            "--version",
+            "v1-other",
+            "--from-bundle",
+            str(trained["bundle"]),
+            "--cache-dir",
+            str(root / "cache"),
+        ]
+    )
+    assert code != 0
+    assert not (root / "weights" / "v1-other").exists()
