@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test lint typecheck pytest system-deps bench default-bundle clean
+.PHONY: run test lint typecheck pytest system-deps bench default-bundle default-bundle-refresh clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: lint typecheck pytest
 # Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
 default-bundle: $(VENV)/.all-installed
 	BIN=$(BIN) training/build_default.sh
+
+# Keep weights/default's trained model; redo calibration, OOD model, INT8, reports, open set.
+default-bundle-refresh: $(VENV)/.all-installed
+	BIN=$(BIN) training/build_default.sh --from-bundle weights/default
 
 # The benchmark-only packages (LitServe, py-spy, psutil) go into the same .venv.
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.all-installed

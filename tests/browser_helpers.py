@@ -53,7 +53,7 @@ def default_bundle() -> Path | None:
 
 DECISION_TEXT = {
     "taxon": "Confident",
-    "lookalike": "Look-alike: probably not CITES material",
+    "lookalike": "Look-alike: check the documents",
     "uncertain": "Uncertain: refer to an expert",
     "outside_training_domain": "Outside the training domain: refer to an expert",
 }

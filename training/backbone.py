@@ -221,7 +221,7 @@ def export_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _export(
+    return export_module(
         ExportWrapper(model).eval(),
         path,
         ["logits", "features", "cam"],
@@ -231,7 +231,7 @@ def export_onnx(
     )
 
 
-def _export(
+def export_module(
     wrapper: nn.Module,
     path: Path,
     names: list[str],
@@ -314,7 +314,7 @@ def add_reference_branch(
     with tempfile.TemporaryDirectory() as scratch:
         branch_path = Path(scratch) / "reference.onnx"
         reference = reference.eval().to(memory_format=torch.contiguous_format)
-        _export(
+        export_module(
             PooledFeatures(reference).eval(),
             branch_path,
             ["reference_features"],

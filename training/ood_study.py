@@ -63,6 +63,34 @@ def _served_outputs(bundle_dir: Path, paths: list[Path]) -> tuple[Array, Array]:
     return np.concatenate(logits).astype(np.float64), np.concatenate(features).astype(np.float64)
 
 
+SHARED_WITH_TRAINING = ("train", "val", "test")
+"""Sets whose pretrained features go through :mod:`training.features` (the on-disk cache that
+``make default-bundle`` reads too); the others run the pretrained backbone in ONNX Runtime,
+several times faster on a busy CPU (the features agree to about 1e-5)."""
+
+
+def _onnx_pretrained(pretrained: Any, cache: Path, paths: list[Path]) -> NDArray[np.float32]:
+    import onnxruntime as ort
+
+    from model.preprocess import PreprocessConfig
+    from training.backbone import PooledFeatures, export_module
+    from training.inputs import batches, load_inputs
+
+    model_path = cache / "pretrained-pooled.onnx"
+    if not model_path.is_file():
+        export_module(
+            PooledFeatures(pretrained).eval(), model_path, ["reference_features"], 224, 18, None
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    chunks = [
+        session.run(["reference_features"], {"image": load_inputs(chunk, PreprocessConfig())})[0]
+        for chunk in batches(paths, 32)
+    ]
+    return np.concatenate(chunks).astype(np.float32)
+
+
 def _feature_set(
     name: str, samples: list[d.Sample], bundle_dir: Path, cache: Path, pretrained: Any
 ) -> FeatureSet:
@@ -77,7 +105,10 @@ def _feature_set(
             )
     paths = [s.path for s in samples]
     logits, tuned = _served_outputs(bundle_dir, paths)
-    pre = extract_features(pretrained, paths, PreprocessConfig(), desc=f"{name} pretrained")
+    if name in SHARED_WITH_TRAINING:
+        pre = extract_features(pretrained, paths, PreprocessConfig(), desc=f"{name} pretrained")
+    else:
+        pre = _onnx_pretrained(pretrained, cache, paths)
     np.savez(target, logits=logits, tuned=tuned, pretrained=pre)
     return FeatureSet(samples, logits, tuned, pre.astype(np.float64))
 
