@@ -50,7 +50,7 @@ def test_near_domain_names_a_missing_class(tmp_path: Path) -> None:
     root = _imagenet(tmp_path / "imagenet", near_domain_names()[1:])
     with pytest.raises(DataError, match=near_domain_names()[0]):
         near_domain_samples(root)
-    with pytest.raises(DataError, match="labels.tsv"):
+    with pytest.raises(DataError, match=r"labels\.tsv"):
         near_domain_samples(tmp_path)
 
 
