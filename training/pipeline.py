@@ -234,6 +234,17 @@ def _check_same_labels(old: Sequence[Label], new: Sequence[Label], where: str) -
         )
 
 
+def _has_output(path: Path, name: str) -> bool:
+    """Whether the ONNX file at ``path`` has an output called ``name`` (a bundle that already
+    carries the frozen reference branch keeps it as it is)."""
+    import onnx
+
+    return any(
+        output.name == name
+        for output in onnx.load(str(path), load_external_data=False).graph.output
+    )
+
+
 def _onnx_features(path: Path, paths: Sequence[Path], preprocess: Any) -> NDArray[np.float32]:
     """Pooled ``features`` output of an ONNX model for image files, in batches."""
     from training import export as ex
@@ -385,7 +396,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         from training.backbone import add_reference_branch
 
         fp32_path = work / ex.FP32_FILE
-        if reference_model is not None:
+        if reference_model is not None and not _has_output(base_fp32, "reference_features"):
             add_reference_branch(
                 base_fp32, reference_model, fp32_path, input_size=preprocess.input_size
             )
