@@ -33,7 +33,7 @@ from service.modelhost import ModelHost, ModelLoadError
 from service.problems import ProblemError, install_problem_handlers, install_problem_openapi
 from service.recorder import IdentificationRecorder
 from service.repository import ACTIVE_MODEL_KEY, get_state
-from service.routes import feedback, identifications, models, ops, taxa
+from service.routes import feedback, identifications, models, offline, ops, taxa
 from service.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_problem_openapi(app)
-    for router in (ops.router, identifications.router, feedback.router, taxa.router, models.router):
+    for router in (
+        ops.router,
+        identifications.router,
+        feedback.router,
+        taxa.router,
+        offline.router,  # before models: its /v1/models/active/... paths are more specific
+        models.router,
+    ):
         app.include_router(router)
     limit_for, problem_for = _body_limits(settings)
     app.add_middleware(

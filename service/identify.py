@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,7 @@ from model.preprocess import preprocess_bytes
 from model.taxonomy import InvalidCountryError
 from service.batcher import BatcherClosedError, QueueFullError
 from service.context import AppContext
+from service.device_cases import DeviceAnswer, device_record
 from service.imagestore import PreparedImage, jpeg_segments_readable, prepare_image
 from service.keys import Principal
 from service.problems import ProblemError
@@ -60,6 +61,7 @@ class IdentifyOptions:
     top_k: int = 5
     origin_country: str | None = None
     case_ref: str | None = None
+    device: DeviceAnswer | None = None  # the phone's own answer, for a case made offline
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ class Identifier:
                     title="Invalid origin country",
                     errors=[{"loc": ["body", "origin_country"], "msg": str(exc), "type": "value"}],
                 ) from None
-        return IdentifyOptions(modality, options.top_k, origin, options.case_ref)
+        return replace(options, modality=modality, origin_country=origin)
 
     def _decode(self, data: bytes, predictor: Predictor) -> npt.NDArray[np.float32]:
         settings = self.context.settings
@@ -351,6 +353,8 @@ class Identifier:
             case_ref=options.case_ref,
             top_k=options.top_k,
         )
+        if options.device is not None:
+            result["device"] = device_record(options.device, result)
         try:  # durable before the database row refers to it
             await asyncio.shield(write)
         except OSError as exc:

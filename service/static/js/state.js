@@ -22,4 +22,6 @@ export const state = {
   recent: [], // the officer's latest identifications
   taxonCache: new Map(), // taxon id -> GET /v1/taxa/{id}
   lastError: null, // the error on screen (rewritten on a change of language)
+  offline: null, // the offline package of the model stored on this phone (js/offline.js)
+  offlineSession: false, // signed in from this tab's earlier check, without network
 };
