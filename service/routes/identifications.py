@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.concurrency import run_in_threadpool
 
 from model.taxonomy import TaxonNotFoundError
+from model.vocabulary import DecisionKind, Modality
 from service.deps import (
     BatchIdentifier,
     ContextDep,
@@ -37,9 +38,6 @@ from service.repository import (
 from service.tables import Identification, StoredImage
 
 router = APIRouter(prefix="/v1", tags=["identifications"])
-
-Modality = Literal["camera", "xray"]
-DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
 
 
 def get_language(

@@ -37,7 +37,7 @@ from tests.factories import (
     make_tiny_bundle,
     solid_image_bytes,
 )
-from tests.test_service_storage import jpeg_with_gps
+from tests.service.test_storage import jpeg_with_gps
 
 PROBLEM = "application/problem+json"
 ROLES = ("officer", "scanner", "trainer", "admin")
