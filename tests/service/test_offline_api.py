@@ -21,7 +21,7 @@ from service.guidance import GuidanceBook
 from service.icons import icon_png
 from service.offline import RUNTIME_FILES, web_runtime
 from tests.factories import RED, make_tiny_bundle, solid_image_bytes
-from tests.test_service_api import Api, assert_problem, start_api
+from tests.service.test_api import Api, assert_problem, start_api
 
 
 @pytest.fixture(scope="module")
