@@ -36,7 +36,7 @@ from tests.browser_helpers import (
 from tests.service_helpers import ServiceHandle, running_service
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page
+    from playwright.sync_api import BrowserContext, Page, Route
 
 logger = logging.getLogger(__name__)
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -359,3 +359,20 @@ def test_offline_identification_and_sync(
         assert stored["device"]["decision"]["probability"] == pytest.approx(
             stored["decision"]["probability"], abs=0.05
         )
+
+    # 5. Online, but the upload and its retry fail on the network: the page offers to identify
+    #    on the phone instead, and does.
+    def down(route: Route) -> None:
+        if route.request.method == "POST":
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/v1/identifications", down)
+    page.set_input_files("#file", str(photo))
+    page.click("#identify-btn")
+    expect(page.locator("#error")).to_contain_text("the network failed", timeout=30_000)
+    expect(page.locator("#identify-here")).to_be_visible()
+    page.click("#identify-here")
+    expect(page.locator("#device-note")).to_be_visible(timeout=60_000)
+    expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")

@@ -228,7 +228,7 @@ async function uploadWithRetry(prepared, fields) {
   }
 }
 
-async function identify(event) {
+async function identify(event, { onDevice = false } = {}) {
   if (event) event.preventDefault();
   clearError();
   if (!state.file) {
@@ -245,6 +245,7 @@ async function identify(event) {
   const button = $("identify-btn");
   button.disabled = true;
   $("retry").hidden = true;
+  $("identify-here").hidden = true;
   try {
     if (!state.prepared) {
       setProgress("preparing", null, null);
@@ -252,17 +253,9 @@ async function identify(event) {
     }
     const fields = { modality, origin_country: origin, case_ref: $("caseref").value.trim() };
     let ident;
-    if (!navigator.onLine && canIdentifyOffline(modality)) {
-      ident = await identifyHere(fields);
-    } else {
-      try {
-        ident = await uploadWithRetry(state.prepared, fields);
-      } catch (err) {
-        // The network failed twice: identify on the phone when it can, else say so.
-        if (!(err instanceof NetworkError) || !canIdentifyOffline(modality)) throw err;
-        ident = await identifyHere(fields);
-      }
-    }
+    ident = (onDevice || !navigator.onLine) && canIdentifyOffline(modality)
+      ? await identifyHere(fields)
+      : await uploadWithRetry(state.prepared, fields);
     $("upload").hidden = true; // before scrolling to the answer, so that it does not move
     setPhoto(URL.createObjectURL(state.prepared.blob));
     show(ident, { keepPhoto: true, focus: true });
@@ -271,6 +264,8 @@ async function identify(event) {
     showError(err);
     if (err instanceof NetworkError || (err instanceof ApiError && err.status >= 500)) {
       $("retry").hidden = false;
+      // The network failed twice: the phone can answer by itself while it stays down.
+      $("identify-here").hidden = !(err instanceof NetworkError && canIdentifyOffline(modality));
       $("retry").focus();
     }
   } finally {
@@ -326,6 +321,7 @@ function start() {
   });
   $("identify-form").addEventListener("submit", identify);
   $("retry").addEventListener("click", () => identify());
+  $("identify-here").addEventListener("click", () => identify(null, { onDevice: true }));
   $("heatmap-toggle").addEventListener("click", toggleHeatmap);
   initFeedback({ onSaved: loadRecent });
   initRecent({ onOpen: openCase });
