@@ -80,7 +80,7 @@ def form_options(
 Options = Annotated[IdentifyOptions, Depends(form_options)]
 
 
-def _spooled(upload: UploadFile, limit: int) -> Upload:
+def spool_upload(upload: UploadFile, limit: int) -> Upload:
     """The upload as the form parser spooled it (read by the decoder, not here)."""
     spooled = Upload.from_form(upload)
     if spooled.size > limit:
@@ -125,7 +125,7 @@ async def identify_one(
                     latest_feedback(session, [row.id]).get(row.id),
                 )
         options = replace(options, device=device)
-    upload = _spooled(image, context.settings.max_upload_bytes)
+    upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
     return render_identification(result, language, context.guidance, None)
@@ -154,7 +154,7 @@ async def identify_batch(
     options = pipeline.check_options(predictor, options)
 
     async def one(upload: UploadFile) -> dict[str, Any]:
-        spooled = _spooled(upload, settings.max_upload_bytes)
+        spooled = spool_upload(upload, settings.max_upload_bytes)
         return await pipeline.identify(spooled, options, principal, predictor=predictor)
 
     outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
@@ -185,7 +185,8 @@ def _get(session: SessionDep, identification_id: str) -> Identification:
     return row
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """A query time as aware UTC (naive times are taken as UTC)."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -208,8 +209,8 @@ def list_all(
 ) -> dict[str, Any]:
     """A page of identifications with optional filters."""
     filters = ListFilter(
-        since=_as_utc(since),
-        until=_as_utc(until),
+        since=as_utc(since),
+        until=as_utc(until),
         case_ref=case_ref,
         decision=decision,
         label=label,

@@ -11,6 +11,7 @@ import {
 import { api, postIdentification } from "./api.js";
 import { ApiError, clearError, NetworkError, showError, UserError } from "./errors.js";
 import { initFeedback, relabelFeedback, renderFeedbackForm } from "./feedback.js";
+import { initPermit, relabelPermit } from "./permit.js";
 import { chooseLanguage, initialLanguage, rewritePage, say, t } from "./i18n.js";
 import { preparePhoto } from "./photo.js";
 import {
@@ -55,6 +56,7 @@ async function switchLanguage(lang) {
     }
   }
   loadRecent();
+  relabelPermit();
 }
 
 // ---------------------------------------------------------------- signing in
@@ -324,6 +326,7 @@ function start() {
   $("identify-here").addEventListener("click", () => identify(null, { onDevice: true }));
   $("heatmap-toggle").addEventListener("click", toggleHeatmap);
   initFeedback({ onSaved: loadRecent });
+  initPermit();
   initRecent({ onOpen: openCase });
   initOffline({ onSynced: loadRecent });
   registerServiceWorker();

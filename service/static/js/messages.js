@@ -2,6 +2,8 @@
    (data-i18n, data-i18n-attr) and the scripts (t(), say()). "{name}" marks a value filled in
    at run time. Every key must exist in every language (the browser test reads all three). */
 
+import { PERMIT_MESSAGES } from "./permit-messages.js";
+
 export const MESSAGES = {
   en: {
     skip: "Skip to content",
@@ -355,3 +357,5 @@ export const MESSAGES = {
     syncWaiting: "Aún no enviados: sin red. Los casos se quedan en este teléfono.",
   },
 };
+
+for (const lang of Object.keys(MESSAGES)) Object.assign(MESSAGES[lang], PERMIT_MESSAGES[lang]);
