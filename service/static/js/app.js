@@ -11,6 +11,7 @@ import {
 import { api, postIdentification } from "./api.js";
 import { ApiError, clearError, NetworkError, showError, UserError } from "./errors.js";
 import { initFeedback, relabelFeedback, renderFeedbackForm } from "./feedback.js";
+import { initPermit, relabelPermit } from "./permit.js";
 import { chooseLanguage, initialLanguage, rewritePage, say, t } from "./i18n.js";
 import { preparePhoto } from "./photo.js";
 import { initRecent, loadRecent } from "./recent.js";
@@ -45,6 +46,7 @@ async function switchLanguage(lang) {
     }
   }
   loadRecent();
+  relabelPermit();
 }
 
 // ---------------------------------------------------------------- signing in
@@ -281,6 +283,7 @@ function start() {
   $("retry").addEventListener("click", () => identify());
   $("heatmap-toggle").addEventListener("click", toggleHeatmap);
   initFeedback({ onSaved: loadRecent });
+  initPermit();
   initRecent({ onOpen: openCase });
 
   let saved = null;

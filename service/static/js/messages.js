@@ -2,6 +2,8 @@
    (data-i18n, data-i18n-attr) and the scripts (t(), say()). "{name}" marks a value filled in
    at run time. Every key must exist in every language (the browser test reads all three). */
 
+import { PERMIT_MESSAGES } from "./permit-messages.js";
+
 export const MESSAGES = {
   en: {
     skip: "Skip to content",
@@ -292,3 +294,5 @@ export const MESSAGES = {
     rank_kingdom: "reino", rank_phylum: "filo", rank_class: "clase", rank_order: "orden", rank_family: "familia", rank_genus: "género", rank_species: "especie", rank_subspecies: "subespecie", rank_group: "grupo de productos", rank_material: "material",
   },
 };
+
+for (const lang of Object.keys(MESSAGES)) Object.assign(MESSAGES[lang], PERMIT_MESSAGES[lang]);

@@ -21,5 +21,6 @@ export const state = {
   active: -1, // index of the highlighted option
   recent: [], // the officer's latest identifications
   taxonCache: new Map(), // taxon id -> GET /v1/taxa/{id}
+  verification: null, // the permit verification shown
   lastError: null, // the error on screen (rewritten on a change of language)
 };
