@@ -28,7 +28,15 @@ from service.problems import (
     install_problem_openapi,
     upload_too_large,
 )
-from service.routes import feedback, identifications, models, ops, taxa, verifications
+from service.routes import (
+    feedback,
+    identifications,
+    models,
+    offline,
+    ops,
+    taxa,
+    verifications,
+)
 from service.settings import Settings, load_settings
 
 __all__ = ["StartupError", "create_app"]
@@ -145,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         verifications.router,
         feedback.router,
         taxa.router,
+        offline.router,  # before models: its /v1/models/active/... paths are more specific
         models.router,
     ):
         app.include_router(router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from service.deps import (
     Reader,
     SessionDep,
 )
+from service.device_cases import find_synced, parse_device_answer
 from service.guidance import negotiate_language
 from service.identify import IdentificationPipeline, IdentifyOptions
 from service.problems import ProblemError, upload_too_large
@@ -100,8 +102,29 @@ async def identify_one(
     options: Options,
     language: Language,
     image: Annotated[UploadFile, File(description="the photo or x-ray image")],
+    device_answer: Annotated[
+        str | None,
+        Form(description="a case made offline: the phone's answer as JSON (docs/web.md)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Suggest likely CITES taxa for one uploaded image, with decision and guidance."""
+    """Suggest likely CITES taxa for one uploaded image, with decision and guidance. With
+    ``device_answer`` (a case made on the phone offline) both answers are stored, and a repeated
+    upload of the same case returns the stored one (200) instead of a second case."""
+    device = parse_device_answer(device_answer)
+    if device is not None:
+        with context.sessions() as session:
+            synced = find_synced(session, principal, device)
+            row = session.get(Identification, synced) if synced else None
+            if row is not None:
+                response.status_code = 200
+                response.headers["Location"] = f"/v1/identifications/{row.id}"
+                return render_identification(
+                    row.result,
+                    language,
+                    context.guidance,
+                    latest_feedback(session, [row.id]).get(row.id),
+                )
+        options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
