@@ -35,6 +35,7 @@ from tests.browser_helpers import (
 )
 from tests.factories import make_tiny_bundle
 from tests.service_helpers import ServiceHandle, running_service
+from tests.tools import tool_missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Route
@@ -57,10 +58,7 @@ PNG_MEAN_TOLERANCE = 0.003
 def _require_runtime() -> None:
     require_browser()
     if not web_runtime().available:
-        message = "ONNX Runtime Web is not installed: run `make web-runtime` (npm ci)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing("ONNX Runtime Web is not installed: run `make web-runtime` (npm ci)")
 
 
 @pytest.fixture(scope="module")
