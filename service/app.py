@@ -23,10 +23,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model.taxonomy import default_taxonomy
 from service.batcher import MicroBatcher
 from service.context import AppContext
-from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
+from service.database import (
+    make_engine,
+    make_sessionmaker,
+    migrate,
+    private_sqlite_files,
+    sqlite_dir,
+)
 from service.guidance import GuidanceBook
 from service.identify import Identifier, run_batch, upload_too_large
-from service.imagestore import ImageStore
+from service.imagestore import ImageStore, private_dir
+from service.keys import Principal, verify_key
 from service.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
@@ -34,6 +41,13 @@ from service.problems import ProblemError, install_problem_handlers, install_pro
 from service.recorder import IdentificationRecorder
 from service.repository import ACTIVE_MODEL_KEY, get_state
 from service.routes import feedback, identifications, models, ops, taxa
+from service.security import (
+    AuthGate,
+    FailedKeyThrottle,
+    RejectControlCharacters,
+    SecurityHeaders,
+    install_log_escaping,
+)
 from service.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -78,12 +92,14 @@ def _initial_predictor(host: ModelHost, settings: Settings, context_sessions: An
 def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
     """Open storage and load the model (blocking; called from the lifespan)."""
     url = settings.resolved_database_url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     folder = sqlite_dir(url)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(url)
     migrate(engine)
+    private_sqlite_files(url)
     sessions = make_sessionmaker(engine)
     taxonomy = default_taxonomy()
     host = ModelHost(
@@ -156,6 +172,10 @@ class MetricsMiddleware:
             )
 
 
+JSON_BODY_LIMIT = 64 * 1024
+"""Bodies of every route that takes no image (feedback, activation...): JSON of a few KiB."""
+
+
 def _body_limits(settings: Settings) -> tuple[Any, Any]:
     single = settings.max_upload_bytes + MULTIPART_OVERHEAD
     batch = settings.max_upload_bytes * settings.max_batch_images + MULTIPART_OVERHEAD
@@ -163,9 +183,9 @@ def _body_limits(settings: Settings) -> tuple[Any, Any]:
     def limit_for(path: str) -> int | None:
         if path.endswith("/identifications:batch"):
             return batch
-        if path.startswith("/v1/"):
+        if path.rstrip("/") == "/v1/identifications":
             return single
-        return 1024 * 1024
+        return JSON_BODY_LIMIT
 
     def problem_for(path: str, limit: int) -> ProblemError:
         if path.endswith("/identifications:batch"):
@@ -234,11 +254,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         problem_for=problem_for,
         on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc(),
     )
+    _add_auth_gate(app, settings, metrics)
+    app.add_middleware(RejectControlCharacters)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    install_log_escaping()
     _mount_static(app, settings.static_dir or STATIC_DIR)
     app.state.metrics = metrics
     app.state.settings = settings
     return app
+
+
+def _add_auth_gate(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
+    """Keys are checked from the headers before the body limit and the body (service.security)."""
+
+    def verify(_scope: Scope, key: str) -> Principal | None:
+        context: AppContext = app.state.context
+        with context.sessions() as session:
+            principal = verify_key(session, key)
+        if principal is not None:
+            context.note_key_use(principal)
+        return principal
+
+    app.add_middleware(
+        AuthGate,
+        verify=verify,
+        throttle=FailedKeyThrottle(settings.auth_failure_burst, settings.auth_failures_per_minute),
+        allow_anonymous=lambda _scope: settings.allow_anonymous,
+        on_failure=lambda reason: metrics.auth_failures.labels(reason=reason).inc(),
+    )
 
 
 def _mount_static(app: FastAPI, folder: Path) -> None:

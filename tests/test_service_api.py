@@ -23,7 +23,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.identify import InferenceItem, run_batch
-from service.imagestore import GPS_IFD_TAG, jpeg_segments_readable
+from service.imagestore import jpeg_segments_readable
+from service.privacy import GPS_IFD_TAG
 from service.keys import create_key, revoke_key
 from service.settings import Settings
 from service.tables import Identification
