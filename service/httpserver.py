@@ -92,7 +92,7 @@ class HardenedH11Protocol(H11Protocol):
         self._read_timer: asyncio.TimerHandle | None = None
         self._timer_kind: str | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the head deadline as soon as the client connects."""
         super().connection_made(transport)  # type: ignore[arg-type]
         self._arm("head", self.limits.header_timeout_s)

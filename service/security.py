@@ -7,8 +7,9 @@ headers alone, before a single byte of the body is read: a request without a val
 whatever ``Content-Length`` it declares. The verified caller is left in the request scope for
 the route's role check (``service.deps``), so the key is looked up once per request.
 
-``FailedKeyThrottle`` counts wrong keys per client address (a token bucket): past its burst the
-address gets ``429`` with ``Retry-After`` and the key is not even looked up.
+``FailedKeyThrottle`` counts wrong keys per client address (a token bucket): past its burst a
+wrong key gets ``429`` with ``Retry-After`` instead of ``401``. A valid key always passes, so
+an attacker behind the same address (a reverse proxy, a NAT) cannot lock officers out.
 
 ``SecurityHeaders`` adds a strict Content-Security-Policy, ``X-Content-Type-Options: nosniff``
 and frame protection to every response, and makes redirects relative so that the ``Host``
@@ -116,10 +117,10 @@ class FailedKeyThrottle:
     """A token bucket of wrong-key attempts per client address.
 
     Each address may fail ``burst`` times in a row; the allowance refills at ``per_minute``
-    attempts a minute. While the bucket is empty, requests from that address that carry a key
-    are answered ``429`` with ``Retry-After`` before the key is looked up. Valid keys never
-    consume tokens. At most ``max_addresses`` addresses are tracked (least recently failing
-    ones are forgotten first), so the table cannot grow without bound.
+    attempts a minute. While the bucket is empty, wrong keys from that address are answered
+    ``429`` with ``Retry-After``. Valid keys never consume tokens and are never refused. At
+    most ``max_addresses`` addresses are tracked (least recently failing ones are forgotten
+    first), so the table cannot grow without bound.
     """
 
     def __init__(
@@ -278,20 +279,6 @@ class AuthGate:
             await send_problem(send, unauthenticated(NO_KEY_DETAIL), path, close=close)
             return
         address = client_address(scope)
-        wait = self.throttle.retry_after(address)
-        if wait is not None:
-            self.on_failure("throttled")
-            logger.warning("throttled key attempts from %s (%s)", address, path)
-            problem = ProblemError(
-                429,
-                "too-many-key-failures",
-                f"Too many requests with a wrong API key from this address; retry in {wait} s "
-                "with a valid key.",
-                title="Too many failed key attempts",
-                headers={"Retry-After": str(wait)},
-            )
-            await send_problem(send, problem, path, close=close)
-            return
         principal = None
         if len(key) <= MAX_KEY_HEADER_CHARS:
             try:
@@ -308,7 +295,21 @@ class AuthGate:
                 await send_problem(send, problem, path, close=close)
                 return
         if principal is None:
+            wait = self.throttle.retry_after(address)
             self.throttle.record_failure(address)
+            if wait is not None:
+                self.on_failure("throttled")
+                logger.warning("throttled key attempts from %s (%s)", address, path)
+                problem = ProblemError(
+                    429,
+                    "too-many-key-failures",
+                    f"Too many requests with a wrong API key from this address; wait {wait} s "
+                    "and send a valid key.",
+                    title="Too many failed key attempts",
+                    headers={"Retry-After": str(wait)},
+                )
+                await send_problem(send, problem, path, close=close)
+                return
             self.on_failure("invalid")
             logger.info("refused an unknown or revoked key from %s (%s)", address, path)
             await send_problem(
