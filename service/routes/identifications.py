@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from model.taxonomy import TaxonNotFoundError
+from model.vocabulary import DecisionKind, Modality
 from service.context import AppContext
 from service.deps import (
     BatchIdentifier,
@@ -40,9 +41,6 @@ from service.security import MULTI_LINE_TEXT, SINGLE_LINE_TEXT
 from service.tables import Identification, StoredImage
 
 router = APIRouter(prefix="/v1", tags=["identifications"])
-
-Modality = Literal["camera", "xray"]
-DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
 
 
 def get_language(

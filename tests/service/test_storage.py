@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from service.database import alembic_config, make_engine, make_sessionmaker, migrate
 from service.imagestore import ImageStore, prepare_image
-from service.privacy import GPS_IFD_TAG, strip_location
 from service.keys import Principal, Role, create_key, list_keys, revoke_key, verify_key
 from service.metrics import ServiceMetrics
+from service.privacy import GPS_IFD_TAG, strip_location
 from service.repository import (
     ListFilter,
     NewIdentification,

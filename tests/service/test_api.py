@@ -24,8 +24,8 @@ from PIL import Image
 from service.app import create_app
 from service.identify import InferenceItem, run_batch
 from service.imagestore import jpeg_segments_readable
-from service.privacy import GPS_IFD_TAG
 from service.keys import create_key, revoke_key
+from service.privacy import GPS_IFD_TAG
 from service.settings import Settings
 from service.tables import Identification
 from tests import images
@@ -38,7 +38,7 @@ from tests.factories import (
     make_tiny_bundle,
     solid_image_bytes,
 )
-from tests.test_service_storage import jpeg_with_gps
+from tests.service.test_storage import jpeg_with_gps
 
 PROBLEM = "application/problem+json"
 ROLES = ("officer", "scanner", "trainer", "admin")
