@@ -103,9 +103,21 @@ class HardenedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Feed h11, then keep the head deadline or restart the body idle timer."""
+        """Check the head size, feed h11, then keep the head deadline or restart the body idle
+        timer."""
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            self._disarm()
+            self._send_problem(431)
+            return
         super().data_received(data)
         self._update_timer()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """True when the request head being received is over the limit. h11 enforces its limit
+        only on an *incomplete* head, so a large head that arrives in one read would pass."""
+        window = self.conn.trailing_data[0] + data
+        end = window.find(b"\r\n\r\n")
+        return (end if end != -1 else len(window)) > self.limits.max_header_bytes
 
     def on_response_complete(self) -> None:
         """Between requests the keep-alive timer of uvicorn applies."""
@@ -157,16 +169,12 @@ class HardenedH11Protocol(H11Protocol):
         self.transport.close()
 
     def _send_problem(self, status: int) -> None:
+        """Write a problem answer straight to the socket and close it (the connection is done
+        with; h11's state no longer matters)."""
         headers, body = problem_bytes(status, self.limits.max_header_bytes)
-        try:
-            event = h11.Response(
-                status_code=status, headers=headers, reason=HTTPStatus(status).phrase
-            )
-            self.transport.write(self.conn.send(event) or b"")
-            self.transport.write(self.conn.send(h11.Data(data=body)) or b"")
-            self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError:
-            pass
+        head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        self.transport.write(head + b"\r\n" + body)
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
