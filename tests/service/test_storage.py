@@ -38,6 +38,7 @@ from service.repository import (
 )
 from service.tables import Identification, StoredImage
 from tests.service_helpers import PostgresServer, start_postgres
+from tests.tools import tool_missing
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def postgres() -> Iterator[PostgresServer]:
     try:
         server = start_postgres()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        tool_missing(str(exc))
     try:
         yield server
     finally:
