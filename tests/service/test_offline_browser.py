@@ -124,6 +124,17 @@ def _shoot(page: Page, name: str, *, top: str | None = None) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False, animations="disabled")
 
 
+def _wait_for_service_worker(page: Page, timeout_s: float = 30.0) -> None:
+    """Wait until the service worker controls the page (polled: the page's CSP forbids the
+    string evaluation ``wait_for_function`` uses)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(
+        "Boolean(navigator.serviceWorker && navigator.serviceWorker.controller)"
+    ):
+        assert time.monotonic() < deadline, "the service worker never took control of the page"
+        page.wait_for_timeout(100)
+
+
 def _sign_in(page: Page, service: ServiceHandle, key: str) -> None:
     page.goto(service.url + "/")
     page.fill("#apikey", key)
@@ -325,7 +336,7 @@ def test_offline_identification_and_sync(
     _sign_in(page, service, officer_key)
     version = json.loads((bundle / "manifest.json").read_text())["version"]
     expect(page.locator("#offline-status")).to_contain_text(f"model {version} is stored")
-    page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller")
+    _wait_for_service_worker(page)
 
     # 2. No network: identify on the phone.
     browser_context.set_offline(True)
