@@ -25,13 +25,19 @@ from model.predictor import Predictor
 from model.taxonomy import default_taxonomy
 from service.admission import Admission, AdmissionLimits
 from service.context import AppContext
-from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
+from service.database import (
+    make_engine,
+    make_sessionmaker,
+    migrate,
+    private_sqlite_files,
+    sqlite_dir,
+)
 from service.decode import DecodeLimits, DecodeStage
 from service.decodeworkers import DecodeWorkers
 from service.guidance import GuidanceBook
 from service.heatmaps import HeatmapRenderer
 from service.identify import IdentificationPipeline
-from service.imagestore import ImageStore
+from service.imagestore import ImageStore, private_dir
 from service.inference import InferenceStage, PredictorAPI
 from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
@@ -92,12 +98,14 @@ class ImageRowCheck:
 def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
     """Open storage, load the model and build the stages (blocking; called from the lifespan)."""
     url = settings.resolved_database_url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     folder = sqlite_dir(url)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(url)
     migrate(engine)
+    private_sqlite_files(url)
     sessions = make_sessionmaker(engine)
     taxonomy = default_taxonomy()
     store = ImageStore(settings.images_dir)

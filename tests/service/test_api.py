@@ -22,9 +22,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.imagestore import GPS_IFD_TAG, jpeg_segments_readable
+from service.imagestore import jpeg_segments_readable
 from service.inference import InferenceItem, run_batch
 from service.keys import create_key, revoke_key
+from service.privacy import GPS_IFD_TAG
 from service.settings import Settings
 from service.tables import Identification
 from tests import images
