@@ -228,6 +228,22 @@ def _officer_latencies(server: Server, seconds: float) -> list[float]:
     return latencies
 
 
+def _single_json(server: Server) -> float:
+    """Seconds from the first byte of a keyless 20 MB JSON request to its answer."""
+    body = b'{"verdict": "confirm", "note": "' + b"n" * 20_000_000 + b'"}'
+    head = (
+        "POST /v1/identifications/x/feedback HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
+        sock.sendall(head)
+        with contextlib.suppress(OSError):
+            sock.sendall(body)
+        _read_status(sock, 120)
+    return time.perf_counter() - started
+
+
 def json_flood(server: Server, seconds: float = 10.0) -> dict[str, Any]:
     """Officer latency alone, then while three keyless clients send 20 MB JSON bodies."""
     import multiprocessing
@@ -242,10 +258,29 @@ def json_flood(server: Server, seconds: float = 10.0) -> dict[str, Any]:
     for process in attackers:
         process.start()
     time.sleep(3)  # spawned interpreters import httpx and start sending
+    healthz: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                with contextlib.suppress(httpx.HTTPError):
+                    client.get("/healthz")
+                healthz.append(time.perf_counter() - started)
+                time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
     loaded = _officer_latencies(server, seconds)
+    stop.set()
+    prober.join()
     for process in attackers:
         process.join(60)
     return {
+        "single_20mb_json_seconds_to_401": round(_single_json(server), 3),
+        "healthz_median_ms_under_flood": round(statistics.median(healthz) * 1000, 1),
+        "healthz_max_ms_under_flood": round(max(healthz) * 1000, 1),
         "officer_idle_median_ms": round(statistics.median(idle) * 1000, 1),
         "officer_requests_under_flood": len(loaded),
         "officer_median_ms": round(statistics.median(loaded) * 1000, 1),

@@ -418,3 +418,23 @@ class RejectControlCharacters:
                 await send_problem(send, problem, None, close=_has_body(scope))
                 return
         await self.app(scope, receive, send)
+
+
+def refuse_control_characters(
+    fields: dict[str, str | None], multi_line: tuple[str, ...] = ()
+) -> None:
+    """Raise a ``422`` problem naming the ``fields`` whose text holds a control character (line
+    breaks and tabs are allowed in the ``multi_line`` ones)."""
+    bad = [
+        name
+        for name, value in fields.items()
+        if value
+        and re.search(MULTI_LINE_TEXT if name in multi_line else SINGLE_LINE_TEXT, value) is None
+    ]
+    if bad:
+        raise ProblemError(
+            422,
+            "control-characters",
+            "These fields contain control characters (such as NUL): " + ", ".join(bad) + ".",
+            title="Invalid characters",
+        )

@@ -336,6 +336,15 @@ def test_control_characters_are_422(service: Service) -> None:
             json={"verdict": "confirm", "note": "line one\nline two\tend"},
         )
         assert ok.status_code == 201
+        permit = client.post(
+            "/v1/verifications",
+            files={"images": ("a.jpg", photo(), "image/jpeg")},
+            data={"permit_number": "AB\x00123", "description": "two tusks\ncarved"},
+        )
+        assert permit.status_code == 422, permit.text
+        assert permit.json()["type"].endswith("/control-characters")
+        assert "permit_number" in permit.json()["detail"]
+        assert "description" not in permit.json()["detail"]
         for url in (
             "/v1/identifications?case_ref=%00",
             "/v1/identifications?label=a%0d%0ab",
