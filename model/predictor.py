@@ -269,6 +269,7 @@ class Predictor:
         origin_countries: Sequence[str | None] | None = None,
         top_k: int = 5,
         with_features: bool = False,
+        ood_features: npt.ArrayLike | None = None,
     ) -> list[Prediction]:
         """Predict a batch of preprocessed images (N,3,S,S); the real inference path.
 
@@ -285,14 +286,52 @@ class Predictor:
         countries = self._countries(origin_countries, images.shape[0])
         if images.shape[0] == 0:
             return []
-        manifest = self._bundle.manifest
-        scored = "features" if manifest.ood is None else manifest.ood.features
+        scored = self._ood_output()
         names = ("logits", "features") if scored == "features" else ("logits", "features", scored)
         outputs = self._run(images, names)
-        logits, features = outputs[0], outputs[1]
+        return self.predict_outputs(
+            outputs[0],
+            outputs[1],
+            countries=countries,
+            top_k=top_k,
+            with_features=with_features,
+            ood_features=outputs[-1],
+        )
+
+    def _ood_output(self) -> str:
+        """The ONNX output the bundle's OOD model scores (``features`` without one)."""
+        spec = self._bundle.manifest.ood
+        return "features" if spec is None else spec.features
+
+    def predict_outputs(
+        self,
+        logits: npt.ArrayLike,
+        features: npt.ArrayLike,
+        *,
+        countries: Sequence[str | None],
+        top_k: int = 5,
+        with_features: bool = False,
+        ood_features: npt.ArrayLike | None = None,
+    ) -> list[Prediction]:
+        """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
+        temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
+        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
+        the offline page's golden cases call it with the outputs of the browser's runtime.
+        ``ood_features`` are what the OOD model scores when the manifest names another output
+        than ``features`` (``reference_features``); required then."""
+        logits = np.asarray(logits, dtype=np.float32)
+        features = np.asarray(features, dtype=np.float32)
+        manifest = self._bundle.manifest
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood
-        scores = None if ood is None else ood.score(outputs[-1])
+        if self._ood_output() == "features" and ood_features is None:
+            ood_features = features
+        if ood is not None and ood_features is None:
+            raise PredictorError(
+                f"this bundle's OOD model scores the {self._ood_output()!r} output: pass it as "
+                "ood_features"
+            )
+        scores = None if ood is None else ood.score(np.asarray(ood_features, dtype=np.float32))
         ood_threshold = None if manifest.ood is None else manifest.ood.threshold
         k = min(top_k, len(self.labels))
         results: list[Prediction] = []

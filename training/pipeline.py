@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,15 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from model.bundle import Bundle, load_bundle, write_bundle
 from model.decision import Thresholds
 from model.labels import Label
+from model.ood import AnyOodModel, fit_knn, fit_ood
 from model.predictor import softmax
 from training import data as d
+from training import export as ex
+from training.augment import preset_for
+from training.backbone import add_reference_branch, create_model, describe
 from training.calibrate import (
     AllClearChoice,
     ThresholdChoice,
@@ -44,7 +49,21 @@ from training.calibrate import (
     choose_thresholds,
     fit_temperature,
 )
+from training.compare import judge_against_base
 from training.config import TrainConfig
+from training.evaluation import evaluate_samples, ood_scores_for
+from training.features import extract_features
+from training.images import AugmentedImages
+from training.inputs import batches, load_inputs
+from training.open_set import evaluate_open_set
+from training.partial import (
+    cache_augmented,
+    cache_plain,
+    features_from_maps,
+    split_index,
+    train_last_stage,
+)
+from training.train import choose_head, fine_tune, set_head
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +178,6 @@ def backbone_features(
     feature cache, whose file is keyed by a fingerprint of the weights and the preprocessing;
     the pipeline caches only the pretrained backbone's features.
     """
-    from training.features import extract_features
-
     if not samples:
         return np.zeros((0, 1280), dtype=np.float32)
     cache_dir = Path(config.cache_dir) if (cache and config.cache_dir) else None
@@ -177,15 +194,6 @@ def _train_last(
     work: Path,
 ) -> tuple[list[dict[str, float]], int]:
     """``last`` mode: cache trunk maps, train the last stage and head, refresh the features."""
-    from training.augment import preset_for
-    from training.partial import (
-        cache_augmented,
-        cache_plain,
-        features_from_maps,
-        split_index,
-        train_last_stage,
-    )
-
     split = split_index(model, config.trained_stages)
     preprocess = config.preprocess()
     plain = {
@@ -247,9 +255,6 @@ def _has_output(path: Path, name: str) -> bool:
 
 def _onnx_features(path: Path, paths: Sequence[Path], preprocess: Any) -> NDArray[np.float32]:
     """Pooled ``features`` output of an ONNX model for image files, in batches."""
-    from training import export as ex
-    from training.inputs import batches, load_inputs
-
     chunks = [
         ex.onnx_outputs(path, load_inputs(chunk, preprocess))[1]
         for chunk in batches(list(paths), 64)
@@ -257,20 +262,110 @@ def _onnx_features(path: Path, paths: Sequence[Path], preprocess: Any) -> NDArra
     return np.concatenate(chunks).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """Where and under which name a run writes: the first stage's result."""
+
+    version: str
+    out_dir: Path
+    work: Path
+    command: str
+    started: float
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The fine-tuned network with its data: what training hands to calibration and export.
+
+    ``arrays`` hold each split's features through the final network.
+    """
+
+    model: Any
+    samples: list[d.Sample]
+    label_map: d.LabelMap
+    arrays: dict[str, SplitArrays]
+    class_weights: NDArray[np.float64]
+    head_weight_decay: float | None
+    history: list[dict[str, float]]
+    best_epoch: int
+    reference_model: Any = None
+    """The frozen ImageNet backbone (``--ood-method knn-reference``), else None."""
+    reference_features: dict[str, NDArray[np.float32]] = field(default_factory=dict)
+    """Each split's pooled features through the ImageNet backbone, before any training."""
+    base_bundle: Bundle | None = None
+    """``--from-bundle``: the bundle whose trained model is reused (``model`` is then None)."""
+    val_logits: NDArray[np.float64] | None = None
+    """``--from-bundle``: the reused model's fp32 validation logits."""
+
+    @property
+    def mode(self) -> str:
+        """How the model was obtained, as the manifest records it."""
+        return f"from bundle {self.base_bundle.version}" if self.base_bundle else ""
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """The ONNX files that passed their gates, and the calibration fitted on the served model."""
+
+    fp32_path: Path
+    fp32_check: ex.Fp32Check
+    int8_path: Path | None
+    int8_gate: ex.Int8Gate | None
+    temperature: float
+    chosen: dict[str, ThresholdChoice]
+    thresholds: Thresholds
+    calibrated_on: str
+    ood_model: AnyOodModel
+    provisional_ood_threshold: float
+    backbone: str
+    all_clear: dict[str, AllClearChoice]
+    ood_features: str
+
+    def bundle_arguments(self, trained: TrainedModel, config: TrainConfig) -> dict[str, Any]:
+        """The :func:`write_bundle` arguments shared by the provisional and the final bundle."""
+        return {
+            "onnx_fp32": self.fp32_path,
+            "onnx_int8": self.int8_path,
+            "labels": trained.label_map.labels,
+            "preprocess": config.preprocess(),
+            "temperature": self.temperature,
+            "thresholds": self.thresholds,
+            "modalities": [config.modality],
+            "ood": self.ood_model,
+            "ood_features": self.ood_features,
+            "backbone": self.backbone,
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The served model's figures on validation and test, its OOD threshold and reports."""
+
+    metrics: dict[str, Any]
+    reports: dict[str, Path]
+    ood_threshold: float
+    recommended: bool
+    parent_version: str | None
+
+
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
-    from model.bundle import load_bundle, write_bundle
-    from model.ood import fit_knn, fit_ood
-    from training import export as ex
-    from training.backbone import create_model, describe
-    from training.evaluation import evaluate_samples, ood_scores_for
-    from training.train import choose_head, fine_tune, set_head
+    setup = start_run(config, command)
+    trained = train_model(config, setup.work)
+    exported = export_and_calibrate(config, trained, setup.work)
+    evaluation = evaluate_served(config, trained, exported, setup.work)
+    final = write_final_bundle(config, setup, trained, exported, evaluation)
+    _cleanup(setup.work)
+    logger.info("bundle %s written in %.0f s", final, time.monotonic() - setup.started)
+    return final
 
+
+def start_run(config: TrainConfig, command: str | None = None) -> RunSetup:
+    """Seed torch, name the version and make the work folder (refuses an existing version)."""
     started = time.monotonic()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    command = command or config.command()
     preprocess = config.preprocess()
     logger.info(
         "input %d px (shorter side resized to %d)", preprocess.input_size, preprocess.resize_shorter
@@ -281,131 +376,178 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         raise d.DataError(f"{out_dir / version} exists; pass --overwrite or another --version")
     work = Path(config.work_dir) if config.work_dir else out_dir.parent / "runs" / version
     work.mkdir(parents=True, exist_ok=True)
+    return RunSetup(version, out_dir, work, command or config.command(), started)
 
+
+def train_model(config: TrainConfig, work: Path) -> TrainedModel:
+    """Load and split the data, choose a head on frozen features, then fine-tune (``last`` or
+    ``full``); the splits' features are refreshed through the fine-tuned network."""
     samples, label_map, splits = prepare_data(config)
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
-    arrays: dict[str, SplitArrays] = {}
     model: Any = create_model(num_classes, pretrained=config.pretrained)
-    for name, part in splits.items():
-        arrays[name] = SplitArrays(
+    arrays = {
+        name: SplitArrays(
             part,
             d.encode_labels(part, label_map),
             backbone_features(
                 model, part, config, cache=config.pretrained, desc=f"{name} features"
             ),
         )
-    train, val, test = arrays["train"], arrays["val"], arrays["test"]
-    use_reference = config.ood_method == "knn-reference"
-    # The backbone before any training (ImageNet weights): its pooled features are what the kNN
-    # OOD score compares, so the bundle carries a frozen copy of it.
-    reference_model = copy.deepcopy(model).eval() if use_reference else None
-    reference_features = {name: a.features.copy() for name, a in arrays.items()}
+        for name, part in splits.items()
+    }
+    train, val = arrays["train"], arrays["val"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
-    base_bundle = load_bundle(Path(config.from_bundle)) if config.from_bundle else None
-    head_weight_decay: float | None = None
+    # The backbone before any training (ImageNet weights): its pooled features are what the kNN
+    # OOD score compares, so a knn-reference bundle carries a frozen copy of it.
+    reference_model = copy.deepcopy(model).eval() if config.ood_method == "knn-reference" else None
+    reference_features = {name: a.features.copy() for name, a in arrays.items()}
+    if config.from_bundle:
+        return _reuse_bundle(
+            config, samples, label_map, arrays, weights, reference_model, reference_features
+        )
+    head = choose_head(
+        train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
+    )
+    set_head(model, head.weight, head.bias)
     history: list[dict[str, float]] = []
     best_epoch = 0
-    val_inputs = None
-    if base_bundle is not None:
-        from training.inputs import load_inputs
+    if config.mode == "last" and config.epochs > 0:
+        history, best_epoch = _train_last(model, arrays, config, weights, work)
+    elif config.mode == "full" and config.epochs > 0:
+        history, best_epoch = _train_full(model, arrays, config, weights, work)
+    model.eval()
+    return TrainedModel(
+        model,
+        samples,
+        label_map,
+        arrays,
+        weights,
+        head.weight_decay,
+        history,
+        best_epoch,
+        reference_model,
+        reference_features,
+    )
 
-        _check_same_labels(base_bundle.labels, label_map.labels, config.from_bundle or "")
-        base_fp32 = base_bundle.model_path("fp32")
-        val_inputs = load_inputs(val.paths, preprocess)
-        base_logits, val.features = ex.onnx_outputs(base_fp32, val_inputs)
-        val_logits = base_logits.astype(np.float64)
-        if not use_reference:
-            train.features = _onnx_features(base_fp32, train.paths, preprocess)
-        backbone_name = base_bundle.manifest.backbone
-    else:
-        head = choose_head(
-            train.features,
-            train.targets,
-            val.features,
-            val.targets,
-            num_classes,
-            class_weights=weights,
+
+def _reuse_bundle(
+    config: TrainConfig,
+    samples: list[d.Sample],
+    label_map: d.LabelMap,
+    arrays: dict[str, SplitArrays],
+    weights: NDArray[np.float64],
+    reference_model: Any,
+    reference_features: dict[str, NDArray[np.float32]],
+) -> TrainedModel:
+    """``--from-bundle``: no training; the bundle's fp32 model gives the validation logits and
+    (for the Mahalanobis OOD model) the fine-tuned features."""
+    base = load_bundle(Path(config.from_bundle or ""))
+    _check_same_labels(base.labels, label_map.labels, config.from_bundle or "")
+    base_fp32 = base.model_path("fp32")
+    preprocess = config.preprocess()
+    val = arrays["val"]
+    base_logits, val.features = ex.onnx_outputs(base_fp32, load_inputs(val.paths, preprocess))
+    if reference_model is None:
+        arrays["train"].features = _onnx_features(base_fp32, arrays["train"].paths, preprocess)
+    return TrainedModel(
+        None,
+        samples,
+        label_map,
+        arrays,
+        weights,
+        None,
+        [],
+        0,
+        reference_model,
+        reference_features,
+        base,
+        base_logits.astype(np.float64),
+    )
+
+
+def _train_full(
+    model: torch.nn.Module,
+    arrays: dict[str, SplitArrays],
+    config: TrainConfig,
+    weights: NDArray[np.float64],
+    work: Path,
+) -> tuple[list[dict[str, float]], int]:
+    """``full`` mode: fine-tune every layer on augmented images, then refresh the features."""
+    preprocess = config.preprocess()
+    train, val = arrays["train"], arrays["val"]
+    train_set = AugmentedImages(
+        train.paths,
+        train.targets,
+        preset_for(config.augment).build(preprocess),
+        keep_shorter=train_image_shorter(preprocess.input_size),
+    )
+    state = fine_tune(
+        model,
+        train_set,
+        load_inputs(val.paths, preprocess),
+        val.targets,
+        mode=config.mode,
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        class_weights=weights,
+        checkpoint=work / "checkpoint.pt",
+        resume=config.resume,
+        seed=config.seed,
+    )
+    for name, split_arrays in arrays.items():
+        split_arrays.features = backbone_features(
+            model, split_arrays.samples, config, cache=False, desc=f"{name} features (fine-tuned)"
         )
-        set_head(model, head.weight, head.bias)
-        head_weight_decay = head.weight_decay
-        if config.mode == "last" and config.epochs > 0:
-            history, best_epoch = _train_last(model, arrays, config, weights, work)
-        elif config.mode == "full" and config.epochs > 0:
-            from training.augment import preset_for
-            from training.images import AugmentedImages
-            from training.inputs import load_inputs
+    return state.history, state.best_epoch
 
-            val_inputs = load_inputs(val.paths, preprocess)
-            train_set = AugmentedImages(
-                train.paths,
-                train.targets,
-                preset_for(config.augment).build(preprocess),
-                keep_shorter=train_image_shorter(preprocess.input_size),
-            )
-            state = fine_tune(
-                model,
-                train_set,
-                val_inputs,
-                val.targets,
-                mode=config.mode,
-                epochs=config.epochs,
-                lr=config.lr,
-                weight_decay=config.weight_decay,
-                batch_size=config.batch_size,
-                class_weights=weights,
-                checkpoint=work / "checkpoint.pt",
-                resume=config.resume,
-                seed=config.seed,
-            )
-            history, best_epoch = state.history, state.best_epoch
-            for name, split_arrays in arrays.items():
-                split_arrays.features = backbone_features(
-                    model,
-                    split_arrays.samples,
-                    config,
-                    cache=False,
-                    desc=f"{name} features (fine-tuned)",
-                )
-        model.eval()
-        classifier: Any = model.get_classifier()
+
+def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path) -> ExportedModel:
+    """Calibrate on validation logits, export fp32 and INT8 through their gates, and fit the OOD
+    model; when the INT8 model ships, temperature and thresholds are refitted on its logits."""
+    train, val = trained.arrays["train"], trained.arrays["val"]
+    if trained.val_logits is not None:
+        val_logits = trained.val_logits
+    else:
+        classifier: Any = trained.model.get_classifier()
         w = classifier.weight.detach().numpy().astype(np.float64)
         b = classifier.bias.detach().numpy().astype(np.float64)
         val_logits = val.features.astype(np.float64) @ w.T + b
-        backbone_name = describe(model)["name"]
-    labels = label_map.labels
+    labels = trained.label_map.labels
     temperature, chosen, thresholds, all_clear = _calibrate(val_logits, val.targets, labels, config)
     calibrated_on = "fp32 validation logits"
-    ood_model: Any
-    if use_reference:
-        ood_model = fit_knn(reference_features["train"], k=config.ood_k)
-        ood_features, val_ood_features = "reference_features", reference_features["val"]
+    ood_model: AnyOodModel
+    if trained.reference_model is not None:
+        ood_model = fit_knn(trained.reference_features["train"], k=config.ood_k)
+        ood_features, val_ood = "reference_features", trained.reference_features["val"]
     else:
         ood_model = fit_ood(train.features, train.targets)
-        ood_features, val_ood_features = "features", val.features
+        ood_features, val_ood = "features", val.features
     provisional_ood = choose_ood_threshold(
-        ood_model.score(val_ood_features).astype(np.float64), config.ood_flag_rate
+        ood_model.score(val_ood).astype(np.float64), config.ood_flag_rate
     )
 
-    # Export and the two gates.
-    from training.inputs import load_inputs
-
-    if val_inputs is None:
-        val_inputs = load_inputs(val.paths, preprocess)
-    if base_bundle is not None:
-        from training.backbone import add_reference_branch
-
+    preprocess = config.preprocess()
+    val_inputs = load_inputs(val.paths, preprocess)
+    if trained.base_bundle is not None:
+        base_fp32 = trained.base_bundle.model_path("fp32")
         fp32_path = work / ex.FP32_FILE
-        if reference_model is not None and not _has_output(base_fp32, "reference_features"):
+        if trained.reference_model is not None and not _has_output(base_fp32, "reference_features"):
             add_reference_branch(
-                base_fp32, reference_model, fp32_path, input_size=preprocess.input_size
+                base_fp32, trained.reference_model, fp32_path, input_size=preprocess.input_size
             )
         else:
             shutil.copyfile(base_fp32, fp32_path)
         fp32_check = ex.check_fp32(base_fp32, fp32_path, val_inputs)
+        backbone = trained.base_bundle.manifest.backbone
     else:
-        fp32_path = ex.export_fp32(model, work, val_inputs[:4], reference=reference_model)
-        fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
+        fp32_path = ex.export_fp32(
+            trained.model, work, val_inputs[:4], reference=trained.reference_model
+        )
+        fp32_check = ex.check_fp32(trained.model, fp32_path, val_inputs)
+        backbone = describe(trained.model)["name"]
     int8_path: Path | None = None
     int8_gate = None
     if config.int8:
@@ -422,25 +564,34 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         int8_path = work / ex.INT8_FILE if int8_gate.written else None
         if int8_path is not None and int8_gate.val_logits is not None:
             # The service runs the INT8 model: calibrate what it serves (on the validation
-            # logits its gate computed), as the OOD threshold below is chosen on it too.
+            # logits its gate computed), as the OOD threshold is chosen on it too.
             temperature, chosen, thresholds, all_clear = _calibrate(
                 int8_gate.val_logits.astype(np.float64), val.targets, labels, config
             )
             calibrated_on = "INT8 validation logits (the served model)"
-    del val_inputs
+    return ExportedModel(
+        fp32_path,
+        fp32_check,
+        int8_path,
+        int8_gate,
+        temperature,
+        chosen,
+        thresholds,
+        calibrated_on,
+        ood_model,
+        provisional_ood,
+        backbone,
+        all_clear,
+        ood_features,
+    )
 
-    common: dict[str, Any] = {
-        "onnx_fp32": fp32_path,
-        "onnx_int8": int8_path,
-        "labels": label_map.labels,
-        "preprocess": preprocess,
-        "temperature": temperature,
-        "thresholds": thresholds,
-        "modalities": [config.modality],
-        "ood": ood_model,
-        "ood_features": ood_features,
-        "backbone": backbone_name,
-    }
+
+def evaluate_served(
+    config: TrainConfig, trained: TrainedModel, exported: ExportedModel, work: Path
+) -> Evaluation:
+    """Evaluate the served model through the real predictor on validation and test, set the OOD
+    threshold from its validation scores, and compare with ``--base`` when given."""
+    val, test = trained.arrays["val"], trained.arrays["test"]
     provisional = write_bundle(
         work,
         version="provisional",
@@ -448,9 +599,9 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         training={},
         provenance={},
         limitations=[],
-        ood_threshold=provisional_ood,
+        ood_threshold=exported.provisional_ood_threshold,
         overwrite=True,
-        **common,
+        **exported.bundle_arguments(trained, config),
     )
     bundle = load_bundle(provisional)
     # OOD threshold from the served model's validation scores (INT8 when it ships).
@@ -463,56 +614,31 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     for name, evaluated in (("validation", val), ("test", test)):
         if not evaluated.samples:
             continue
-        result = evaluate_samples(bundle, evaluated.samples, label_map, ood_threshold=ood_threshold)
+        result = evaluate_samples(
+            bundle, evaluated.samples, trained.label_map, ood_threshold=ood_threshold
+        )
         metrics[name] = result.report
         evaluated_splits[name] = (evaluated.samples, result)
         for path in result.write(work / "reports", name):
             reports[path.name] = path
-    ood_summary: dict[str, Any] = {
-        "method": bundle.manifest.ood.method if bundle.manifest.ood else None,
-        "features": ood_features,
-        "k": config.ood_k if use_reference else None,
-        "fitted_on": (
-            "training split, frozen ImageNet backbone's features (reference_features)"
-            if use_reference
-            else "training split, fine-tuned features"
-        ),
-        "threshold_rule": f"validation quantile {1 - config.ood_flag_rate:.2f} (served model)",
-        "threshold": ood_threshold,
-        "validation_flagged": float(np.mean(served_val_scores > ood_threshold)),
-    }
-    if test.samples:
-        ood_summary["test_flagged"] = metrics["test"].get("ood_flagged")
-    if config.ood_data:
-        outside = d.load_dataset(Path(config.ood_data))
-        scores = ood_scores_for(bundle, [s.path for s in outside])
-        ood_summary["outside_images"] = len(outside)
-        ood_summary["outside_data"] = Path(config.ood_data).name
-        ood_summary["outside_flagged"] = float(np.mean(scores > ood_threshold))
-        logger.info(
-            "OOD: %.1f%% of %s flagged (validation %.1f%%)",
-            100 * ood_summary["outside_flagged"],
-            config.ood_data,
-            100 * ood_summary["validation_flagged"],
-        )
-    metrics["ood"] = ood_summary
-    from training.open_set import evaluate_open_set
-
+    metrics["ood"] = _ood_summary(config, bundle, served_val_scores, ood_threshold, metrics)
     metrics["open_set"] = evaluate_open_set(
         bundle,
         evaluated_splits,
         Path(config.ood_data) if config.ood_data else None,
         work,
-        label_map,
+        trained.label_map,
     )
-    metrics["fp32_check"] = fp32_check.__dict__
+    metrics["fp32_check"] = exported.fp32_check.__dict__
     metrics["int8"] = (
-        int8_gate.to_dict() if int8_gate else {"written": False, "reason": "--no-int8"}
+        exported.int8_gate.to_dict()
+        if exported.int8_gate
+        else {"written": False, "reason": "--no-int8"}
     )
     metrics["calibration"] = {
-        "fitted_on": calibrated_on,
-        "temperature": temperature,
-        "thresholds": {k: v.__dict__ for k, v in chosen.items()},
+        "fitted_on": exported.calibrated_on,
+        "temperature": exported.temperature,
+        "thresholds": {k: v.__dict__ for k, v in exported.chosen.items()},
         "all_clear": {
             "max_all_clear": config.max_all_clear,
             "rule": (
@@ -520,67 +646,110 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
                 "most max_all_clear of the validation images of the CITES labels it guards are "
                 "answered with it"
             ),
-            "labels": {k: v.to_dict() for k, v in all_clear.items()},
+            "labels": {k: v.to_dict() for k, v in exported.all_clear.items()},
         },
     }
-
     recommended, parent_version = True, None
     if config.base:
-        from training.compare import judge_against_base
-
         base = load_bundle(Path(config.base))
         parent_version = base.version
         recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
         metrics["comparison_with_base"] = comparison
+    return Evaluation(metrics, reports, ood_threshold, recommended, parent_version)
 
-    duration = time.monotonic() - started
+
+def _ood_summary(
+    config: TrainConfig,
+    bundle: Bundle,
+    served_val_scores: NDArray[np.float64],
+    ood_threshold: float,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """How the OOD threshold was chosen and what share of each set it flags."""
+    spec = bundle.manifest.ood
+    knn = spec is not None and spec.features == "reference_features"
+    summary: dict[str, Any] = {
+        "method": spec.method if spec else None,
+        "features": spec.features if spec else None,
+        "k": config.ood_k if knn else None,
+        "fitted_on": (
+            "training split, frozen ImageNet backbone's features (reference_features)"
+            if knn
+            else "training split, fine-tuned features"
+        ),
+        "threshold_rule": f"validation quantile {1 - config.ood_flag_rate:.2f} (served model)",
+        "threshold": ood_threshold,
+        "validation_flagged": float(np.mean(served_val_scores > ood_threshold)),
+    }
+    if "test" in metrics:
+        summary["test_flagged"] = metrics["test"].get("ood_flagged")
+    if config.ood_data:
+        outside = d.load_dataset(Path(config.ood_data))
+        scores = ood_scores_for(bundle, [s.path for s in outside])
+        summary["outside_images"] = len(outside)
+        summary["outside_data"] = Path(config.ood_data).name
+        summary["outside_flagged"] = float(np.mean(scores > ood_threshold))
+        logger.info(
+            "OOD: %.1f%% of %s flagged (validation %.1f%%)",
+            100 * summary["outside_flagged"],
+            config.ood_data,
+            100 * summary["validation_flagged"],
+        )
+    return summary
+
+
+def write_final_bundle(
+    config: TrainConfig,
+    setup: RunSetup,
+    trained: TrainedModel,
+    exported: ExportedModel,
+    evaluation: Evaluation,
+) -> Path:
+    """Write ``out/<version>/`` with the figures, the training summary, ``config.json``,
+    provenance and the reports."""
     training_info: dict[str, Any] = {
-        "data": d.summarise(samples),
-        "splits": {name: d.summarise(a.samples) for name, a in arrays.items()},
+        "data": d.summarise(trained.samples),
+        "splits": {name: d.summarise(a.samples) for name, a in trained.arrays.items()},
         "split_rule": (
             f"deterministic grouped split by case_id (seed {config.seed}); per class, groups "
             f"ordered by sha256 of their key: {config.val_fraction:.0%} validation, "
             f"{config.test_fraction:.0%} test, rest training"
         ),
-        "label_map": label_map.to_dict(),
-        "mode": f"from bundle {base_bundle.version}" if base_bundle else config.mode,
-        "head_weight_decay": head_weight_decay,
-        "epochs": history,
-        "best_epoch": best_epoch,
-        "class_weights": [round(float(x), 4) for x in weights],
-        "duration_s": round(duration, 1),
+        "label_map": trained.label_map.to_dict(),
+        "mode": trained.mode or config.mode,
+        "head_weight_decay": trained.head_weight_decay,
+        "epochs": trained.history,
+        "best_epoch": trained.best_epoch,
+        "class_weights": [round(float(x), 4) for x in trained.class_weights],
+        "duration_s": round(time.monotonic() - setup.started, 1),
     }
-    config_file = work / "config.json"
+    config_file = setup.work / "config.json"
     config_file.write_text(
-        json.dumps({"command": command, "config": config.to_dict()}, indent=2) + "\n",
+        json.dumps({"command": setup.command, "config": config.to_dict()}, indent=2) + "\n",
         encoding="utf-8",
     )
     provenance = {
-        "command": command,
+        "command": setup.command,
         "git_commit": git_commit(),
-        "parent_version": parent_version,
+        "parent_version": evaluation.parent_version,
         "host": platform.node(),
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    limitations = list(config.limitations) or list(DEFAULT_LIMITATIONS)
-    final = write_bundle(
-        out_dir,
-        version=version,
-        metrics=metrics,
+    return write_bundle(
+        setup.out_dir,
+        version=setup.version,
+        metrics=evaluation.metrics,
         training=training_info,
         provenance=provenance,
-        limitations=limitations,
-        ood_threshold=ood_threshold,
-        extra_files={"config.json": config_file, **reports},
-        recommended=recommended,
-        parent_version=parent_version,
+        limitations=list(config.limitations) or list(DEFAULT_LIMITATIONS),
+        ood_threshold=evaluation.ood_threshold,
+        extra_files={"config.json": config_file, **evaluation.reports},
+        recommended=evaluation.recommended,
+        parent_version=evaluation.parent_version,
         overwrite=config.overwrite,
-        **common,
+        **exported.bundle_arguments(trained, config),
     )
-    _cleanup(work)
-    logger.info("bundle %s written in %.0f s", final, time.monotonic() - started)
-    return final
 
 
 def _cleanup(work: Path) -> None:

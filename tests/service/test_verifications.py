@@ -129,9 +129,20 @@ def test_image_of_another_taxon_is_inconsistent_with_the_reason(api: Api) -> Non
         "(0.99), Appendix II"
     )
     assert second["verdict"] == "inconclusive" and "refer to an expert" in second["reason"]
-    # the mahogany row is recalled, not verified: flagged in the answer
-    assert body["listing"]["verified"] is False
-    assert check(body, "listing_source")["outcome"] == "inconclusive"
+    # the mahogany population row was verified (V-old, taxonomy check of 2026-12-02)
+    assert body["listing"]["verified"] is True
+    assert body["listing"]["verification"] == "V-old"
+    assert "listing_source" not in {c["check"] for c in body["checks"]}
+
+
+def test_an_appendix_from_a_recalled_row_is_flagged(api: Api) -> None:
+    tiger = {**ELEPHANT_FROM_KENYA, "scientific_name": "Panthera tigris", "country_of_export": "IN"}
+    body = api.verify(tiger, (MAGENTA,)).json()
+    assert body["listing"] == {**body["listing"], "verified": False, "verification": "R"}
+    flagged = check(body, "listing_source")
+    assert flagged["outcome"] == "inconclusive"
+    assert flagged["reason"].startswith("caution: the taxonomy row for Panthera tigris")
+    assert body["verdict"] == "inconclusive"
 
 
 @pytest.mark.parametrize(
@@ -221,3 +232,10 @@ def test_identifications_flag_an_appendix_from_an_unverified_row(api: Api) -> No
     ivory = identify(RED)
     assert ivory["decision"]["listing"]["verified"] is True
     assert all("listing" in candidate for candidate in ivory["top_k"])
+
+
+def test_taxon_lookup_with_an_origin_names_the_listing_row(api: Api) -> None:
+    body = api.get("/v1/taxa/swietenia-macrophylla", origin_country="PE").json()
+    listing = body["appendix_for_origin"]["listing"]
+    assert listing["row"].startswith("populations.tsv swietenia-macrophylla II")
+    assert listing["verified"] is (listing["verification"] != "R")

@@ -94,6 +94,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             str(base),
             "--threads",
             "2",
+            "--ood-method",
+            "knn-reference",
         ]
     )
     assert code == 0
@@ -322,6 +324,8 @@ def test_from_bundle_reuses_the_trained_model_with_a_new_label_map(
             "8",
             "--threads",
             "2",
+            "--ood-method",
+            "knn-reference",
         ]
     )
     assert code == 0

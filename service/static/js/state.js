@@ -23,4 +23,6 @@ export const state = {
   taxonCache: new Map(), // taxon id -> GET /v1/taxa/{id}
   verification: null, // the permit verification shown
   lastError: null, // the error on screen (rewritten on a change of language)
+  offline: null, // the offline package of the model stored on this phone (js/offline.js)
+  offlineSession: false, // signed in from this tab's earlier check, without network
 };
