@@ -2,7 +2,7 @@
 
 Rules, in order (the first that applies wins):
 
-1. ``ood_score``: the image's out-of-domain score exceeds the bundle's threshold ->
+1. ``ood_mahalanobis`` (any OOD method): the image's out-of-domain score exceeds the bundle's threshold ->
    ``outside_training_domain`` (the model has not seen anything like it; refer to an expert).
 2. ``label_threshold``: the most probable label is a CITES label and its probability reaches the
    taxon threshold -> ``taxon`` (the label's taxon).
@@ -282,7 +282,7 @@ def decide(
             label_id=None,
             taxon_id=None,
             probability=top_p,
-            rule="ood_score",
+            rule="ood_mahalanobis",
             reason=(
                 f"the image is unlike the images this model was trained on (score {shown} > "
                 f"{ood_threshold:.2f}); its suggestion is not reliable: {REFER}"

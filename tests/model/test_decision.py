@@ -156,7 +156,7 @@ def test_lookalike_below_its_threshold_does_not_decide() -> None:
 def test_ood_beats_a_confident_label() -> None:
     vector = probs(elephant_ivory=0.99)
     decision = run(vector, "KE", ood_score=7.5, ood_threshold=3.0)
-    assert (decision.kind, decision.rule) == ("outside_training_domain", "ood_score")
+    assert (decision.kind, decision.rule) == ("outside_training_domain", "ood_mahalanobis")
     assert decision.taxon_id is None
     assert "7.50 > 3.00" in decision.reason
     assert run(vector, "KE", ood_score=2.0, ood_threshold=3.0).kind == "taxon"

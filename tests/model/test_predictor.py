@@ -138,7 +138,7 @@ def test_ood_image_is_outside_training_domain(tiny_bundle_ood: Path) -> None:
     assert red.ood_score is not None and red.ood_score < TINY_OOD_THRESHOLD
     assert (gray.decision.kind, gray.decision.rule) == (
         "outside_training_domain",
-        "ood_score",
+        "ood_mahalanobis",
     )
     assert gray.decision.refer_to_expert
 
