@@ -3,7 +3,8 @@
 Rules, in order (the first that applies wins):
 
 1. ``ood_mahalanobis`` (whatever the OOD method): the image's out-of-domain score exceeds the
-   bundle's threshold -> ``outside_training_domain`` (the model has not seen anything like it; refer to an expert).
+   bundle's threshold -> ``outside_training_domain`` (the model has not seen anything like it;
+   refer to an expert).
 2. ``label_threshold``: the most probable label is a CITES label and its probability reaches the
    taxon threshold -> ``taxon`` (the label's taxon).
 3. ``lookalike_threshold``: the image passed the out-of-domain check (the bundle has an OOD
