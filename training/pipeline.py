@@ -15,7 +15,6 @@ Order of work (everything tuned on the validation split; the test split is only 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import platform
@@ -400,7 +399,9 @@ def train_model(config: TrainConfig, work: Path) -> TrainedModel:
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
     # The backbone before any training (ImageNet weights): its pooled features are what the kNN
     # OOD score compares, so a knn-reference bundle carries a frozen copy of it.
-    reference_model = copy.deepcopy(model).eval() if config.ood_method == "knn-reference" else None
+    reference_model = (
+        _frozen_copy(model, num_classes) if config.ood_method == "knn-reference" else None
+    )
     reference_features = {name: a.features.copy() for name, a in arrays.items()}
     if config.from_bundle:
         return _reuse_bundle(
@@ -429,6 +430,16 @@ def train_model(config: TrainConfig, work: Path) -> TrainedModel:
         reference_model,
         reference_features,
     )
+
+
+def _frozen_copy(model: Any, num_classes: int) -> Any:
+    """A fresh network holding ``model``'s current weights, frozen (no gradients), in eval mode:
+    the reference backbone a knn-reference bundle carries."""
+    frozen: Any = create_model(num_classes, pretrained=False)
+    frozen.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen.eval()
 
 
 def _reuse_bundle(
