@@ -71,6 +71,7 @@ several times faster on a busy CPU (the features agree to about 1e-5)."""
 
 def _onnx_pretrained(pretrained: Any, cache: Path, paths: list[Path]) -> NDArray[np.float32]:
     import onnxruntime as ort
+    import torch
 
     from model.preprocess import PreprocessConfig
     from training.backbone import PooledFeatures, export_module
@@ -78,8 +79,9 @@ def _onnx_pretrained(pretrained: Any, cache: Path, paths: list[Path]) -> NDArray
 
     model_path = cache / "pretrained-pooled.onnx"
     if not model_path.is_file():
+        contiguous = pretrained.eval().to(memory_format=torch.contiguous_format)
         export_module(
-            PooledFeatures(pretrained).eval(), model_path, ["reference_features"], 224, 18, None
+            PooledFeatures(contiguous).eval(), model_path, ["reference_features"], 224, 18, None
         )
     options = ort.SessionOptions()
     options.log_severity_level = 3
