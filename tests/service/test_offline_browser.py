@@ -314,7 +314,7 @@ def test_offline_identification_and_sync(
     _sign_in(page, service, officer_key)
     version = json.loads((bundle / "manifest.json").read_text())["version"]
     expect(page.locator("#offline-status")).to_contain_text(f"model {version} is stored")
-    page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller")
+    page.wait_for_function("() => navigator.serviceWorker && navigator.serviceWorker.controller")
 
     # 2. No network: identify on the phone.
     browser_context.set_offline(True)
