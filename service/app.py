@@ -32,6 +32,7 @@ from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
 from service.problems import ProblemError, install_problem_handlers, install_problem_openapi
 from service.recorder import IdentificationRecorder
+from service.replicas import ActiveVersionFollower
 from service.repository import ACTIVE_MODEL_KEY, get_state
 from service.routes import feedback, identifications, models, ops, taxa
 from service.settings import Settings, load_settings
@@ -204,6 +205,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.context = context
         context.batcher.start()
         context.recorder.start()
+        follower = ActiveVersionFollower(
+            context.host, context.sessions, settings.replica_poll_s, metrics.set_active_model
+        )
+        follower.start()
         logger.info(
             "serving model %s (data in %s)",
             context.host.current.version if context.host.current else "none",
@@ -212,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await follower.close()
             await context.batcher.close()
             await context.recorder.close()
             context.decode_pool.shutdown(wait=False, cancel_futures=True)

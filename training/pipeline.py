@@ -20,11 +20,11 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,7 +41,16 @@ from training.calibrate import (
 from training.config import TrainConfig
 from training.metrics import softmax
 
+if TYPE_CHECKING:
+    from model.bundle import Bundle
+    from training.gate import GateOutcome
+
+    Gate = Callable[[Bundle, dict[str, list[d.Sample]]], GateOutcome]
+
 logger = logging.getLogger(__name__)
+
+TORCH_WEIGHTS_FILE = "model.pt"
+"""Bundle file with the trained torch weights: ``{"backbone", "labels", "state_dict"}``."""
 
 DEFAULT_LIMITATIONS = (
     "Trained on camera photographs only; x-ray images are refused (no x-ray training data).",
@@ -205,8 +214,67 @@ def _train_last(
     return result.history, result.best_epoch
 
 
-def run(config: TrainConfig, command: str | None = None) -> Path:
-    """Train, calibrate, export and write a bundle; returns the bundle folder."""
+def warm_start_model(bundle_path: Path, num_classes: int) -> torch.nn.Module:
+    """The backbone of a bundle's ``model.pt`` with a fresh ``num_classes``-way classifier
+    (the pipeline fits the head on the warm-started features next).
+
+    Raises :class:`training.data.DataError` for a bundle without torch weights or with weights
+    of another architecture.
+    """
+    from model.backbone import create_model
+
+    path = Path(bundle_path) / TORCH_WEIGHTS_FILE
+    if not path.is_file():
+        raise d.DataError(
+            f"{bundle_path} has no {TORCH_WEIGHTS_FILE}: bundles written before retraining "
+            "existed carry only ONNX; rebuild it once with `cites-vision train --config "
+            f"{Path(bundle_path) / 'config.json'} --overwrite`"
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = saved.get("state_dict") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise d.DataError(f"{path}: not a CITES Vision torch weights file")
+    model = create_model(num_classes, pretrained=False)
+    backbone = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    result = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
+    if missing or result.unexpected_keys:
+        raise d.DataError(
+            f"{path}: the weights do not fit the backbone (missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]})"
+        )
+    logger.info("warm start from %s", path)
+    return model.eval()
+
+
+def save_torch_weights(model: torch.nn.Module, labels: Sequence[Any], path: Path) -> Path:
+    """Write the trained weights (what ``retrain`` warm-starts from) as ``model.pt``."""
+    from model.backbone import describe
+
+    torch.save(
+        {
+            "backbone": describe(model)["name"],
+            "labels": [label.id for label in labels],
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return path
+
+
+def run(
+    config: TrainConfig,
+    command: str | None = None,
+    *,
+    gate: Gate | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Train, calibrate, export and write a bundle; returns the bundle folder.
+
+    ``gate`` (``retrain``) judges the provisional bundle against its base and decides
+    ``recommended`` instead of the plain ``--base`` comparison; ``extra`` is recorded under the
+    manifest's ``training.retrain``.
+    """
     from model.backbone import create_model, describe
     from model.bundle import load_bundle, write_bundle
     from model.ood import fit_ood
@@ -234,14 +302,17 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
     arrays: dict[str, SplitArrays] = {}
-    model: Any = create_model(num_classes, pretrained=config.pretrained)
+    model: Any = (
+        warm_start_model(Path(config.init_from), num_classes)
+        if config.init_from
+        else create_model(num_classes, pretrained=config.pretrained)
+    )
+    cacheable = config.pretrained or config.init_from is not None
     for name, part in splits.items():
         arrays[name] = SplitArrays(
             part,
             d.encode_labels(part, label_map),
-            backbone_features(
-                model, part, config, cache=config.pretrained, desc=f"{name} features"
-            ),
+            backbone_features(model, part, config, cache=cacheable, desc=f"{name} features"),
         )
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
@@ -402,7 +473,17 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     }
 
     recommended, parent_version = True, None
-    if config.base:
+    gate_override = None
+    if gate is not None and config.base:
+        outcome = gate(bundle, splits)
+        recommended, gate_override = outcome.recommended, outcome.override
+        parent_version = load_bundle(Path(config.base)).version
+        metrics["gate"] = outcome.to_dict()
+        gate_file = work / "reports" / "gate.md"
+        gate_file.parent.mkdir(parents=True, exist_ok=True)
+        gate_file.write_text(outcome.table, encoding="utf-8")
+        reports[gate_file.name] = gate_file
+    elif config.base:
         from training.compare import judge_against_base
 
         base = load_bundle(Path(config.base))
@@ -427,6 +508,14 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "class_weights": [round(float(x), 4) for x in weights],
         "duration_s": round(duration, 1),
     }
+    if extra:
+        training_info["retrain"] = extra
+    if history:
+        from training.report import write_loss_curve
+
+        curve = write_loss_curve(history, work / "reports" / "training-loss.png")
+        reports[curve.name] = curve
+    weights_file = save_torch_weights(model, label_map.labels, work / TORCH_WEIGHTS_FILE)
     config_file = work / "config.json"
     config_file.write_text(
         json.dumps({"command": command, "config": config.to_dict()}, indent=2) + "\n",
@@ -440,6 +529,8 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if gate_override is not None:
+        provenance["gate_override"] = gate_override
     limitations = list(config.limitations) or list(DEFAULT_LIMITATIONS)
     final = write_bundle(
         out_dir,
@@ -449,7 +540,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         provenance=provenance,
         limitations=limitations,
         ood_threshold=ood_threshold,
-        extra_files={"config.json": config_file, **reports},
+        extra_files={"config.json": config_file, TORCH_WEIGHTS_FILE: weights_file, **reports},
         recommended=recommended,
         parent_version=parent_version,
         overwrite=config.overwrite,
