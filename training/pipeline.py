@@ -31,6 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from model.decision import Thresholds
+from model.predictor import softmax
 from training import data as d
 from training.calibrate import (
     ThresholdChoice,
@@ -39,7 +40,6 @@ from training.calibrate import (
     fit_temperature,
 )
 from training.config import TrainConfig
-from training.metrics import softmax
 
 if TYPE_CHECKING:
     from model.bundle import Bundle
@@ -130,7 +130,7 @@ def _calibrate(
     temperature-scaled validation probabilities of ``val_logits``."""
     temperature = fit_temperature(val_logits, targets)
     chosen = choose_thresholds(
-        softmax(val_logits, temperature),
+        softmax(val_logits, temperature, dtype=np.float64),
         targets,
         kinds,
         target_precision=config.target_precision,
@@ -221,7 +221,7 @@ def warm_start_model(bundle_path: Path, num_classes: int) -> torch.nn.Module:
     Raises :class:`training.data.DataError` for a bundle without torch weights or with weights
     of another architecture.
     """
-    from model.backbone import create_model
+    from training.backbone import create_model
 
     path = Path(bundle_path) / TORCH_WEIGHTS_FILE
     if not path.is_file():
@@ -249,7 +249,7 @@ def warm_start_model(bundle_path: Path, num_classes: int) -> torch.nn.Module:
 
 def save_torch_weights(model: torch.nn.Module, labels: Sequence[Any], path: Path) -> Path:
     """Write the trained weights (what ``retrain`` warm-starts from) as ``model.pt``."""
-    from model.backbone import describe
+    from training.backbone import describe
 
     torch.save(
         {
@@ -275,10 +275,10 @@ def run(
     ``recommended`` instead of the plain ``--base`` comparison; ``extra`` is recorded under the
     manifest's ``training.retrain``.
     """
-    from model.backbone import create_model, describe
     from model.bundle import load_bundle, write_bundle
     from model.ood import fit_ood
     from training import export as ex
+    from training.backbone import create_model, describe
     from training.evaluation import evaluate_samples, ood_scores_for
     from training.train import choose_head, fine_tune, set_head
 
@@ -521,7 +521,7 @@ def run(
         json.dumps({"command": command, "config": config.to_dict()}, indent=2) + "\n",
         encoding="utf-8",
     )
-    provenance = {
+    provenance: dict[str, Any] = {
         "command": command,
         "git_commit": git_commit(),
         "parent_version": parent_version,

@@ -12,7 +12,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="the backbone needs the training extras (torch)")
 pytest.importorskip("timm", reason="the backbone needs the training extras (timm)")
 
-from model.backbone import (  # noqa: E402 - after the importorskip guards
+from model.cli import main  # noqa: E402
+from model.preprocess import preprocess_bytes  # noqa: E402
+from training.backbone import (  # noqa: E402 - after the importorskip guards
     BACKBONE_PREPROCESS,
     FEATURE_DIM,
     BackboneError,
@@ -23,9 +25,7 @@ from model.backbone import (  # noqa: E402 - after the importorskip guards
     remap_key,
     remap_state_dict,
 )
-from model.cli import main  # noqa: E402
-from model.cli_backbone import find_examples, spread  # noqa: E402
-from model.preprocess import preprocess_bytes  # noqa: E402
+from training.cli_backbone import find_examples, spread  # noqa: E402
 
 pytestmark = pytest.mark.train
 

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from bench import finetune_recipes as fr
-from tests.test_training_pipeline import LABEL_MAP, make_colour_set
+from tests.training.test_pipeline import LABEL_MAP, make_colour_set
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 

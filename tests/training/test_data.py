@@ -145,7 +145,7 @@ def test_label_map_errors_name_file_and_line(
 
 
 def test_default_label_map_names_taxa_of_the_taxonomy() -> None:
-    path = Path(__file__).resolve().parents[1] / "training" / "label_maps" / "default.tsv"
+    path = Path(__file__).resolve().parents[2] / "training" / "label_maps" / "default.tsv"
     label_map = d.read_label_map(path)
     d.check_taxa(label_map)
     assert label_map.index_of("rockler_bubinga_black-wattle") == label_map.index_of("pine")

@@ -1,6 +1,6 @@
 """``cites-vision backbone check``: prove the pretrained backbone is loaded right, on real photos.
 
-Runs the ImageNet head of :func:`model.backbone.create_model` through the project's own
+Runs the ImageNet head of :func:`training.backbone.create_model` through the project's own
 preprocessing (:func:`model.preprocess.preprocess_bytes` with ``BACKBONE_PREPROCESS``) over a
 folder laid out like ``../shared/data/imagenet-sample`` (``<NNN_wnid_name>/<image>.jpg``, the
 leading number being the ImageNet class index, or a ``labels.tsv`` with ``index wnid name path``)
@@ -123,8 +123,8 @@ def evaluate_folder(examples: Sequence[tuple[Path, int]], *, batch_size: int = 3
     import numpy as np
     import torch
 
-    from model.backbone import BACKBONE_PREPROCESS, create_model
     from model.preprocess import ImageError, preprocess_bytes
+    from training.backbone import BACKBONE_PREPROCESS, create_model
 
     def load(item: tuple[Path, int]) -> np.ndarray:
         path = item[0]

@@ -21,7 +21,7 @@ from bench import loadgen, report
 from bench.common import percentile
 from bench.peak import numpy_sgemm_gflops
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Recorder(BaseHTTPRequestHandler):

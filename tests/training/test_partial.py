@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from model.backbone import ExportWrapper, create_model  # noqa: E402
 from training import partial  # noqa: E402
+from training.backbone import ExportWrapper, create_model  # noqa: E402
 
 pytestmark = [pytest.mark.train]
 

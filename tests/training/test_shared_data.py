@@ -12,7 +12,7 @@ from model.cli import main
 
 pytestmark = [pytest.mark.shared_data]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "weights" / "default"
 
 

@@ -34,7 +34,7 @@ from tests.service_helpers import ServiceHandle, running_service
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SECONDS = float(os.environ.get("CITES_LOAD_SECONDS", "60"))
 CONCURRENCY = int(os.environ.get("CITES_LOAD_CONCURRENCY", "64"))
 RSS_CEILING_MIB = 1536.0
