@@ -131,7 +131,9 @@ def run(new_per_class: int, mode: str, out: Path, port: int) -> dict[str, Any]:
         )
         confirmed = corrected = 0
         for path in held:
-            made = client.post("/v1/identifications", files={"image": (path.name, path.read_bytes())})
+            made = client.post(
+                "/v1/identifications", files={"image": (path.name, path.read_bytes())}
+            )
             made.raise_for_status()
             body = made.json()
             truth = TRUE_LABEL[path.parent.name]
@@ -141,7 +143,9 @@ def run(new_per_class: int, mode: str, out: Path, port: int) -> dict[str, Any]:
             else:
                 feedback = {"verdict": "correct", "label": truth}
                 corrected += 1
-            client.post(f"/v1/identifications/{body['id']}/feedback", json=feedback).raise_for_status()
+            client.post(
+                f"/v1/identifications/{body['id']}/feedback", json=feedback
+            ).raise_for_status()
         logger.info("feedback: %d confirmed, %d corrected", confirmed, corrected)
 
         archive = work / "feedback.tar.gz"
@@ -193,7 +197,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = run(args.new // 2, args.mode, args.out, args.port)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))  # noqa: T201
+    sys.stdout.write(
+        json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

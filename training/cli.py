@@ -158,6 +158,14 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fine-tune in N processes with DistributedDataParallel (--mode full; launches "
+        "torchrun --standalone --nproc-per-node N on this machine)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_const",
         const=True,
@@ -214,12 +222,45 @@ def _run_train(args: argparse.Namespace) -> int:
     from training.pipeline import run
 
     config = _resolve_config(args)
+    if args.nproc is not None and args.nproc != 1:
+        return _launch_distributed(config, args.nproc)
     quiet_exporter_logs()
     try:
         path = run(config, command=config.command())
     except (DataError, BundleError, ExportError) as exc:
         raise CommandError(str(exc)) from exc
-    sys.stdout.write(f"{path}\n")
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _launch_distributed(config: Any, nproc: int) -> int:
+    """Run this ``train`` under torchrun in ``nproc`` local processes; their exit status."""
+    import dataclasses
+    import os
+    import subprocess
+    from datetime import UTC, datetime
+
+    from training.distributed import torchrun_command
+
+    if nproc < 2:
+        raise CommandError("--nproc must be 1 or more (2 or more to distribute)")
+    if config.mode != "full":
+        raise CommandError("--nproc applies to --mode full (the other modes train in seconds)")
+    if "WORLD_SIZE" in os.environ:
+        raise CommandError("--nproc inside torchrun: launch either with torchrun or with --nproc")
+    fixed = dataclasses.replace(
+        config,
+        version=config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+        threads=config.threads or max(1, (os.cpu_count() or 1) // nproc),
+    )
+    words = shlex.split(fixed.command())[1:]
+    logger.info("launching %d processes: %s", nproc, shlex.join(torchrun_command(nproc, words)))
+    done = subprocess.run(torchrun_command(nproc, words), check=False)
+    if done.returncode != 0:
+        raise CommandError(f"distributed training failed (torchrun exit status {done.returncode})")
     return 0
 
 

@@ -279,10 +279,17 @@ def run(
     from model.ood import fit_ood
     from training import export as ex
     from training.backbone import create_model, describe
+    from training.distributed import barrier, broadcast_text, init_from_env, shutdown
     from training.evaluation import evaluate_samples, ood_scores_for
     from training.train import choose_head, fine_tune, set_head
 
     started = time.monotonic()
+    dist_info = init_from_env()
+    if dist_info is not None and config.mode != "full":
+        shutdown(dist_info)
+        raise d.DataError(
+            f"distributed training (torchrun / --nproc) applies to --mode full, not {config.mode}"
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -291,7 +298,9 @@ def run(
     logger.info(
         "input %d px (shorter side resized to %d)", preprocess.input_size, preprocess.resize_shorter
     )
-    version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version = broadcast_text(
+        dist_info, config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    )
     out_dir = Path(config.out)
     if (out_dir / version).exists() and not config.overwrite:
         raise d.DataError(f"{out_dir / version} exists; pass --overwrite or another --version")
@@ -308,12 +317,16 @@ def run(
         else create_model(num_classes, pretrained=config.pretrained)
     )
     cacheable = config.pretrained or config.init_from is not None
+    if dist_info is not None and not dist_info.is_main:
+        barrier(dist_info)  # rank 0 fills the feature cache first; the others then read it
     for name, part in splits.items():
         arrays[name] = SplitArrays(
             part,
             d.encode_labels(part, label_map),
             backbone_features(model, part, config, cache=cacheable, desc=f"{name} features"),
         )
+    if dist_info is not None and dist_info.is_main:
+        barrier(dist_info)
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
     head = choose_head(
@@ -351,8 +364,13 @@ def run(
             checkpoint=work / "checkpoint.pt",
             resume=config.resume,
             seed=config.seed,
+            dist_info=dist_info,
         )
         history, best_epoch = state.history, state.best_epoch
+        shutdown(dist_info)
+        if dist_info is not None and not dist_info.is_main:
+            logger.info("rank %d done; rank 0 writes the bundle", dist_info.rank)
+            return out_dir / version
         for name, split_arrays in arrays.items():
             split_arrays.features = backbone_features(
                 model,
@@ -510,6 +528,8 @@ def run(
     }
     if extra:
         training_info["retrain"] = extra
+    if dist_info is not None:
+        training_info["distributed"] = dist_info.to_dict()
     if history:
         from training.report import write_loss_curve
 
