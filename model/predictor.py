@@ -283,6 +283,29 @@ class Predictor:
         if images.shape[0] == 0:
             return []
         logits, features = self._run(images, ("logits", "features"))
+        return self.predict_outputs(
+            logits,
+            features,
+            countries=countries,
+            top_k=top_k,
+            with_features=with_features,
+        )
+
+    def predict_outputs(
+        self,
+        logits: npt.ArrayLike,
+        features: npt.ArrayLike,
+        *,
+        countries: Sequence[str | None],
+        top_k: int = 5,
+        with_features: bool = False,
+    ) -> list[Prediction]:
+        """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
+        temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
+        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
+        the offline page's golden cases call it with the outputs of the browser's runtime."""
+        logits = np.asarray(logits, dtype=np.float32)
+        features = np.asarray(features, dtype=np.float32)
         manifest = self._bundle.manifest
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from model.imageio import ImageError
@@ -33,6 +33,7 @@ from model.predictor import Predictor
 from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
+from service.device_cases import DeviceAnswer, device_record
 from service.imagestore import PreparedImage
 from service.inference import InferenceItem, InferenceStage
 from service.keys import Principal
@@ -62,6 +63,7 @@ class IdentifyOptions:
     top_k: int = 5
     origin_country: str | None = None
     case_ref: str | None = None
+    device: DeviceAnswer | None = None  # the phone's own answer, for a case made offline
 
 
 class IdentificationPipeline:
@@ -122,7 +124,7 @@ class IdentificationPipeline:
                     title="Invalid origin country",
                     errors=[{"loc": ["body", "origin_country"], "msg": str(exc), "type": "value"}],
                 ) from None
-        return IdentifyOptions(modality, options.top_k, origin, options.case_ref)
+        return replace(options, modality=modality, origin_country=origin)
 
     async def identify(
         self,
@@ -212,6 +214,8 @@ class IdentificationPipeline:
             case_ref=options.case_ref,
             top_k=options.top_k,
         )
+        if options.device is not None:
+            result["device"] = device_record(options.device, result)
         try:  # durable before the database row refers to it
             image_path = await asyncio.shield(write)
         except OSError as exc:

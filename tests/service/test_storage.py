@@ -37,6 +37,7 @@ from service.repository import (
 )
 from service.tables import Identification, StoredImage
 from tests.service_helpers import PostgresServer, start_postgres
+from tests.tools import tool_missing
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def postgres() -> Iterator[PostgresServer]:
     try:
         server = start_postgres()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        tool_missing(str(exc))
     try:
         yield server
     finally:
@@ -205,7 +206,8 @@ def test_a_0001_database_upgrades_to_0002_and_keeps_its_rows(
     migrate(engine)
     with engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0002"
+    assert version == "0003"  # 0003 adds the verifications table
+    assert "verifications" in inspect(engine).get_table_names()
     with make_sessionmaker(engine)() as session:
         old = feedback_history(session, "i1")
         assert [(f.id, f.note, f.case_ref) for f in old] == [("f1", "kept", None)]
