@@ -18,7 +18,6 @@ reference points to something built before it, so there are no cycles and no lat
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +33,7 @@ from service.database import (
     sqlite_dir,
 )
 from service.decode import DecodeLimits, DecodeStage
+from service.decodeworkers import DecodeWorkers
 from service.guidance import GuidanceBook
 from service.heatmaps import HeatmapRenderer
 from service.identify import IdentificationPipeline
@@ -121,15 +121,21 @@ def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
         AdmissionLimits(
             max_upload_bytes=settings.max_upload_bytes,
             max_in_progress=settings.queue_max,
-            max_per_key=settings.max_requests_per_key,
+            max_per_key=settings.resolved_max_requests_per_key,
             decode_slots_per_key=settings.resolved_decode_slots_per_key,
         ),
         metrics,
     )
+    memory = settings.decode_memory_mb
     decode = DecodeStage(
-        ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
+        DecodeWorkers(
+            settings.decode_workers,
+            timeout_s=settings.decode_timeout_s,
+            memory_limit_bytes=memory * 1024 * 1024 if memory is not None else None,
+        ),
         DecodeLimits(max_pixels=settings.max_pixels, keep_gps=settings.keep_gps),
     )
+    decode.start()
     inference = InferenceStage(
         PredictorAPI(),
         max_size=settings.batch_max_size,

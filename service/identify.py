@@ -34,7 +34,6 @@ from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
 from service.device_cases import DeviceAnswer, device_record
-from service.imagestore import PreparedImage
 from service.inference import InferenceItem, InferenceStage
 from service.keys import Principal
 from service.metrics import ServiceMetrics
@@ -159,32 +158,29 @@ class IdentificationPipeline:
         predictor: Predictor,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        stored: list[tuple[PreparedImage, asyncio.Future[str]]] = []
-
-        def start_write(image: PreparedImage) -> None:
-            stored.append((image, self._storage.begin(image)))
-
+        try:
+            async with self._admission.decode_slot(principal.key_id):
+                # read only now: uploads waiting for a decoder stay in their spool file
+                data = await asyncio.to_thread(upload.read)
+                decoded = await self._decode.decode(data, predictor)
+        except ImageError as exc:
+            self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
+            raise image_problem(exc) from None
+        del data  # the stored bytes travel in decoded.image until written
+        image = decoded.image
+        write = self._storage.begin(image)  # overlaps inference and rendering
         committed = False
         try:
-            try:
-                async with self._admission.decode_slot(principal.key_id):
-                    # read only now: uploads waiting for a decoder stay in their spool file
-                    data = await asyncio.to_thread(upload.read)
-                    decoded = await self._decode.decode(data, predictor, start_write)
-            except ImageError as exc:
-                self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
-                raise image_problem(exc) from None
             result = await self._infer_and_save(
-                decoded, stored[0][1], predictor, options, principal, started
+                decoded, write, predictor, options, principal, started
             )
             committed = True
             return result
         finally:
-            for image, write in stored:
-                if committed:
-                    self._storage.release(image.sha256)
-                else:  # refused, timed out or failed: no file may stay behind for this request
-                    await self._storage.discard(image, write)
+            if committed:
+                self._storage.release(image.sha256)
+            else:  # refused, timed out or failed: no file may stay behind for this request
+                await self._storage.discard(image, write)
 
     async def _infer_and_save(
         self,

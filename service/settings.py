@@ -38,15 +38,31 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=16, ge=1, le=512)
     batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     queue_max: int = Field(default=256, ge=1)
+    replica_poll_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description="seconds between checks of the active model version in the database, so "
+        "that replicas sharing it follow an activation (0 turns the check off)",
+    )
     decode_workers: int = Field(default=4, ge=1, le=64)
+    decode_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="a decode running longer is stopped (422)"
+    )
+    decode_memory_mb: int | None = Field(
+        default=3072, ge=256, description="address space of one decode worker (None: unlimited)"
+    )
     decode_slots_per_key: int | None = Field(
         default=None,
         ge=1,
         le=64,
         description="decode workers one API key may hold at once (default: half, at least 1)",
     )
-    max_requests_per_key: int = Field(
-        default=64, ge=1, description="images one API key may have in progress (429 beyond)"
+    max_requests_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description="images one API key may have in progress, 429 beyond (default: half of "
+        "CITES_QUEUE_MAX, at least CITES_MAX_BATCH_IMAGES)",
     )
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     max_header_bytes: int = Field(
@@ -104,12 +120,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_per_key(self) -> Settings:
-        if self.max_requests_per_key < self.max_batch_images:
+        if self.max_requests_per_key is not None and (
+            self.max_requests_per_key < self.max_batch_images
+        ):
             raise ValueError(
                 f"CITES_MAX_REQUESTS_PER_KEY ({self.max_requests_per_key}) must be at least "
                 f"CITES_MAX_BATCH_IMAGES ({self.max_batch_images}): one batch comes from one key"
             )
         return self
+
+    @property
+    def resolved_max_requests_per_key(self) -> int:
+        """Images one key may have in progress: the setting, else half the queue (but a whole
+        batch at least)."""
+        if self.max_requests_per_key is not None:
+            return self.max_requests_per_key
+        return max(self.max_batch_images, self.queue_max // 2)
 
     @property
     def resolved_decode_slots_per_key(self) -> int:
