@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.decision import DECISION_KINDS
+
 LANGUAGES: tuple[str, ...] = ("en", "fr", "es")
 DEFAULT_LANGUAGE = "en"
 GUIDANCE_FILE = Path(__file__).resolve().parent / "data" / "guidance.json"
-_KINDS = ("taxon", "lookalike", "uncertain", "outside_training_domain")
+_KINDS = DECISION_KINDS
 _APPENDICES = ("I", "II", "III", "none")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from starlette.concurrency import run_in_threadpool
 
+from model.checks import ImageChecks
 from model.imageio import (
     CorruptImageError,
     EmptyImageError,
@@ -35,7 +36,6 @@ from model.imageio import (
     UnsupportedImageError,
 )
 from model.predictor import Prediction, Predictor
-from model.preprocess import preprocess_bytes
 from model.taxonomy import InvalidCountryError
 from service.batcher import BatcherClosedError, QueueFullError
 from service.context import AppContext
@@ -70,6 +70,7 @@ class InferenceItem:
     array: npt.NDArray[np.float32]
     origin_country: str | None
     top_k: int
+    checks: ImageChecks | None = None
 
 
 def run_batch(items: Sequence[InferenceItem]) -> list[Prediction]:
@@ -85,6 +86,7 @@ def run_batch(items: Sequence[InferenceItem]) -> list[Prediction]:
             arrays,
             origin_countries=[items[p].origin_country for p in positions],
             top_k=max(items[p].top_k for p in positions),
+            checks=[items[p].checks for p in positions],
         )
         for position, prediction in zip(positions, predictions, strict=True):
             results[position] = prediction
@@ -141,6 +143,7 @@ def storage_unavailable(exc: OSError) -> ProblemError:
 @dataclass(frozen=True)
 class _Prepared:
     array: npt.NDArray[np.float32]
+    checks: ImageChecks
     image: PreparedImage
 
 
@@ -201,15 +204,15 @@ class Identifier:
                 ) from None
         return IdentifyOptions(modality, options.top_k, origin, options.case_ref)
 
-    def _decode(self, data: bytes, predictor: Predictor) -> npt.NDArray[np.float32]:
-        settings = self.context.settings
-        return preprocess_bytes(
-            data, predictor.bundle.manifest.preprocess, max_pixels=settings.max_pixels
-        )
+    def _decode(
+        self, data: bytes, predictor: Predictor
+    ) -> tuple[npt.NDArray[np.float32], ImageChecks]:
+        return predictor.prepare_input(data, max_pixels=self.context.settings.max_pixels)
 
     def _prepare(self, data: bytes, predictor: Predictor) -> _Prepared:
-        array = self._decode(data, predictor)
-        return _Prepared(array, prepare_image(data, keep_gps=self.context.settings.keep_gps))
+        array, checks = self._decode(data, predictor)
+        image = prepare_image(data, keep_gps=self.context.settings.keep_gps)
+        return _Prepared(array, checks, image)
 
     def _prepare_early(self, data: bytes) -> PreparedImage | None:
         """The stored bytes of a JPEG before decoding; None when that would need more than a
@@ -289,10 +292,10 @@ class Identifier:
                     image = prepared.image
                     write = self._start_write(image)
                 else:
-                    array = await loop.run_in_executor(
+                    array, checks = await loop.run_in_executor(
                         context.decode_pool, self._decode, data, predictor
                     )
-                    prepared = _Prepared(array, image)
+                    prepared = _Prepared(array, checks, image)
             except ImageError as exc:
                 context.metrics.rejected.labels(reason=f"image_{exc.code}").inc()
                 raise image_problem(exc) from None
@@ -327,7 +330,9 @@ class Identifier:
         decoded: float,
     ) -> dict[str, Any]:
         context = self.context
-        item = InferenceItem(predictor, prepared.array, options.origin_country, options.top_k)
+        item = InferenceItem(
+            predictor, prepared.array, options.origin_country, options.top_k, prepared.checks
+        )
         try:
             prediction: Prediction = await context.batcher.submit(item)
         except QueueFullError as exc:

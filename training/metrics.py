@@ -187,3 +187,16 @@ def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
     e = np.exp(z)
     out: FloatArray = e / e.sum(axis=1, keepdims=True)
     return out
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / total`` (95% for z = 1.96); (0, 1)
+    when ``total`` is 0. Unlike the normal approximation it stays inside [0, 1] and is sound
+    for rates near 0, such as refusal rates."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = successes / total
+    denominator = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

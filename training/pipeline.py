@@ -40,6 +40,7 @@ from training.calibrate import (
 )
 from training.config import TrainConfig
 from training.metrics import softmax
+from training.seen_images import SEEN_IMAGES_FILE, write_seen_images
 
 logger = logging.getLogger(__name__)
 
@@ -441,6 +442,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     limitations = list(config.limitations) or list(DEFAULT_LIMITATIONS)
+    seen_images = write_seen_images(work / SEEN_IMAGES_FILE, splits)
     final = write_bundle(
         out_dir,
         version=version,
@@ -449,7 +451,7 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         provenance=provenance,
         limitations=limitations,
         ood_threshold=ood_threshold,
-        extra_files={"config.json": config_file, **reports},
+        extra_files={"config.json": config_file, SEEN_IMAGES_FILE: seen_images, **reports},
         recommended=recommended,
         parent_version=parent_version,
         overwrite=config.overwrite,

@@ -37,7 +37,9 @@ from service.tables import Identification, StoredImage
 router = APIRouter(prefix="/v1", tags=["identifications"])
 
 Modality = Literal["camera", "xray"]
-DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
+DecisionKind = Literal[
+    "taxon", "lookalike", "uncertain", "outside_training_domain", "unusable_image"
+]
 
 
 def get_language(
