@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test lint typecheck pytest system-deps bench default-bundle clean
+.PHONY: run test test-fast lint typecheck pytest system-deps web-runtime screenshots bench default-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,21 +28,43 @@ run: $(VENV)/.serve-installed
 	$(BIN)/cites-vision serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 # Debian packages the tests drive for real: Chromium for the browser tests, PostgreSQL for the
-# storage tests. Best effort: the tests that need them skip, naming what is missing.
+# storage tests. Installed once: the script returns at once when both are present. Best effort:
+# the tests that need them skip, naming what is missing (in CI, CI=true, they fail instead).
 system-deps:
 	@bash .ci/system-deps.sh
+
+# The browser runtime for identifying offline on the phone (ONNX Runtime Web, WASM), installed
+# from the committed lockfile into service/web/node_modules (ignored by git). Without it,
+# `make run` still works and the page works online only, saying so.
+WEB_DIR := service/web
+web-runtime: $(WEB_DIR)/node_modules/.installed
+
+$(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	cd $(WEB_DIR) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+# Regenerate the offline screenshots in docs/screenshots (tests never write them otherwise).
+screenshots: $(VENV)/.all-installed system-deps web-runtime
+	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py
 
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check model service training tests bench
 	$(BIN)/ruff format --check model service training tests bench
 
 typecheck: $(VENV)/.all-installed
-	$(BIN)/mypy model service
+	$(BIN)/mypy model service training bench
 
-pytest: $(VENV)/.all-installed system-deps
+pytest: $(VENV)/.all-installed system-deps web-runtime
 	$(BIN)/pytest -q -rs
 
 test: lint typecheck pytest
+
+# The edit-test loop (under a minute): lint, then the tests that need no browser, no PostgreSQL,
+# no torch and no service process, and are not slow. `make test` runs everything.
+FAST_MARKERS := not slow and not browser and not postgres and not train and not live
+test-fast: $(VENV)/.all-installed
+	$(BIN)/ruff check model service training tests bench
+	$(BIN)/pytest -q -x -m "$(FAST_MARKERS)" -p no:cacheprovider
 
 # Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
 default-bundle: $(VENV)/.all-installed

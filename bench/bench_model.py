@@ -1,7 +1,7 @@
 """Model backends side by side: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime INT8.
 
 Every backend runs the same network (the bundle's ONNX files; for PyTorch the same architecture
-built by :func:`model.backbone.create_model` and wrapped like the export, so it computes logits,
+built by :func:`training.backbone.create_model` and wrapped like the export, so it computes logits,
 features and class activation maps too) on the same random batch, with every CPU this process may
 use. Each backend lives in its own process and waits idle while another is timed (in one process
 PyTorch's OpenMP threads and BLAS threads keep spinning and slow the next backend down). The
@@ -54,7 +54,7 @@ def _torch_runner(
 ) -> Callable[[np.ndarray], object]:
     import torch
 
-    from model.backbone import ExportWrapper, create_model
+    from training.backbone import ExportWrapper, create_model
 
     torch.set_num_threads(threads)
     wrapper = ExportWrapper(create_model(num_classes, pretrained=False)).eval()
@@ -96,7 +96,7 @@ def quantised_copy(fp32_path: Path, calibration_images: int = 64) -> Path | None
     """
     from bench.common import CACHE_DIR
     from bench.images import load_set, write_load_set
-    from model.bundle import sha256_file
+    from model.digest import sha256_file
     from model.preprocess import PreprocessConfig
 
     try:

@@ -30,7 +30,7 @@ def _step_runner(mode: str, batch: int, size: int) -> Any:
     import torch
     from torch import nn
 
-    from model.backbone import create_model
+    from training.backbone import create_model
     from training.features import pooled_features
     from training.train import set_train_mode, trainable_parameters
 

@@ -1,8 +1,8 @@
 """A stand-in bundle for developing the benchmarks before ``weights/default`` exists.
 
 It has the default bundle's network (EfficientNet-Lite0 with ImageNet weights, 2-class head),
-exported by :func:`model.backbone.export_onnx`, a static QDQ per-channel INT8 copy calibrated on a
-few real images, and a manifest with the keys the benchmarks read. It is written with
+exported by :func:`training.backbone.export_onnx`, a static QDQ per-channel INT8 copy calibrated
+on a few real images, and a manifest with the keys the benchmarks read. It is written with
 :func:`model.bundle.write_bundle`, so the service can serve it too.
 """
 
@@ -47,10 +47,10 @@ def make_dev_bundle(calibration_images: int = 32) -> Path:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from model.backbone import BACKBONE_PREPROCESS, create_model, export_onnx
     from model.bundle import write_bundle
     from model.decision import Thresholds
     from model.preprocess import preprocess_bytes
+    from training.backbone import BACKBONE_PREPROCESS, create_model, export_onnx
 
     scratch = DEV_BUNDLE.parent / (DEV_BUNDLE.name + ".build")
     scratch.mkdir(parents=True, exist_ok=True)

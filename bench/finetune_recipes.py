@@ -135,7 +135,8 @@ def _transform(args: argparse.Namespace, config: TrainConfig) -> Callable[[Any],
     if args.grayscale:
         extra.append(v2.RandomGrayscale(args.grayscale))
     transform.transforms[2:2] = extra  # after RGB() and the random crop, on the PIL image
-    return transform
+    built: Callable[[Any], torch.Tensor] = transform
+    return built
 
 
 def _block_depth(name: str) -> int:
@@ -236,7 +237,7 @@ def _validation(config: TrainConfig, samples: list[d.Sample], label_map: d.Label
 
 def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """Train one recipe; write ``OUT/NAME/result.json``, ``last.pt`` and validation logits."""
-    from model.backbone import create_model
+    from training.backbone import create_model
 
     out = Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +291,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
     if args.ema:
         ema = torch.optim.swa_utils.AveragedModel(
             model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),  # type: ignore[no-untyped-call]
             use_buffers=True,
         )
     result: dict[str, Any] = {"args": vars(args), "epochs": []}
@@ -305,7 +306,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
             batch = batch.contiguous(memory_format=torch.channels_last)
             loss = _mixed_loss(model, batch, targets, criterion, args.mix, rng)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if args.sam:
                 _sharpness_aware_gradient(model, batch, targets, criterion, args.sam)
             optimizer.step()
@@ -333,7 +334,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 def combine_runs(args: argparse.Namespace) -> dict[str, Any]:
     """Score the logit ensemble and the weight average ("soup") of finished runs."""
-    from model.backbone import create_model
+    from training.backbone import create_model
 
     names = [n for n in args.combine.split(",") if n]
     runs = [Path(args.out) / name for name in names]

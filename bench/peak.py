@@ -101,13 +101,13 @@ def fp32_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 def model_gflops(num_classes: int | None = None, size: int = 224) -> float:
     """FLOPs of one forward pass of the bundle's network on one ``size`` image, in GFLOP.
 
-    Counts the network as exported (:class:`model.backbone.ExportWrapper`: logits, pooled
+    Counts the network as exported (:class:`training.backbone.ExportWrapper`: logits, pooled
     features and the in-graph class activation maps).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.backbone import ExportWrapper, create_model
+    from training.backbone import ExportWrapper, create_model
 
     wrapper = ExportWrapper(create_model(num_classes, pretrained=False)).eval()
     counter = FlopCounterMode(display=False)

@@ -6,6 +6,7 @@ Subcommands::
     cites-vision taxa list [--kind KIND] [--json]
     cites-vision taxa show ID [--json]
     cites-vision taxa appendix ID [--country CC] [--json]
+    cites-vision taxa import FILE [--write] [--taxon NAME] [--json]
 
 ``ID`` is a taxon id (``loxodonta-africana``) or a name that matches exactly one taxon.
 Only the standard library and ``model.taxonomy`` are imported, so this runs on a serving-only
@@ -18,9 +19,15 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 from model.cli import CommandError
+from model.listing_status import ListingStatus, listing_status
+from model.speciesplus import ImportFormatError, apply_diff, diff_taxonomy, read_export, render_diff
 from model.taxonomy import (
+    DEFAULT_POPULATIONS_NAME,
+    DEFAULT_TAXA_PATH,
     KINDS,
     InvalidCountryError,
     Taxon,
@@ -68,6 +75,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     appendix.add_argument("--json", action="store_true", help="print JSON")
     appendix.set_defaults(func=_appendix)
+
+    species_plus = actions.add_parser(
+        "import",
+        help="show the difference with a Species+ export; --write applies it",
+        description="Read a Species+ CITES listings CSV export or Species+ API JSON "
+        "(taxon_concepts, or cites_legislation with --taxon) and print what differs from the "
+        "taxonomy: taxa added or removed, listings, annotations and country-specific listings "
+        "with effective dates. Nothing is written without --write.",
+    )
+    species_plus.add_argument("file", metavar="FILE", help="the CSV or JSON file")
+    species_plus.add_argument(
+        "--write", action="store_true", help="apply the difference to the taxonomy files"
+    )
+    species_plus.add_argument(
+        "--taxon", metavar="NAME", help="the taxon a cites_legislation file is about"
+    )
+    species_plus.add_argument("--json", action="store_true", help="print the difference as JSON")
+    species_plus.set_defaults(func=_import)
 
     taxa.set_defaults(func=_help(taxa))
 
@@ -170,6 +195,7 @@ def _show(args: argparse.Namespace) -> int:
         f"  lineage:      {' < '.join(lineage)}",
         f"  products:     {'; '.join(taxon.product_types) or '-'}",
         f"  appendix:     {resolution.appendix.label} - {resolution.explanation}",
+        f"  {_listing_line(listing_status(taxonomy, resolution))}",
     ]
     lines += [
         f"  population:   {p.appendix.label} from {', '.join(sorted(p.countries))}: {p.annotation}"
@@ -192,8 +218,55 @@ def _appendix(args: argparse.Namespace) -> int:
         resolution = taxonomy.appendix_for(taxon.id, args.country)
     except InvalidCountryError as exc:
         raise CommandError(str(exc)) from exc
+    status = listing_status(taxonomy, resolution)
     if args.json:
-        _emit_json(resolution.to_dict())
+        _emit_json({**resolution.to_dict(), "listing": status.to_dict()})
     else:
-        sys.stdout.write(f"{resolution.appendix.label}\n{resolution.explanation}\n")
+        sys.stdout.write(
+            f"{resolution.appendix.label}\n{resolution.explanation}\n{_listing_line(status)}\n"
+        )
+    return 0
+
+
+def _listing_line(status: ListingStatus) -> str:
+    """Whether the row behind an appendix is verified, in one line."""
+    if status.verified:
+        return f"listing: verified ({status.verification}, {status.row}): {status.source}"
+    return (
+        f"listing NOT VERIFIED ({status.row} is recalled, not checked against a source): "
+        "confirm it in the CITES Checklist (Species+) before acting on it"
+    )
+
+
+def _import(args: argparse.Namespace) -> int:
+    taxonomy = _taxonomy(args)
+    taxa_path = Path(args.data) if args.data else DEFAULT_TAXA_PATH
+    try:
+        export = read_export(Path(args.file), taxonomy.countries, taxon_name=args.taxon)
+    except ImportFormatError as exc:
+        raise CommandError(str(exc)) from exc
+    diff = diff_taxonomy(export, taxonomy)
+    if args.json:
+        _emit_json(diff.to_dict())
+    else:
+        sys.stdout.write(render_diff(diff))
+    if not args.write:
+        if not diff.empty and not args.json:
+            sys.stdout.write("nothing written; run again with --write to apply\n")
+        return 0
+    try:
+        written = apply_diff(
+            diff,
+            taxa_path,
+            taxa_path.with_name(DEFAULT_POPULATIONS_NAME),
+            taxonomy.countries,
+            checked=datetime.now(UTC).date(),
+        )
+    except TaxonomyError as exc:
+        raise CommandError(
+            f"the import would make the taxonomy invalid, nothing written: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write {taxa_path.parent}: {exc}") from exc
+    sys.stderr.write(f"wrote {written} taxa into {taxa_path} and its populations.tsv\n")
     return 0

@@ -28,33 +28,35 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from model.labels import Label
 from model.taxonomy import Appendix, Taxonomy
+from model.vocabulary import DecisionKind
 
-DecisionKind = Literal[
-    "taxon", "lookalike", "uncertain", "outside_training_domain", "unusable_image"
-]
-DECISION_KINDS: tuple[DecisionKind, ...] = (
-    "taxon",
-    "lookalike",
-    "uncertain",
-    "outside_training_domain",
-    "unusable_image",
-)
-
-ROLLUP_RANKS: tuple[str, ...] = ("subspecies", "variety", "species", "genus", "family", "order")
+ROLLUP_RANKS: tuple[str, ...] = ("subspecies", "species", "genus", "family", "order")
 """Ranks the roll-up may answer with, most specific first; it stops at ``class``."""
-_ROLLUP_LIMIT = "class"
+ROLLUP_LIMIT = "class"
+"""The rank where the roll-up stops summing (never answered)."""
+_ROLLUP_LIMIT = ROLLUP_LIMIT
 _RANK_ORDER: dict[str, int] = {
     rank: position for position, rank in enumerate((*ROLLUP_RANKS, _ROLLUP_LIMIT))
 }
 
 REFER = "refer to an expert"
+
+DECISION_RULES: tuple[str, ...] = (
+    "ood_mahalanobis",
+    "label_threshold",
+    "lookalike_threshold",
+    "rollup",
+    "below_thresholds",
+)
+"""The rules of :func:`decide`, in the order they are tried (see the module docstring). The
+offline package names them so that a page that does not know a rule refuses to decide."""
 
 
 class DecisionError(ValueError):

@@ -53,7 +53,7 @@ ACCEPTED_FORMATS: tuple[str, ...] = (
 Multi-picture JPEGs open through the JPEG parser (Pillow then names them ``MPO``); ``HEIF`` is
 available once pillow-heif is registered, ``AVIF`` where Pillow was built with it."""
 
-ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, HEIC/HEIF, AVIF, TIFF, GIF or BMP"
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, HEIC/HEIF, AVIF, TIFF, GIF, BMP or DICOM/DICOS"
 
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -115,6 +115,9 @@ class DecodedImage:
     ``mode`` is the file's Pillow mode (``CMYK``, ``I;16``...), ``bit_depth`` the bits per
     sample of that mode. ``reduced_scale`` is true when a JPEG was decoded at 1/2, 1/4 or 1/8
     scale (draft mode). ``animated`` is true when only the first of several frames was used.
+    ``modality`` is ``"xray"`` when the file itself says it comes from a scanner (DICOM/DICOS,
+    16-bit or wider grey, a dual-energy pair), else ``None`` (no evidence either way; pixels
+    may still tell, see ``model.modality``); ``modality_evidence`` says what told.
     """
 
     image: Image.Image
@@ -124,6 +127,8 @@ class DecodedImage:
     bit_depth: int
     reduced_scale: bool
     animated: bool = False
+    modality: str | None = None
+    modality_evidence: str | None = None
 
 
 def decode_image(
@@ -154,6 +159,10 @@ def decode_image(
     if signature == "HEIF":
         _register_heif()
     try:
+        if signature == "DICOM":
+            from model.scanner import decode_dicom
+
+            return decode_dicom(data, max_pixels=max_pixels)
         return _decode(data, signature, max_pixels, target_shorter)
     except ImageError:
         raise
@@ -175,6 +184,8 @@ def decode_image(
 def sniff_format(data: bytes) -> str | None:
     """Name the accepted format whose signature ``data`` starts with, or ``None``."""
     head = data[:32]
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -319,6 +330,8 @@ def _decode(
     try:
         image = _open(data, max_pixels)
     except UnidentifiedImageError as exc:
+        if signature == "TIFF":
+            return _decode_tiff_fallback(data, max_pixels, exc)
         if signature is None:
             raise UnsupportedImageError(
                 f"This is not an image in a supported format: send a {ACCEPTED_FORMATS_TEXT} file."
@@ -328,7 +341,37 @@ def _decode(
             "send the original file again or export it anew."
         ) from exc
     with image:
-        return _decode_opened(image, max_pixels, target_shorter)
+        if signature == "TIFF" and image.mode in ("RGB", "RGBA") and _wide_samples(image):
+            return _decode_tiff_fallback(data, max_pixels, None)  # Pillow would drop 8 bits
+        try:
+            return _decode_opened(image, max_pixels, target_shorter)
+        except (ImageError, MemoryError):
+            raise
+        except Exception as exc:
+            if signature == "TIFF":
+                return _decode_tiff_fallback(data, max_pixels, exc)
+            raise
+
+
+def _wide_samples(image: ImageFile.ImageFile) -> bool:
+    """True for a colour TIFF with more than 8 bits per sample (Pillow keeps the top 8 only)."""
+    try:
+        bits = image.tag_v2.get(258)  # type: ignore[attr-defined]
+        values = bits if isinstance(bits, tuple) else (bits,)
+        return any(int(v) > 8 for v in values if v is not None)
+    except Exception:  # metadata only: decode as Pillow would
+        return False
+
+
+def _decode_tiff_fallback(
+    data: bytes, max_pixels: int, pillow_error: Exception | None
+) -> DecodedImage:
+    """TIFFs Pillow cannot decode well (16-bit colour, 2-sample dual-energy, float16) go
+    through tifffile (the optional scanner extra), see ``model.scanner``."""
+    logger.debug("Pillow cannot decode this TIFF (%r); trying tifffile", pillow_error)
+    from model.scanner import decode_tiff_with_tifffile
+
+    return decode_tiff_with_tifffile(data, max_pixels=max_pixels)
 
 
 def _decode_opened(
@@ -366,14 +409,18 @@ def _decode_opened(
         rgb.height,
         " (reduced scale)" if reduced else "",
     )
+    bit_depth = _BIT_DEPTH.get(mode, 8)
+    scanner_grey = mode in _HIGH_DEPTH_MODES and mode != "F" and bit_depth >= 16
     return DecodedImage(
         image=rgb,
         format=fmt,
         original_size=(width, height),
         mode=mode,
-        bit_depth=_BIT_DEPTH.get(mode, 8),
+        bit_depth=bit_depth,
         reduced_scale=reduced,
         animated=animated,
+        modality="xray" if scanner_grey else None,
+        modality_evidence=f"{bit_depth}-bit grey {fmt}" if scanner_grey else None,
     )
 
 

@@ -82,23 +82,27 @@ class Prediction:
         }
 
 
-def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
-    """Row-wise softmax of ``logits / temperature`` (numerically stable), float32."""
+def softmax(
+    logits: npt.ArrayLike, temperature: float = 1.0, *, dtype: npt.DTypeLike = np.float32
+) -> npt.NDArray[np.floating[Any]]:
+    """Row-wise softmax of ``logits / temperature``, computed stably in float64.
+
+    The result is ``dtype``: float32 for serving (the default), float64 where calibration
+    fits a temperature on many small probabilities.
+    """
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     scaled -= scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
-    result: FloatArray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    result: npt.NDArray[np.floating[Any]] = (exp / exp.sum(axis=-1, keepdims=True)).astype(dtype)
     return result
 
 
 def session_options(threads: int | None, *, spin: bool = True) -> ort.SessionOptions:
     """ONNX Runtime options of a predictor: ``threads`` intra-op threads (None: all cores), one
     inter-op thread, every graph optimisation. ``spin``: idle intra-op threads spin-wait for the
-    next operator instead of sleeping. That is about 20% faster when the session has the cores
-    to itself (measured at batch 8 on 2 cores: 335-345 vs 276-285 images/s in fp32), which is
-    the case for batch prediction and evaluation; the service turns it off, because there the
-    spinning threads took the cores from the decode threads (docs/benchmarks.md: 24 -> 12.5 CPU
-    ms per image together with single-threaded BLAS)."""
+    next operator instead of sleeping. That is faster when the session has the cores to itself,
+    as in batch prediction and evaluation; the service turns it off, because there the spinning
+    threads take the cores from the decode threads (figures in ``docs/benchmarks.md``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 0 if threads is None else threads
     options.inter_op_num_threads = 1
@@ -295,6 +299,29 @@ class Predictor:
         if images.shape[0] == 0:
             return []
         logits, features = self._run(images, ("logits", "features"))
+        return self.predict_outputs(
+            logits,
+            features,
+            countries=countries,
+            top_k=top_k,
+            with_features=with_features,
+        )
+
+    def predict_outputs(
+        self,
+        logits: npt.ArrayLike,
+        features: npt.ArrayLike,
+        *,
+        countries: Sequence[str | None],
+        top_k: int = 5,
+        with_features: bool = False,
+    ) -> list[Prediction]:
+        """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
+        temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
+        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
+        the offline page's golden cases call it with the outputs of the browser's runtime."""
+        logits = np.asarray(logits, dtype=np.float32)
+        features = np.asarray(features, dtype=np.float32)
         manifest = self._bundle.manifest
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood

@@ -1,8 +1,8 @@
 """The FastAPI application factory (``create_app``) and its lifespan.
 
-The lifespan migrates the database, loads the bundle (the persisted active version if there is
-one, else ``CITES_BUNDLE_DIR``), starts the micro-batcher and the decode pool; nothing heavy
-happens at import time.
+The lifespan builds the components (:func:`service.compose.build_context`: migrates the database,
+loads the bundle, the persisted active version if there is one, else ``CITES_BUNDLE_DIR``) and
+starts the stages' background tasks; nothing heavy happens at import time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,21 +19,36 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.taxonomy import default_taxonomy
-from service.batcher import MicroBatcher
+from service.compose import StartupError, build_context
 from service.context import AppContext
-from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
-from service.guidance import GuidanceBook
-from service.identify import Identifier, run_batch, upload_too_large
-from service.imagestore import ImageStore
+from service.keys import Principal, verify_key
 from service.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from service.metrics import ServiceMetrics
-from service.modelhost import ModelHost, ModelLoadError
-from service.problems import ProblemError, install_problem_handlers, install_problem_openapi
-from service.recorder import IdentificationRecorder
-from service.repository import ACTIVE_MODEL_KEY, get_state
-from service.routes import feedback, identifications, models, ops, taxa
+from service.problems import (
+    ProblemError,
+    install_problem_handlers,
+    install_problem_openapi,
+    upload_too_large,
+)
+from service.routes import (
+    feedback,
+    identifications,
+    models,
+    offline,
+    ops,
+    taxa,
+    verifications,
+)
+from service.security import (
+    AuthGate,
+    FailedKeyThrottle,
+    RejectControlCharacters,
+    SecurityHeaders,
+    install_log_escaping,
+)
 from service.settings import Settings, load_settings
+
+__all__ = ["StartupError", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,85 +56,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_DESCRIPTION = """Suggests likely CITES taxa, with appendix, calibrated confidence and guidance,
 from photos and x-ray images of wildlife products. Send an API key as `Authorization: Bearer
 <key>` (or `X-API-Key`). Errors are `application/problem+json`. See docs/api.md."""
-
-
-class StartupError(RuntimeError):
-    """The service cannot start (no usable bundle, database unreachable...)."""
-
-
-def _initial_predictor(host: ModelHost, settings: Settings, context_sessions: Any) -> Any:
-    """The persisted active version when it still loads, else the configured bundle."""
-    with context_sessions() as session:
-        persisted = get_state(session, ACTIVE_MODEL_KEY)
-    if persisted:
-        folder = host.weights_dir / persisted
-        if folder.is_dir():
-            try:
-                predictor = host.load(folder)
-                logger.info("serving the persisted active model %s", predictor.version)
-                return predictor
-            except ModelLoadError as exc:
-                logger.error(
-                    "persisted model %s failed (%s); using %s", persisted, exc, settings.bundle_dir
-                )
-        else:
-            logger.warning(
-                "persisted model folder %s is gone; using %s", folder, settings.bundle_dir
-            )
-    try:
-        return host.load(settings.bundle_dir)
-    except ModelLoadError as exc:
-        raise StartupError(
-            f"{exc}. Point --bundle / CITES_BUNDLE_DIR at a bundle folder (with manifest.json)."
-        ) from exc
-
-
-def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
-    """Open storage and load the model (blocking; called from the lifespan)."""
-    url = settings.resolved_database_url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    folder = sqlite_dir(url)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
-    migrate(engine)
-    sessions = make_sessionmaker(engine)
-    taxonomy = default_taxonomy()
-    host = ModelHost(
-        settings.resolved_weights_dir,
-        taxonomy=taxonomy,
-        threads=settings.onnx_threads,
-        precision=settings.precision,
-        warmup_batch=settings.batch_max_size,
-    )
-    host.set_initial(_initial_predictor(host, settings, sessions))
-    batcher: MicroBatcher[Any, Any] = MicroBatcher(
-        run_batch,
-        max_size=settings.batch_max_size,
-        max_wait_s=settings.batch_max_wait_ms / 1000.0,
-        queue_max=settings.queue_max,
-        metrics=metrics,
-        # requests still decoding will join the batch soon (context is bound below)
-        incoming=lambda: context.identifier.decoding(),
-    )
-    context = AppContext(
-        settings=settings,
-        engine=engine,
-        sessions=sessions,
-        store=ImageStore(settings.images_dir),
-        metrics=metrics,
-        guidance=GuidanceBook.load(),
-        taxonomy=taxonomy,
-        host=host,
-        batcher=batcher,
-        recorder=IdentificationRecorder(sessions, queue_max=settings.queue_max, metrics=metrics),
-        decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
-    )
-    context.identifier = Identifier(context)
-    current = host.current
-    if current is not None:
-        metrics.set_active_model(current.version)
-    return context
 
 
 class MetricsMiddleware:
@@ -156,19 +91,23 @@ class MetricsMiddleware:
             )
 
 
+JSON_BODY_LIMIT = 64 * 1024
+"""Bodies of every route that takes no image (feedback, activation...): JSON of a few KiB."""
+
+
 def _body_limits(settings: Settings) -> tuple[Any, Any]:
     single = settings.max_upload_bytes + MULTIPART_OVERHEAD
     batch = settings.max_upload_bytes * settings.max_batch_images + MULTIPART_OVERHEAD
 
     def limit_for(path: str) -> int | None:
-        if path.endswith("/identifications:batch"):
+        if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return batch
-        if path.startswith("/v1/"):
+        if path.rstrip("/") == "/v1/identifications":
             return single
-        return 1024 * 1024
+        return JSON_BODY_LIMIT
 
     def problem_for(path: str, limit: int) -> ProblemError:
-        if path.endswith("/identifications:batch"):
+        if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return ProblemError(
                 413,
                 "batch-too-large",
@@ -202,8 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         context = build_context(settings, metrics)
         app.state.context = context
-        context.batcher.start()
-        context.recorder.start()
+        await context.start()
         logger.info(
             "serving model %s (data in %s)",
             context.host.current.version if context.host.current else "none",
@@ -212,10 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await context.batcher.close()
-            await context.recorder.close()
-            context.decode_pool.shutdown(wait=False, cancel_futures=True)
-            context.engine.dispose()
+            await context.close()
 
     app = FastAPI(
         title="CITES Vision",
@@ -225,7 +160,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_problem_openapi(app)
-    for router in (ops.router, identifications.router, feedback.router, taxa.router, models.router):
+    for router in (
+        ops.router,
+        identifications.router,
+        verifications.router,
+        feedback.router,
+        taxa.router,
+        offline.router,  # before models: its /v1/models/active/... paths are more specific
+        models.router,
+    ):
         app.include_router(router)
     limit_for, problem_for = _body_limits(settings)
     app.add_middleware(
@@ -234,11 +177,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         problem_for=problem_for,
         on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc(),
     )
+    _add_auth_gate(app, settings, metrics)
+    app.add_middleware(RejectControlCharacters)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    install_log_escaping()
     _mount_static(app, settings.static_dir or STATIC_DIR)
     app.state.metrics = metrics
     app.state.settings = settings
     return app
+
+
+def _add_auth_gate(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
+    """Keys are checked from the headers before the body limit and the body (service.security)."""
+
+    def verify(_scope: Scope, key: str) -> Principal | None:
+        context: AppContext = app.state.context
+        with context.sessions() as session:
+            principal = verify_key(session, key)
+        if principal is not None:
+            context.note_key_use(principal)
+        return principal
+
+    app.add_middleware(
+        AuthGate,
+        verify=verify,
+        throttle=FailedKeyThrottle(settings.auth_failure_burst, settings.auth_failures_per_minute),
+        allow_anonymous=lambda _scope: settings.allow_anonymous,
+        on_failure=lambda reason: metrics.auth_failures.labels(reason=reason).inc(),
+    )
 
 
 def _mount_static(app: FastAPI, folder: Path) -> None:

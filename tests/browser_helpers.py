@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from PIL import Image
+
+from tests.tools import tool_missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -41,9 +42,9 @@ def require_browser() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("the Playwright package is not installed (pip install -e '.[dev]')")
+        tool_missing("the Playwright package is not installed (pip install -e '.[dev]')")
     if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing: run `make system-deps` (Debian's chromium package)")
+        tool_missing(f"{CHROMIUM} is missing: run `make system-deps` (Debian's chromium package)")
 
 
 def default_bundle() -> Path | None:
@@ -103,6 +104,12 @@ def check_answer(page: Page, ident: dict[str, Any]) -> None:
         label_kind = "lookalike" if kind == "lookalike" else "cites"
         expect(page.locator("#badge")).to_have_text(badge_text(label_kind, decision["appendix"]))
         expect(page.locator("#prob")).to_have_text(probability_text(decision["probability"]))
+        listing = decision.get("listing")
+        flagged = page.locator("#unverified")
+        if listing and listing["verified"] is False:
+            expect(flagged).to_be_visible()
+        else:
+            expect(flagged).to_be_hidden()
         others = [c for c in ident["top_k"] if c["label"] != decision["label"]]
     else:
         expect(page.locator("#facts")).to_be_hidden()
@@ -113,6 +120,8 @@ def check_answer(page: Page, ident: dict[str, Any]) -> None:
         item = candidates.nth(index)
         expect(item.locator(".badge")).to_have_text(badge_text(cand["kind"], cand["appendix"]))
         expect(item.locator(".prob")).to_have_text(probability_text(cand["probability"]))
+        unverified = bool(cand.get("listing")) and cand["listing"]["verified"] is False
+        expect(item.locator(".flag-unverified")).to_have_count(1 if unverified else 0)
     expect(page.locator("#guidance-text")).to_have_text(ident["guidance"]["text"])
 
 

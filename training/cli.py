@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.cli import CommandError
+from model.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--val-fraction", type=float, help="share of groups for validation (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
-    p.add_argument("--augment", choices=("camera", "xray"), help="augmentation preset")
+    p.add_argument("--augment", choices=MODALITIES, help="augmentation preset")
     p.add_argument(
         "--views",
         type=int,
@@ -98,7 +99,7 @@ def register_train(subparsers: Subparsers) -> None:
         help="stages trained in 'last' mode, counted "
         "from the end (default 1: the last stage and the head)",
     )
-    p.add_argument("--modality", choices=("camera", "xray"), help="modality of the images")
+    p.add_argument("--modality", choices=MODALITIES, help="modality of the images")
     p.add_argument(
         "--input-size",
         type=int,

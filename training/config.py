@@ -91,7 +91,7 @@ class TrainConfig:
         The shorter side is resized in the backbone's ratio (256 for 224), so the centre crop
         keeps the same share of the image at every size.
         """
-        from model.backbone import BACKBONE_PREPROCESS
+        from training.backbone import BACKBONE_PREPROCESS
 
         base = BACKBONE_PREPROCESS
         ratio = base.resize_shorter / base.input_size

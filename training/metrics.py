@@ -180,15 +180,6 @@ def mcnemar(correct_a: NDArray[np.bool_], correct_b: NDArray[np.bool_]) -> McNem
     return McNemar(b, c, statistic, p_value, "chi2_cc")
 
 
-def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
-    """Row-wise softmax of ``logits / temperature`` (numerically stable)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: FloatArray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a proportion ``successes / total`` (95% for z = 1.96); (0, 1)
     when ``total`` is 0. Unlike the normal approximation it stays inside [0, 1] and is sound

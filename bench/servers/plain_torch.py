@@ -2,7 +2,7 @@
 
 What most teams write first: one ``def`` route (FastAPI runs it in its thread pool), full-size
 PIL decode and resize, one forward pass per request under ``torch.no_grad``, softmax, top-5 as
-JSON. The network is the bundle's architecture (:func:`model.backbone.create_model` with the
+JSON. The network is the bundle's architecture (:func:`training.backbone.create_model` with the
 bundle's class count, wrapped like the ONNX export) so it costs what the bundle costs.
 
 Run: ``python -m bench.servers.plain_torch --bundle weights/default --port 8101``.
@@ -27,8 +27,8 @@ def create_app(bundle_dir: Path, threads: int | None = None) -> FastAPI:
     import torch
 
     from bench.bench_model import bundle_facts
-    from model.backbone import ExportWrapper, create_model
     from model.labels import read_labels
+    from training.backbone import ExportWrapper, create_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from model.taxonomy import TaxonNotFoundError
+from model.vocabulary import DecisionKind, Modality
+from service.context import AppContext
 from service.deps import (
     BatchIdentifier,
     ContextDep,
@@ -19,11 +23,11 @@ from service.deps import (
     Reader,
     SessionDep,
 )
+from service.device_cases import find_synced, parse_device_answer
 from service.guidance import negotiate_language
-from service.heatmaps import render_heatmap_png
-from service.identify import Identifier as IdentifierService
-from service.identify import IdentifyOptions, upload_too_large
-from service.problems import ProblemError
+from service.identify import IdentificationPipeline, IdentifyOptions
+from service.keys import Principal
+from service.problems import ProblemError, upload_too_large
 from service.render import feedback_dict, render_identification
 from service.repository import (
     ListFilter,
@@ -32,14 +36,12 @@ from service.repository import (
     latest_feedback,
     list_identifications,
 )
+from service.scope import EVERYTHING, RecordScope, Visibility, visibility_for
+from service.security import MULTI_LINE_TEXT, SINGLE_LINE_TEXT
 from service.tables import Identification, StoredImage
+from service.uploads import Upload
 
 router = APIRouter(prefix="/v1", tags=["identifications"])
-
-Modality = Literal["camera", "xray"]
-DecisionKind = Literal[
-    "taxon", "lookalike", "uncertain", "outside_training_domain", "unusable_image"
-]
 
 
 def get_language(
@@ -55,13 +57,12 @@ def get_language(
 Language = Annotated[str, Depends(get_language)]
 
 
-def get_identifier(context: ContextDep) -> IdentifierService:
+def get_pipeline(context: ContextDep) -> IdentificationPipeline:
     """The identification pipeline of this app."""
-    identifier: IdentifierService = context.identifier
-    return identifier
+    return context.pipeline
 
 
-IdentifierDep = Annotated[IdentifierService, Depends(get_identifier)]
+PipelineDep = Annotated[IdentificationPipeline, Depends(get_pipeline)]
 
 
 def form_options(
@@ -70,7 +71,9 @@ def form_options(
     origin_country: Annotated[
         str | None, Form(min_length=2, max_length=2, description="ISO 3166 alpha-2")
     ] = None,
-    case_ref: Annotated[str | None, Form(max_length=120, description="case reference")] = None,
+    case_ref: Annotated[
+        str | None, Form(max_length=120, pattern=SINGLE_LINE_TEXT, description="case reference")
+    ] = None,
 ) -> IdentifyOptions:
     """The optional form fields shared by single and batch identification."""
     return IdentifyOptions(
@@ -84,13 +87,12 @@ def form_options(
 Options = Annotated[IdentifyOptions, Depends(form_options)]
 
 
-async def _read_upload(upload: UploadFile, limit: int) -> bytes:
-    if upload.size is not None and upload.size > limit:
-        raise upload_too_large(upload.size, limit)
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise upload_too_large(None, limit)
-    return data
+def spool_upload(upload: UploadFile, limit: int) -> Upload:
+    """The upload as the form parser spooled it (read by the decoder, not here)."""
+    spooled = Upload.from_form(upload)
+    if spooled.size > limit:
+        raise upload_too_large(spooled.size, limit)
+    return spooled
 
 
 @router.post(
@@ -100,17 +102,47 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     responses={413: {"description": "too large"}, 422: {"description": "unusable input"}},
 )
 async def identify_one(
+    request: Request,
     response: Response,
     principal: Identifier,
-    identifier: IdentifierDep,
+    pipeline: PipelineDep,
     context: ContextDep,
     options: Options,
     language: Language,
     image: Annotated[UploadFile, File(description="the photo or x-ray image")],
+    device_answer: Annotated[
+        str | None,
+        Form(description="a case made offline: the phone's answer as JSON (docs/web.md)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Suggest likely CITES taxa for one uploaded image, with decision and guidance."""
-    data = await _read_upload(image, context.settings.max_upload_bytes)
-    result = await identifier.identify(data, options, principal)
+    """Suggest likely CITES taxa for one uploaded image, with decision and guidance. With
+    ``device_answer`` (a case made on the phone offline) both answers are stored, and a repeated
+    upload of the same case returns the stored one (200) instead of a second case."""
+    if len((await request.form()).getlist("image")) > 1:  # parsed once, cached by Starlette
+        raise ProblemError(
+            422,
+            "duplicate-image-part",
+            "The upload has more than one 'image' part; send one image per request, or use "
+            "/v1/identifications:batch with 'images' parts.",
+            title="More than one image",
+        )
+    device = parse_device_answer(device_answer)
+    if device is not None:
+        with context.sessions() as session:
+            synced = find_synced(session, principal, device)
+            row = session.get(Identification, synced) if synced else None
+            if row is not None:
+                response.status_code = 200
+                response.headers["Location"] = f"/v1/identifications/{row.id}"
+                return render_identification(
+                    row.result,
+                    language,
+                    context.guidance,
+                    latest_feedback(session, [row.id]).get(row.id),
+                )
+        options = replace(options, device=device)
+    upload = spool_upload(image, context.settings.max_upload_bytes)
+    result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
     return render_identification(result, language, context.guidance, None)
 
@@ -118,7 +150,7 @@ async def identify_one(
 @router.post("/identifications:batch", summary="Identify many images (scanner systems)")
 async def identify_batch(
     principal: BatchIdentifier,
-    identifier: IdentifierDep,
+    pipeline: PipelineDep,
     context: ContextDep,
     options: Options,
     language: Language,
@@ -134,12 +166,12 @@ async def identify_batch(
             "(CITES_MAX_BATCH_IMAGES). Split the batch.",
             title="Batch too large",
         )
-    predictor = identifier.active_predictor()  # the whole batch runs on one model
-    options = identifier.check_options(predictor, options)
+    predictor = pipeline.active_predictor()  # the whole batch runs on one model
+    options = pipeline.check_options(predictor, options)
 
     async def one(upload: UploadFile) -> dict[str, Any]:
-        data = await _read_upload(upload, settings.max_upload_bytes)
-        return await identifier.identify(data, options, principal, predictor=predictor)
+        spooled = spool_upload(upload, settings.max_upload_bytes)
+        return await pipeline.identify(spooled, options, principal, predictor=predictor)
 
     outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
     results: list[dict[str, Any]] = []
@@ -157,9 +189,15 @@ async def identify_batch(
     return {"model_version": predictor.version, "results": results}
 
 
-def _get(session: SessionDep, identification_id: str) -> Identification:
+def _visibility(session: Session, principal: Principal, context: AppContext) -> Visibility:
+    return visibility_for(session, principal, RecordScope(context.settings.record_scope))
+
+
+def _get(
+    session: Session, identification_id: str, visibility: Visibility = EVERYTHING
+) -> Identification:
     row = session.get(Identification, identification_id)
-    if row is None:
+    if row is None or not visibility.allows(row.created_by):  # out of scope: as if absent
         raise ProblemError(
             404,
             "not-found",
@@ -169,7 +207,8 @@ def _get(session: SessionDep, identification_id: str) -> Identification:
     return row
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """A query time as aware UTC (naive times are taken as UTC)."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -185,19 +224,20 @@ def list_all(
     offset: Annotated[int, Query(ge=0, le=2**53)] = 0,  # SQL integers are 64-bit
     since: Annotated[datetime | None, Query(description="ISO time, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="ISO time, exclusive")] = None,
-    case_ref: Annotated[str | None, Query(max_length=120)] = None,
+    case_ref: Annotated[str | None, Query(max_length=120, pattern=SINGLE_LINE_TEXT)] = None,
     decision: Annotated[DecisionKind | None, Query()] = None,
-    label: Annotated[str | None, Query(max_length=200)] = None,
+    label: Annotated[str | None, Query(max_length=200, pattern=SINGLE_LINE_TEXT)] = None,
     mine: Annotated[bool, Query(description="only those made with my key")] = False,
 ) -> dict[str, Any]:
     """A page of identifications with optional filters."""
     filters = ListFilter(
-        since=_as_utc(since),
-        until=_as_utc(until),
+        since=as_utc(since),
+        until=as_utc(until),
         case_ref=case_ref,
         decision=decision,
         label=label,
         created_by=principal.key_id if mine else None,
+        visible_keys=_visibility(session, principal, context).key_ids,
     )
     rows, total = list_identifications(session, filters, limit=limit, offset=offset)
     feedback = latest_feedback(session, [r.id for r in rows])
@@ -218,13 +258,13 @@ def list_all(
 @router.get("/identifications/{identification_id}", summary="One identification")
 def get_one(
     identification_id: str,
-    _principal: Reader,
+    principal: Reader,
     context: ContextDep,
     session: SessionDep,
     language: Language,
 ) -> dict[str, Any]:
     """An identification with its latest feedback."""
-    row = _get(session, identification_id)
+    row = _get(session, identification_id, _visibility(session, principal, context))
     feedback = latest_feedback(session, [row.id]).get(row.id)
     return render_identification(row.result, language, context.guidance, feedback)
 
@@ -236,10 +276,10 @@ def get_one(
     responses={200: {"content": {"image/*": {}}}},
 )
 def get_image(
-    identification_id: str, _principal: Reader, context: ContextDep, session: SessionDep
+    identification_id: str, principal: Reader, context: ContextDep, session: SessionDep
 ) -> Response:
-    """The image as stored (GPS metadata removed unless configured otherwise)."""
-    row = _get(session, identification_id)
+    """The image as stored (location metadata removed unless configured otherwise)."""
+    row = _get(session, identification_id, _visibility(session, principal, context))
     image = session.get(StoredImage, row.image_sha256)
     if image is None:
         raise ProblemError(404, "not-found", "The image of this identification is missing.")
@@ -259,21 +299,24 @@ def get_image(
 )
 async def get_heatmap(
     identification_id: str,
-    _principal: Reader,
+    principal: Reader,
     context: ContextDep,
-    label: Annotated[str | None, Query(max_length=200, description="label id")] = None,
+    label: Annotated[
+        str | None, Query(max_length=200, pattern=SINGLE_LINE_TEXT, description="label id")
+    ] = None,
 ) -> Response:
     """The image with the class-activation map of the decided (or top-1, or given) label."""
 
     def load() -> tuple[Identification, StoredImage | None]:
         with context.sessions() as session:
-            row = _get(session, identification_id)
+            row = _get(session, identification_id, _visibility(session, principal, context))
             return row, session.get(StoredImage, row.image_sha256)
 
     row, image = await run_in_threadpool(load)
     if image is None:
         raise ProblemError(404, "not-found", "The image of this identification is missing.")
-    png = await render_heatmap_png(context, row, image, label)
+    path = context.store.path_of(image.path)
+    png = await context.heatmaps.render(row, path, label, principal.key_id)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
 
 
@@ -283,12 +326,17 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verdict: Literal["confirm", "correct"]
-    label: str | None = Field(default=None, max_length=200, description="a label id")
-    taxon_id: str | None = Field(default=None, max_length=200, description="a taxonomy id")
-    note: str | None = Field(default=None, max_length=2000)
+    label: str | None = Field(
+        default=None, max_length=200, pattern=SINGLE_LINE_TEXT, description="a label id"
+    )
+    taxon_id: str | None = Field(
+        default=None, max_length=200, pattern=SINGLE_LINE_TEXT, description="a taxonomy id"
+    )
+    note: str | None = Field(default=None, max_length=2000, pattern=MULTI_LINE_TEXT)
     case_ref: str | None = Field(
         default=None,
         max_length=120,
+        pattern=SINGLE_LINE_TEXT,
         description="case / seizure reference (as in identification); blank means none",
     )
 
@@ -317,11 +365,11 @@ def post_feedback(
     session: SessionDep,
 ) -> dict[str, Any]:
     """Append a feedback entry; older entries are kept."""
-    row = _get(session, identification_id)
+    row = _get(session, identification_id, _visibility(session, principal, context))
     label = body.label
     if label is not None:
         known = {entry["label"] for entry in row.result.get("top_k", [])}
-        known |= context.known_labels(row.model_version)
+        known |= context.host.known_labels(row.model_version)
         if label not in known:
             raise ProblemError(
                 422,
@@ -351,7 +399,9 @@ def post_feedback(
 @router.get(
     "/identifications/{identification_id}/feedback", summary="Feedback history, oldest first"
 )
-def get_feedback(identification_id: str, _principal: Reader, session: SessionDep) -> dict[str, Any]:
+def get_feedback(
+    identification_id: str, principal: Reader, context: ContextDep, session: SessionDep
+) -> dict[str, Any]:
     """Every feedback entry of an identification."""
-    row = _get(session, identification_id)
+    row = _get(session, identification_id, _visibility(session, principal, context))
     return {"items": [feedback_dict(f) for f in feedback_history(session, row.id)]}

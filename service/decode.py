@@ -1,0 +1,267 @@
+"""The decode stage: upload bytes -> model input array + the image as it will be stored.
+
+Decoding is the core's checked preprocessing (:func:`model.checks.prepare_input`, driven by the
+bundle's recorded settings: the model input and the image checks of the whole decoded image,
+quality and scanner signature, that :meth:`model.predictor.Predictor.predict_arrays` turns into
+``unusable_image`` / ``outside_training_domain``) plus :func:`service.imagestore.prepare_image` (GPS removed, sha256 of
+the stored bytes). Both run in decode worker processes (:mod:`service.decodeworkers`) with a
+time limit that really stops them, never on the event loop. Before any pixel is decoded, a
+cheap pass over the bytes refuses what would make decoding or GPS removal expensive
+(:func:`check_decoding_cost`): a JPEG with more than :data:`MAX_JPEG_SCANS` scans (a progressive
+JPEG normally has about ten; a scan repeated thousands of times costs minutes of CPU), more
+than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments or :data:`MAX_JPEG_HEADER_SEGMENTS` segments
+before its first scan.
+
+JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
+the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
+on. The stage therefore also runs libjpeg-turbo in strict mode (``simplejpeg``, at 1/8 scale, in
+a second thread of the same worker while Pillow decodes): a warning there refuses the image as
+``corrupt-image``. A damaged photo must not produce a confident answer.
+
+:meth:`DecodeStage.decoding` counts the images being decoded now: the micro-batcher's
+``incoming`` signal, so that it waits (at most its max wait) for them instead of running a
+batch that they could join.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from model.checks import ImageChecks, prepare_input
+from model.imageio import CorruptImageError, ImageError, sniff_format
+from model.preprocess import PreprocessConfig, decode_image, image_to_array
+from service.decodeworkers import DecodeStoppedError, DecodeWorkers
+from service.imagestore import PreparedImage, prepare_image
+
+if TYPE_CHECKING:
+    from model.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+MAX_JPEG_SCANS = 100
+"""Scans (SOS markers) a JPEG may have: baseline has 1, progressive about 10 (libjpeg) to 20."""
+
+MAX_JPEG_EXIF_SEGMENTS = 2
+"""EXIF (APP1 ``Exif``) segments before the first scan: the format allows one."""
+
+MAX_JPEG_HEADER_SEGMENTS = 256
+"""Segments of any kind before the first scan (ICC profiles and extended XMP come in chunks)."""
+
+
+class ImageTooComplexError(ImageError):
+    """The image is built in a way that makes decoding it too expensive."""
+
+    code: ClassVar[str] = "too_complex"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded upload: the model input, the image to store and the image checks."""
+
+    array: npt.NDArray[np.float32]
+    image: PreparedImage
+    checks: ImageChecks | None = None
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding is allowed to cost and keep."""
+
+    max_pixels: int
+    keep_gps: bool
+
+
+@dataclass(frozen=True)
+class HeatmapSource:
+    """What a heat map needs from a stored image: the model input and the photo to draw on
+    (at most ``max_side`` pixels on its longer side)."""
+
+    array: npt.NDArray[np.float32]
+    photo: Image.Image
+
+
+# ---- what runs in a worker process --------------------------------------------------------------
+
+
+def check_decoding_cost(data: bytes) -> None:
+    """Refuse a JPEG whose structure makes it expensive (see the module docstring); a cheap
+    pass over the bytes. Other formats pass (their cost is bounded by the pixel limit and the
+    workers' time limit)."""
+    if sniff_format(data) != "JPEG":
+        return
+    scans = data.count(b"\xff\xda")  # 0xFF in entropy-coded data is stuffed: only real markers
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooComplexError(
+            f"This JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a progressive "
+            "photo has about 10). Send the photo as saved by the camera or phone."
+        )
+    segments = 0
+    exif = 0
+    pos = 2
+    size = len(data)
+    while pos + 4 <= size and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xDA or 0xD0 <= marker <= 0xD9:
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segments += 1
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            exif += 1
+        if exif > MAX_JPEG_EXIF_SEGMENTS or segments > MAX_JPEG_HEADER_SEGMENTS:
+            raise ImageTooComplexError(
+                f"This JPEG has more than {MAX_JPEG_EXIF_SEGMENTS} EXIF segments or "
+                f"{MAX_JPEG_HEADER_SEGMENTS} metadata segments; a camera writes one EXIF block. "
+                "Send the photo as saved by the camera or phone."
+            )
+        pos += 2 + max(length, 2)
+
+
+def check_jpeg_integrity(data: bytes) -> None:
+    """Raise :class:`~model.imageio.CorruptImageError` when libjpeg reports the compressed data
+    of a JPEG as corrupt (a warning Pillow does not pass on)."""
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - a dependency of the service
+        logger.warning("simplejpeg is missing: damaged JPEG data cannot be detected")
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as exc:
+        message = str(exc)
+        if "Unsupported color conversion" in message or "colorspace" in message.lower():
+            return  # CMYK/YCCK: a colour question for Pillow, not damage
+        raise CorruptImageError(
+            f"The JPEG's compressed data is damaged ({message}); the pixels would be partly "
+            "garbage. Send the original photo again."
+        ) from None
+
+
+def _decode_checked(
+    data: bytes, config: PreprocessConfig, limits: DecodeLimits
+) -> tuple[npt.NDArray[np.float32], ImageChecks]:
+    """The core's preprocessing; for a JPEG the strict integrity check runs meanwhile in a
+    second thread (both release the GIL while libjpeg works)."""
+    if sniff_format(data) != "JPEG":
+        return prepare_input(data, config, max_pixels=limits.max_pixels)
+    problems: list[ImageError] = []
+
+    def check() -> None:
+        try:
+            check_jpeg_integrity(data)
+        except ImageError as exc:
+            problems.append(exc)
+
+    checker = threading.Thread(target=check, name="jpeg-integrity")
+    checker.start()
+    try:
+        prepared = prepare_input(data, config, max_pixels=limits.max_pixels)
+    finally:
+        checker.join()
+    if problems:
+        raise problems[0]
+    return prepared
+
+
+def decode_upload(data: bytes, config: PreprocessConfig, limits: DecodeLimits) -> Decoded:
+    """Runs in a decode worker: check the cost, decode, prepare the bytes to store. The
+    returned image carries no bytes when they are the upload's own (the caller has them)."""
+    check_decoding_cost(data)
+    array, checks = _decode_checked(data, config, limits)
+    image = prepare_image(data, keep_gps=limits.keep_gps)
+    if image.data == data:
+        image = replace(image, data=b"")
+    return Decoded(array, image, checks)
+
+
+def decode_for_heatmap(
+    path: Path, config: PreprocessConfig, limits: DecodeLimits, max_side: int
+) -> HeatmapSource:
+    """Runs in a decode worker: decode a stored image once, giving the model input as at
+    identification and a photo of at most ``max_side`` pixels."""
+    data = path.read_bytes()
+    check_decoding_cost(data)
+    decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=config.decode_shorter)
+    photo = decoded.image
+    if max(photo.size) > max_side:
+        photo = photo.copy()
+        photo.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return HeatmapSource(image_to_array(decoded.image, config), photo)
+
+
+# ---- the stage (event loop side) ----------------------------------------------------------------
+
+
+class DecodeStage:
+    """Runs decoding on the decode workers (see the module docstring)."""
+
+    def __init__(self, workers: DecodeWorkers, limits: DecodeLimits) -> None:
+        self._workers = workers
+        self.limits = limits
+        self._decoding = 0
+
+    @property
+    def timeout_s(self) -> float:
+        """How long one decode may take before its worker is stopped."""
+        return self._workers.timeout_s
+
+    def start(self) -> None:
+        """Start the worker processes (blocking)."""
+        self._workers.start()
+
+    def decoding(self) -> int:
+        """Images being decoded now (the micro-batcher's ``incoming`` signal)."""
+        return self._decoding
+
+    async def decode(self, data: bytes, predictor: Predictor) -> Decoded:
+        """Decode ``data`` for ``predictor``. Raises :class:`~model.imageio.ImageError` for an
+        unusable image (:class:`ImageTooComplexError` when it was stopped or refused for its
+        cost)."""
+        config = predictor.bundle.manifest.preprocess
+        self._decoding += 1
+        try:
+            decoded = await self._run_worker(decode_upload, data, config, self.limits)
+        finally:
+            self._decoding -= 1
+        if not decoded.image.data:  # stored as uploaded: the worker did not send them back
+            decoded = replace(decoded, image=replace(decoded.image, data=data))
+        return decoded
+
+    async def heatmap_source(
+        self, path: Path, config: PreprocessConfig, max_side: int
+    ) -> HeatmapSource:
+        """Decode the stored image at ``path`` for a heat map (raises ImageError)."""
+        return await self._run_worker(decode_for_heatmap, path, config, self.limits, max_side)
+
+    async def _run_worker(self, function: Callable[..., R], *args: Any) -> R:
+        try:
+            return await self._workers.run(function, *args)
+        except DecodeStoppedError as exc:
+            logger.warning("decode stopped: %s", exc)
+            if exc.timed_out:
+                raise ImageTooComplexError(
+                    f"Decoding this image took longer than {self.timeout_s:g} s "
+                    "(CITES_DECODE_TIMEOUT_S) and was stopped. Send the photo as saved by the "
+                    "camera or phone, or re-saved as an ordinary JPEG or PNG."
+                ) from None
+            raise ImageTooComplexError(
+                "Decoding this image needed more memory than a decoder may use, and was "
+                "stopped. Send a smaller image."
+            ) from None
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._workers.close()

@@ -1,0 +1,66 @@
+"""The committed default bundle on the real images of ../shared/data (skipped without them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.bundle import load_bundle
+from model.cli import main
+
+pytestmark = [pytest.mark.shared_data]
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "weights" / "default"
+
+
+@pytest.fixture(scope="module")
+def default_bundle() -> Path:
+    if not (DEFAULT / "manifest.json").is_file():
+        pytest.skip("weights/default is not built (training/build_default.sh)")
+    return DEFAULT
+
+
+def test_evaluate_default_bundle_on_met_ivory(
+    default_bundle: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 60 images (30 per class, a fixed sample); most were training images, so this checks that
+    # the shipped bundle runs and is sane, not its held-out accuracy (that is in its manifest).
+    code = main(
+        [
+            "evaluate",
+            "--bundle",
+            str(default_bundle),
+            "--data",
+            str(shared_data / "met-ivory"),
+            "--json",
+            "--limit",
+            "60",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 60
+    assert report["accuracy"] >= 0.85
+    assert set(report["per_class"]) >= {"ivory", "ceramic"}
+    assert report["per_class"]["ivory"]["support"] == 30
+
+
+def test_default_manifest_states_data_figures_and_limits(default_bundle: Path) -> None:
+    bundle = load_bundle(default_bundle)
+    manifest = bundle.manifest
+    assert manifest.modalities == ("camera",)
+    sources = manifest.training["data"]["by_source"]
+    assert set(sources) == {"met-ivory", "wood-trade-groups"}
+    validation = manifest.metrics["validation"]
+    assert validation["subsets"]["met-ivory"]["images"] > 300
+    assert "accuracy_ci95" in validation["subsets"]["wood-trade-groups"]
+    text = " ".join(manifest.limitations).lower()
+    for topic in ("pangolin", "reptile", "x-ray"):
+        assert topic in text
+    ood = manifest.metrics["ood"]
+    assert ood["validation_flagged"] <= 0.05
+    size = sum((default_bundle / n).stat().st_size for n in manifest.models.values() if n)
+    assert size <= 25 * 1024 * 1024
