@@ -298,6 +298,10 @@ class Predictor:
             )
         if images.shape[0] == 0:
             return []
+        verdicts = [
+            (checks[i] if checks is not None else None) or check_array(images[i], self.preprocess)
+            for i in range(images.shape[0])
+        ]
         logits, features = self._run(images, ("logits", "features"))
         return self.predict_outputs(
             logits,
@@ -305,6 +309,7 @@ class Predictor:
             countries=countries,
             top_k=top_k,
             with_features=with_features,
+            checks=verdicts,
         )
 
     def predict_outputs(
@@ -315,11 +320,14 @@ class Predictor:
         countries: Sequence[str | None],
         top_k: int = 5,
         with_features: bool = False,
+        checks: Sequence[ImageChecks] | None = None,
     ) -> list[Prediction]:
         """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
         temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
-        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
-        the offline page's golden cases call it with the outputs of the browser's runtime."""
+        origin codes, one per row; ``checks`` the image checks, one per row (None: the caller
+        made none, and an image the checks would refuse is answered from its outputs).
+        :meth:`predict_arrays` calls it after running the network; the offline page's golden
+        cases call it with the outputs of the browser's runtime."""
         logits = np.asarray(logits, dtype=np.float32)
         features = np.asarray(features, dtype=np.float32)
         manifest = self._bundle.manifest
@@ -332,9 +340,8 @@ class Predictor:
         for i, probs in enumerate(probabilities):
             order = np.argsort(-probs, kind="stable")[:k]
             score = None if scores is None else float(scores[i])
-            given = checks[i] if checks is not None else None
-            image_checks = given or check_array(images[i], self.preprocess)
-            refused = self._refusal(image_checks)
+            image_checks = checks[i] if checks is not None else None
+            refused = None if image_checks is None else self._refusal(image_checks)
             if refused is not None:
                 results.append(
                     Prediction(

@@ -3,9 +3,10 @@
 Decoding is the core's checked preprocessing (:func:`model.checks.prepare_input`, driven by the
 bundle's recorded settings: the model input and the image checks of the whole decoded image,
 quality and scanner signature, that :meth:`model.predictor.Predictor.predict_arrays` turns into
-``unusable_image`` / ``outside_training_domain``) plus :func:`service.imagestore.prepare_image` (GPS removed, sha256 of
-the stored bytes). Both run in decode worker processes (:mod:`service.decodeworkers`) with a
-time limit that really stops them, never on the event loop. Before any pixel is decoded, a
+``unusable_image`` / ``outside_training_domain``) plus
+:func:`service.imagestore.prepare_image` (GPS removed, sha256 of the stored bytes). Both run
+in decode worker processes (:mod:`service.decodeworkers`) with a time limit that really stops
+them, never on the event loop. Before any pixel is decoded, a
 cheap pass over the bytes refuses what would make decoding or GPS removal expensive
 (:func:`check_decoding_cost`): a JPEG with more than :data:`MAX_JPEG_SCANS` scans (a progressive
 JPEG normally has about ten; a scan repeated thousands of times costs minutes of CPU), more

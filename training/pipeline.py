@@ -57,8 +57,8 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
-from training.train import choose_head, fine_tune, set_head
 from training.seen_images import SEEN_IMAGES_FILE, write_seen_images
+from training.train import choose_head, fine_tune, set_head
 
 logger = logging.getLogger(__name__)
 
