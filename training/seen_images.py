@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.bundle import Bundle
-from training.data import DataError, Sample, file_sha256
+from model.digest import sha256_file
+from training.data import DataError, Sample
 
 SEEN_IMAGES_FILE = "seen-images.tsv"
 SEEN_SPLITS = ("train", "val")
@@ -33,7 +34,7 @@ def write_seen_images(path: Path, splits: Mapping[str, Sequence[Sample]]) -> Pat
     digests: dict[str, str] = {}
     for split in _SPLITS:
         for sample in splits.get(split, ()):
-            digests.setdefault(file_sha256(sample.path), split)
+            digests.setdefault(sha256_file(sample.path), split)
     lines = [_HEADER, *(f"{digest}\t{split}" for digest, split in sorted(digests.items()))]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(path)
@@ -85,4 +86,4 @@ class Overlap:
 
 def overlap(seen: Mapping[str, str], paths: Sequence[Path]) -> Overlap:
     """Look up every image file (by the sha256 of its bytes) in the bundle's digest set."""
-    return Overlap(tuple(seen.get(file_sha256(p)) for p in paths))
+    return Overlap(tuple(seen.get(sha256_file(p)) for p in paths))

@@ -139,12 +139,15 @@ async def identify_one(
                     language,
                     context.guidance,
                     latest_feedback(session, [row.id]).get(row.id),
+                    taxonomy=context.taxonomy,
                 )
         options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
-    return render_identification(result, language, context.guidance, None)
+    return render_identification(
+        result, language, context.guidance, None, taxonomy=context.taxonomy
+    )
 
 
 @router.post("/identifications:batch", summary="Identify many images (scanner systems)")
@@ -183,7 +186,7 @@ async def identify_batch(
             raise outcome
         else:
             entry["identification"] = render_identification(
-                outcome, language, context.guidance, None
+                outcome, language, context.guidance, None, taxonomy=context.taxonomy
             )
         results.append(entry)
     return {"model_version": predictor.version, "results": results}
@@ -242,7 +245,9 @@ def list_all(
     rows, total = list_identifications(session, filters, limit=limit, offset=offset)
     feedback = latest_feedback(session, [r.id for r in rows])
     items = [
-        render_identification(r.result, language, context.guidance, feedback.get(r.id))
+        render_identification(
+            r.result, language, context.guidance, feedback.get(r.id), taxonomy=context.taxonomy
+        )
         for r in rows
     ]
     next_offset = offset + len(rows) if offset + len(rows) < total else None
@@ -266,7 +271,9 @@ def get_one(
     """An identification with its latest feedback."""
     row = _get(session, identification_id, _visibility(session, principal, context))
     feedback = latest_feedback(session, [row.id]).get(row.id)
-    return render_identification(row.result, language, context.guidance, feedback)
+    return render_identification(
+        row.result, language, context.guidance, feedback, taxonomy=context.taxonomy
+    )
 
 
 @router.get(
