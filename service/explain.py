@@ -89,7 +89,9 @@ def _member_listing(taxonomy: Taxonomy, taxon_id: str, language: str) -> str:
         )
     head, rest = parts[0], parts[1:]
     detail = f" ({'; '.join(rest)})" if rest else ""
-    return f"{_taxon_name(taxonomy, taxon_id, language)}: {head}{detail}"
+    return text(
+        language, "name_value", name=_taxon_name(taxonomy, taxon_id, language), value=head + detail
+    )
 
 
 def caveat(

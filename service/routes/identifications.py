@@ -181,7 +181,7 @@ async def identify_batch(
     for index, (upload, outcome) in enumerate(zip(images, outcomes, strict=True)):
         entry: dict[str, Any] = {"index": index, "filename": upload.filename}
         if isinstance(outcome, ProblemError):
-            entry["error"] = outcome.to_dict()
+            entry["error"] = outcome.to_dict(language=language)
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
