@@ -109,7 +109,7 @@ def test_a_bad_file_after_an_answer_leaves_no_stale_answer(
     _identify(page, "ivory.png", solid_image_bytes(RED))
     expect(page.locator("#result")).to_be_visible()
     expect(page.locator("#decision")).to_have_text("Confident")
-    shoot(page, "14-answer-before-bad-file", full_page=False, centre="#result")
+    shoot(page, "30-answer-before-bad-file", full_page=False, centre="#answer")
 
     # A text file: the error, and nothing of the previous answer or photo.
     page.set_input_files(
@@ -121,7 +121,7 @@ def test_a_bad_file_after_an_answer_leaves_no_stale_answer(
     expect(page.locator("#chosen")).not_to_contain_text("notes.txt")
     expect(page.locator("#identify-btn")).to_be_disabled()
     assert page.locator("#decision").inner_text() == ""
-    shoot(page, "15-bad-file-no-stale-answer", full_page=False)
+    shoot(page, "31-bad-file-no-stale-answer", full_page=False, centre="#error")
 
     # An answer again, then a file that looks like an image but is not: the service's 422.
     _identify(page, "ivory.png", solid_image_bytes(RED))
@@ -147,7 +147,7 @@ def test_colour_follows_the_action_and_the_caveat_is_shown(
     expect(caveat).to_contain_text("walrus (Odobenus rosmarus): Appendix III")
     stripe = page.locator("#recent-list li").first
     expect(stripe).to_have_class("recent-item decision-taxon action-detain")
-    shoot(page, "16-detain-red-with-caveat", full_page=False, centre="#result")
+    shoot(page, "32-detain-red-with-caveat", full_page=False, centre="#answer")
 
     # A blank photo: unusable, neutral (never green, never a taxon).
     _identify(page, "blank.png", blank_image_bytes((230, 215, 180)))
@@ -156,7 +156,7 @@ def test_colour_follows_the_action_and_the_caveat_is_shown(
     assert _answer_colour(page) == NEUTRAL_GREY
     expect(page.locator("#caveat")).to_be_hidden()
     expect(page.locator("#facts")).to_be_hidden()
-    shoot(page, "17-unusable-photo", full_page=False, centre="#result")
+    shoot(page, "33-unusable-photo", full_page=False, centre="#answer")
 
     # A look-alike: an in-domain "not listed" answer, the only green.
     _identify(page, "ceramic.png", solid_image_bytes(BLUE))
@@ -181,4 +181,4 @@ def test_api_docs_work_without_internet(
     text = page.locator("body").inner_text()
     for operation in ("/v1/identifications", "/v1/taxa"):
         assert operation in text, f"{operation} is not listed on {path}"
-    shoot(page, f"18-api{path.replace('/', '-')}-offline", full_page=False)
+    shoot(page, f"34-api{path.replace('/', '-')}-offline", full_page=False)
