@@ -427,6 +427,9 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         "class_weights": [round(float(x), 4) for x in weights],
         "duration_s": round(duration, 1),
     }
+    synthetic = synthetic_sources(config.data)
+    if synthetic:
+        training_info["synthetic_data"] = synthetic
     config_file = work / "config.json"
     config_file.write_text(
         json.dumps({"command": command, "config": config.to_dict()}, indent=2) + "\n",
@@ -458,6 +461,36 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     _cleanup(work)
     logger.info("bundle %s written in %.0f s", final, time.monotonic() - started)
     return final
+
+
+def synthetic_sources(data: Sequence[str]) -> list[dict[str, Any]]:
+    """For each training manifest written by ``cites-vision xray synth`` (a ``synth.json``
+    beside it): what the synthetic images were made from, for the bundle's manifest."""
+    found = []
+    for item in data:
+        summary_file = Path(item).parent / "synth.json" if Path(item).is_file() else None
+        if summary_file is None or not summary_file.is_file():
+            continue
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append(
+            {
+                "manifest": item,
+                "kind": "synthetic x-ray composites by projection (cites-vision xray synth)",
+                "images": summary.get("images"),
+                "backgrounds": summary.get("backgrounds"),
+                "backgrounds_excluded_as_matching": len(
+                    summary.get("backgrounds_excluded_as_matching", [])
+                ),
+                "exclusion_checked_against": summary.get("exclusion_checked_against"),
+                "source_objects": summary.get("source_objects"),
+                "energies_kev": summary.get("energies_kev"),
+                "seed": summary.get("seed"),
+            }
+        )
+    return found
 
 
 def _cleanup(work: Path) -> None:
