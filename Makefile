@@ -37,7 +37,7 @@ lint: $(VENV)/.all-installed
 	$(BIN)/ruff format --check model service training tests bench
 
 typecheck: $(VENV)/.all-installed
-	$(BIN)/mypy model service
+	$(BIN)/mypy model service training bench
 
 pytest: $(VENV)/.all-installed system-deps
 	$(BIN)/pytest -q -rs

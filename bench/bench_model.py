@@ -96,7 +96,7 @@ def quantised_copy(fp32_path: Path, calibration_images: int = 64) -> Path | None
     """
     from bench.common import CACHE_DIR
     from bench.images import load_set, write_load_set
-    from model.bundle import sha256_file
+    from model.digest import sha256_file
     from model.preprocess import PreprocessConfig
 
     try:

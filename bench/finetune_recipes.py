@@ -135,7 +135,8 @@ def _transform(args: argparse.Namespace, config: TrainConfig) -> Callable[[Any],
     if args.grayscale:
         extra.append(v2.RandomGrayscale(args.grayscale))
     transform.transforms[2:2] = extra  # after RGB() and the random crop, on the PIL image
-    return transform
+    built: Callable[[Any], torch.Tensor] = transform
+    return built
 
 
 def _block_depth(name: str) -> int:
@@ -290,7 +291,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
     if args.ema:
         ema = torch.optim.swa_utils.AveragedModel(
             model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),  # type: ignore[no-untyped-call]
             use_buffers=True,
         )
     result: dict[str, Any] = {"args": vars(args), "epochs": []}
@@ -305,7 +306,7 @@ def train_recipe(args: argparse.Namespace) -> dict[str, Any]:
             batch = batch.contiguous(memory_format=torch.channels_last)
             loss = _mixed_loss(model, batch, targets, criterion, args.mix, rng)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if args.sam:
                 _sharpness_aware_gradient(model, batch, targets, criterion, args.sam)
             optimizer.step()

@@ -12,17 +12,16 @@ Layout (see ``docs/architecture.md``)::
 :func:`write_bundle` builds the folder in a temporary sibling, verifies it with
 :func:`load_bundle` and renames it into place, so a reader never sees half a bundle.
 :func:`load_bundle` refuses a damaged or incomplete bundle with a :class:`BundleError` that
-names the file or manifest key at fault. No network access, no torch.
+names the file or manifest key at fault. No network access, no torch. The manifest's schema
+and validation live in :mod:`model.manifest` (re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import platform
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -32,167 +31,49 @@ from pathlib import Path
 from typing import Any, Literal
 
 from model.decision import Thresholds
+from model.digest import sha256_file
 from model.labels import Label, LabelsError, read_labels, write_labels
+from model.manifest import (
+    DEFAULT_BACKBONE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILES,
+    OOD_FILE,
+    SCHEMA_VERSION,
+    BundleError,
+    BundleManifest,
+    OodSpec,
+    check_file_name,
+    check_version,
+)
 from model.ood import OOD_METHOD, OodError, OodModel
 from model.preprocess import PreprocessConfig
 from model.taxonomy import Taxonomy, default_taxonomy
+from model.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-LABELS_FILE = "labels.tsv"
-OOD_FILE = "ood.npz"
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-MODALITIES: tuple[str, ...] = ("camera", "xray")
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "LABELS_FILE",
+    "MANIFEST_FILE",
+    "MODALITIES",
+    "MODEL_FILES",
+    "OOD_FILE",
+    "SCHEMA_VERSION",
+    "Bundle",
+    "BundleError",
+    "BundleManifest",
+    "BundleSummary",
+    "OodSpec",
+    "Precision",
+    "list_bundles",
+    "load_bundle",
+    "sha256_file",
+    "write_bundle",
+]
+
 Precision = Literal["fp32", "int8", "auto"]
-
-_VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
-_FILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-_SHA_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "version": str,
-    "created_at": str,
-    "backbone": str,
-    "preprocess": dict,
-    "modalities": list,
-    "labels_file": str,
-    "models": dict,
-    "temperature": (int, float),
-    "thresholds": dict,
-    "ood": (dict, type(None)),
-    "metrics": dict,
-    "training": dict,
-    "limitations": list,
-    "provenance": dict,
-    "recommended": bool,
-    "files": dict,
-}
-_CHUNK = 1 << 20
-
-
-class BundleError(ValueError):
-    """A bundle is missing, incomplete, damaged or inconsistent; the message names what."""
-
-
-@dataclass(frozen=True)
-class OodSpec:
-    """The manifest's ``ood`` object: the method, its file and the score threshold."""
-
-    method: str
-    file: str
-    threshold: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """As stored in the manifest."""
-        return {"method": self.method, "file": self.file, "threshold": self.threshold}
-
-
-@dataclass(frozen=True)
-class BundleManifest:
-    """The typed content of ``manifest.json`` (see the module docstring and the contract)."""
-
-    schema_version: int
-    version: str
-    created_at: str
-    backbone: str
-    preprocess: PreprocessConfig
-    modalities: tuple[str, ...]
-    labels_file: str
-    models: Mapping[str, str | None]
-    temperature: float
-    thresholds: Thresholds
-    ood: OodSpec | None
-    metrics: Mapping[str, Any]
-    training: Mapping[str, Any]
-    limitations: tuple[str, ...]
-    provenance: Mapping[str, Any]
-    recommended: bool
-    files: Mapping[str, str]
-
-    @property
-    def parent_version(self) -> str | None:
-        """The version this bundle was trained from, if any (recorded in provenance)."""
-        value = self.provenance.get("parent_version")
-        return value if isinstance(value, str) else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest as JSON-ready data, keys in contract order."""
-        return {
-            "schema_version": self.schema_version,
-            "version": self.version,
-            "created_at": self.created_at,
-            "backbone": self.backbone,
-            "preprocess": self.preprocess.to_dict(),
-            "modalities": list(self.modalities),
-            "labels_file": self.labels_file,
-            "models": dict(self.models),
-            "temperature": self.temperature,
-            "thresholds": self.thresholds.to_dict(),
-            "ood": None if self.ood is None else self.ood.to_dict(),
-            "metrics": dict(self.metrics),
-            "training": dict(self.training),
-            "limitations": list(self.limitations),
-            "provenance": dict(self.provenance),
-            "recommended": self.recommended,
-            "files": dict(self.files),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = MANIFEST_FILE) -> BundleManifest:
-        """Validate and type a parsed manifest; :class:`BundleError` names the bad key."""
-        if not isinstance(data, dict):
-            raise BundleError(f"{source}: the manifest must be a JSON object")
-        if "schema_version" not in data:
-            raise BundleError(f"{source}: missing key 'schema_version'")
-        if data["schema_version"] != SCHEMA_VERSION:
-            raise BundleError(
-                f"{source}: schema_version {data['schema_version']!r} is not supported "
-                f"(this program reads {SCHEMA_VERSION}); use a matching cites-vision version"
-            )
-        for key, expected in _REQUIRED_KEYS.items():
-            if key not in data:
-                raise BundleError(f"{source}: missing key {key!r}")
-            value = data[key]
-            if isinstance(value, bool) and expected is not bool:
-                raise BundleError(f"{source}: key {key!r} has the wrong type (bool)")
-            if not isinstance(value, expected):
-                raise BundleError(
-                    f"{source}: key {key!r} has the wrong type ({type(value).__name__})"
-                )
-        unknown = sorted(set(data) - set(_REQUIRED_KEYS))
-        if unknown:
-            raise BundleError(f"{source}: unknown keys {unknown}")
-        _check_version(data["version"], f"{source}: key 'version'")
-        try:
-            preprocess = PreprocessConfig.from_dict(data["preprocess"])
-        except ValueError as exc:
-            raise BundleError(f"{source}: key 'preprocess': {exc}") from exc
-        try:
-            thresholds = Thresholds.from_dict(data["thresholds"])
-        except ValueError as exc:
-            raise BundleError(f"{source}: key 'thresholds': {exc}") from exc
-        return cls(
-            schema_version=SCHEMA_VERSION,
-            version=data["version"],
-            created_at=data["created_at"],
-            backbone=data["backbone"],
-            preprocess=preprocess,
-            modalities=_modalities(data["modalities"], f"{source}: key 'modalities'"),
-            labels_file=_file_name(data["labels_file"], f"{source}: key 'labels_file'"),
-            models=_models(data["models"], f"{source}: key 'models'"),
-            temperature=_temperature(data["temperature"], f"{source}: key 'temperature'"),
-            thresholds=thresholds,
-            ood=_ood_spec(data["ood"], f"{source}: key 'ood'"),
-            metrics=data["metrics"],
-            training=data["training"],
-            limitations=_strings(data["limitations"], f"{source}: key 'limitations'"),
-            provenance=data["provenance"],
-            recommended=data["recommended"],
-            files=_files(data["files"], f"{source}: key 'files'"),
-        )
 
 
 @dataclass(frozen=True)
@@ -233,12 +114,6 @@ class Bundle:
             raise BundleError(f"bundle {self.version} has no {precision} model")
         return self.path / name
 
-    def file_path(self, name: str) -> Path:
-        """Path of a file listed in the manifest (e.g. a report)."""
-        if name not in self.manifest.files:
-            raise BundleError(f"{name!r} is not a file of bundle {self.version}")
-        return self.path / name
-
 
 @dataclass(frozen=True)
 class BundleSummary:
@@ -256,85 +131,6 @@ class BundleSummary:
     def ok(self) -> bool:
         """True when the bundle could be read (and verified, if asked)."""
         return self.error is None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_version(version: str, where: str) -> None:
-    if not _VERSION_PATTERN.match(version):
-        raise BundleError(
-            f"{where}: {version!r} is not a valid version (letters, digits, '.', '_', '-'; "
-            "at most 64 characters, e.g. 'ivory-2026-01-15')"
-        )
-
-
-def _file_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not _FILE_PATTERN.match(name) or name == MANIFEST_FILE:
-        raise BundleError(f"{where}: {name!r} is not a plain file name inside the bundle")
-    return name
-
-
-def _modalities(value: list[Any], where: str) -> tuple[str, ...]:
-    if not value:
-        raise BundleError(f"{where}: at least one modality is required ({', '.join(MODALITIES)})")
-    for item in value:
-        if item not in MODALITIES:
-            raise BundleError(
-                f"{where}: unknown modality {item!r} (known: {', '.join(MODALITIES)})"
-            )
-    if len(set(value)) != len(value):
-        raise BundleError(f"{where}: modalities repeat")
-    return tuple(value)
-
-
-def _models(value: dict[str, Any], where: str) -> dict[str, str | None]:
-    if set(value) != {"fp32", "int8"}:
-        raise BundleError(f"{where}: must have exactly the keys 'fp32' and 'int8'")
-    models: dict[str, str | None] = {"fp32": _file_name(value["fp32"], f"{where}.fp32")}
-    models["int8"] = None if value["int8"] is None else _file_name(value["int8"], f"{where}.int8")
-    return models
-
-
-def _temperature(value: float, where: str) -> float:
-    temperature = float(value)
-    if not 0.01 <= temperature <= 100.0:
-        raise BundleError(f"{where}: {value!r} must be in [0.01, 100]")
-    return temperature
-
-
-def _ood_spec(value: dict[str, Any] | None, where: str) -> OodSpec | None:
-    if value is None:
-        return None
-    if set(value) != {"method", "file", "threshold"}:
-        raise BundleError(f"{where}: must have exactly the keys 'method', 'file', 'threshold'")
-    if value["method"] != OOD_METHOD:
-        raise BundleError(f"{where}.method: {value['method']!r} is not supported ({OOD_METHOD})")
-    threshold = value["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
-        raise BundleError(f"{where}.threshold: must be a positive number, got {threshold!r}")
-    return OodSpec(OOD_METHOD, _file_name(value["file"], f"{where}.file"), float(threshold))
-
-
-def _strings(value: list[Any], where: str) -> tuple[str, ...]:
-    for item in value:
-        if not isinstance(item, str):
-            raise BundleError(f"{where}: every entry must be a string, got {item!r}")
-    return tuple(value)
-
-
-def _files(value: dict[str, Any], where: str) -> dict[str, str]:
-    for name, digest in value.items():
-        _file_name(name, where)
-        if not isinstance(digest, str) or not _SHA_PATTERN.match(digest):
-            raise BundleError(f"{where}: {name!r} needs a lower-case hex sha256, got {digest!r}")
-    return dict(value)
 
 
 def _has_taxon(taxonomy: Taxonomy, taxon_id: str) -> bool:
@@ -483,7 +279,7 @@ def write_bundle(
     ``python`` added where the caller did not give them.
     """
     out_dir = Path(out_dir)
-    _check_version(version, "version")
+    check_version(version, "version")
     if (ood is None) != (ood_threshold is None):
         raise BundleError("ood and ood_threshold must be given together")
     for modality in modalities:
@@ -494,7 +290,7 @@ def write_bundle(
         sources[MODEL_FILES["int8"]] = Path(onnx_int8)
     reserved = {MANIFEST_FILE, LABELS_FILE, OOD_FILE, *MODEL_FILES.values()}
     for name, source in (extra_files or {}).items():
-        _file_name(name, "extra_files")
+        check_file_name(name, "extra_files")
         if name in reserved:
             raise BundleError(f"extra_files: {name!r} is reserved for the bundle itself")
         sources[name] = Path(source)

@@ -24,17 +24,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from model.labels import Label
 from model.taxonomy import Appendix, Taxonomy
+from model.vocabulary import DecisionKind
 
-DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
-
-ROLLUP_RANKS: tuple[str, ...] = ("subspecies", "variety", "species", "genus", "family", "order")
+ROLLUP_RANKS: tuple[str, ...] = ("subspecies", "species", "genus", "family", "order")
 """Ranks the roll-up may answer with, most specific first; it stops at ``class``."""
 _ROLLUP_LIMIT = "class"
 _RANK_ORDER: dict[str, int] = {

@@ -87,23 +87,27 @@ class Prediction:
         return result
 
 
-def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
-    """Row-wise softmax of ``logits / temperature`` (numerically stable), float32."""
+def softmax(
+    logits: npt.ArrayLike, temperature: float = 1.0, *, dtype: npt.DTypeLike = np.float32
+) -> npt.NDArray[np.floating[Any]]:
+    """Row-wise softmax of ``logits / temperature``, computed stably in float64.
+
+    The result is ``dtype``: float32 for serving (the default), float64 where calibration
+    fits a temperature on many small probabilities.
+    """
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     scaled -= scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
-    result: FloatArray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    result: npt.NDArray[np.floating[Any]] = (exp / exp.sum(axis=-1, keepdims=True)).astype(dtype)
     return result
 
 
 def session_options(threads: int | None, *, spin: bool = True) -> ort.SessionOptions:
     """ONNX Runtime options of a predictor: ``threads`` intra-op threads (None: all cores), one
     inter-op thread, every graph optimisation. ``spin``: idle intra-op threads spin-wait for the
-    next operator instead of sleeping. That is about 20% faster when the session has the cores
-    to itself (measured at batch 8 on 2 cores: 335-345 vs 276-285 images/s in fp32), which is
-    the case for batch prediction and evaluation; the service turns it off, because there the
-    spinning threads took the cores from the decode threads (docs/benchmarks.md: 24 -> 12.5 CPU
-    ms per image together with single-threaded BLAS)."""
+    next operator instead of sleeping. That is faster when the session has the cores to itself,
+    as in batch prediction and evaluation; the service turns it off, because there the spinning
+    threads take the cores from the decode threads (figures in ``docs/benchmarks.md``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 0 if threads is None else threads
     options.inter_op_num_threads = 1

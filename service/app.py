@@ -1,8 +1,8 @@
 """The FastAPI application factory (``create_app``) and its lifespan.
 
-The lifespan migrates the database, loads the bundle (the persisted active version if there is
-one, else ``CITES_BUNDLE_DIR``), starts the micro-batcher and the decode pool; nothing heavy
-happens at import time.
+The lifespan builds the components (:func:`service.compose.build_context`: migrates the database,
+loads the bundle, the persisted active version if there is one, else ``CITES_BUNDLE_DIR``) and
+starts the stages' background tasks; nothing heavy happens at import time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,21 +19,19 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.taxonomy import default_taxonomy
-from service.batcher import MicroBatcher
-from service.context import AppContext
-from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
-from service.guidance import GuidanceBook
-from service.identify import Identifier, run_batch, upload_too_large
-from service.imagestore import ImageStore
+from service.compose import StartupError, build_context
 from service.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from service.metrics import ServiceMetrics
-from service.modelhost import ModelHost, ModelLoadError
-from service.problems import ProblemError, install_problem_handlers, install_problem_openapi
-from service.recorder import IdentificationRecorder
-from service.repository import ACTIVE_MODEL_KEY, get_state
+from service.problems import (
+    ProblemError,
+    install_problem_handlers,
+    install_problem_openapi,
+    upload_too_large,
+)
 from service.routes import feedback, identifications, models, ops, taxa
 from service.settings import Settings, load_settings
+
+__all__ = ["StartupError", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,85 +39,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_DESCRIPTION = """Suggests likely CITES taxa, with appendix, calibrated confidence and guidance,
 from photos and x-ray images of wildlife products. Send an API key as `Authorization: Bearer
 <key>` (or `X-API-Key`). Errors are `application/problem+json`. See docs/api.md."""
-
-
-class StartupError(RuntimeError):
-    """The service cannot start (no usable bundle, database unreachable...)."""
-
-
-def _initial_predictor(host: ModelHost, settings: Settings, context_sessions: Any) -> Any:
-    """The persisted active version when it still loads, else the configured bundle."""
-    with context_sessions() as session:
-        persisted = get_state(session, ACTIVE_MODEL_KEY)
-    if persisted:
-        folder = host.weights_dir / persisted
-        if folder.is_dir():
-            try:
-                predictor = host.load(folder)
-                logger.info("serving the persisted active model %s", predictor.version)
-                return predictor
-            except ModelLoadError as exc:
-                logger.error(
-                    "persisted model %s failed (%s); using %s", persisted, exc, settings.bundle_dir
-                )
-        else:
-            logger.warning(
-                "persisted model folder %s is gone; using %s", folder, settings.bundle_dir
-            )
-    try:
-        return host.load(settings.bundle_dir)
-    except ModelLoadError as exc:
-        raise StartupError(
-            f"{exc}. Point --bundle / CITES_BUNDLE_DIR at a bundle folder (with manifest.json)."
-        ) from exc
-
-
-def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
-    """Open storage and load the model (blocking; called from the lifespan)."""
-    url = settings.resolved_database_url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    folder = sqlite_dir(url)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
-    migrate(engine)
-    sessions = make_sessionmaker(engine)
-    taxonomy = default_taxonomy()
-    host = ModelHost(
-        settings.resolved_weights_dir,
-        taxonomy=taxonomy,
-        threads=settings.onnx_threads,
-        precision=settings.precision,
-        warmup_batch=settings.batch_max_size,
-    )
-    host.set_initial(_initial_predictor(host, settings, sessions))
-    batcher: MicroBatcher[Any, Any] = MicroBatcher(
-        run_batch,
-        max_size=settings.batch_max_size,
-        max_wait_s=settings.batch_max_wait_ms / 1000.0,
-        queue_max=settings.queue_max,
-        metrics=metrics,
-        # requests still decoding will join the batch soon (context is bound below)
-        incoming=lambda: context.identifier.decoding(),
-    )
-    context = AppContext(
-        settings=settings,
-        engine=engine,
-        sessions=sessions,
-        store=ImageStore(settings.images_dir),
-        metrics=metrics,
-        guidance=GuidanceBook.load(),
-        taxonomy=taxonomy,
-        host=host,
-        batcher=batcher,
-        recorder=IdentificationRecorder(sessions, queue_max=settings.queue_max, metrics=metrics),
-        decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
-    )
-    context.identifier = Identifier(context)
-    current = host.current
-    if current is not None:
-        metrics.set_active_model(current.version)
-    return context
 
 
 class MetricsMiddleware:
@@ -202,8 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         context = build_context(settings, metrics)
         app.state.context = context
-        context.batcher.start()
-        context.recorder.start()
+        await context.start()
         logger.info(
             "serving model %s (data in %s)",
             context.host.current.version if context.host.current else "none",
@@ -212,10 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await context.batcher.close()
-            await context.recorder.close()
-            context.decode_pool.shutdown(wait=False, cancel_futures=True)
-            context.engine.dispose()
+            await context.close()
 
     app = FastAPI(
         title="CITES Vision",

@@ -71,7 +71,6 @@ class MicroBatcher(Generic[T, R]):
         self._executor = executor
         self._incoming = incoming
         self._worker: asyncio.Task[None] | None = None
-        self.batches_run = 0
 
     @property
     def depth(self) -> int:
@@ -183,7 +182,6 @@ class MicroBatcher(Generic[T, R]):
             finally:
                 if self._metrics is not None:
                     self._metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.batches_run += 1
             if len(results) != len(live):
                 error = RuntimeError(f"batch of {len(live)} gave {len(results)} results")
                 for job in live:

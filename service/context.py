@@ -1,28 +1,33 @@
-"""The objects one running service shares between requests (built in the app's lifespan)."""
+"""The objects one running service shares between requests, built by the composition root
+(:func:`service.compose.build_context`) in the app's lifespan.
+
+Routers reach them through :mod:`service.deps`; components never receive the whole context,
+only what they use.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from model.taxonomy import Taxonomy
+from service.admission import Admission
+from service.decode import DecodeStage
 from service.guidance import GuidanceBook
+from service.heatmaps import HeatmapRenderer
+from service.identify import IdentificationPipeline
 from service.imagestore import ImageStore
+from service.inference import InferenceStage
 from service.keys import Principal, touch_key
 from service.metrics import ServiceMetrics
+from service.modelhost import ModelHost
+from service.recorder import IdentificationRecorder
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.batcher import MicroBatcher
-    from service.identify import Identifier
-    from service.modelhost import ModelHost
-    from service.recorder import IdentificationRecorder
+from service.storage import ImageWriter
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ KEY_TOUCH_INTERVAL_S = 60.0
 
 @dataclass
 class AppContext:
-    """Settings, storage, model host, batcher, recorder and metrics of one app."""
+    """Settings, storage, model host, the stages of the identification path and metrics."""
 
     settings: Settings
     engine: Engine
@@ -41,29 +46,28 @@ class AppContext:
     guidance: GuidanceBook
     taxonomy: Taxonomy
     host: ModelHost
-    batcher: MicroBatcher[Any, Any]
+    admission: Admission
+    decode: DecodeStage
+    inference: InferenceStage
+    storage: ImageWriter
     recorder: IdentificationRecorder
-    decode_pool: ThreadPoolExecutor
-    identifier: Identifier = field(init=False)
+    pipeline: IdentificationPipeline
+    heatmaps: HeatmapRenderer
     _touched: dict[str, float] = field(default_factory=dict)
-    _labels_cache: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def known_labels(self, version: str) -> frozenset[str]:
-        """Label ids of model ``version`` (the active one, or a bundle in the weights dir)."""
-        current = self.host.current
-        if current is not None and current.version == version:
-            return frozenset(label.id for label in current.bundle.labels)
-        if version not in self._labels_cache:
-            from model.bundle import LABELS_FILE
-            from model.labels import LabelsError, read_labels
-            from service.modelhost import ModelNotFoundError
+    async def start(self) -> None:
+        """Start the stages' background tasks (on the running loop)."""
+        self.inference.start()
+        self.storage.start()
+        self.recorder.start()
 
-            try:
-                labels = read_labels(self.host.find(version) / LABELS_FILE)
-                self._labels_cache[version] = frozenset(label.id for label in labels)
-            except (ModelNotFoundError, LabelsError, OSError):
-                return frozenset()
-        return self._labels_cache[version]
+    async def close(self) -> None:
+        """Stop the stages in reverse dependency order and release the database."""
+        await self.inference.close()
+        await self.recorder.close()
+        await self.storage.close()
+        self.decode.close()
+        self.engine.dispose()
 
     def note_key_use(self, principal: Principal) -> None:
         """Record ``last_used_at`` of a key, at most once a minute per key."""

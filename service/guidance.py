@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.vocabulary import DECISION_KINDS
+
 LANGUAGES: tuple[str, ...] = ("en", "fr", "es")
 DEFAULT_LANGUAGE = "en"
 GUIDANCE_FILE = Path(__file__).resolve().parent / "data" / "guidance.json"
-_KINDS = ("taxon", "lookalike", "uncertain", "outside_training_domain")
 _APPENDICES = ("I", "II", "III", "none")
 
 
@@ -50,7 +51,7 @@ class GuidanceBook:
         except (OSError, json.JSONDecodeError) as exc:
             raise GuidanceError(f"{path}: cannot read guidance: {exc}") from exc
         entries: dict[tuple[str, str, str], Guidance] = {}
-        for kind in _KINDS:
+        for kind in DECISION_KINDS:
             by_appendix = raw.get(kind)
             if not isinstance(by_appendix, dict) or "none" not in by_appendix:
                 raise GuidanceError(f"{path}: '{kind}' needs at least a 'none' entry")
@@ -71,7 +72,7 @@ class GuidanceBook:
         """Guidance for a decision kind and appendix, falling back to the kind's ``none`` entry
         and to English."""
         lang = language if language in LANGUAGES else DEFAULT_LANGUAGE
-        kind = kind if kind in _KINDS else "uncertain"
+        kind = kind if kind in DECISION_KINDS else "uncertain"
         for key in ((kind, appendix or "none", lang), (kind, "none", lang)):
             if key in self._entries:
                 return self._entries[key]

@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from model.bundle import BundleError, BundleSummary, Precision, list_bundles, load_bundle
+from model.bundle import (
+    LABELS_FILE,
+    BundleError,
+    BundleSummary,
+    Precision,
+    list_bundles,
+    load_bundle,
+)
+from model.labels import LabelsError, read_labels
 from model.predictor import Predictor
 from model.taxonomy import Taxonomy
 
@@ -112,6 +120,7 @@ class ModelHost:
         self._current: Predictor | None = None
         self._swap_lock = asyncio.Lock()
         self._load_lock = threading.Lock()
+        self._labels_cache: dict[str, frozenset[str]] = {}
         self._earlier: OrderedDict[str, Predictor] = OrderedDict()
         self._earlier_lock = threading.Lock()
 
@@ -183,6 +192,22 @@ class ModelHost:
             )
             found.insert(0, ModelEntry(summary, True))
         return found
+
+    def known_labels(self, version: str) -> frozenset[str]:
+        """Label ids of model ``version`` (the active one, or a bundle in the weights dir);
+        empty when the version is gone or its labels file unreadable."""
+        current = self._current
+        if current is not None and current.version == version:
+            return frozenset(label.id for label in current.bundle.labels)
+        cached = self._labels_cache.get(version)
+        if cached is None:
+            try:
+                labels = read_labels(self.find(version) / LABELS_FILE)
+            except (ModelNotFoundError, LabelsError, OSError):
+                return frozenset()
+            cached = frozenset(label.id for label in labels)
+            self._labels_cache[version] = cached
+        return cached
 
     def find(self, version: str) -> Path:
         """The folder of ``version`` under this host's weights directory."""

@@ -13,10 +13,20 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model.imageio import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://cites-vision.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_S = 1
+"""Seconds a client is told to wait after a 503 ``overloaded`` or 429 ``too-many-requests``."""
 
 
 class ProblemError(Exception):
@@ -65,6 +75,105 @@ def problem_response(problem: ProblemError, instance: str | None = None) -> Prob
     """Render a :class:`ProblemError` as an HTTP response."""
     return ProblemResponse(
         problem.to_dict(instance), status_code=problem.status, headers=problem.headers
+    )
+
+
+# ---- the problems of the identification path (one factory each) ---------------------------
+
+
+def image_problem(exc: ImageError) -> ProblemError:
+    """The problem for an image the decoder refused (empty, unsupported, corrupt, too big,
+    too expensive to decode)."""
+    if isinstance(exc, ImageTooLargeError):
+        return ProblemError(413, "too-many-pixels", str(exc), title="Image has too many pixels")
+    slug, title = {
+        EmptyImageError: ("empty-image", "Empty image"),
+        UnsupportedImageError: ("unsupported-image", "Unsupported image"),
+        CorruptImageError: ("corrupt-image", "Corrupt image"),
+    }.get(type(exc), ("unsupported-image", "Unusable image"))
+    return ProblemError(422, slug, str(exc), title=title)
+
+
+def upload_too_large(size: int | None, limit: int) -> ProblemError:
+    """413 for an upload over the byte limit."""
+    got = f"The upload is {size} bytes; " if size is not None else "The upload is too large; "
+    return ProblemError(
+        413,
+        "image-too-large",
+        f"{got}the limit is {limit} bytes (CITES_MAX_UPLOAD_BYTES). Send a smaller image, "
+        "e.g. resized to 2000 px on the longer side.",
+        title="Image too large",
+    )
+
+
+def overloaded(reason: str) -> ProblemError:
+    """503 with Retry-After: the service as a whole is at its limit."""
+    return ProblemError(
+        503,
+        "overloaded",
+        f"The service is busy ({reason}); retry in {RETRY_AFTER_S} s.",
+        title="Service overloaded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def too_many_requests(reason: str) -> ProblemError:
+    """429 with Retry-After: this client (API key) already uses its share of the service."""
+    return ProblemError(
+        429,
+        "too-many-requests",
+        f"This API key already has {reason}; wait for those answers and retry in "
+        f"{RETRY_AFTER_S} s. Each key gets a share of the image decoders so that one client "
+        "cannot hold them all.",
+        title="Too many requests for this key",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def not_ready() -> ProblemError:
+    """503 while no model is loaded."""
+    return ProblemError(
+        503,
+        "not-ready",
+        "No model is loaded yet; retry shortly.",
+        title="Not ready",
+        headers={"Retry-After": "2"},
+    )
+
+
+def request_timeout(limit_s: float) -> ProblemError:
+    """504 when an identification took longer than ``CITES_REQUEST_TIMEOUT_S``."""
+    return ProblemError(
+        504,
+        "timeout",
+        f"The identification took longer than {limit_s:g} s (CITES_REQUEST_TIMEOUT_S); the "
+        "service is busy or the image is very large. Retry later.",
+        title="Timeout",
+    )
+
+
+def decode_timeout(limit_s: float) -> ProblemError:
+    """422 when decoding one image took longer than ``CITES_DECODE_TIMEOUT_S`` (the decode
+    was stopped; the file is built to be expensive, or damaged)."""
+    return ProblemError(
+        422,
+        "image-too-complex",
+        f"Decoding this image took longer than {limit_s:g} s (CITES_DECODE_TIMEOUT_S) and was "
+        "stopped. Send the photo as an ordinary (baseline) JPEG or PNG, e.g. re-saved by the "
+        "phone or camera software.",
+        title="Image too expensive to decode",
+    )
+
+
+def storage_unavailable(exc: OSError) -> ProblemError:
+    """507 when the image store cannot be written (disk full, read-only, permissions)."""
+    logger.error("cannot write to the image store: %s", exc)
+    return ProblemError(
+        507,
+        "storage-unavailable",
+        "The image store cannot be written right now (disk full or read-only); nothing was "
+        "stored. Retry later; an operator must check the data directory.",
+        title="Storage unavailable",
     )
 
 
@@ -179,11 +288,12 @@ def _error_statuses(path: str, method: str, operation: Mapping[str, Any]) -> set
     if method == "post" and path.startswith("/v1/"):
         statuses |= {400, 413}  # malformed body; over the body limit
     if "multipart/form-data" in body:
-        statuses |= {503, 504, 507}  # overloaded / not ready; timeout; image store unwritable
+        # per-key share used; overloaded / not ready; timeout; image store unwritable
+        statuses |= {429, 503, 504, 507}
     if path.endswith("/activate"):
         statuses.add(409)
     if path.endswith("/heatmap"):
-        statuses.add(410)  # the model that made the identification is gone
+        statuses |= {410, 429, 503}  # model gone; per-key share used; decoders busy
     if path == "/readyz":
         statuses.add(503)
     return statuses

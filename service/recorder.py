@@ -2,8 +2,8 @@
 one database transaction.
 
 Each identification needs an image row (if new) and its own row, durable before the answer is
-sent. One transaction per request made SQLite's fsync the bottleneck under load (41% of a
-profile at 32 concurrent clients), so requests hand their rows to one writer. The writer is a
+sent. One transaction per request made the database's fsync the bottleneck under load (see
+docs/benchmarks.md), so requests hand their rows to one writer. The writer is a
 :class:`~service.batcher.MicroBatcher` that never waits for company: a lone row is written at
 once, and rows that arrive while a commit is running go together in the next one (up to
 ``max_rows``). Every caller still returns only after its own rows are committed. If a group
@@ -18,12 +18,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.batcher import MicroBatcher
 from service.imagestore import PreparedImage
+from service.keys import Principal
 from service.metrics import ServiceMetrics
 from service.repository import NewIdentification, add_identification, insert_image_if_new
 
@@ -41,6 +43,37 @@ class PendingIdentification:
     identification: NewIdentification
     ident_id: str
     created_at: datetime
+
+
+def pending_identification(
+    result: dict[str, Any],
+    image: PreparedImage,
+    image_path: str,
+    principal: Principal,
+    created_at: datetime,
+) -> PendingIdentification:
+    """The rows of a rendered identification ``result`` (:func:`service.render.build_result`)."""
+    decision = result["decision"]
+    return PendingIdentification(
+        image=image,
+        image_path=image_path,
+        identification=NewIdentification(
+            principal=principal,
+            image_sha256=image.sha256,
+            model_version=result["model_version"],
+            modality=result["modality"],
+            origin_country=result["origin_country"],
+            case_ref=result["case_ref"],
+            decision_kind=decision["kind"],
+            label=decision["label"],
+            taxon=(decision["taxon"] or {}).get("id"),
+            probability=float(decision["probability"]),
+            rule=decision["rule"],
+            result=result,
+        ),
+        ident_id=result["id"],
+        created_at=created_at,
+    )
 
 
 class IdentificationRecorder:

@@ -35,7 +35,16 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=16, ge=1, le=512)
     batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     queue_max: int = Field(default=256, ge=1)
-    decode_workers: int = Field(default=2, ge=1, le=64)
+    decode_workers: int = Field(default=4, ge=1, le=64)
+    decode_slots_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="decode workers one API key may hold at once (default: half, at least 1)",
+    )
+    max_requests_per_key: int = Field(
+        default=64, ge=1, description="images one API key may have in progress (429 beyond)"
+    )
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     allow_anonymous: bool = False
     keep_gps: bool = False
@@ -67,6 +76,22 @@ class Settings(BaseSettings):
                 f"CITES_BATCH_MAX_SIZE ({self.batch_max_size})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_per_key(self) -> Settings:
+        if self.max_requests_per_key < self.max_batch_images:
+            raise ValueError(
+                f"CITES_MAX_REQUESTS_PER_KEY ({self.max_requests_per_key}) must be at least "
+                f"CITES_MAX_BATCH_IMAGES ({self.max_batch_images}): one batch comes from one key"
+            )
+        return self
+
+    @property
+    def resolved_decode_slots_per_key(self) -> int:
+        """Decode workers one key may hold: the setting, else half of them (at least 1)."""
+        if self.decode_slots_per_key is not None:
+            return min(self.decode_slots_per_key, self.decode_workers)
+        return max(1, self.decode_workers // 2)
 
     @property
     def resolved_weights_dir(self) -> Path:

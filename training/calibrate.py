@@ -12,11 +12,12 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from training.metrics import softmax
+from model.predictor import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def negative_log_likelihood(
     logits: NDArray[np.float64], y_true: NDArray[np.int64], temperature: float
 ) -> float:
     """Mean negative log-likelihood of the true classes at ``temperature``."""
-    probs = softmax(logits, temperature)
+    probs = softmax(logits, temperature, dtype=np.float64)
     picked = probs[np.arange(len(y_true)), y_true]
     return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
 
@@ -116,7 +117,7 @@ def choose_threshold(
 
 
 def choose_thresholds(
-    probs: NDArray[np.float64],
+    probs: NDArray[np.floating[Any]],
     y_true: NDArray[np.int64],
     kinds: Sequence[str],
     *,

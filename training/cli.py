@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.cli import CommandError
+from model.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def register_train(subparsers: Subparsers) -> None:
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
     p.add_argument(
         "--augment",
-        choices=("camera", "xray", "xray-pseudocolour"),
+        choices=(*MODALITIES, "xray-pseudocolour"),
         help="augmentation preset (xray: grey scans; xray-pseudocolour: dual-energy colour)",
     )
     p.add_argument(
@@ -101,7 +102,7 @@ def register_train(subparsers: Subparsers) -> None:
         help="stages trained in 'last' mode, counted "
         "from the end (default 1: the last stage and the head)",
     )
-    p.add_argument("--modality", choices=("camera", "xray"), help="modality of the images")
+    p.add_argument("--modality", choices=MODALITIES, help="modality of the images")
     p.add_argument(
         "--input-size",
         type=int,

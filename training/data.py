@@ -17,13 +17,14 @@ import logging
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
+from model.digest import sha256_file
 from model.labels import Label, LabelKind
 
 logger = logging.getLogger(__name__)
@@ -186,17 +187,12 @@ def load_datasets(specs: Iterable[Path], *, modality: str = "camera") -> list[Sa
     return drop_duplicates(samples)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def drop_duplicates(samples: Sequence[Sample]) -> list[Sample]:
     """Keep the first of byte-identical files; a duplicate with another label is an error."""
     seen: dict[str, Sample] = {}
     kept = []
     for sample in samples:
-        digest = file_sha256(sample.path)
+        digest = sha256_file(sample.path)
         first = seen.get(digest)
         if first is None:
             seen[digest] = sample
@@ -445,8 +441,3 @@ def summarise(samples: Sequence[Sample]) -> dict[str, object]:
         "groups": len({s.group for s in samples}),
         "by_source": {src: dict(sorted(c.items())) for src, c in sorted(per_source.items())},
     }
-
-
-def with_source(samples: Sequence[Sample], source: str) -> list[Sample]:
-    """The same samples with another ``source`` (used by tests)."""
-    return [replace(s, source=source) for s in samples]

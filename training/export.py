@@ -7,11 +7,9 @@ Gates (both on the validation split):
   is slow and is not used): accuracy may drop at most ``max_drop`` (1 point) below fp32. When the
   fully quantised model fails, the first convolutions (the stem and the first blocks, where
   3-channel images and few channels make 8-bit ranges coarsest) are kept in fp32, one step of
-  :data:`FP32_LEADING_CONVS` at a time, until the gate passes; on the fully fine-tuned default
-  model MinMax lost 1.8 points with every layer quantised, 1.3 with the stem in fp32 and 0.26
-  with the first 3 convolutions in fp32 (the step that shipped), at about 1.9 instead of 1.8 ms
-  per image (fp32: 3.6). If no step passes, the INT8 file is deleted and the reason is
-  recorded.
+  :data:`FP32_LEADING_CONVS` at a time, until the gate passes (the accuracy and speed of each
+  step on the default model are in ``docs/training.md``). If no step passes, the INT8 file is
+  deleted and the reason is recorded.
 """
 
 from __future__ import annotations
@@ -198,9 +196,8 @@ def quantize_int8(
 ) -> list[str]:
     """Static INT8 QDQ: per-channel signed weights, unsigned activations (the U8S8 form x86
     runs fastest) with MinMax ranges calibrated on ``paths``; the first ``fp32_leading_convs``
-    convolutions stay fp32. Returns the names of the nodes left in fp32. On the head-only default
-    model, unsigned activations lost 0.3 points of validation accuracy where signed ones lost
-    1.0."""
+    convolutions stay fp32. Returns the names of the nodes left in fp32. Unsigned activations
+    kept more accuracy than signed ones (``docs/training.md``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

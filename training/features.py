@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
+from model.digest import sha256_file
 from model.preprocess import PreprocessConfig
 from training.inputs import batches, load_inputs
 
@@ -48,11 +49,6 @@ def fingerprint(model: Any, config: PreprocessConfig) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def file_key(path: Path) -> str:
-    """Cache key of one image: sha256 of its bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class FeatureCache:
@@ -91,7 +87,7 @@ def extract_features(
     """Pooled backbone features ``[N, F]`` for image files, reusing the on-disk cache."""
     model = model.eval().to(memory_format=torch.channels_last)
     cache = FeatureCache(cache_dir, fingerprint(model, config))
-    keys = [file_key(p) for p in paths]
+    keys = [sha256_file(p) for p in paths]
     todo = sorted(
         {k: p for k, p in zip(keys, paths, strict=True) if k not in cache.vectors}.items()
     )

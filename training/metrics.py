@@ -178,12 +178,3 @@ def mcnemar(correct_a: NDArray[np.bool_], correct_b: NDArray[np.bool_]) -> McNem
     # Survival function of chi-squared with one degree of freedom.
     p_value = math.erfc(math.sqrt(statistic / 2.0))
     return McNemar(b, c, statistic, p_value, "chi2_cc")
-
-
-def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
-    """Row-wise softmax of ``logits / temperature`` (numerically stable)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: FloatArray = e / e.sum(axis=1, keepdims=True)
-    return out

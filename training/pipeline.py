@@ -31,6 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from model.decision import Thresholds
+from model.predictor import softmax
 from training import data as d
 from training.calibrate import (
     ThresholdChoice,
@@ -39,7 +40,6 @@ from training.calibrate import (
     fit_temperature,
 )
 from training.config import TrainConfig
-from training.metrics import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _calibrate(
     temperature-scaled validation probabilities of ``val_logits``."""
     temperature = fit_temperature(val_logits, targets)
     chosen = choose_thresholds(
-        softmax(val_logits, temperature),
+        softmax(val_logits, temperature, dtype=np.float64),
         targets,
         kinds,
         target_precision=config.target_precision,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.concurrency import run_in_threadpool
 
 from model.taxonomy import TaxonNotFoundError
+from model.vocabulary import DecisionKind, Modality
 from service.deps import (
     BatchIdentifier,
     ContextDep,
@@ -20,10 +21,8 @@ from service.deps import (
     SessionDep,
 )
 from service.guidance import negotiate_language
-from service.heatmaps import render_heatmap_png
-from service.identify import Identifier as IdentifierService
-from service.identify import IdentifyOptions, upload_too_large
-from service.problems import ProblemError
+from service.identify import IdentificationPipeline, IdentifyOptions
+from service.problems import ProblemError, upload_too_large
 from service.render import feedback_dict, render_identification
 from service.repository import (
     ListFilter,
@@ -33,11 +32,9 @@ from service.repository import (
     list_identifications,
 )
 from service.tables import Identification, StoredImage
+from service.uploads import Upload
 
 router = APIRouter(prefix="/v1", tags=["identifications"])
-
-Modality = Literal["camera", "xray"]
-DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
 
 
 def get_language(
@@ -53,13 +50,12 @@ def get_language(
 Language = Annotated[str, Depends(get_language)]
 
 
-def get_identifier(context: ContextDep) -> IdentifierService:
+def get_pipeline(context: ContextDep) -> IdentificationPipeline:
     """The identification pipeline of this app."""
-    identifier: IdentifierService = context.identifier
-    return identifier
+    return context.pipeline
 
 
-IdentifierDep = Annotated[IdentifierService, Depends(get_identifier)]
+PipelineDep = Annotated[IdentificationPipeline, Depends(get_pipeline)]
 
 
 def form_options(
@@ -82,13 +78,12 @@ def form_options(
 Options = Annotated[IdentifyOptions, Depends(form_options)]
 
 
-async def _read_upload(upload: UploadFile, limit: int) -> bytes:
-    if upload.size is not None and upload.size > limit:
-        raise upload_too_large(upload.size, limit)
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise upload_too_large(None, limit)
-    return data
+def _spooled(upload: UploadFile, limit: int) -> Upload:
+    """The upload as the form parser spooled it (read by the decoder, not here)."""
+    spooled = Upload.from_form(upload)
+    if spooled.size > limit:
+        raise upload_too_large(spooled.size, limit)
+    return spooled
 
 
 @router.post(
@@ -100,15 +95,15 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
 async def identify_one(
     response: Response,
     principal: Identifier,
-    identifier: IdentifierDep,
+    pipeline: PipelineDep,
     context: ContextDep,
     options: Options,
     language: Language,
     image: Annotated[UploadFile, File(description="the photo or x-ray image")],
 ) -> dict[str, Any]:
     """Suggest likely CITES taxa for one uploaded image, with decision and guidance."""
-    data = await _read_upload(image, context.settings.max_upload_bytes)
-    result = await identifier.identify(data, options, principal)
+    upload = _spooled(image, context.settings.max_upload_bytes)
+    result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
     return render_identification(result, language, context.guidance, None)
 
@@ -116,7 +111,7 @@ async def identify_one(
 @router.post("/identifications:batch", summary="Identify many images (scanner systems)")
 async def identify_batch(
     principal: BatchIdentifier,
-    identifier: IdentifierDep,
+    pipeline: PipelineDep,
     context: ContextDep,
     options: Options,
     language: Language,
@@ -132,12 +127,12 @@ async def identify_batch(
             "(CITES_MAX_BATCH_IMAGES). Split the batch.",
             title="Batch too large",
         )
-    predictor = identifier.active_predictor()  # the whole batch runs on one model
-    options = identifier.check_options(predictor, options)
+    predictor = pipeline.active_predictor()  # the whole batch runs on one model
+    options = pipeline.check_options(predictor, options)
 
     async def one(upload: UploadFile) -> dict[str, Any]:
-        data = await _read_upload(upload, settings.max_upload_bytes)
-        return await identifier.identify(data, options, principal, predictor=predictor)
+        spooled = _spooled(upload, settings.max_upload_bytes)
+        return await pipeline.identify(spooled, options, principal, predictor=predictor)
 
     outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
     results: list[dict[str, Any]] = []
@@ -257,7 +252,7 @@ def get_image(
 )
 async def get_heatmap(
     identification_id: str,
-    _principal: Reader,
+    principal: Reader,
     context: ContextDep,
     label: Annotated[str | None, Query(max_length=200, description="label id")] = None,
 ) -> Response:
@@ -271,7 +266,8 @@ async def get_heatmap(
     row, image = await run_in_threadpool(load)
     if image is None:
         raise ProblemError(404, "not-found", "The image of this identification is missing.")
-    png = await render_heatmap_png(context, row, image, label)
+    path = context.store.path_of(image.path)
+    png = await context.heatmaps.render(row, path, label, principal.key_id)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
 
 
@@ -319,7 +315,7 @@ def post_feedback(
     label = body.label
     if label is not None:
         known = {entry["label"] for entry in row.result.get("top_k", [])}
-        known |= context.known_labels(row.model_version)
+        known |= context.host.known_labels(row.model_version)
         if label not in known:
             raise ProblemError(
                 422,

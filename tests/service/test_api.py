@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.identify import InferenceItem, run_batch
 from service.imagestore import GPS_IFD_TAG, jpeg_segments_readable
+from service.inference import InferenceItem, run_batch
 from service.keys import create_key, revoke_key
 from service.settings import Settings
 from service.tables import Identification
@@ -237,7 +237,7 @@ def test_unexpected_errors_are_500_problems_and_logged(
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("bug for the test")
 
-    monkeypatch.setattr(api.context.identifier, "identify", broken)
+    monkeypatch.setattr(api.context.pipeline, "identify", broken)
     with caplog.at_level(logging.ERROR):
         body = assert_problem(api.identify(), 500, "internal-error")
     assert "bug for the test" not in body["detail"]
@@ -699,7 +699,7 @@ def test_batch_too_large_and_empty(make_api: Callable[..., Api]) -> None:
 def _slow_batches(api: Api, seconds: float) -> list[int]:
     """Make every micro-batch take ``seconds``; returns the list of batch sizes seen."""
     sizes: list[int] = []
-    batcher = api.context.batcher
+    batcher = api.context.inference.batcher
     original = batcher._run_batch
 
     def slow(items: Sequence[InferenceItem]) -> Any:
@@ -738,7 +738,7 @@ def test_image_write_overlaps_inference(make_api: Callable[..., Api]) -> None:
     """The durable write starts before the model answers: the file is there during inference."""
     api = make_api()
     seen: list[int] = []
-    original = api.context.batcher._run_batch
+    original = api.context.inference.batcher._run_batch
 
     def watch(items: Sequence[InferenceItem]) -> Any:
         deadline = time.monotonic() + 2.0
@@ -747,7 +747,7 @@ def test_image_write_overlaps_inference(make_api: Callable[..., Api]) -> None:
         seen.append(len(_stored_files(api)))
         return original(items)
 
-    api.context.batcher._run_batch = watch
+    api.context.inference.batcher._run_batch = watch
     assert api.identify(RED).status_code == 201
     assert api.identify(data=jpeg_with_gps()).status_code == 201  # written before decoding
     assert seen == [1, 2]
@@ -776,7 +776,7 @@ def test_timed_out_or_failed_identification_stores_no_file(make_api: Callable[..
         raise RuntimeError("inference failed")
 
     api = make_api()  # the slow batch above still holds the first app's worker
-    api.context.batcher._run_batch = fail
+    api.context.inference.batcher._run_batch = fail
     assert api.identify(GREEN).status_code == 500
     assert _stored_files(api) == []
 
@@ -785,15 +785,15 @@ def test_failed_identification_keeps_a_file_a_stored_row_uses(make_api: Callable
     api = make_api()
     first = api.identify(RED)
     assert first.status_code == 201
-    original = api.context.batcher._run_batch
+    original = api.context.inference.batcher._run_batch
 
     def fail(items: Sequence[InferenceItem]) -> Any:
         raise RuntimeError("inference failed")
 
-    api.context.batcher._run_batch = fail
+    api.context.inference.batcher._run_batch = fail
     assert api.identify(RED).status_code == 500  # same content: same file
     assert len(_stored_files(api)) == 1
-    api.context.batcher._run_batch = original
+    api.context.inference.batcher._run_batch = original
     served = api.client.get(first.json()["image"]["url"], headers=api.h("trainer"))
     assert served.status_code == 200 and served.content == solid_image_bytes(RED)
 
