@@ -104,13 +104,16 @@ def score_images(
 
 def read_synth_manifest(path: Path) -> list[tuple[Path, str, tuple[int, int, int, int] | None]]:
     """(image path, dataset class, placed box) from a synth manifest (train.csv/test.csv)."""
-    items = []
+    items: list[tuple[Path, str, tuple[int, int, int, int] | None]] = []
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             box_text = (row.get("box") or "").strip()
-            box = tuple(int(v) for v in box_text.split()) if box_text else None
-            items.append((path.parent / row["path"], row["label"], box))  # type: ignore[misc]
-    return items  # type: ignore[return-value]
+            box = None
+            if box_text:
+                x0, y0, x1, y1 = (int(v) for v in box_text.split())
+                box = (x0, y0, x1, y1)
+            items.append((path.parent / row["path"], row["label"], box))
+    return items
 
 
 def threshold_for(negatives: npt.NDArray[np.float64], rate: float) -> float:

@@ -150,7 +150,8 @@ def band_transmission(
     the mean over the band's energies of ``exp(-mu(E) * density_factor * t)``."""
     mus = material.band_coefficients(band) * density_factor
     t = np.asarray(thickness_cm, dtype=np.float64)
-    return np.mean([np.exp(-mu * t) for mu in mus], axis=0)
+    result: npt.NDArray[np.float64] = np.mean([np.exp(-mu * t) for mu in mus], axis=0)
+    return result
 
 
 def dual_energy_ratio(material: Material) -> float:

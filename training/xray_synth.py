@@ -111,10 +111,12 @@ class Palette:
 
     def direction(self, organic: float) -> npt.NDArray[np.float64]:
         """The density direction for an organic scale in [0, 1] (piecewise linear)."""
-        o, g, b = (np.asarray(c) for c in (self.orange, self.green, self.blue))
+        o, g, b = (np.asarray(c, dtype=np.float64) for c in (self.orange, self.green, self.blue))
         if organic <= 0.5:
-            return o + (g - o) * (organic / 0.5)
-        return g + (b - g) * ((organic - 0.5) / 0.5)
+            result: npt.NDArray[np.float64] = o + (g - o) * (organic / 0.5)
+        else:
+            result = g + (b - g) * ((organic - 0.5) / 0.5)
+        return result
 
     @classmethod
     def fit(cls, scans: Sequence[Path], *, samples: int = 40) -> Palette:
@@ -558,8 +560,8 @@ def synthesise(config: SynthConfig) -> dict[str, object]:
 def _check_disjoint(rows: dict[str, list[dict[str, object]]]) -> None:
     """Fail loudly if a background or a source object appears in both splits."""
     for key in ("background", "object_source"):
-        train = {r[key] for r in rows["train"] if r[key]}
-        test = {r[key] for r in rows["test"] if r[key]}
+        train = {str(r[key]) for r in rows["train"] if r[key]}
+        test = {str(r[key]) for r in rows["test"] if r[key]}
         shared = train & test
         if shared:
             raise SynthError(f"{key} shared by train and test: {sorted(shared)[:3]}")
