@@ -1,8 +1,11 @@
 """The decode stage: upload bytes -> model input array + the image as it will be stored.
 
-Decoding is the core's preprocessing (:func:`model.preprocess.preprocess_bytes`, driven by the
-bundle's recorded settings) plus :func:`service.imagestore.prepare_image` (GPS removed, sha256 of
-the stored bytes). Both run on the decode workers, never on the event loop.
+Decoding is the core's preprocessing (:func:`model.preprocess.decode_image`, then
+:func:`~model.preprocess.image_to_array` with the recorded settings of the bundle that serves the
+image's modality: the caller's ``modality``, else the file's own evidence, else camera) plus
+:func:`service.imagestore.prepare_image` (GPS removed, sha256 of the stored bytes; DICOM/DICOS
+and TIFFs only tifffile reads are stored as the rendered PNG). Both run on the decode workers,
+never on the event loop.
 
 For a JPEG whose segments parse, GPS removal is a byte-level edit that needs no pixels, so the
 stored bytes are known before decoding: ``on_stored_bytes`` is called with them at once and the
@@ -17,6 +20,8 @@ batch that they could join.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -28,7 +33,12 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.predictor import Predictor
-from model.preprocess import PreprocessConfig, decode_image, image_to_array, preprocess_bytes
+from model.preprocess import (
+    DecodedImage,
+    PreprocessConfig,
+    decode_image,
+    image_to_array,
+)
 from service.imagestore import PreparedImage, jpeg_segments_readable, prepare_image
 
 logger = logging.getLogger(__name__)
@@ -36,10 +46,79 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decoded:
-    """One decoded upload: the model input and the image to store."""
+    """One decoded upload: the model input, the image to store, the predictor chosen for its
+    modality and how the modality was known (``caller``, the file's evidence, or ``default``).
+    ``size`` is the decoded image's (width, height) and ``full_size`` the file's own size in
+    the same orientation (they differ after a reduced-scale JPEG decode)."""
 
     array: npt.NDArray[np.float32]
     image: PreparedImage
+    predictor: Predictor
+    modality: str
+    modality_source: str
+    size: tuple[int, int]
+    full_size: tuple[int, int]
+
+
+ModelChooser = Callable[[str, str], Predictor]
+"""(modality, how it was known) -> the predictor that serves it; raises ProblemError (422)
+when none does."""
+
+BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
+"""Formats stored as the rendered PNG (browsers cannot show them; DICOM headers can hold
+personal data of the bag's owner)."""
+
+
+def resolve_modality(decoded: DecodedImage, requested: str | None) -> tuple[str, str]:
+    """(modality, how it was known): the caller's choice wins, then the file's own evidence
+    (DICOM/DICOS, 16-bit grey, dual-energy TIFF), else ``camera``."""
+    if requested:
+        return requested, "caller"
+    if decoded.modality is not None:
+        return decoded.modality, decoded.modality_evidence or "file"
+    return "camera", "default"
+
+
+def _oriented_full_size(decoded: DecodedImage) -> tuple[int, int]:
+    width, height = decoded.original_size
+    if (decoded.image.width >= decoded.image.height) != (width >= height):
+        return height, width  # EXIF rotation swapped the sides
+    return width, height
+
+
+def decode_for_model(
+    data: bytes,
+    requested: str | None,
+    choose: ModelChooser,
+    limits: DecodeLimits,
+    target_shorter: int,
+) -> tuple[DecodedImage, Decoded]:
+    """Decode ``data``, resolve its modality, choose the predictor and make its input; the
+    stored image is prepared by the caller (see :meth:`DecodeStage.decode`)."""
+    decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
+    modality, source = resolve_modality(decoded, requested)
+    predictor = choose(modality, source)
+    array = image_to_array(decoded.image, predictor.bundle.manifest.preprocess)
+    placeholder = PreparedImage(b"", "", "", "", 0, 0, False)
+    return decoded, Decoded(
+        array,
+        placeholder,
+        predictor,
+        modality,
+        source,
+        decoded.image.size,
+        _oriented_full_size(decoded),
+    )
+
+
+def stored_image(data: bytes, decoded: DecodedImage, limits: DecodeLimits) -> PreparedImage:
+    """The bytes to store: the upload itself, or for DICOM/DICOS and TIFFs only tifffile reads
+    the rendered 8-bit image as PNG (what the model analysed, displayable, no DICOM headers)."""
+    if decoded.format in BROWSER_UNREADABLE or decoded.mode.startswith("tifffile"):
+        buffer = io.BytesIO()
+        decoded.image.save(buffer, format="PNG")
+        return prepare_image(buffer.getvalue(), keep_gps=limits.keep_gps)
+    return prepare_image(data, keep_gps=limits.keep_gps)
 
 
 @dataclass(frozen=True)
@@ -48,19 +127,6 @@ class DecodeLimits:
 
     max_pixels: int
     keep_gps: bool
-
-
-def decode_array(
-    data: bytes, config: PreprocessConfig, limits: DecodeLimits
-) -> npt.NDArray[np.float32]:
-    """The model input of ``data`` (raises :class:`~model.imageio.ImageError`)."""
-    return preprocess_bytes(data, config, max_pixels=limits.max_pixels)
-
-
-def decode_and_prepare(data: bytes, config: PreprocessConfig, limits: DecodeLimits) -> Decoded:
-    """Decode first (it checks the image), then prepare the stored bytes."""
-    array = decode_array(data, config, limits)
-    return Decoded(array, prepare_image(data, keep_gps=limits.keep_gps))
 
 
 def prepare_jpeg_early(data: bytes, limits: DecodeLimits) -> PreparedImage | None:
@@ -112,14 +178,17 @@ class DecodeStage:
     async def decode(
         self,
         data: bytes,
-        predictor: Predictor,
+        requested_modality: str | None,
+        choose: ModelChooser,
+        target_shorter: int,
         on_stored_bytes: Callable[[PreparedImage], None],
     ) -> Decoded:
-        """Decode ``data`` for ``predictor``; ``on_stored_bytes`` gets the image to store as
-        soon as it is known (before decoding for most JPEGs, else after). Raises
-        :class:`~model.imageio.ImageError` for an unusable image."""
+        """Decode ``data``, resolve its modality (the caller's, else the file's evidence, else
+        camera) and make the input of the predictor ``choose`` gives for it; ``on_stored_bytes``
+        gets the image to store as soon as it is known (before decoding for most JPEGs, else
+        after). Raises :class:`~model.imageio.ImageError` for an unusable image and whatever
+        ``choose`` raises when no model serves the modality."""
         loop = asyncio.get_running_loop()
-        config = predictor.bundle.manifest.preprocess
         self._decoding += 1
         try:
             early: PreparedImage | None = None
@@ -129,15 +198,22 @@ class DecodeStage:
                 )
             if early is not None:
                 on_stored_bytes(early)
-                array = await loop.run_in_executor(
-                    self._executor, decode_array, data, config, self.limits
-                )
-                return Decoded(array, early)
-            decoded = await loop.run_in_executor(
-                self._executor, decode_and_prepare, data, config, self.limits
+            file_image, decoded = await loop.run_in_executor(
+                self._executor,
+                decode_for_model,
+                data,
+                requested_modality,
+                choose,
+                self.limits,
+                target_shorter,
             )
-            on_stored_bytes(decoded.image)
-            return decoded
+            if early is not None:
+                return dataclasses.replace(decoded, image=early)
+            image = await loop.run_in_executor(
+                self._executor, stored_image, data, file_image, self.limits
+            )
+            on_stored_bytes(image)
+            return dataclasses.replace(decoded, image=image)
         finally:
             self._decoding -= 1
 

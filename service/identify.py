@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from model.heatmap import box_in_image
 from model.imageio import ImageError
-from model.predictor import Predictor
+from model.predictor import Prediction, Predictor
 from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
@@ -52,6 +54,32 @@ from service.storage import ImageWriter
 from service.uploads import Upload
 
 logger = logging.getLogger(__name__)
+
+_MODALITY_WORDS = {"xray": "x-ray image", "camera": "camera photo"}
+
+
+def locate(prediction: Prediction, decoded: Decoded) -> dict[str, Any] | None:
+    """Where the suspected object is (x-ray bundles): the heat-map box in fractions of the image
+    and in pixels of the file as sent; None when the model does not locate."""
+    if not prediction.located:
+        return None
+    if prediction.box is None:
+        return {"box": None, "box_px": None, "source": "heat map"}
+    config = decoded.predictor.bundle.manifest.preprocess
+    width, height = decoded.size
+    x0, y0, x1, y1 = box_in_image(prediction.box, decoded.size, config)
+    fractions = [x0 / width, y0 / height, x1 / width, y1 / height]
+    full_w, full_h = decoded.full_size
+    return {
+        "box": [round(v, 4) for v in fractions],
+        "box_px": [
+            round(fractions[0] * full_w),
+            round(fractions[1] * full_h),
+            round(fractions[2] * full_w),
+            round(fractions[3] * full_h),
+        ],
+        "source": "heat map",
+    }
 
 
 @dataclass(frozen=True)
@@ -91,25 +119,44 @@ class IdentificationPipeline:
         self._timeout_s = request_timeout_s
 
     def active_predictor(self) -> Predictor:
-        """The serving predictor, or 503 while none is loaded."""
+        """The serving camera predictor (else the only one), or 503 while none is loaded."""
         predictor = self._host.current
         if predictor is None:
             raise not_ready()
         return predictor
 
-    def check_options(self, predictor: Predictor, options: IdentifyOptions) -> IdentifyOptions:
-        """Resolve the modality and origin country, refusing what the model cannot answer."""
-        modalities = tuple(predictor.bundle.manifest.modalities)
-        modality = options.modality or modalities[0]
-        if modality not in modalities:
-            raise ProblemError(
-                422,
-                "unsupported-modality",
-                f"The active model {predictor.version} was trained on {', '.join(modalities)} "
-                f"images only, not {modality}; send a {' or '.join(modalities)} image or ask an "
-                "administrator to activate a model trained for this modality.",
-                title="Unsupported modality",
-            )
+    def choose_model(self, modality: str, how: str = "caller") -> Predictor:
+        """The active predictor for ``modality``; 422 ``unsupported-modality`` when this
+        service holds none (``how``: what said the image is of that modality)."""
+        if self._host.current is None:
+            raise not_ready()
+        predictor = self._host.current_for(modality)
+        if predictor is not None:
+            return predictor
+        serving = " and ".join(self._host.actives()) or "no"
+        known = "you said so" if how == "caller" else f"the file says so: {how}"
+        raise ProblemError(
+            422,
+            "unsupported-modality",
+            f"This is a {_MODALITY_WORDS.get(modality, modality)} ({known}), but no {modality} "
+            f"model is active on this service; it answers {serving} images only. Ask an "
+            f"administrator to activate a {modality} model (POST /v1/models/{{version}}/"
+            f"activate?modality={modality}), or send a camera photo.",
+            title="No model for this modality",
+        )
+
+    def decode_shorter(self, modality: str | None) -> int:
+        """The shorter side decoding must keep: the chosen model's when the caller named the
+        modality, else the largest any active model needs (none is ever decoded too small)."""
+        actives = self._host.actives()
+        if modality is not None and modality in actives:
+            return actives[modality].bundle.manifest.preprocess.decode_shorter
+        return max(
+            (p.bundle.manifest.preprocess.decode_shorter for p in actives.values()), default=256
+        )
+
+    def check_options(self, options: IdentifyOptions) -> IdentifyOptions:
+        """Resolve the origin country (the modality is resolved once the image is decoded)."""
         origin = options.origin_country
         if origin is not None:
             try:
@@ -122,7 +169,9 @@ class IdentificationPipeline:
                     title="Invalid origin country",
                     errors=[{"loc": ["body", "origin_country"], "msg": str(exc), "type": "value"}],
                 ) from None
-        return IdentifyOptions(modality, options.top_k, origin, options.case_ref)
+        if options.modality is not None:
+            self.choose_model(options.modality)  # refuse before reading the upload
+        return IdentifyOptions(options.modality, options.top_k, origin, options.case_ref)
 
     async def identify(
         self,
@@ -136,8 +185,8 @@ class IdentificationPipeline:
         :class:`ProblemError` for every failure a caller can act on."""
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
-        predictor = predictor or self.active_predictor()
-        options = self.check_options(predictor, options)
+        self.active_predictor()  # 503 before anything else while no model is loaded
+        options = self.check_options(options)
         self._admission.check_size(upload.size)
         async with self._admission.admit(principal.key_id):
             try:
@@ -149,12 +198,23 @@ class IdentificationPipeline:
                 self._metrics.rejected.labels(reason="timeout").inc()
                 raise request_timeout(self._timeout_s) from None
 
+    def _chooser(self, pinned: Predictor | None) -> Callable[[str, str], Predictor]:
+        """Modality -> predictor: the active one of that modality, or ``pinned`` (a batch's
+        model) when it was trained for it."""
+
+        def choose(modality: str, how: str) -> Predictor:
+            if pinned is not None and modality in pinned.bundle.manifest.modalities:
+                return pinned
+            return self.choose_model(modality, how)
+
+        return choose
+
     async def _identify(
         self,
         upload: Upload,
         options: IdentifyOptions,
         principal: Principal,
-        predictor: Predictor,
+        predictor: Predictor | None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         stored: list[tuple[PreparedImage, asyncio.Future[str]]] = []
@@ -168,13 +228,17 @@ class IdentificationPipeline:
                 async with self._admission.decode_slot(principal.key_id):
                     # read only now: uploads waiting for a decoder stay in their spool file
                     data = await asyncio.to_thread(upload.read)
-                    decoded = await self._decode.decode(data, predictor, start_write)
+                    decoded = await self._decode.decode(
+                        data,
+                        options.modality,
+                        self._chooser(predictor),
+                        self.decode_shorter(options.modality),
+                        start_write,
+                    )
             except ImageError as exc:
                 self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
                 raise image_problem(exc) from None
-            result = await self._infer_and_save(
-                decoded, stored[0][1], predictor, options, principal, started
-            )
+            result = await self._infer_and_save(decoded, stored[0][1], options, principal, started)
             committed = True
             return result
         finally:
@@ -188,13 +252,14 @@ class IdentificationPipeline:
         self,
         decoded: Decoded,
         write: asyncio.Future[str],
-        predictor: Predictor,
         options: IdentifyOptions,
         principal: Principal,
         started: float,
     ) -> dict[str, Any]:
         predictor_started = time.perf_counter()
-        item = InferenceItem(predictor, decoded.array, options.origin_country, options.top_k)
+        item = InferenceItem(
+            decoded.predictor, decoded.array, options.origin_country, options.top_k
+        )
         prediction = await self._inference.predict(item)
         inferred = time.perf_counter()
         ident_id = new_id()
@@ -207,7 +272,9 @@ class IdentificationPipeline:
             created_at=created_at,
             principal=principal,
             image=decoded.image,
-            modality=options.modality or "camera",
+            modality=decoded.modality,
+            modality_source=decoded.modality_source,
+            location=locate(prediction, decoded),
             origin_country=options.origin_country,
             case_ref=options.case_ref,
             top_k=options.top_k,

@@ -86,6 +86,8 @@ def image_problem(exc: ImageError) -> ProblemError:
     too expensive to decode)."""
     if isinstance(exc, ImageTooLargeError):
         return ProblemError(413, "too-many-pixels", str(exc), title="Image has too many pixels")
+    if exc.code == "no_pixels":  # a DICOS Threat Detection Report (model.scanner)
+        return ProblemError(422, "no-pixel-data", str(exc), title="No image in this file")
     slug, title = {
         EmptyImageError: ("empty-image", "Empty image"),
         UnsupportedImageError: ("unsupported-image", "Unsupported image"),

@@ -1,16 +1,23 @@
-"""``/v1/models``: list bundles, show the active one, activate another (admin)."""
+"""``/v1/models``: list bundles, show the active ones (one per modality), activate another
+(admin)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from model.predictor import Predictor
+from model.vocabulary import MODALITIES, Modality
 from service.deps import Admin, ContextDep, Reader
-from service.modelhost import ModelLoadError, ModelNotFoundError, describe_predictor
+from service.modelhost import (
+    ModalityMismatchError,
+    ModelLoadError,
+    ModelNotFoundError,
+    describe_predictor,
+)
 from service.problems import ProblemError
-from service.repository import ACTIVE_MODEL_KEY, set_state
+from service.repository import active_model_key, set_state
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -19,35 +26,72 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(context: ContextDep, _principal: Reader) -> dict[str, Any]:
     """Every bundle version that can be activated, and which one is active."""
     current = context.host.current
+    actives = context.host.actives()
     return {
         "active": current.version if current is not None else None,
+        "active_by_modality": {m: actives[m].version if m in actives else None for m in MODALITIES},
         "weights_dir": str(context.host.weights_dir),
         "items": [entry.to_dict() for entry in context.host.entries()],
     }
 
 
-@router.get("/active", summary="The serving model, its labels and thresholds")
-def active_model(context: ContextDep, _principal: Reader) -> dict[str, Any]:
-    """The active bundle (the web page offers its labels for corrections)."""
+@router.get("/active", summary="The serving models, their labels and thresholds")
+def active_model(
+    context: ContextDep,
+    _principal: Reader,
+    modality: Annotated[Modality | None, Query(description="camera or xray")] = None,
+) -> dict[str, Any]:
+    """The active camera bundle (the web page offers its labels for corrections), with every
+    active bundle under ``by_modality``; ``?modality=xray`` shows that one alone."""
+    actives = context.host.actives()
+    if modality is not None:
+        chosen = actives.get(modality)
+        if chosen is None:
+            raise ProblemError(
+                404,
+                "no-model-for-modality",
+                f"No {modality} model is active; an administrator activates one with "
+                f"POST /v1/models/{{version}}/activate?modality={modality}.",
+                title="No model for this modality",
+            )
+        return {**describe_predictor(chosen, modality), "by_modality": _by_modality(actives)}
     current = context.host.current
     if current is None:
         raise ProblemError(
             503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
         )
-    return describe_predictor(current)
+    slot = next(m for m, p in actives.items() if p is current)
+    return {**describe_predictor(current, slot), "by_modality": _by_modality(actives)}
+
+
+def _by_modality(actives: dict[str, Predictor]) -> dict[str, dict[str, Any] | None]:
+    return {m: describe_predictor(actives[m], m) if m in actives else None for m in MODALITIES}
 
 
 @router.post("/{version}/activate", summary="Load, verify, warm up and swap in a bundle")
-async def activate(version: str, context: ContextDep, _principal: Admin) -> dict[str, Any]:
-    """Swap the serving model; requests in flight finish on the old one, and a bundle that fails
-    leaves the old one serving."""
+async def activate(
+    version: str,
+    context: ContextDep,
+    _principal: Admin,
+    modality: Annotated[
+        Modality | None,
+        Query(description="the modality it serves (default: the bundle's own)"),
+    ] = None,
+) -> dict[str, Any]:
+    """Swap the serving model of a modality (camera and x-ray each have one); requests in flight
+    finish on the old one, and a bundle that fails leaves the old one serving."""
 
-    def persist(predictor: Predictor) -> None:
+    def persist(predictor: Predictor, slots: tuple[str, ...]) -> None:
         with context.sessions() as session:
-            set_state(session, ACTIVE_MODEL_KEY, predictor.bundle.path.name)
+            for slot in slots:
+                set_state(session, active_model_key(slot), predictor.bundle.path.name)
 
     try:
-        predictor = await context.host.activate(version, persist)
+        predictor, slots = await context.host.activate(version, persist, modality=modality)
+    except ModalityMismatchError as exc:
+        raise ProblemError(
+            422, "modality-mismatch", str(exc), title="Bundle not made for this modality"
+        ) from None
     except ModelNotFoundError as exc:
         raise ProblemError(404, "not-found", str(exc), title="Model not found") from None
     except ModelLoadError as exc:
@@ -63,4 +107,4 @@ async def activate(version: str, context: ContextDep, _principal: Admin) -> dict
     context.metrics.model_swaps.labels(outcome="activated").inc()
     serving = context.host.current or predictor  # after racing activations: the last swap
     context.metrics.set_active_model(serving.version)
-    return describe_predictor(predictor)
+    return {**describe_predictor(predictor, slots[0]), "activated_for": list(slots)}
