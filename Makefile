@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test lint typecheck pytest system-deps bench default-bundle clean
+.PHONY: run test lint typecheck pytest system-deps web-runtime screenshots bench default-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,20 @@ run: $(VENV)/.serve-installed
 system-deps:
 	@bash .ci/system-deps.sh
 
+# The browser runtime for identifying offline on the phone (ONNX Runtime Web, WASM), installed
+# from the committed lockfile into service/web/node_modules (ignored by git). Without it,
+# `make run` still works and the page works online only, saying so.
+WEB_DIR := service/web
+web-runtime: $(WEB_DIR)/node_modules/.installed
+
+$(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	cd $(WEB_DIR) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+# Regenerate the offline screenshots in docs/screenshots (tests never write them otherwise).
+screenshots: $(VENV)/.all-installed system-deps web-runtime
+	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py
+
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check model service training tests bench
 	$(BIN)/ruff format --check model service training tests bench
@@ -39,7 +53,7 @@ lint: $(VENV)/.all-installed
 typecheck: $(VENV)/.all-installed
 	$(BIN)/mypy model service training bench
 
-pytest: $(VENV)/.all-installed system-deps
+pytest: $(VENV)/.all-installed system-deps web-runtime
 	$(BIN)/pytest -q -rs
 
 test: lint typecheck pytest

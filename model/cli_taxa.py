@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from model.cli import CommandError
+from model.listing_status import ListingStatus, listing_status
 from model.speciesplus import ImportFormatError, apply_diff, diff_taxonomy, read_export, render_diff
 from model.taxonomy import (
     DEFAULT_POPULATIONS_NAME,
@@ -194,6 +195,7 @@ def _show(args: argparse.Namespace) -> int:
         f"  lineage:      {' < '.join(lineage)}",
         f"  products:     {'; '.join(taxon.product_types) or '-'}",
         f"  appendix:     {resolution.appendix.label} - {resolution.explanation}",
+        f"  {_listing_line(listing_status(taxonomy, resolution))}",
     ]
     lines += [
         f"  population:   {p.appendix.label} from {', '.join(sorted(p.countries))}: {p.annotation}"
@@ -216,11 +218,24 @@ def _appendix(args: argparse.Namespace) -> int:
         resolution = taxonomy.appendix_for(taxon.id, args.country)
     except InvalidCountryError as exc:
         raise CommandError(str(exc)) from exc
+    status = listing_status(taxonomy, resolution)
     if args.json:
-        _emit_json(resolution.to_dict())
+        _emit_json({**resolution.to_dict(), "listing": status.to_dict()})
     else:
-        sys.stdout.write(f"{resolution.appendix.label}\n{resolution.explanation}\n")
+        sys.stdout.write(
+            f"{resolution.appendix.label}\n{resolution.explanation}\n{_listing_line(status)}\n"
+        )
     return 0
+
+
+def _listing_line(status: ListingStatus) -> str:
+    """Whether the row behind an appendix is verified, in one line."""
+    if status.verified:
+        return f"listing: verified ({status.verification}, {status.row}): {status.source}"
+    return (
+        f"listing NOT VERIFIED ({status.row} is recalled, not checked against a source): "
+        "confirm it in the CITES Checklist (Species+) before acting on it"
+    )
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -35,12 +35,24 @@ from model.vocabulary import DecisionKind
 
 ROLLUP_RANKS: tuple[str, ...] = ("subspecies", "species", "genus", "family", "order")
 """Ranks the roll-up may answer with, most specific first; it stops at ``class``."""
-_ROLLUP_LIMIT = "class"
+ROLLUP_LIMIT = "class"
+"""The rank where the roll-up stops summing (never answered)."""
+_ROLLUP_LIMIT = ROLLUP_LIMIT
 _RANK_ORDER: dict[str, int] = {
     rank: position for position, rank in enumerate((*ROLLUP_RANKS, _ROLLUP_LIMIT))
 }
 
 REFER = "refer to an expert"
+
+DECISION_RULES: tuple[str, ...] = (
+    "ood_mahalanobis",
+    "label_threshold",
+    "lookalike_threshold",
+    "rollup",
+    "below_thresholds",
+)
+"""The rules of :func:`decide`, in the order they are tried (see the module docstring). The
+offline package names them so that a page that does not know a rule refuses to decide."""
 
 
 class DecisionError(ValueError):

@@ -57,6 +57,12 @@ def listing_status(taxonomy: Taxonomy, resolution: AppendixResolution) -> Listin
         ]
         unverified = [p for p in parts if not p.verified]
         return unverified[0] if unverified else parts[0]
+    asked = taxonomy.get(resolution.taxon_id)
+    if asked.id != resolution.source_id and asked.verification == UNVERIFIED:
+        # "inherits its ancestor's listing" is itself only recalled for this taxon
+        return ListingStatus(
+            asked.verification, asked.source, asked.status_checked, f"taxa.tsv {asked.id}"
+        )
     taxon = taxonomy.get(resolution.source_id)
     if resolution.basis == "population" and resolution.country is not None:
         row = _population_row(taxonomy, resolution)
@@ -65,8 +71,7 @@ def listing_status(taxonomy: Taxonomy, resolution: AppendixResolution) -> Listin
                 row.verification,
                 row.source,
                 row.status_checked,
-                f"populations.tsv {taxon.id} {row.appendix.value} "
-                f"({', '.join(sorted(row.countries))})",
+                f"populations.tsv {taxon.id} {row.appendix.value} ({_countries(row.countries)})",
             )
     if resolution.origin_dependent:  # the strictest over origins: any recalled row counts
         for row in taxon.populations:
@@ -76,7 +81,7 @@ def listing_status(taxonomy: Taxonomy, resolution: AppendixResolution) -> Listin
                     row.source,
                     row.status_checked,
                     f"populations.tsv {taxon.id} {row.appendix.value} "
-                    f"({', '.join(sorted(row.countries))})",
+                    f"({_countries(row.countries)})",
                 )
     return ListingStatus(
         taxon.verification, taxon.source, taxon.status_checked, f"taxa.tsv {taxon.id}"
@@ -89,3 +94,10 @@ def _population_row(taxonomy: Taxonomy, resolution: AppendixResolution) -> Popul
             if resolution.country in row.countries:
                 return row
     return None
+
+
+def _countries(codes: frozenset[str], limit: int = 6) -> str:
+    ordered = sorted(codes)
+    if len(ordered) <= limit:
+        return ", ".join(ordered)
+    return f"{', '.join(ordered[:limit])} and {len(ordered) - limit} more"

@@ -4,11 +4,12 @@
 stored verification can be read back in any language); :func:`render` turns one into a sentence.
 Parameters whose name ends in ``appendix`` hold an appendix value (``I``, ``II``, ``III``,
 ``not_listed``) and are written out in the reader's language; ``probability`` is a fraction
-written with two decimals.
+written with two decimals, rounded down (0.999 is 0.99, never 1.00).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 LANGUAGES: tuple[str, ...] = ("en", "fr", "es")
@@ -79,6 +80,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "valid from {valid_from} until {valid_until} (checked on {today})",
         "fr": "valable du {valid_from} au {valid_until} (vérifié le {today})",
         "es": "válido del {valid_from} al {valid_until} (verificado el {today})",
+    },
+    "valid_until": {
+        "en": "valid until {valid_until} (checked on {today})",
+        "fr": "valable jusqu'au {valid_until} (vérifié le {today})",
+        "es": "válido hasta el {valid_until} (verificado el {today})",
     },
     "expired": {
         "en": "the permit expired on {valid_until} (checked on {today})",
@@ -262,7 +268,7 @@ def render(code: str, params: Mapping[str, object], language: str) -> str:
         if key.endswith("appendix"):
             values[key] = appendix_words(value if isinstance(value, str) else None, language)
         elif key == "probability" and isinstance(value, float | int):
-            values[key] = f"{float(value):.2f}"
+            values[key] = f"{math.floor(float(value) * 100) / 100:.2f}"  # never rounds up to 1
         elif key in _NESTED and isinstance(value, Mapping):
             values[key] = render(_NESTED[key], value, language) if value else ""
         else:

@@ -364,7 +364,8 @@ def _validity_check(permit: DeclaredPermit, today: date) -> Finding:
         return Finding("validity", "inconsistent", "expired", params)
     if permit.valid_from is not None and permit.valid_from > today:
         return Finding("validity", "inconsistent", "not_yet_valid", params)
-    return Finding("validity", "consistent", "valid", params)
+    code = "valid" if permit.valid_from is not None else "valid_until"
+    return Finding("validity", "consistent", code, params)
 
 
 def _purpose_check(permit: DeclaredPermit, resolution: AppendixResolution | None) -> Finding:

@@ -291,12 +291,40 @@ class Predictor:
         countries = self._countries(origin_countries, images.shape[0])
         if images.shape[0] == 0:
             return []
-        manifest = self._bundle.manifest
-        locate = self.locates
-        if locate:
+        if self.locates:
             logits, features, cams = self._run(images, ("logits", "features", "cam"))
         else:
             logits, features = self._run(images, ("logits", "features"))
+            cams = None
+        return self.predict_outputs(
+            logits,
+            features,
+            countries=countries,
+            top_k=top_k,
+            with_features=with_features,
+            cams=cams,
+        )
+
+    def predict_outputs(
+        self,
+        logits: npt.ArrayLike,
+        features: npt.ArrayLike,
+        *,
+        countries: Sequence[str | None],
+        top_k: int = 5,
+        with_features: bool = False,
+        cams: npt.ArrayLike | None = None,
+    ) -> list[Prediction]:
+        """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
+        temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
+        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
+        the offline page's golden cases call it with the outputs of the browser's runtime.
+        ``cams`` (N,C,h,w): the activation maps, for the box of bundles that locate (x-ray)."""
+        logits = np.asarray(logits, dtype=np.float32)
+        features = np.asarray(features, dtype=np.float32)
+        cam_maps = None if cams is None else np.asarray(cams, dtype=np.float32)
+        manifest = self._bundle.manifest
+        locate = self.locates
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood
         scores = None if ood is None else ood.score(features)
@@ -322,7 +350,11 @@ class Predictor:
                     decision=decision,
                     ood_score=score,
                     features=features[i].astype(np.float32) if with_features else None,
-                    box=self._box(cams[i], int(order[0])) if locate else None,
+                    box=(
+                        self._box(cam_maps[i], int(order[0]))
+                        if locate and cam_maps is not None
+                        else None
+                    ),
                     located=locate,
                 )
             )

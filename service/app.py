@@ -28,7 +28,15 @@ from service.problems import (
     install_problem_openapi,
     upload_too_large,
 )
-from service.routes import feedback, identifications, models, ops, taxa
+from service.routes import (
+    feedback,
+    identifications,
+    models,
+    offline,
+    ops,
+    taxa,
+    verifications,
+)
 from service.settings import Settings, load_settings
 
 __all__ = ["StartupError", "create_app"]
@@ -79,14 +87,14 @@ def _body_limits(settings: Settings) -> tuple[Any, Any]:
     batch = settings.max_upload_bytes * settings.max_batch_images + MULTIPART_OVERHEAD
 
     def limit_for(path: str) -> int | None:
-        if path.endswith("/identifications:batch"):
+        if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return batch
         if path.startswith("/v1/"):
             return single
         return 1024 * 1024
 
     def problem_for(path: str, limit: int) -> ProblemError:
-        if path.endswith("/identifications:batch"):
+        if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return ProblemError(
                 413,
                 "batch-too-large",
@@ -139,7 +147,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_problem_openapi(app)
-    for router in (ops.router, identifications.router, feedback.router, taxa.router, models.router):
+    for router in (
+        ops.router,
+        identifications.router,
+        verifications.router,
+        feedback.router,
+        taxa.router,
+        offline.router,  # before models: its /v1/models/active/... paths are more specific
+        models.router,
+    ):
         app.include_router(router)
     limit_for, problem_for = _body_limits(settings)
     app.add_middleware(

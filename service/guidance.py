@@ -68,6 +68,15 @@ class GuidanceBook:
                     )
         return cls(entries)
 
+    def to_dict(self) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
+        """Every text as ``{kind: {appendix: {language: {title, text}}}}`` (the file's shape),
+        for the offline package; :meth:`lookup`'s fallbacks apply to it as well."""
+        result: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+        for (kind, appendix, lang), item in self._entries.items():
+            by_lang = result.setdefault(kind, {}).setdefault(appendix, {})
+            by_lang[lang] = {"title": item.title, "text": item.text}
+        return result
+
     def lookup(self, kind: str, appendix: str | None, language: str) -> Guidance:
         """Guidance for a decision kind and appendix, falling back to the kind's ``none`` entry
         and to English."""

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from model.heatmap import box_in_image
@@ -35,6 +35,7 @@ from model.predictor import Prediction, Predictor
 from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
+from service.device_cases import DeviceAnswer, device_record
 from service.imagestore import PreparedImage
 from service.inference import InferenceItem, InferenceStage
 from service.keys import Principal
@@ -90,6 +91,7 @@ class IdentifyOptions:
     top_k: int = 5
     origin_country: str | None = None
     case_ref: str | None = None
+    device: DeviceAnswer | None = None  # the phone's own answer, for a case made offline
 
 
 class IdentificationPipeline:
@@ -171,7 +173,7 @@ class IdentificationPipeline:
                 ) from None
         if options.modality is not None:
             self.choose_model(options.modality)  # refuse before reading the upload
-        return IdentifyOptions(options.modality, options.top_k, origin, options.case_ref)
+        return replace(options, origin_country=origin)
 
     async def identify(
         self,
@@ -279,6 +281,8 @@ class IdentificationPipeline:
             case_ref=options.case_ref,
             top_k=options.top_k,
         )
+        if options.device is not None:
+            result["device"] = device_record(options.device, result)
         try:  # durable before the database row refers to it
             image_path = await asyncio.shield(write)
         except OSError as exc:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from model.labels import Label
+from model.listing_status import listing_status
 from model.predictor import Prediction, Predictor
 from model.taxonomy import Appendix, TaxonNotFoundError, Taxonomy
 from service.guidance import GuidanceBook
@@ -31,6 +32,23 @@ def taxon_summary(taxonomy: Taxonomy, taxon_id: str | None) -> dict[str, Any] | 
         "kind": taxon.kind,
         "common_names": dict(taxon.common_names),
     }
+
+
+def listing_of(
+    taxonomy: Taxonomy, taxon_id: str | None, origin_country: str | None
+) -> dict[str, object] | None:
+    """Whether the taxonomy row behind a taxon's appendix (for an origin) is verified against
+    a source (``verified``, ``verification``, ``source``, ``status_checked``, ``row``); None for
+    look-alikes, unknown taxa and taxa without an appendix."""
+    if not taxon_id:
+        return None
+    try:
+        resolution = taxonomy.appendix_for(taxon_id, origin_country)
+    except (TaxonNotFoundError, ValueError):
+        return None
+    if resolution.basis in ("lookalike", "unlisted"):
+        return None
+    return listing_status(taxonomy, resolution).to_dict()
 
 
 def appendix_of(taxonomy: Taxonomy, label: Label, origin_country: str | None) -> str | None:
@@ -72,6 +90,11 @@ def build_result(
             "probability": round(float(score.probability), 6),
             "taxon": taxon_summary(taxonomy, score.label.taxon_id),
             "appendix": appendix_of(taxonomy, score.label, origin_country),
+            "listing": listing_of(
+                taxonomy,
+                score.label.taxon_id if score.label.kind == "cites" else None,
+                origin_country,
+            ),
         }
         for rank, score in enumerate(prediction.top[: max(1, top_k)], start=1)
     ]
@@ -103,6 +126,9 @@ def build_result(
             "taxon": taxon_summary(taxonomy, decision.taxon_id),
             "rank": decision.rank,
             "appendix": decision.appendix,
+            "listing": listing_of(taxonomy, decision.taxon_id, origin_country)
+            if decision.appendix
+            else None,
             "probability": round(float(decision.probability), 6),
             "explanation": decision.reason,
             "refer_to_expert": decision.refer_to_expert,

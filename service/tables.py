@@ -121,3 +121,27 @@ class ServiceState(Base):
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Verification(Base):
+    """A check of images against declared permit data (``result`` is language-independent;
+    words are added when it is rendered). The images' identifications are rows of their own."""
+
+    __tablename__ = "verifications"
+    __table_args__ = (
+        Index("ix_verifications_created_at", "created_at"),
+        Index("ix_verifications_case_ref", "case_ref"),
+        Index("ix_verifications_permit_number", "permit_number"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_by: Mapped[str | None] = mapped_column(
+        String(16), ForeignKey("api_keys.id"), nullable=True
+    )
+    created_by_name: Mapped[str] = mapped_column(String(200))
+    case_ref: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    permit_number: Mapped[str] = mapped_column(String(64))
+    declared_taxon: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(20))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)

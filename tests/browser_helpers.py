@@ -103,6 +103,12 @@ def check_answer(page: Page, ident: dict[str, Any]) -> None:
         label_kind = "lookalike" if kind == "lookalike" else "cites"
         expect(page.locator("#badge")).to_have_text(badge_text(label_kind, decision["appendix"]))
         expect(page.locator("#prob")).to_have_text(probability_text(decision["probability"]))
+        listing = decision.get("listing")
+        flagged = page.locator("#unverified")
+        if listing and listing["verified"] is False:
+            expect(flagged).to_be_visible()
+        else:
+            expect(flagged).to_be_hidden()
         others = [c for c in ident["top_k"] if c["label"] != decision["label"]]
     else:
         expect(page.locator("#facts")).to_be_hidden()
@@ -113,6 +119,8 @@ def check_answer(page: Page, ident: dict[str, Any]) -> None:
         item = candidates.nth(index)
         expect(item.locator(".badge")).to_have_text(badge_text(cand["kind"], cand["appendix"]))
         expect(item.locator(".prob")).to_have_text(probability_text(cand["probability"]))
+        unverified = bool(cand.get("listing")) and cand["listing"]["verified"] is False
+        expect(item.locator(".flag-unverified")).to_have_count(1 if unverified else 0)
     expect(page.locator("#guidance-text")).to_have_text(ident["guidance"]["text"])
 
 

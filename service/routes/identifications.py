@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from service.deps import (
     Reader,
     SessionDep,
 )
+from service.device_cases import find_synced, parse_device_answer
 from service.guidance import negotiate_language
 from service.identify import IdentificationPipeline, IdentifyOptions
 from service.problems import ProblemError, upload_too_large
@@ -80,7 +82,7 @@ def form_options(
 Options = Annotated[IdentifyOptions, Depends(form_options)]
 
 
-def _spooled(upload: UploadFile, limit: int) -> Upload:
+def spool_upload(upload: UploadFile, limit: int) -> Upload:
     """The upload as the form parser spooled it (read by the decoder, not here)."""
     spooled = Upload.from_form(upload)
     if spooled.size > limit:
@@ -102,9 +104,30 @@ async def identify_one(
     options: Options,
     language: Language,
     image: Annotated[UploadFile, File(description="the photo or x-ray image")],
+    device_answer: Annotated[
+        str | None,
+        Form(description="a case made offline: the phone's answer as JSON (docs/web.md)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Suggest likely CITES taxa for one uploaded image, with decision and guidance."""
-    upload = _spooled(image, context.settings.max_upload_bytes)
+    """Suggest likely CITES taxa for one uploaded image, with decision and guidance. With
+    ``device_answer`` (a case made on the phone offline) both answers are stored, and a repeated
+    upload of the same case returns the stored one (200) instead of a second case."""
+    device = parse_device_answer(device_answer)
+    if device is not None:
+        with context.sessions() as session:
+            synced = find_synced(session, principal, device)
+            row = session.get(Identification, synced) if synced else None
+            if row is not None:
+                response.status_code = 200
+                response.headers["Location"] = f"/v1/identifications/{row.id}"
+                return render_identification(
+                    row.result,
+                    language,
+                    context.guidance,
+                    latest_feedback(session, [row.id]).get(row.id),
+                )
+        options = replace(options, device=device)
+    upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
     return render_identification(result, language, context.guidance, None)
@@ -134,7 +157,7 @@ async def identify_batch(
 
     async def one(upload: UploadFile) -> dict[str, Any]:
         # each image goes to the model of its modality (camera and x-ray may be mixed)
-        spooled = _spooled(upload, settings.max_upload_bytes)
+        spooled = spool_upload(upload, settings.max_upload_bytes)
         return await pipeline.identify(spooled, options, principal)
 
     outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
@@ -170,7 +193,8 @@ def _get(session: SessionDep, identification_id: str) -> Identification:
     return row
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """A query time as aware UTC (naive times are taken as UTC)."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -193,8 +217,8 @@ def list_all(
 ) -> dict[str, Any]:
     """A page of identifications with optional filters."""
     filters = ListFilter(
-        since=_as_utc(since),
-        until=_as_utc(until),
+        since=as_utc(since),
+        until=as_utc(until),
         case_ref=case_ref,
         decision=decision,
         label=label,

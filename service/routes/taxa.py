@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from model.listing_status import listing_status
 from model.taxonomy import InvalidCountryError, TaxonNotFoundError, Taxonomy
 from service.deps import ContextDep, Reader
 from service.problems import ProblemError
@@ -24,7 +25,9 @@ def taxon_to_dict(
         for t in taxonomy.lineage(taxon_id)
     ]
     if origin_country is not None:
-        body["appendix_for_origin"] = taxonomy.appendix_for(taxon_id, origin_country).to_dict()
+        resolution = taxonomy.appendix_for(taxon_id, origin_country)
+        body["appendix_for_origin"] = resolution.to_dict()
+        body["appendix_for_origin"]["listing"] = listing_status(taxonomy, resolution).to_dict()
     return body
 
 

@@ -41,6 +41,9 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
         {"officer", "trainer", "admin"}
     ),
     ("GET", "/v1/feedback/export"): frozenset({"trainer", "admin"}),
+    ("POST", "/v1/verifications"): frozenset({"officer", "scanner", "admin"}),
+    ("GET", "/v1/verifications"): ALL,
+    ("GET", "/v1/verifications/{verification_id}"): ALL,
     ("POST", "/v1/models/{version}/activate"): frozenset({"admin"}),
 }
 PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/")
@@ -55,6 +58,7 @@ class Context:
     identification_id: str
     taxon_id: str
     version: str
+    verification_id: str = ""
     seen: list[str] = field(default_factory=list)  # every response body and header seen
 
     def client(self, key: str | None = None, header: str = "authorization") -> httpx.Client:
@@ -92,7 +96,23 @@ def _path(template: str, ctx: Context) -> str:
         template.replace("{identification_id}", ctx.identification_id)
         .replace("{taxon_id}", ctx.taxon_id)
         .replace("{version}", ctx.version)
+        .replace("{verification_id}", ctx.verification_id)
     )
+
+
+PERMIT = {
+    "permit_number": "26KE000001",
+    "permit_type": "export",
+    "issuing_country": "KE",
+    "country_of_export": "KE",
+    "country_of_import": "FR",
+    "scientific_name": "Loxodonta africana",
+    "appendix": "I",
+    "source_code": "W",
+    "purpose_code": "S",
+    "valid_until": "2099-12-31",
+}
+"""Declared data of a valid permit, for the operations that need one."""
 
 
 def _request_for(method: str, template: str) -> Request:
@@ -102,6 +122,8 @@ def _request_for(method: str, template: str) -> Request:
         path = _path(template, ctx)
         if template == "/v1/identifications" and method == "POST":
             return client.post(path, files={"image": _jpeg(seed)})
+        if template == "/v1/verifications" and method == "POST":
+            return client.post(path, data=PERMIT, files=[("images", _jpeg(seed))])
         if template.endswith(":batch"):
             return client.post(path, files=[("images", _jpeg(seed)), ("images", _jpeg(seed + 1))])
         if template.endswith("/feedback") and method == "POST":
@@ -126,7 +148,11 @@ def ctx(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             assert made.status_code == 201, made.text
             active = admin.get("/v1/models/active").json()
             taxon_id = next(lab["taxon_id"] for lab in active["labels"] if lab["taxon_id"])
-        yield Context(handle, keys, made.json()["id"], taxon_id, active["version"])
+            checked = admin.post("/v1/verifications", data=PERMIT, files=[("images", _jpeg(2))])
+            assert checked.status_code == 201, checked.text
+        yield Context(
+            handle, keys, made.json()["id"], taxon_id, active["version"], checked.json()["id"]
+        )
 
 
 def test_matrix_covers_every_operation(ctx: Context) -> None:

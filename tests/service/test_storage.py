@@ -205,7 +205,8 @@ def test_a_0001_database_upgrades_to_0002_and_keeps_its_rows(
     migrate(engine)
     with engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0002"
+    assert version == "0003"  # 0003 adds the verifications table
+    assert "verifications" in inspect(engine).get_table_names()
     with make_sessionmaker(engine)() as session:
         old = feedback_history(session, "i1")
         assert [(f.id, f.note, f.case_ref) for f in old] == [("f1", "kept", None)]

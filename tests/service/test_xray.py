@@ -86,7 +86,10 @@ SCANNER_FILES = {
     "dicos-dx-uncompressed": lambda: DICOS_DX_UNCOMPRESSED.read_bytes(),
     "dicos-palette-colour": lambda: DICOS_DX_PALETTE.read_bytes(),
     "dicom-written-by-pydicom": lambda: dicom_bytes(
-        ramp_uint16(96, 64), photometric="MONOCHROME1", slope=1, intercept=-1000,
+        ramp_uint16(96, 64),
+        photometric="MONOCHROME1",
+        slope=1,
+        intercept=-1000,
         window=(1000, 2000),
     ),
     "tiff-16-bit": lambda: tiff_bytes(ramp_uint16(80, 60)),
@@ -139,8 +142,9 @@ def test_camera_photo_still_goes_to_the_camera_bundle(
     body = response.json()
     assert body["model_version"] == "tiny-1" and body["modality"] == "camera"
     assert body["location"] is None
-    located = httpx.get(service.url + f"/v1/identifications/{body['id']}/located",
-                        headers=officer, timeout=30)
+    located = httpx.get(
+        service.url + f"/v1/identifications/{body['id']}/located", headers=officer, timeout=30
+    )
     assert located.status_code == 404
 
 
@@ -163,11 +167,13 @@ def test_models_active_lists_both_and_activation_names_the_modality(
     assert active["by_modality"]["camera"]["version"] == "tiny-1"
     assert active["by_modality"]["xray"]["version"] == "xray"
     admin = {"Authorization": f"Bearer {service.make_key('admin')}"}
-    wrong = httpx.post(service.url + "/v1/models/xray-2/activate?modality=camera",
-                       headers=admin, timeout=60)
+    wrong = httpx.post(
+        service.url + "/v1/models/xray-2/activate?modality=camera", headers=admin, timeout=60
+    )
     assert wrong.status_code == 422 and wrong.json()["type"].endswith("modality-mismatch")
-    swapped = httpx.post(service.url + "/v1/models/xray-2/activate?modality=xray",
-                         headers=admin, timeout=60)
+    swapped = httpx.post(
+        service.url + "/v1/models/xray-2/activate?modality=xray", headers=admin, timeout=60
+    )
     assert swapped.status_code == 200, swapped.text
     assert swapped.json()["activated_for"] == ["xray"]
     listing = httpx.get(service.url + "/v1/models", headers=officer, timeout=30).json()
@@ -180,9 +186,7 @@ def test_models_active_lists_both_and_activation_names_the_modality(
 
 
 @pytest.mark.slow
-def test_without_an_xray_bundle_xray_images_get_422(
-    weights: Path, tmp_path: Path
-) -> None:
+def test_without_an_xray_bundle_xray_images_get_422(weights: Path, tmp_path: Path) -> None:
     camera_only = tmp_path / "weights"
     make_tiny_bundle(camera_only, version="tiny-1")
     with running_service(camera_only / "tiny-1", tmp_path / "data") as handle:

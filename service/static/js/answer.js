@@ -39,6 +39,9 @@ export function renderAnswer(ident, { focus = false, keepPhoto = false } = {}) {
   // candidates below carry theirs.
   $("facts").hidden = !decided;
   showAppendix($("badge"), kind === "lookalike" ? "lookalike" : "cites", d.appendix);
+  const unverified = decided && Boolean(d.listing) && d.listing.verified === false;
+  $("unverified").hidden = !unverified;
+  $("unverified-hint").hidden = !unverified;
   $("prob").textContent = decided ? probabilityText(d.probability) : "";
   noteOriginDependence(ident);
 
@@ -98,10 +101,15 @@ function renderCandidates(candidates) {
     facts.className = "cand-facts";
     const badge = document.createElement("span");
     showAppendix(badge, c.kind, c.appendix);
+    const flag = document.createElement("span");
+    if (c.listing && c.listing.verified === false) {
+      flag.className = "flag flag-unverified";
+      flag.textContent = t("listingUnverified");
+    }
     const prob = document.createElement("span");
     prob.className = "prob";
     prob.textContent = probabilityText(c.probability);
-    facts.append(badge, document.createTextNode(" "), prob);
+    facts.append(badge, document.createTextNode(" "), flag, document.createTextNode(" "), prob);
     li.append(name, facts);
     list.append(li);
   }

@@ -95,3 +95,17 @@ export function postIdentification(prepared, fields, onProgress) {
     xhr.send(form);
   });
 }
+
+/** POST a multipart form (fetch; no progress); resolves with the JSON answer. */
+export async function postForm(path, form) {
+  let response;
+  try {
+    response = await fetch(path, { method: "POST", headers: headers(), body: form, cache: "no-store" });
+  } catch (_err) {
+    throw new NetworkError("network");
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, await problemFrom(response), response.headers.get("Retry-After"));
+  }
+  return response.json();
+}

@@ -11,12 +11,23 @@ import {
 import { api, postIdentification } from "./api.js";
 import { ApiError, clearError, NetworkError, showError, UserError } from "./errors.js";
 import { initFeedback, relabelFeedback, renderFeedbackForm } from "./feedback.js";
+import { initPermit, relabelPermit } from "./permit.js";
 import { chooseLanguage, initialLanguage, rewritePage, say, t } from "./i18n.js";
 import { preparePhoto } from "./photo.js";
+import {
+  canIdentifyOffline,
+  identifyOffline,
+  initOffline,
+  refreshOffline,
+  registerServiceWorker,
+  syncPending,
+  useStoredModel,
+} from "./offline.js";
 import { initRecent, loadRecent } from "./recent.js";
 import { $, state } from "./state.js";
 
 const KEY_STORE = "citesVision.apiKey"; // sessionStorage only: gone when the tab closes
+const ME_STORE = "citesVision.me"; // who the key belongs to, to keep working offline in this tab
 const AUTO_RETRY_DELAY_MS = 1500;
 
 // ---------------------------------------------------------------- languages
@@ -45,21 +56,29 @@ async function switchLanguage(lang) {
     }
   }
   loadRecent();
+  relabelPermit();
 }
 
 // ---------------------------------------------------------------- signing in
 
-async function signIn(key) {
+async function signIn(key, { offlineMe = null } = {}) {
   const previous = state.key;
   state.key = key;
+  let offline = false;
   try {
     state.me = await api("/v1/me");
   } catch (err) {
-    state.key = previous;
-    throw err;
+    // Reloaded without network: the key was checked earlier in this tab; work offline.
+    if (!(err instanceof NetworkError) || !offlineMe) {
+      state.key = previous;
+      throw err;
+    }
+    state.me = offlineMe;
+    offline = true;
   }
   try {
     window.sessionStorage.setItem(KEY_STORE, key);
+    window.sessionStorage.setItem(ME_STORE, JSON.stringify(state.me));
   } catch (_err) {
     /* storage refused: the key lasts for this page only */
   }
@@ -67,9 +86,15 @@ async function signIn(key) {
   $("app").hidden = false;
   $("signout").hidden = false;
   $("apikey").value = "";
+  state.offlineSession = offline;
   renderWhoami();
+  if (offline) {
+    await useStoredModel();
+    return;
+  }
   loadModel();
   loadRecent();
+  refreshOffline().then(() => syncPending());
 }
 
 function signOut({ keepError = false } = {}) {
@@ -79,6 +104,7 @@ function signOut({ keepError = false } = {}) {
   state.feedbackFor = null;
   try {
     window.sessionStorage.removeItem(KEY_STORE);
+    window.sessionStorage.removeItem(ME_STORE);
   } catch (_err) {
     /* nothing stored */
   }
@@ -112,8 +138,9 @@ async function onSignIn(event) {
 }
 
 function renderWhoami() {
+  const key = state.offlineSession ? "offlineSignedIn" : "signedInAs";
   $("whoami").textContent = state.me
-    ? t("signedInAs", { name: state.me.name, role: t("role_" + state.me.role) })
+    ? t(key, { name: state.me.name, role: t("role_" + state.me.role) })
     : "";
 }
 
@@ -207,7 +234,7 @@ async function uploadWithRetry(prepared, fields) {
   }
 }
 
-async function identify(event) {
+async function identify(event, { onDevice = false } = {}) {
   if (event) event.preventDefault();
   clearError();
   if (!state.file) {
@@ -224,16 +251,17 @@ async function identify(event) {
   const button = $("identify-btn");
   button.disabled = true;
   $("retry").hidden = true;
+  $("identify-here").hidden = true;
   try {
     if (!state.prepared) {
       setProgress("preparing", null, null);
       state.prepared = await preparePhoto(state.file, modality);
     }
-    const ident = await uploadWithRetry(state.prepared, {
-      modality,
-      origin_country: origin,
-      case_ref: $("caseref").value.trim(),
-    });
+    const fields = { modality, origin_country: origin, case_ref: $("caseref").value.trim() };
+    let ident;
+    ident = (onDevice || !navigator.onLine) && canIdentifyOffline(modality)
+      ? await identifyHere(fields)
+      : await uploadWithRetry(state.prepared, fields);
     $("upload").hidden = true; // before scrolling to the answer, so that it does not move
     const located = Boolean(ident.location && ident.location.image_url);
     if (!located) setPhoto(URL.createObjectURL(state.prepared.blob));
@@ -243,6 +271,8 @@ async function identify(event) {
     showError(err);
     if (err instanceof NetworkError || (err instanceof ApiError && err.status >= 500)) {
       $("retry").hidden = false;
+      // The network failed twice: the phone can answer by itself while it stays down.
+      $("identify-here").hidden = !(err instanceof NetworkError && canIdentifyOffline(modality));
       $("retry").focus();
     }
   } finally {
@@ -251,10 +281,24 @@ async function identify(event) {
   }
 }
 
-/** Show an identification: the answer and the feedback form for it. */
+/** Identify the prepared photo on the phone (no network) and keep the case to sync later. */
+async function identifyHere(fields) {
+  setProgress("identifyingOnDevice", null, null);
+  return identifyOffline(state.prepared, fields);
+}
+
+/** Show an identification: the answer and the feedback form for it. An answer made on the
+    phone has no heat map or feedback until the service has it; it says so and names its
+    model. */
 function show(ident, options) {
   renderAnswer(ident, options);
-  renderFeedbackForm(ident);
+  const onDevice = Boolean(ident.made_on_device);
+  const note = $("device-note");
+  note.hidden = !onDevice;
+  say(note, onDevice ? "deviceNote" : null, { version: ident.model_version });
+  $("heatmap-toggle").hidden = onDevice;
+  if (onDevice) $("feedback").hidden = true;
+  else renderFeedbackForm(ident);
 }
 
 async function openCase(id) {
@@ -284,18 +328,30 @@ function start() {
   });
   $("identify-form").addEventListener("submit", identify);
   $("retry").addEventListener("click", () => identify());
+  $("identify-here").addEventListener("click", () => identify(null, { onDevice: true }));
   $("heatmap-toggle").addEventListener("click", toggleHeatmap);
   initFeedback({ onSaved: loadRecent });
+  initPermit();
   initRecent({ onOpen: openCase });
+  initOffline({ onSynced: loadRecent });
+  registerServiceWorker();
+  window.addEventListener("online", () => {
+    if (!state.key) return;
+    // Back online: check the key again (then refresh the model and sync), or just sync.
+    if (state.offlineSession) signIn(state.key, { offlineMe: state.me }).catch(showError);
+    else syncPending();
+  });
 
   let saved = null;
+  let savedMe = null;
   try {
     saved = window.sessionStorage.getItem(KEY_STORE);
+    savedMe = JSON.parse(window.sessionStorage.getItem(ME_STORE) || "null");
   } catch (_err) {
     saved = null;
   }
   if (saved) {
-    signIn(saved).catch((err) => {
+    signIn(saved, { offlineMe: savedMe }).catch((err) => {
       signOut({ keepError: true });
       showError(err);
     });

@@ -2,6 +2,8 @@
    (data-i18n, data-i18n-attr) and the scripts (t(), say()). "{name}" marks a value filled in
    at run time. Every key must exist in every language (the browser test reads all three). */
 
+import { PERMIT_MESSAGES } from "./permit-messages.js";
+
 export const MESSAGES = {
   en: {
     skip: "Skip to content",
@@ -99,6 +101,27 @@ export const MESSAGES = {
     error_503: "The service is busy. Try again in {s} seconds.",
     notImage: "This file is not an image. Choose a photo.",
     rank_kingdom: "kingdom", rank_phylum: "phylum", rank_class: "class", rank_order: "order", rank_family: "family", rank_genus: "genus", rank_species: "species", rank_subspecies: "subspecies", rank_group: "product group", rank_material: "material",
+    // Offline use (js/offline.js)
+    offlineReady: "Works without network: model {version} is stored on this phone ({size}).",
+    offlineUpdated: "New model {version} stored on this phone for use without network ({size}).",
+    offlineUsing: "No network: identifying on this phone with model {version}.",
+    offlineNotReady: "No network, and no model is stored on this phone yet: connect once to prepare offline use.",
+    offlineNoRuntime: "This page works online only: the service has no browser runtime for offline identification (make web-runtime).",
+    offlineNoModel: "This page works online only: the active model does not take camera photos.",
+    offlineUnsupported: "This page works online only: it cannot apply this model's decision rules. Reload the page.",
+    offlineSignedIn: "No network: working offline as {name} ({role}).",
+    identifyingOnDevice: "No network: identifying on this phone…",
+    identifyHere: "Identify on this phone instead",
+    deviceNote: "Made on this phone with model {version}, without network. The service has not seen it yet: it is sent when the network returns.",
+    pendingTitle: "Waiting to sync",
+    pendingNone: "Nothing is waiting to sync.",
+    pendingCount: "Made offline, waiting to be sent: {count}.",
+    pendingRefused: "The service refused it: {detail}",
+    pendingOtherOfficer: "Made by {name}: sent when they sign in.",
+    syncNow: "Send now",
+    syncing: "Sending {count} offline case(s)…",
+    synced: "Sent: {count}. The service stored its own answer next to the phone's.",
+    syncWaiting: "Not sent yet: no network. The cases stay on this phone.",
   },
   fr: {
     skip: "Aller au contenu",
@@ -196,6 +219,27 @@ export const MESSAGES = {
     error_503: "Le service est occupé. Réessayez dans {s} secondes.",
     notImage: "Ce fichier n’est pas une image. Choisissez une photo.",
     rank_kingdom: "règne", rank_phylum: "embranchement", rank_class: "classe", rank_order: "ordre", rank_family: "famille", rank_genus: "genre", rank_species: "espèce", rank_subspecies: "sous-espèce", rank_group: "groupe de produits", rank_material: "matériau",
+    // Utilisation hors ligne (js/offline.js)
+    offlineReady: "Fonctionne sans réseau : le modèle {version} est enregistré sur ce téléphone ({size}).",
+    offlineUpdated: "Nouveau modèle {version} enregistré sur ce téléphone pour l’utilisation sans réseau ({size}).",
+    offlineUsing: "Pas de réseau : identification sur ce téléphone avec le modèle {version}.",
+    offlineNotReady: "Pas de réseau, et aucun modèle n’est encore enregistré sur ce téléphone : connectez-vous une fois pour préparer l’utilisation hors ligne.",
+    offlineNoRuntime: "Cette page fonctionne en ligne uniquement : le service n’a pas le moteur du navigateur pour l’identification hors ligne (make web-runtime).",
+    offlineNoModel: "Cette page fonctionne en ligne uniquement : le modèle actif ne traite pas les photos.",
+    offlineUnsupported: "Cette page fonctionne en ligne uniquement : elle ne sait pas appliquer les règles de décision de ce modèle. Rechargez la page.",
+    offlineSignedIn: "Pas de réseau : travail hors ligne en tant que {name} ({role}).",
+    identifyingOnDevice: "Pas de réseau : identification sur ce téléphone…",
+    identifyHere: "Identifier plutôt sur ce téléphone",
+    deviceNote: "Fait sur ce téléphone avec le modèle {version}, sans réseau. Le service ne l’a pas encore vu : il lui est envoyé au retour du réseau.",
+    pendingTitle: "En attente de synchronisation",
+    pendingNone: "Rien n’attend d’être synchronisé.",
+    pendingCount: "Faits hors ligne, en attente d’envoi : {count}.",
+    pendingRefused: "Le service l’a refusé : {detail}",
+    pendingOtherOfficer: "Fait par {name} : envoyé à sa prochaine connexion.",
+    syncNow: "Envoyer maintenant",
+    syncing: "Envoi de {count} cas fait(s) hors ligne…",
+    synced: "Envoyés : {count}. Le service a enregistré sa propre réponse à côté de celle du téléphone.",
+    syncWaiting: "Pas encore envoyés : pas de réseau. Les cas restent sur ce téléphone.",
   },
   es: {
     skip: "Ir al contenido",
@@ -293,5 +337,28 @@ export const MESSAGES = {
     error_503: "El servicio está ocupado. Inténtelo de nuevo en {s} segundos.",
     notImage: "Este archivo no es una imagen. Elija una foto.",
     rank_kingdom: "reino", rank_phylum: "filo", rank_class: "clase", rank_order: "orden", rank_family: "familia", rank_genus: "género", rank_species: "especie", rank_subspecies: "subespecie", rank_group: "grupo de productos", rank_material: "material",
+    // Uso sin conexión (js/offline.js)
+    offlineReady: "Funciona sin red: el modelo {version} está guardado en este teléfono ({size}).",
+    offlineUpdated: "Nuevo modelo {version} guardado en este teléfono para usarlo sin red ({size}).",
+    offlineUsing: "Sin red: identificación en este teléfono con el modelo {version}.",
+    offlineNotReady: "Sin red, y aún no hay ningún modelo guardado en este teléfono: conéctese una vez para preparar el uso sin conexión.",
+    offlineNoRuntime: "Esta página solo funciona en línea: el servicio no tiene el motor del navegador para identificar sin conexión (make web-runtime).",
+    offlineNoModel: "Esta página solo funciona en línea: el modelo activo no procesa fotos.",
+    offlineUnsupported: "Esta página solo funciona en línea: no sabe aplicar las reglas de decisión de este modelo. Recargue la página.",
+    offlineSignedIn: "Sin red: trabajando sin conexión como {name} ({role}).",
+    identifyingOnDevice: "Sin red: identificando en este teléfono…",
+    identifyHere: "Identificar en este teléfono",
+    deviceNote: "Hecho en este teléfono con el modelo {version}, sin red. El servicio aún no lo ha visto: se envía cuando vuelva la red.",
+    pendingTitle: "Pendiente de sincronizar",
+    pendingNone: "Nada pendiente de sincronizar.",
+    pendingCount: "Hechos sin conexión, pendientes de envío: {count}.",
+    pendingRefused: "El servicio lo rechazó: {detail}",
+    pendingOtherOfficer: "Hecho por {name}: se envía cuando inicie sesión.",
+    syncNow: "Enviar ahora",
+    syncing: "Enviando {count} caso(s) hecho(s) sin conexión…",
+    synced: "Enviados: {count}. El servicio guardó su propia respuesta junto a la del teléfono.",
+    syncWaiting: "Aún no enviados: sin red. Los casos se quedan en este teléfono.",
   },
 };
+
+for (const lang of Object.keys(MESSAGES)) Object.assign(MESSAGES[lang], PERMIT_MESSAGES[lang]);

@@ -21,5 +21,8 @@ export const state = {
   active: -1, // index of the highlighted option
   recent: [], // the officer's latest identifications
   taxonCache: new Map(), // taxon id -> GET /v1/taxa/{id}
+  verification: null, // the permit verification shown
   lastError: null, // the error on screen (rewritten on a change of language)
+  offline: null, // the offline package of the model stored on this phone (js/offline.js)
+  offlineSession: false, // signed in from this tab's earlier check, without network
 };

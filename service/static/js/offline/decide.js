@@ -1,0 +1,293 @@
+/* The decision on the phone: an interpreter of the offline package (GET
+   /v1/models/active/offline-package), which carries the bundle's temperature, thresholds,
+   labels, out-of-domain model, the taxonomy's roll-up lineages and appendices by origin, and the
+   guidance texts. The rules are model/decision.py's, named by the package in the order they are
+   tried; a package naming a rule or method this page does not know is refused, never guessed.
+   The browser test replays golden cases made by the Python predictor through this module. */
+
+const REFER = "refer to an expert";
+const f32 = Math.fround;
+
+/** Base64 float32 (little-endian) of the package to a Float32Array with its shape. */
+export function float32Array(entry) {
+  const bytes = Uint8Array.from(atob(entry.data), (c) => c.charCodeAt(0));
+  return { data: new Float32Array(bytes.buffer), shape: entry.shape };
+}
+
+/** Python's "%.2f". */
+const fixed2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : String(x));
+
+// ---------------------------------------------------------------- out of domain
+
+const OOD_METHODS = {
+  /* model/ood.py OodModel.score: max(Mahalanobis distance to the nearest class mean in the
+     whitened PCA space / sqrt(k), residual norm outside the k components / its training mean). */
+  mahalanobis_pca(spec, features) {
+    const center = spec._center || (spec._center = float32Array(spec.center));
+    const basis = spec._basis || (spec._basis = float32Array(spec.basis));
+    const whitening = spec._whitening || (spec._whitening = float32Array(spec.whitening));
+    const centers = spec._centers || (spec._centers = float32Array(spec.class_centers));
+    const [F, k] = basis.shape;
+    if (features.length !== F) throw new Error(`features have ${features.length} values, not ${F}`);
+    let norm = 0;
+    for (let i = 0; i < F; i++) norm += features[i] * features[i];
+    norm = Math.max(Math.sqrt(norm), 1e-12);
+    const x = new Float64Array(F);
+    for (let i = 0; i < F; i++) x[i] = (spec.normalize ? features[i] / norm : features[i]) - center.data[i];
+    const reduced = new Float64Array(k);
+    for (let i = 0; i < F; i++) {
+      const xi = x[i];
+      if (xi === 0) continue;
+      const row = i * k;
+      for (let j = 0; j < k; j++) reduced[j] += xi * basis.data[row + j];
+    }
+    let residual = 0;
+    for (let i = 0; i < F; i++) {
+      let back = 0;
+      const row = i * k;
+      for (let j = 0; j < k; j++) back += reduced[j] * basis.data[row + j];
+      const r = x[i] - back;
+      residual += r * r;
+    }
+    residual = Math.sqrt(residual);
+    const z = new Float64Array(k);
+    for (let i = 0; i < k; i++) {
+      const ri = reduced[i];
+      const row = i * k;
+      for (let j = 0; j < k; j++) z[j] += ri * whitening.data[row + j];
+    }
+    let nearest = Infinity;
+    const classes = centers.shape[0];
+    for (let c = 0; c < classes; c++) {
+      let d = 0;
+      for (let j = 0; j < k; j++) {
+        const diff = z[j] - centers.data[c * k + j];
+        d += diff * diff;
+      }
+      nearest = Math.min(nearest, d);
+    }
+    const mahalanobis = Math.sqrt(Math.max(nearest, 0)) / Math.sqrt(k);
+    return Math.max(mahalanobis, residual / spec.residual_scale);
+  },
+};
+
+/** Whether this page can interpret ``pkg``: every rule and the OOD method must be known. */
+export function unsupportedParts(pkg) {
+  const missing = (pkg.decision_rules || []).filter((rule) => !(rule in RULES));
+  if (pkg.ood && !(pkg.ood.method in OOD_METHODS)) missing.push("ood:" + pkg.ood.method);
+  if (pkg.format !== 1) missing.push("format:" + pkg.format);
+  return missing;
+}
+
+/** The out-of-domain score of pooled features, or null when the bundle has no OOD model. */
+export function oodScore(pkg, features) {
+  if (!pkg.ood) return null;
+  return OOD_METHODS[pkg.ood.method](pkg.ood, features);
+}
+
+/** Calibrated probabilities: softmax(logits / temperature) in float64, stored as float32
+    (model.predictor.softmax). */
+export function softmax(logits, temperature) {
+  const scaled = Array.from(logits, (v) => v / temperature);
+  const peak = Math.max(...scaled);
+  const exp = scaled.map((v) => Math.exp(v - peak));
+  const total = exp.reduce((a, b) => a + b, 0);
+  return exp.map((v) => f32(v / total));
+}
+
+// ---------------------------------------------------------------- taxonomy data
+
+/** Appendix and explanation for a taxon from an origin (null: the strictest, as the service). */
+export function appendixFor(pkg, taxonId, origin) {
+  const taxon = pkg.taxa[taxonId];
+  if (!taxon) return { appendix: null, explanation: "" };
+  const table = taxon.appendix;
+  const position = origin && origin in table.by_country ? table.by_country[origin] : table.default;
+  return table.resolutions[position];
+}
+
+function taxonSummary(pkg, taxonId) {
+  if (!taxonId) return null;
+  const taxon = pkg.taxa[taxonId];
+  if (!taxon) return { id: taxonId, scientific_name: null, rank: null, kind: null };
+  return {
+    id: taxon.id,
+    scientific_name: taxon.scientific_name,
+    rank: taxon.rank,
+    kind: taxon.kind,
+    common_names: { ...taxon.common_names },
+  };
+}
+
+function taxonDecision(pkg, taxonId, probability, rule, origin, labelId) {
+  const taxon = pkg.taxa[taxonId];
+  const { appendix, explanation } = appendixFor(pkg, taxonId, origin);
+  return {
+    kind: "taxon",
+    label_id: labelId,
+    taxon_id: taxonId,
+    probability,
+    rule,
+    reason: `${taxon.scientific_name} (${taxon.rank}) with probability ${fixed2(probability)}; ${explanation}`,
+    appendix,
+    rank: taxon.rank,
+  };
+}
+
+// ---------------------------------------------------------------- the rules, in package order
+
+const RULES = {
+  ood_mahalanobis(ctx) {
+    const { pkg, score, top, topP } = ctx;
+    const threshold = pkg.ood ? pkg.ood.threshold : null;
+    if (score === null || threshold === null || !(score > threshold)) return null;
+    return {
+      kind: "outside_training_domain",
+      label_id: null,
+      taxon_id: null,
+      probability: topP,
+      rule: "ood_mahalanobis",
+      reason:
+        `the image is unlike the images this model was trained on (score ${fixed2(score)} > `
+        + `${fixed2(threshold)}); its suggestion is not reliable: ${REFER}`,
+      appendix: null,
+      rank: null,
+      _top: top,
+    };
+  },
+  label_threshold({ pkg, top, topP, origin }) {
+    if (top.kind !== "cites" || topP < pkg.thresholds.taxon) return null;
+    return taxonDecision(pkg, top.taxon_id, topP, "label_threshold", origin, top.id);
+  },
+  lookalike_threshold({ pkg, top, topP }) {
+    if (top.kind === "cites" || topP < pkg.thresholds.lookalike) return null;
+    return {
+      kind: "lookalike",
+      label_id: top.id,
+      taxon_id: top.taxon_id || null,
+      probability: topP,
+      rule: "lookalike_threshold",
+      reason: `probably not CITES material: ${top.name}`,
+      appendix: null,
+      rank: null,
+    };
+  },
+  rollup({ pkg, probs, origin }) {
+    const sums = new Map();
+    for (const label of pkg.labels) {
+      const lineage = pkg.rollup.lineages[label.id];
+      if (label.kind !== "cites" || !lineage) continue;
+      for (const taxonId of lineage) sums.set(taxonId, (sums.get(taxonId) || 0) + probs[label.index]);
+    }
+    const order = [...pkg.rollup.ranks, pkg.rollup.limit];
+    let best = null;
+    for (const [taxonId, total] of sums) {
+      if (total < pkg.thresholds.taxon) continue;
+      const rank = pkg.taxa[taxonId].rank;
+      const position = order.indexOf(rank);
+      if (position < 0 || rank === pkg.rollup.limit) continue;
+      const key = [position, -total, taxonId];
+      if (best === null || key[0] < best[0] || (key[0] === best[0]
+        && (key[1] < best[1] || (key[1] === best[1] && key[2] < best[2])))) best = key;
+    }
+    if (best === null) return null;
+    const chosen = best[2];
+    return taxonDecision(pkg, chosen, sums.get(chosen), "rollup:" + pkg.taxa[chosen].rank, origin, null);
+  },
+  below_thresholds({ top, topP }) {
+    return {
+      kind: "uncertain",
+      label_id: null,
+      taxon_id: null,
+      probability: topP,
+      rule: "below_thresholds",
+      reason: `no label or taxon reaches the thresholds (most likely: ${top.name}, ${fixed2(topP)}); ${REFER}`,
+      appendix: null,
+      rank: null,
+    };
+  },
+};
+
+/** model.decision.decide: the first rule of the package's list that applies. */
+export function decide(pkg, probs, origin, score) {
+  let topIndex = 0;
+  for (let i = 1; i < probs.length; i++) if (probs[i] > probs[topIndex]) topIndex = i;
+  const top = pkg.labels[topIndex];
+  const ctx = { pkg, probs, origin, score, top, topP: probs[topIndex] };
+  for (const name of pkg.decision_rules) {
+    const rule = RULES[name];
+    if (!rule) throw new Error(`decision rule ${name} is unknown to this page`);
+    const decision = rule(ctx);
+    if (decision) {
+      delete decision._top;
+      return decision;
+    }
+  }
+  throw new Error("no decision rule applied");
+}
+
+// ---------------------------------------------------------------- the answer, as the API shapes it
+
+/** service.guidance.GuidanceBook.lookup on the package's texts. */
+export function guidanceFor(pkg, kind, appendix, language) {
+  const book = pkg.guidance;
+  const lang = ["en", "fr", "es"].includes(language) ? language : "en";
+  const known = kind in book ? kind : "uncertain";
+  const byAppendix = book[known];
+  const entry = (byAppendix[appendix || "none"] || byAppendix.none)[lang];
+  return { language: lang, title: entry.title, text: entry.text };
+}
+
+const round6 = (x) => Math.round(x * 1e6) / 1e6;
+
+/** The probabilities, OOD score and decision for one image, shaped like the service's
+    identification (service/render.py), so that the page shows both the same way. */
+export function identification(pkg, logits, features, { origin = null, topK = 5, language = "en" } = {}) {
+  const probs = softmax(logits, pkg.temperature);
+  const score = features ? oodScore(pkg, features) : null;
+  const d = decide(pkg, probs, origin, score);
+  const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, topK);
+  const labelsById = Object.fromEntries(pkg.labels.map((l) => [l.id, l]));
+  const top = order.map(([p, i], position) => {
+    const label = pkg.labels[i];
+    const listed = label.kind === "cites" && label.taxon_id
+      ? appendixFor(pkg, label.taxon_id, origin).appendix : null;
+    return {
+      rank: position + 1,
+      label: label.id,
+      label_name: label.name,
+      kind: label.kind,
+      probability: round6(p),
+      taxon: localise(taxonSummary(pkg, label.taxon_id), language),
+      appendix: listed,
+    };
+  });
+  const deciding = d.label_id ? labelsById[d.label_id] : null;
+  return {
+    model_version: pkg.version,
+    modality: pkg.modality,
+    origin_country: origin,
+    top_k: top,
+    ood_score: score === null ? null : Math.round(score * 1e4) / 1e4,
+    decision: {
+      kind: d.kind,
+      rule: d.rule,
+      label: d.label_id,
+      label_name: deciding ? deciding.name : null,
+      taxon: localise(taxonSummary(pkg, d.taxon_id), language),
+      rank: d.rank,
+      appendix: d.appendix,
+      probability: round6(d.probability),
+      explanation: d.reason,
+      refer_to_expert: d.kind === "uncertain" || d.kind === "outside_training_domain",
+    },
+    guidance: guidanceFor(pkg, d.kind, d.appendix, language),
+  };
+}
+
+function localise(taxon, language) {
+  if (taxon && taxon.common_names) {
+    taxon.common_name = taxon.common_names[language] || taxon.common_names.en;
+  }
+  return taxon;
+}

@@ -1,0 +1,378 @@
+"""Offline use of the officers' page in Chromium (phone size) against a real service: the same
+pixels as the core's preprocessing, the same decisions as the Python predictor, and the whole
+offline flow (identify without network, reload offline, sync when the network returns).
+
+Screenshots go to ``docs/screenshots/`` only with ``CITES_WRITE_SCREENSHOTS=1`` (``make
+screenshots``); a normal run never changes tracked files.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.predictor import Predictor
+from model.preprocess import PreprocessConfig, preprocess_bytes
+from service.offline import web_runtime
+from tests.browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PHONE,
+    SCREENSHOTS,
+    default_bundle,
+    require_browser,
+)
+from tests.service_helpers import ServiceHandle, running_service
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page, Route
+
+logger = logging.getLogger(__name__)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+JPEG_MEAN_TOLERANCE = 0.02
+"""Mean absolute difference allowed between the browser's and Pillow's model input for a JPEG
+(normalised units, range [-1, 1]; 0.02 is 2.5 levels of 8 bits): the browser decodes JPEGs with
+its own libjpeg-turbo settings and cannot decode at reduced scale as Pillow's draft mode does.
+For PNG input (no lossy decoding) resize, crop and normalisation are Pillow's to the bit in each
+pass, but Pillow 13 does not always run its two passes in the same order (horizontal first or
+vertical first; each pass rounds to 8 bits), so a pixel may differ by one 8-bit level (2/255 in
+normalised units): PNG_MAX_TOLERANCE, with PNG_MEAN_TOLERANCE on average."""
+PNG_MAX_TOLERANCE = 2.0 / 255.0 + 1e-6
+PNG_MEAN_TOLERANCE = 0.003
+
+
+def _require_runtime() -> None:
+    require_browser()
+    if not web_runtime().available:
+        message = "ONNX Runtime Web is not installed: run `make web-runtime` (npm ci)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def bundle(request: pytest.FixtureRequest) -> Path:
+    """The default bundle when trained, else the tiny test bundle with an OOD model."""
+    return default_bundle() or Path(request.getfixturevalue("tiny_bundle_ood"))
+
+
+@pytest.fixture(scope="module")
+def service(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHandle]:
+    """The real service on a free loopback port."""
+    _require_runtime()
+    with running_service(bundle, tmp_path_factory.mktemp("offline-data")) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def officer_key(service: ServiceHandle) -> str:
+    """An officer's API key."""
+    return service.make_key_direct("officer", "Officer Okafor")
+
+
+@pytest.fixture()
+def browser_context(service: ServiceHandle) -> Iterator[BrowserContext]:
+    """A fresh phone-sized browser context. Afterwards, fails the test on any script error and
+    on any request that left the service."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    urls: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport=PHONE, device_scale_factor=1, is_mobile=True, has_touch=True, locale="en-GB"
+        )
+        context.set_default_timeout(60_000)
+        context.on("page", lambda p: p.on("pageerror", lambda exc: errors.append(str(exc))))
+        context.on("request", lambda request: urls.append(request.url))
+        yield context
+        browser.close()
+    assert not errors, f"script errors on the page: {errors}"
+    elsewhere = [u for u in urls if not u.startswith((service.url + "/", "blob:", "data:"))]
+    assert not elsewhere, f"the page fetched from outside the service: {elsewhere}"
+
+
+def _shoot(page: Page, name: str) -> None:
+    """A documentation screenshot, only when asked for (``make screenshots``)."""
+    if os.environ.get("CITES_WRITE_SCREENSHOTS") != "1":
+        return
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False, animations="disabled")
+
+
+def _sign_in(page: Page, service: ServiceHandle, key: str) -> None:
+    page.goto(service.url + "/")
+    page.fill("#apikey", key)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+_PREPROCESS_JS = """
+async ({ data, mime, config }) => {
+  const { preprocessBlob } = await import("/static/js/offline/preprocess.js");
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  const { input } = await preprocessBlob(new Blob([bytes], { type: mime }), config);
+  return Array.from(input);
+}
+"""
+
+
+def _test_images(shared_data: Path | None) -> list[tuple[str, bytes, str]]:
+    """(name, bytes, mime): synthetic PNGs of awkward sizes and, when present, real JPEGs."""
+    rng = np.random.default_rng(7)
+    cases: list[tuple[str, bytes, str]] = []
+    for width, height in ((640, 480), (301, 777), (224, 224), (1000, 257)):
+        noise = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        gradient = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+        pixels = np.clip(noise * 0.5 + gradient * 0.5, 0, 255).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="PNG")
+        cases.append((f"png-{width}x{height}", out.getvalue(), "image/png"))
+    if shared_data is not None:
+        for path in sorted((shared_data / "met-ivory" / "ivory").glob("*.jpg"))[:3]:
+            cases.append((f"jpeg-{path.name}", path.read_bytes(), "image/jpeg"))
+    return cases
+
+
+def test_browser_preprocessing_reproduces_the_core(
+    browser_context: BrowserContext,
+    service: ServiceHandle,
+    bundle: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Test vectors written by model/preprocess.py: exact for PNG, within the stated tolerance
+    for JPEG (browser decoding)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    config = PreprocessConfig.from_dict(manifest["preprocess"])
+    try:
+        shared: Path | None = Path(request.getfixturevalue("shared_data"))
+    except pytest.skip.Exception:
+        shared = None
+    page = browser_context.new_page()
+    page.goto(service.url + "/")
+    report: list[str] = []
+    for name, data, mime in _test_images(shared):
+        expected = preprocess_bytes(data, config).ravel()
+        got = np.asarray(
+            page.evaluate(
+                _PREPROCESS_JS, {"data": _b64(data), "mime": mime, "config": config.to_dict()}
+            ),
+            dtype=np.float32,
+        )
+        assert got.shape == expected.shape, name
+        diff = np.abs(got - expected)
+        report.append(f"{name}: mean {diff.mean():.5f}, max {diff.max():.4f}")
+        if mime == "image/png":
+            assert diff.max() <= PNG_MAX_TOLERANCE, f"{name}: {report[-1]}"
+            assert diff.mean() < PNG_MEAN_TOLERANCE, f"{name}: {report[-1]}"
+        else:
+            assert diff.mean() < JPEG_MEAN_TOLERANCE, f"{name}: {report[-1]}"
+    logger.info("browser vs core preprocessing: %s", "; ".join(report))
+
+
+_DECIDE_JS = """
+async ({ cases, language }) => {
+  const { identification } = await import("/static/js/offline/decide.js");
+  const pkg = await (await fetch("/v1/models/active/offline-package", {
+    headers: { Authorization: "Bearer " + sessionStorage.getItem("citesVision.apiKey") },
+  })).json();
+  return cases.map((c) => identification(pkg, c.logits, Float32Array.from(c.features),
+    { origin: c.origin, language }));
+}
+"""
+
+
+def _golden_cases(predictor: Predictor) -> list[dict[str, Any]]:
+    """Network outputs that exercise every rule: the outputs of real-looking inputs, confident
+    logits for each label, flat logits, split mass between labels, and far-away features;
+    each with no origin and with origins of split listings."""
+    rng = np.random.default_rng(11)
+    labels = predictor.labels
+    size = predictor.preprocess.input_size
+    inputs = rng.normal(0, 0.6, size=(3, 3, size, size)).astype(np.float32)
+    logits, features = predictor._run(inputs, ("logits", "features"))
+    rows: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = list(
+        zip(logits, features, strict=True)
+    )
+    base = features[0]
+    for index in range(len(labels)):
+        for margin in (1.0, 3.0, 8.0):
+            row = np.zeros(len(labels), dtype=np.float32)
+            row[index] = margin
+            rows.append((row, base))
+    for a in range(len(labels)):
+        for b in range(a + 1, len(labels)):
+            row = np.full(len(labels), -2.0, dtype=np.float32)
+            row[a] = row[b] = 2.0
+            rows.append((row, base))
+    rows.append((np.zeros(len(labels), dtype=np.float32), base))
+    rows.append((rng.normal(0, 2, len(labels)).astype(np.float32), base * 25.0 + 3.0))
+    rows.append((rng.normal(0, 2, len(labels)).astype(np.float32), rng.random(base.shape[0]) * 4))
+    for spike in (0, base.shape[0] // 2, base.shape[0] - 1):  # unlike anything trained on
+        far = np.zeros_like(base)
+        far[spike] = 10.0
+        rows.append((rng.normal(0, 2, len(labels)).astype(np.float32), far))
+    rows.append((rng.normal(0, 2, len(labels)).astype(np.float32), -base))
+    cases = []
+    for origin in (None, "KE", "ZA", "BR", "FR"):
+        for row_logits, row_features in rows:
+            cases.append(
+                {
+                    "logits": [float(v) for v in row_logits],
+                    "features": [float(v) for v in row_features],
+                    "origin": origin,
+                }
+            )
+    return cases
+
+
+def test_golden_decisions_match_the_python_predictor(
+    browser_context: BrowserContext, service: ServiceHandle, officer_key: str, bundle: Path
+) -> None:
+    """The page's interpreter of the offline package decides exactly as model/decision.py."""
+    predictor = Predictor(bundle, threads=1)
+    cases = _golden_cases(predictor)
+    page = browser_context.new_page()
+    _sign_in(page, service, officer_key)
+    got = page.evaluate(_DECIDE_JS, {"cases": cases, "language": "en"})
+    kinds: set[str] = set()
+    rules: set[str] = set()
+    for case, browser in zip(cases, got, strict=True):
+        [python] = predictor.predict_outputs(
+            np.asarray([case["logits"]]),
+            np.asarray([case["features"]]),
+            countries=[case["origin"]],
+        )
+        d = python.decision
+        b = browser["decision"]
+        where = f"case {case['logits'][:3]}... origin {case['origin']}"
+        assert b["kind"] == d.kind, where
+        assert b["rule"] == d.rule, where
+        assert b["label"] == d.label_id, where
+        assert (b["taxon"] or {}).get("id") == d.taxon_id, where
+        assert b["appendix"] == d.appendix, where
+        assert b["rank"] == d.rank, where
+        assert b["probability"] == pytest.approx(d.probability, abs=2e-6), where
+        assert b["explanation"] == d.reason, where
+        assert [c["label"] for c in browser["top_k"]] == [s.label.id for s in python.top], where
+        if python.ood_score is not None:
+            assert browser["ood_score"] == pytest.approx(python.ood_score, rel=1e-3, abs=1e-3)
+        kinds.add(d.kind)
+        rules.add(d.rule.split(":")[0])
+    logger.info("golden cases: %d, kinds %s, rules %s", len(cases), sorted(kinds), sorted(rules))
+    assert {"taxon", "lookalike", "uncertain"} <= kinds
+    if predictor.bundle.ood is not None:
+        assert "outside_training_domain" in kinds
+
+
+def _photo(bundle: Path, request: pytest.FixtureRequest) -> tuple[str, bytes]:
+    """A real ivory photo when ../shared/data is here, else a plain red JPEG."""
+    try:
+        shared = Path(request.getfixturevalue("shared_data"))
+        path = sorted((shared / "met-ivory" / "ivory").glob("*.jpg"))[0]
+        return path.name, path.read_bytes()
+    except pytest.skip.Exception:
+        out = io.BytesIO()
+        Image.new("RGB", (640, 480), (220, 30, 30)).save(out, format="JPEG", quality=90)
+        return "red.jpg", out.getvalue()
+
+
+def test_offline_identification_and_sync(
+    browser_context: BrowserContext,
+    service: ServiceHandle,
+    officer_key: str,
+    bundle: Path,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """Load, go offline, identify on the phone, match the server, reload offline, sync."""
+    from playwright.sync_api import expect
+
+    name, data = _photo(bundle, request)
+    photo = tmp_path / name
+    photo.write_bytes(data)
+    page = browser_context.new_page()
+
+    # 1. Online start: the page stores the active model for offline use.
+    _sign_in(page, service, officer_key)
+    version = json.loads((bundle / "manifest.json").read_text())["version"]
+    expect(page.locator("#offline-status")).to_contain_text(f"model {version} is stored")
+    page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller")
+
+    # 2. No network: identify on the phone.
+    browser_context.set_offline(True)
+    page.set_input_files("#file", str(photo))
+    started = time.perf_counter()
+    page.click("#identify-btn")
+    expect(page.locator("#device-note")).to_be_visible(timeout=120_000)
+    first_answer_s = time.perf_counter() - started
+    expect(page.locator("#device-note")).to_contain_text(f"model {version}")
+    expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
+    expect(page.locator("#feedback")).to_be_hidden()
+    shown_id = page.evaluate("document.getElementById('result').dataset.id")
+    assert shown_id.startswith("device:")
+    device_decision = page.locator("#decision").inner_text()
+    _shoot(page, "11-offline-answer")
+    logger.info("time to the first offline answer: %.2f s", first_answer_s)
+
+    # 3. Reload without network: the page, the session and the waiting case are still there.
+    page.reload()
+    expect(page.locator("#whoami")).to_contain_text("working offline as Officer Okafor")
+    expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
+    expect(page.locator("#offline-status")).to_contain_text(f"with model {version}")
+    _shoot(page, "12-waiting-to-sync")
+
+    # 4. The network returns: the case is sent, and the service lists it with both answers.
+    browser_context.set_offline(False)
+    page.evaluate("window.dispatchEvent(new Event('online'))")
+    expect(page.locator("#pending-status")).to_contain_text("Sent: 1", timeout=60_000)
+    expect(page.locator("#pending-count")).to_contain_text("Nothing is waiting")
+    _shoot(page, "13-synced")
+    with service.client(officer_key) as client:
+        items = client.get("/v1/identifications", params={"mine": "true"}).json()["items"]
+        synced = [i for i in items if i.get("device")]
+        assert len(synced) == 1
+        stored = synced[0]
+        assert stored["device"]["model_version"] == version
+        assert stored["device"]["made_on_device"] is True
+        # The phone's answer equals the service's own answer for the same photo.
+        assert stored["device"]["agrees_with_service"] is True, stored
+        assert stored["device"]["decision"]["kind"] == stored["decision"]["kind"]
+        assert device_decision.strip() != ""
+        assert stored["device"]["decision"]["probability"] == pytest.approx(
+            stored["decision"]["probability"], abs=0.05
+        )
+
+    # 5. Online, but the upload and its retry fail on the network: the page offers to identify
+    #    on the phone instead, and does.
+    def down(route: Route) -> None:
+        if route.request.method == "POST":
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/v1/identifications", down)
+    page.set_input_files("#file", str(photo))
+    page.click("#identify-btn")
+    expect(page.locator("#error")).to_contain_text("the network failed", timeout=30_000)
+    expect(page.locator("#identify-here")).to_be_visible()
+    page.click("#identify-here")
+    expect(page.locator("#device-note")).to_be_visible(timeout=60_000)
+    expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
