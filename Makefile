@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test lint typecheck pytest system-deps web-runtime screenshots bench default-bundle clean
+.PHONY: run test lint typecheck pytest system-deps web-runtime screenshots bench default-bundle xray-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ test: lint typecheck pytest
 # Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
 default-bundle: $(VENV)/.all-installed
 	BIN=$(BIN) training/build_default.sh
+
+# Rebuild weights/xray: synthetic composites, training, screening figures (docs/xray.md).
+xray-bundle: $(VENV)/.all-installed
+	BIN=$(BIN) training/build_xray.sh
 
 # The benchmark-only packages (LitServe, py-spy, psutil) go into the same .venv.
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.all-installed
