@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test lint typecheck pytest system-deps web-runtime screenshots bench default-bundle xray-bundle clean
+.PHONY: run test test-fast lint typecheck pytest system-deps web-runtime screenshots bench default-bundle xray-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,8 @@ run: $(VENV)/.serve-installed
 	$(BIN)/cites-vision serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 # Debian packages the tests drive for real: Chromium for the browser tests, PostgreSQL for the
-# storage tests. Best effort: the tests that need them skip, naming what is missing.
+# storage tests. Installed once: the script returns at once when both are present. Best effort:
+# the tests that need them skip, naming what is missing (in CI, CI=true, they fail instead).
 system-deps:
 	@bash .ci/system-deps.sh
 
@@ -57,6 +58,13 @@ pytest: $(VENV)/.all-installed system-deps web-runtime
 	$(BIN)/pytest -q -rs
 
 test: lint typecheck pytest
+
+# The edit-test loop (under a minute): lint, then the tests that need no browser, no PostgreSQL,
+# no torch and no service process, and are not slow. `make test` runs everything.
+FAST_MARKERS := not slow and not browser and not postgres and not train and not live
+test-fast: $(VENV)/.all-installed
+	$(BIN)/ruff check model service training tests bench
+	$(BIN)/pytest -q -x -m "$(FAST_MARKERS)" -p no:cacheprovider
 
 # Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
 default-bundle: $(VENV)/.all-installed

@@ -29,9 +29,10 @@ from bench.service_load import SINGLE_PATH, active_model, measured_load, our_ser
 
 logger = logging.getLogger(__name__)
 
-SERVERS = ("cites_vision", "litserve", "plain_pytorch", "litserve_int8")
-"""The last is not a goal's baseline: LitServe on the bundle's INT8 file shows how much of the
-difference is the model file and how much the server."""
+SERVERS = ("cites_vision", "litserve", "plain_pytorch", "litserve_int8", "litserve_service_api")
+"""``litserve_int8`` serves the same INT8 file as our service (issue 12's baseline);
+``litserve_service_api`` runs our own inference stage (:class:`service.inference.PredictorAPI`)
+under LitServe, for reference: it stores and records nothing."""
 
 
 def _start_all(
@@ -60,6 +61,23 @@ def _start_all(
             running_server(name, argv, port=port, ready_path="/health", log_dir=log_dir)
         )
         servers[name] = (lit, lit.base_url + "/predict")
+    port = free_port()
+    stage = stack.enter_context(
+        running_server(
+            "litserve_service_api",
+            python_argv(
+                "bench.servers.litserve_service_api",
+                "--bundle",
+                str(bundle_dir),
+                "--port",
+                str(port),
+            ),
+            port=port,
+            ready_path="/health",
+            log_dir=log_dir,
+        )
+    )
+    servers["litserve_service_api"] = (stage, stage.base_url + "/predict")
     port = free_port()
     plain = stack.enter_context(
         running_server(

@@ -3,8 +3,9 @@
 :mod:`model.permits` produces findings as a code plus language-independent parameters (so a
 stored verification can be read back in any language); :func:`render` turns one into a sentence.
 Parameters whose name ends in ``appendix`` hold an appendix value (``I``, ``II``, ``III``,
-``not_listed``) and are written out in the reader's language; ``probability`` is a fraction
-written with two decimals, rounded down (0.999 is 0.99, never 1.00).
+``not_listed``) and are written out in the reader's language; ``suggested_common`` (names by
+language) replaces ``suggested_name`` for product groups and materials, which have no scientific
+name; ``probability`` is a fraction written with two decimals, rounded down (0.999 is 0.99).
 """
 
 from __future__ import annotations
@@ -134,14 +135,14 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "image_matches_higher": {
         "en": "declared {declared_name}, {declared_appendix}; the image suggests "
-        "{suggested_name} ({probability}), a higher taxon that contains it: the image cannot "
-        "confirm the species{also_includes}",
+        "{suggested_name} ({probability}), a higher taxon or product group that includes it: "
+        "the image cannot confirm the species{also_includes}",
         "fr": "déclaré {declared_name}, {declared_appendix} ; l'image suggère "
-        "{suggested_name} ({probability}), un taxon supérieur qui le contient : l'image ne "
-        "peut pas confirmer l'espèce{also_includes}",
+        "{suggested_name} ({probability}), un taxon supérieur ou un groupe de produits qui "
+        "l'inclut : l'image ne peut pas confirmer l'espèce{also_includes}",
         "es": "declarado {declared_name}, {declared_appendix}; la imagen sugiere "
-        "{suggested_name} ({probability}), un taxón superior que lo contiene: la imagen no "
-        "puede confirmar la especie{also_includes}",
+        "{suggested_name} ({probability}), un taxón superior o grupo de productos que lo "
+        "incluye: la imagen no puede confirmar la especie{also_includes}",
     },
     "image_differs": {
         "en": "declared {declared_name}, {declared_appendix}; the image suggests "
@@ -231,6 +232,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "fr": "unit : indiquez l'unité de la quantité (p. ex. KIL, PCS, MTQ)",
         "es": "unit: indique la unidad de la cantidad (p. ej. KIL, PCS, MTQ)",
     },
+    "image_number": {
+        "en": "image {n}: {reason}",
+        "fr": "image {n} : {reason}",
+        "es": "imagen {n}: {reason}",
+    },
     "invalid_permit": {
         "en": "The declared permit data are not valid: {details}",
         "fr": "Les données déclarées du permis ne sont pas valides : {details}",
@@ -239,6 +245,11 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 TITLES: dict[str, dict[str, str]] = {
+    "image_number": {
+        "en": "image {n}: {reason}",
+        "fr": "image {n} : {reason}",
+        "es": "imagen {n}: {reason}",
+    },
     "invalid_permit": {
         "en": "Invalid permit data",
         "fr": "Données de permis non valides",
@@ -264,8 +275,11 @@ def render(code: str, params: Mapping[str, object], language: str) -> str:
     texts = TEXTS[code]
     template = texts.get(language) or texts["en"]
     values: dict[str, object] = {}
+    common = params.get("suggested_common")
     for key, value in params.items():
-        if key.endswith("appendix"):
+        if key == "suggested_name" and isinstance(common, Mapping) and common.get(language):
+            values[key] = common[language]  # a product group or material: its name, translated
+        elif key.endswith("appendix"):
             values[key] = appendix_words(value if isinstance(value, str) else None, language)
         elif key == "probability" and isinstance(value, float | int):
             values[key] = f"{math.floor(float(value) * 100) / 100:.2f}"  # never rounds up to 1

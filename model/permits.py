@@ -423,19 +423,23 @@ def compare_image(
     params["suggested_name"] = suggested.scientific_name
     params["suggested_appendix"] = suggestion.appendix.value
     params["suggested_taxon_id"] = suggested.id
+    if suggested.kind != "taxon":  # a product group or material: named in the reader's language
+        params["suggested_common"] = dict(suggested.common_names)
     if evidence.kind == "lookalike" or suggested.kind == "lookalike":
         return Finding("image", "inconsistent", "image_lookalike", params)
     if declared is None:
         return Finding("image", "inconclusive", "image_unknown_declared", params)
-    floor = max(Appendix(permit.appendix), suggestion.appendix, key=lambda a: a.strictness)
-    includes = _stricter_inside(taxonomy, suggested, origin, floor)
     relation = _relation(taxonomy, declared, suggested)
     if relation == "same_or_below":
         return Finding("image", "consistent", "image_matches", params)
-    if relation == "above":
+    if relation == "above":  # name what else it holds that is stricter than declared
+        stricter = _stricter_inside(taxonomy, suggested, origin, Appendix(permit.appendix))
         return Finding(
-            "image", "consistent", "image_matches_higher", {**params, "also_includes": includes}
+            "image", "consistent", "image_matches_higher", {**params, "also_includes": stricter}
         )
+    # the reason already gives the suggested taxon's appendix: name only what is stricter still
+    floor = max(Appendix(permit.appendix), suggestion.appendix, key=lambda a: a.strictness)
+    includes = _stricter_inside(taxonomy, suggested, origin, floor)
     return Finding("image", "inconsistent", "image_differs", {**params, "includes": includes})
 
 

@@ -145,6 +145,7 @@ class Export:
     path: Path
     kind: str  # csv, taxon_concepts, cites_legislation
     taxa: tuple[ImportedTaxon, ...]
+    partial: str = ""  # why the file is known to hold only part of its answer (API pages)
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -324,7 +325,12 @@ def _read_json(path: Path, data: Any, names: CountryNames, taxon_name: str | Non
         taxa = [
             _concept(path, i, concept, names) for i, concept in enumerate(data["taxon_concepts"])
         ]
-        return Export(path, "taxon_concepts", tuple(t for t in taxa if t is not None))
+        return Export(
+            path,
+            "taxon_concepts",
+            tuple(t for t in taxa if t is not None),
+            _partial(data.get("pagination"), len(data["taxon_concepts"])),
+        )
     if isinstance(data, Mapping) and isinstance(data.get("cites_listings"), list):
         if not taxon_name:
             raise ImportFormatError(
@@ -352,6 +358,16 @@ def _read_json(path: Path, data: Any, names: CountryNames, taxon_name: str | Non
     raise ImportFormatError(
         f"{path}: JSON without 'taxon_concepts' or 'cites_listings': not a Species+ API answer"
     )
+
+
+def _partial(pagination: Any, received: int) -> str:
+    """Why a taxon_concepts answer is one page of several ("" when it is complete)."""
+    if not isinstance(pagination, Mapping):
+        return ""
+    total = pagination.get("total_entries")
+    if isinstance(total, int) and total > received:
+        return f"this file is one page ({received} of {total} taxon concepts)"
+    return ""
 
 
 def _concept(path: Path, index: int, concept: Any, names: CountryNames) -> ImportedTaxon | None:
@@ -488,12 +504,7 @@ def diff_taxonomy(export: Export, taxonomy: Taxonomy) -> TaxonomyDiff:
     skipped: list[str] = []
     unchanged = 0
     matched: set[str] = set()
-    families: set[str] = set()
     for imported in export.taxa:
-        if imported.higher.get("family"):
-            families.add(normalize_name(imported.higher["family"]))
-        if imported.rank == "family":
-            families.add(normalize_name(imported.name))
         ours = find_by_scientific_name(taxonomy, imported.name)
         if ours is None:
             plan = _added(imported, taxonomy, export, changes, skipped)
@@ -507,14 +518,17 @@ def diff_taxonomy(export: Export, taxonomy: Taxonomy) -> TaxonomyDiff:
             plans[ours.id] = plan
         if len(changes) == before:
             unchanged += 1
-    if export.kind != "cites_legislation":
+    if export.partial:
+        skipped.append(f"removed taxa are not looked for: {export.partial}")
+    elif export.kind != "cites_legislation":
         for taxon in taxonomy:
             if taxon.id in matched or taxon.kind != "taxon" or taxon.appendix is None:
                 continue
             if taxon.appendix is Appendix.NOT_LISTED and not taxon.populations:
                 continue
-            lineage = {normalize_name(t.scientific_name) for t in taxonomy.lineage(taxon.id)}
-            if lineage & families:
+            # removed only when the export holds a higher taxon of it as a row of its own,
+            # i.e. it lists that taxon with its descendants, and this one is not among them
+            if set(t.id for t in taxonomy.ancestors(taxon.id)) & matched:
                 changes.append(
                     Change(
                         "removed",

@@ -20,6 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.compose import StartupError, build_context
+from service.context import AppContext
+from service.keys import Principal, verify_key
 from service.limits import MULTIPART_OVERHEAD, BodyLimitMiddleware
 from service.metrics import ServiceMetrics
 from service.problems import (
@@ -36,6 +38,13 @@ from service.routes import (
     ops,
     taxa,
     verifications,
+)
+from service.security import (
+    AuthGate,
+    FailedKeyThrottle,
+    RejectControlCharacters,
+    SecurityHeaders,
+    install_log_escaping,
 )
 from service.settings import Settings, load_settings
 
@@ -82,6 +91,10 @@ class MetricsMiddleware:
             )
 
 
+JSON_BODY_LIMIT = 64 * 1024
+"""Bodies of every route that takes no image (feedback, activation...): JSON of a few KiB."""
+
+
 def _body_limits(settings: Settings) -> tuple[Any, Any]:
     single = settings.max_upload_bytes + MULTIPART_OVERHEAD
     batch = settings.max_upload_bytes * settings.max_batch_images + MULTIPART_OVERHEAD
@@ -89,9 +102,9 @@ def _body_limits(settings: Settings) -> tuple[Any, Any]:
     def limit_for(path: str) -> int | None:
         if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return batch
-        if path.startswith("/v1/"):
+        if path.rstrip("/") == "/v1/identifications":
             return single
-        return 1024 * 1024
+        return JSON_BODY_LIMIT
 
     def problem_for(path: str, limit: int) -> ProblemError:
         if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
@@ -164,11 +177,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         problem_for=problem_for,
         on_reject=lambda: metrics.rejected.labels(reason="body_too_large").inc(),
     )
+    _add_auth_gate(app, settings, metrics)
+    app.add_middleware(RejectControlCharacters)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    install_log_escaping()
     _mount_static(app, settings.static_dir or STATIC_DIR)
     app.state.metrics = metrics
     app.state.settings = settings
     return app
+
+
+def _add_auth_gate(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
+    """Keys are checked from the headers before the body limit and the body (service.security)."""
+
+    def verify(_scope: Scope, key: str) -> Principal | None:
+        context: AppContext = app.state.context
+        with context.sessions() as session:
+            principal = verify_key(session, key)
+        if principal is not None:
+            context.note_key_use(principal)
+        return principal
+
+    app.add_middleware(
+        AuthGate,
+        verify=verify,
+        throttle=FailedKeyThrottle(settings.auth_failure_burst, settings.auth_failures_per_minute),
+        allow_anonymous=lambda _scope: settings.allow_anonymous,
+        on_failure=lambda reason: metrics.auth_failures.labels(reason=reason).inc(),
+    )
 
 
 def _mount_static(app: FastAPI, folder: Path) -> None:

@@ -78,15 +78,23 @@ def resolve_bundle(flag: Path | None) -> Path:
 
 
 def _open_db(settings: Settings) -> Session:
-    from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
+    from service.database import (
+        make_engine,
+        make_sessionmaker,
+        migrate,
+        private_sqlite_files,
+        sqlite_dir,
+    )
 
+    os.umask(0o077)  # a data folder and database this command creates are private
     url = settings.resolved_database_url
     folder = sqlite_dir(url)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         engine = make_engine(url)
         migrate(engine)
+        private_sqlite_files(url)
     except Exception as exc:  # driver errors vary: report any of them as a user error
         raise CommandError(f"cannot open the database {engine_url(url)}: {exc}") from None
     return make_sessionmaker(engine)()
@@ -127,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     # imported; an explicit setting in the environment wins.
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
+    os.umask(0o077)  # every file the service creates (data, images, exports) is private
     import uvicorn
 
     from model.bundle import BundleError, load_bundle
@@ -166,6 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             timeout_graceful_shutdown=10,
             proxy_headers=False,
+            **settings.http_limits().uvicorn_options(),
         )
     except StartupError as exc:
         raise CommandError(str(exc)) from None

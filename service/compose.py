@@ -18,7 +18,6 @@ reference points to something built before it, so there are no cycles and no lat
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,12 +25,19 @@ from model.predictor import Predictor
 from model.taxonomy import default_taxonomy
 from service.admission import Admission, AdmissionLimits
 from service.context import AppContext
-from service.database import make_engine, make_sessionmaker, migrate, sqlite_dir
+from service.database import (
+    make_engine,
+    make_sessionmaker,
+    migrate,
+    private_sqlite_files,
+    sqlite_dir,
+)
 from service.decode import DecodeLimits, DecodeStage
+from service.decodeworkers import DecodeWorkers
 from service.guidance import GuidanceBook
 from service.heatmaps import HeatmapRenderer
 from service.identify import IdentificationPipeline
-from service.imagestore import ImageStore
+from service.imagestore import ImageStore, private_dir
 from service.inference import InferenceStage, PredictorAPI
 from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
@@ -120,12 +126,14 @@ class ImageRowCheck:
 def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
     """Open storage, load the model and build the stages (blocking; called from the lifespan)."""
     url = settings.resolved_database_url
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     folder = sqlite_dir(url)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(url)
     migrate(engine)
+    private_sqlite_files(url)
     sessions = make_sessionmaker(engine)
     taxonomy = default_taxonomy()
     store = ImageStore(settings.images_dir)
@@ -144,15 +152,21 @@ def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
         AdmissionLimits(
             max_upload_bytes=settings.max_upload_bytes,
             max_in_progress=settings.queue_max,
-            max_per_key=settings.max_requests_per_key,
+            max_per_key=settings.resolved_max_requests_per_key,
             decode_slots_per_key=settings.resolved_decode_slots_per_key,
         ),
         metrics,
     )
+    memory = settings.decode_memory_mb
     decode = DecodeStage(
-        ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
+        DecodeWorkers(
+            settings.decode_workers,
+            timeout_s=settings.decode_timeout_s,
+            memory_limit_bytes=memory * 1024 * 1024 if memory is not None else None,
+        ),
         DecodeLimits(max_pixels=settings.max_pixels, keep_gps=settings.keep_gps),
     )
+    decode.start()
     inference = InferenceStage(
         PredictorAPI(),
         max_size=settings.batch_max_size,

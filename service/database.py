@@ -92,3 +92,18 @@ def sqlite_dir(url: str) -> Path | None:
     if url.startswith(prefix) and ":memory:" not in url:
         return Path(url[len(prefix) :]).parent
     return None
+
+
+def private_sqlite_files(url: str) -> None:
+    """Make a SQLite database and its WAL/SHM files readable by the service's user only (0600;
+    SQLite creates the WAL and SHM files with the database file's mode)."""
+    folder = sqlite_dir(url)
+    if folder is None:
+        return
+    database = Path(url[len("sqlite:///") :])
+    for path in (database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))):
+        try:
+            if path.exists():
+                path.chmod(0o600)
+        except OSError as exc:
+            logger.warning("could not make %s private (0600): %s", path, exc)

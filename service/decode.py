@@ -1,16 +1,22 @@
 """The decode stage: upload bytes -> model input array + the image as it will be stored.
 
 Decoding is the core's preprocessing (:func:`model.preprocess.decode_image`, then
-:func:`~model.preprocess.image_to_array` with the recorded settings of the bundle that serves the
+:func:`~model.preprocess.image_to_array` with the recorded settings of the model that serves the
 image's modality: the caller's ``modality``, else the file's own evidence, else camera) plus
 :func:`service.imagestore.prepare_image` (GPS removed, sha256 of the stored bytes; DICOM/DICOS
-and TIFFs only tifffile reads are stored as the rendered PNG). Both run on the decode workers,
-never on the event loop.
+and TIFFs only tifffile reads are stored as the rendered PNG). Both run in decode worker
+processes (:mod:`service.decodeworkers`) with a time limit that really stops them, never on the event loop. Before any pixel is decoded, a
+cheap pass over the bytes refuses what would make decoding or GPS removal expensive
+(:func:`check_decoding_cost`): a JPEG with more than :data:`MAX_JPEG_SCANS` scans (a progressive
+JPEG normally has about ten; a scan repeated thousands of times costs minutes of CPU), more
+than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments or :data:`MAX_JPEG_HEADER_SEGMENTS` segments
+before its first scan.
 
-For a JPEG whose segments parse, GPS removal is a byte-level edit that needs no pixels, so the
-stored bytes are known before decoding: ``on_stored_bytes`` is called with them at once and the
-durable write overlaps decoding as well as inference. Other images are prepared after decoding
-has checked them (a re-encode must wait for the decode's pixel limit).
+JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
+the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
+on. The stage therefore also runs libjpeg-turbo in strict mode (``simplejpeg``, at 1/8 scale, in
+a second thread of the same worker while Pillow decodes): a warning there refuses the image as
+``corrupt-image``. A damaged photo must not produce a confident answer.
 
 :meth:`DecodeStage.decoding` counts the images being decoded now: the micro-batcher's
 ``incoming`` signal, so that it waits (at most its max wait) for them instead of running a
@@ -19,50 +25,61 @@ batch that they could join.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import io
 import logging
-from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from model.predictor import Predictor
-from model.preprocess import (
-    DecodedImage,
-    PreprocessConfig,
-    decode_image,
-    image_to_array,
-)
-from service.imagestore import PreparedImage, jpeg_segments_readable, prepare_image
+from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
+from model.preprocess import PreprocessConfig, decode_image, image_to_array
+from service.decodeworkers import DecodeStoppedError, DecodeWorkers
+from service.imagestore import PreparedImage, prepare_image
+
+if TYPE_CHECKING:
+    from model.predictor import Predictor
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+MAX_JPEG_SCANS = 100
+"""Scans (SOS markers) a JPEG may have: baseline has 1, progressive about 10 (libjpeg) to 20."""
+
+MAX_JPEG_EXIF_SEGMENTS = 2
+"""EXIF (APP1 ``Exif``) segments before the first scan: the format allows one."""
+
+MAX_JPEG_HEADER_SEGMENTS = 256
+"""Segments of any kind before the first scan (ICC profiles and extended XMP come in chunks)."""
+
+
+class ImageTooComplexError(ImageError):
+    """The image is built in a way that makes decoding it too expensive."""
+
+    code: ClassVar[str] = "too_complex"
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """One decoded upload: the model input, the image to store, the predictor chosen for its
-    modality and how the modality was known (``caller``, the file's evidence, or ``default``).
-    ``size`` is the decoded image's (width, height) and ``full_size`` the file's own size in
-    the same orientation (they differ after a reduced-scale JPEG decode)."""
+    """One decoded upload: the model input and the image to store, the image's modality and
+    how it was known (``caller``, the file's evidence, or ``default``). ``array`` is None when
+    no active model serves that modality (the pipeline answers 422). ``size`` is the decoded
+    image's (width, height) and ``full_size`` the file's own in the same orientation (they
+    differ after a reduced-scale JPEG decode)."""
 
-    array: npt.NDArray[np.float32]
+    array: npt.NDArray[np.float32] | None
     image: PreparedImage
-    predictor: Predictor
-    modality: str
-    modality_source: str
-    size: tuple[int, int]
-    full_size: tuple[int, int]
+    modality: str = "camera"
+    modality_source: str = "default"
+    size: tuple[int, int] = (0, 0)
+    full_size: tuple[int, int] = (0, 0)
 
-
-ModelChooser = Callable[[str, str], Predictor]
-"""(modality, how it was known) -> the predictor that serves it; raises ProblemError (422)
-when none does."""
 
 BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
 """Formats stored as the rendered PNG (browsers cannot show them; DICOM headers can hold
@@ -86,31 +103,6 @@ def _oriented_full_size(decoded: DecodedImage) -> tuple[int, int]:
     return width, height
 
 
-def decode_for_model(
-    data: bytes,
-    requested: str | None,
-    choose: ModelChooser,
-    limits: DecodeLimits,
-    target_shorter: int,
-) -> tuple[DecodedImage, Decoded]:
-    """Decode ``data``, resolve its modality, choose the predictor and make its input; the
-    stored image is prepared by the caller (see :meth:`DecodeStage.decode`)."""
-    decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
-    modality, source = resolve_modality(decoded, requested)
-    predictor = choose(modality, source)
-    array = image_to_array(decoded.image, predictor.bundle.manifest.preprocess)
-    placeholder = PreparedImage(b"", "", "", "", 0, 0, False)
-    return decoded, Decoded(
-        array,
-        placeholder,
-        predictor,
-        modality,
-        source,
-        decoded.image.size,
-        _oriented_full_size(decoded),
-    )
-
-
 def stored_image(data: bytes, decoded: DecodedImage, limits: DecodeLimits) -> PreparedImage:
     """The bytes to store: the upload itself, or for DICOM/DICOS and TIFFs only tifffile reads
     the rendered 8-bit image as PNG (what the model analysed, displayable, no DICOM headers)."""
@@ -129,18 +121,6 @@ class DecodeLimits:
     keep_gps: bool
 
 
-def prepare_jpeg_early(data: bytes, limits: DecodeLimits) -> PreparedImage | None:
-    """The stored bytes of a JPEG before decoding; None when that would need more than a
-    byte-level edit (unparsable segments mean a re-encode, which must wait for the decode's
-    pixel limit) or its headers are unreadable (decoding then reports what is wrong)."""
-    if not jpeg_segments_readable(data):
-        return None
-    try:
-        return prepare_image(data, keep_gps=limits.keep_gps)
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class HeatmapSource:
     """What a heat map needs from a stored image: the model input and the photo to draw on
@@ -150,11 +130,118 @@ class HeatmapSource:
     photo: Image.Image
 
 
+# ---- what runs in a worker process --------------------------------------------------------------
+
+
+def check_decoding_cost(data: bytes) -> None:
+    """Refuse a JPEG whose structure makes it expensive (see the module docstring); a cheap
+    pass over the bytes. Other formats pass (their cost is bounded by the pixel limit and the
+    workers' time limit)."""
+    if sniff_format(data) != "JPEG":
+        return
+    scans = data.count(b"\xff\xda")  # 0xFF in entropy-coded data is stuffed: only real markers
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooComplexError(
+            f"This JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a progressive "
+            "photo has about 10). Send the photo as saved by the camera or phone."
+        )
+    segments = 0
+    exif = 0
+    pos = 2
+    size = len(data)
+    while pos + 4 <= size and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xDA or 0xD0 <= marker <= 0xD9:
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segments += 1
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            exif += 1
+        if exif > MAX_JPEG_EXIF_SEGMENTS or segments > MAX_JPEG_HEADER_SEGMENTS:
+            raise ImageTooComplexError(
+                f"This JPEG has more than {MAX_JPEG_EXIF_SEGMENTS} EXIF segments or "
+                f"{MAX_JPEG_HEADER_SEGMENTS} metadata segments; a camera writes one EXIF block. "
+                "Send the photo as saved by the camera or phone."
+            )
+        pos += 2 + max(length, 2)
+
+
+def check_jpeg_integrity(data: bytes) -> None:
+    """Raise :class:`~model.imageio.CorruptImageError` when libjpeg reports the compressed data
+    of a JPEG as corrupt (a warning Pillow does not pass on)."""
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - a dependency of the service
+        logger.warning("simplejpeg is missing: damaged JPEG data cannot be detected")
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as exc:
+        message = str(exc)
+        if "Unsupported color conversion" in message or "colorspace" in message.lower():
+            return  # CMYK/YCCK: a colour question for Pillow, not damage
+        raise CorruptImageError(
+            f"The JPEG's compressed data is damaged ({message}); the pixels would be partly "
+            "garbage. Send the original photo again."
+        ) from None
+
+
+def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> DecodedImage:
+    """The core's decoding; for a JPEG the strict integrity check runs meanwhile in a second
+    thread (both release the GIL while libjpeg works)."""
+    if sniff_format(data) != "JPEG":
+        return decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
+    problems: list[ImageError] = []
+
+    def check() -> None:
+        try:
+            check_jpeg_integrity(data)
+        except ImageError as exc:
+            problems.append(exc)
+
+    checker = threading.Thread(target=check, name="jpeg-integrity")
+    checker.start()
+    try:
+        decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
+    finally:
+        checker.join()
+    if problems:
+        raise problems[0]
+    return decoded
+
+
+def decode_upload(
+    data: bytes,
+    configs: Mapping[str, PreprocessConfig],
+    requested_modality: str | None,
+    target_shorter: int,
+    limits: DecodeLimits,
+) -> Decoded:
+    """Runs in a decode worker: check the cost, decode, resolve the modality, make the input
+    of the model serving it (``configs``: modality -> that model's preprocessing; no array when
+    none serves it) and prepare the bytes to store. The returned image carries no bytes when
+    they are the upload's own (the caller has them)."""
+    check_decoding_cost(data)
+    decoded = _decode_checked(data, limits, target_shorter)
+    modality, source = resolve_modality(decoded, requested_modality)
+    config = configs.get(modality)
+    array = image_to_array(decoded.image, config) if config is not None else None
+    image = stored_image(data, decoded, limits)
+    if image.data == data:
+        image = replace(image, data=b"")
+    return Decoded(array, image, modality, source, decoded.image.size, _oriented_full_size(decoded))
+
+
 def decode_for_heatmap(
     path: Path, config: PreprocessConfig, limits: DecodeLimits, max_side: int
 ) -> HeatmapSource:
-    """Decode a stored image once: the model input as at identification, and a small photo."""
+    """Runs in a decode worker: decode a stored image once, giving the model input as at
+    identification and a photo of at most ``max_side`` pixels."""
     data = path.read_bytes()
+    check_decoding_cost(data)
     decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=config.decode_shorter)
     photo = decoded.image
     if max(photo.size) > max_side:
@@ -163,13 +250,25 @@ def decode_for_heatmap(
     return HeatmapSource(image_to_array(decoded.image, config), photo)
 
 
-class DecodeStage:
-    """Runs decoding on ``executor`` (see the module docstring)."""
+# ---- the stage (event loop side) ----------------------------------------------------------------
 
-    def __init__(self, executor: Executor, limits: DecodeLimits) -> None:
-        self._executor = executor
+
+class DecodeStage:
+    """Runs decoding on the decode workers (see the module docstring)."""
+
+    def __init__(self, workers: DecodeWorkers, limits: DecodeLimits) -> None:
+        self._workers = workers
         self.limits = limits
         self._decoding = 0
+
+    @property
+    def timeout_s(self) -> float:
+        """How long one decode may take before its worker is stopped."""
+        return self._workers.timeout_s
+
+    def start(self) -> None:
+        """Start the worker processes (blocking)."""
+        self._workers.start()
 
     def decoding(self) -> int:
         """Images being decoded now (the micro-batcher's ``incoming`` signal)."""
@@ -178,54 +277,51 @@ class DecodeStage:
     async def decode(
         self,
         data: bytes,
-        requested_modality: str | None,
-        choose: ModelChooser,
-        target_shorter: int,
-        on_stored_bytes: Callable[[PreparedImage], None],
+        predictors: Mapping[str, Predictor],
+        requested_modality: str | None = None,
     ) -> Decoded:
         """Decode ``data``, resolve its modality (the caller's, else the file's evidence, else
-        camera) and make the input of the predictor ``choose`` gives for it; ``on_stored_bytes``
-        gets the image to store as soon as it is known (before decoding for most JPEGs, else
-        after). Raises :class:`~model.imageio.ImageError` for an unusable image and whatever
-        ``choose`` raises when no model serves the modality."""
-        loop = asyncio.get_running_loop()
+        camera) and make the input of the model ``predictors`` holds for it (none when it holds
+        none: ``array`` is None). Raises :class:`~model.imageio.ImageError` for an unusable
+        image (:class:`ImageTooComplexError` when it was stopped or refused for its cost)."""
+        configs = {m: p.bundle.manifest.preprocess for m, p in predictors.items()}
+        if requested_modality is not None and requested_modality in configs:
+            target = configs[requested_modality].decode_shorter
+        else:  # never decode smaller than any model needs
+            target = max((c.decode_shorter for c in configs.values()), default=256)
         self._decoding += 1
         try:
-            early: PreparedImage | None = None
-            if data[:2] == b"\xff\xd8":
-                early = await loop.run_in_executor(
-                    self._executor, prepare_jpeg_early, data, self.limits
-                )
-            if early is not None:
-                on_stored_bytes(early)
-            file_image, decoded = await loop.run_in_executor(
-                self._executor,
-                decode_for_model,
-                data,
-                requested_modality,
-                choose,
-                self.limits,
-                target_shorter,
+            decoded = await self._run_worker(
+                decode_upload, data, configs, requested_modality, target, self.limits
             )
-            if early is not None:
-                return dataclasses.replace(decoded, image=early)
-            image = await loop.run_in_executor(
-                self._executor, stored_image, data, file_image, self.limits
-            )
-            on_stored_bytes(image)
-            return dataclasses.replace(decoded, image=image)
         finally:
             self._decoding -= 1
+        if not decoded.image.data:  # stored as uploaded: the worker did not send them back
+            decoded = replace(decoded, image=replace(decoded.image, data=data))
+        return decoded
 
     async def heatmap_source(
         self, path: Path, config: PreprocessConfig, max_side: int
     ) -> HeatmapSource:
         """Decode the stored image at ``path`` for a heat map (raises ImageError)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, decode_for_heatmap, path, config, self.limits, max_side
-        )
+        return await self._run_worker(decode_for_heatmap, path, config, self.limits, max_side)
+
+    async def _run_worker(self, function: Callable[..., R], *args: Any) -> R:
+        try:
+            return await self._workers.run(function, *args)
+        except DecodeStoppedError as exc:
+            logger.warning("decode stopped: %s", exc)
+            if exc.timed_out:
+                raise ImageTooComplexError(
+                    f"Decoding this image took longer than {self.timeout_s:g} s "
+                    "(CITES_DECODE_TIMEOUT_S) and was stopped. Send the photo as saved by the "
+                    "camera or phone, or re-saved as an ordinary JPEG or PNG."
+                ) from None
+            raise ImageTooComplexError(
+                "Decoding this image needed more memory than a decoder may use, and was "
+                "stopped. Send a smaller image."
+            ) from None
 
     def close(self) -> None:
-        """Stop the workers (queued decodes are cancelled)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers."""
+        self._workers.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -45,8 +46,16 @@ class DecodeStoppedError(RuntimeError):
         self.timed_out = timed_out
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, memory_limit: int | None) -> None:
     """A worker's loop: run each job sent over ``conn`` and send back its outcome."""
+    if memory_limit is not None:
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (ValueError, OSError) as exc:  # e.g. a hard limit already lower
+            logger.warning("cannot limit a decode worker's memory: %s", exc)
+    _warm_up()
     while True:
         try:
             job = conn.recv()
@@ -57,8 +66,13 @@ def _worker_main(conn: Connection) -> None:
             outcome: tuple[str, Any] = ("ok", function(*args))
         except imageio.ImageTooLargeError as exc:
             outcome = ("too_large", (str(exc), exc.size, exc.limit))
-        except imageio.ImageError as exc:
-            outcome = ("image", (type(exc).__name__, str(exc)))
+        except imageio.ImageError as exc:  # these take their message only: they pickle
+            outcome = ("raise", exc)
+        except MemoryError:
+            outcome = (
+                "too_large",
+                ("There is not enough memory to decode this image: send a smaller one.", None, 0),
+            )
         except Exception as exc:  # reported to the caller; the worker lives on
             outcome = ("error", f"{type(exc).__name__}: {exc}")
         try:
@@ -67,29 +81,40 @@ def _worker_main(conn: Connection) -> None:
             return
 
 
+def _warm_up() -> None:
+    """Load what the first decode would otherwise load lazily (Pillow's format plugins, the
+    strict JPEG decoder), so that no request's time limit pays for it."""
+    from PIL import Image
+
+    Image.init()
+    with contextlib.suppress(ImportError):  # a dependency of the service
+        import simplejpeg  # noqa: F401
+
+
 def _rebuild(kind: str, payload: Any) -> Any:
     if kind == "ok":
         return payload
     if kind == "too_large":
         message, size, limit = payload
         raise imageio.ImageTooLargeError(message, size=size, limit=limit)
-    if kind == "image":
-        name, message = payload
-        error_type = getattr(imageio, name, None)
-        if isinstance(error_type, type) and issubclass(error_type, imageio.ImageError):
-            raise error_type(message)
-        raise imageio.CorruptImageError(message)
+    if kind == "raise" and isinstance(payload, imageio.ImageError):
+        raise payload
     raise RuntimeError(f"decode worker failed: {payload}")
 
 
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+    def __init__(
+        self, context: multiprocessing.context.BaseContext, memory_limit: int | None
+    ) -> None:
         parent, child = context.Pipe(duplex=True)
         self.conn: Connection = parent
         self.process: BaseProcess = context.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=(child,), name="cites-decode", daemon=True
+            target=_worker_main,
+            args=(child, memory_limit),
+            name="cites-decode",
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -147,11 +172,16 @@ def _consume(future: asyncio.Future[Any]) -> None:
 class DecodeWorkers:
     """A pool of ``workers`` decode processes with a per-job time limit."""
 
-    def __init__(self, workers: int, *, timeout_s: float) -> None:
+    def __init__(
+        self, workers: int, *, timeout_s: float, memory_limit_bytes: int | None = None
+    ) -> None:
+        """``memory_limit_bytes`` caps each worker's address space (a decode that needs more
+        fails with :class:`~model.imageio.ImageTooLargeError` instead of swapping the host)."""
         if workers < 1 or timeout_s <= 0:
             raise ValueError("workers must be >= 1 and timeout_s > 0")
         self.size = workers
         self.timeout_s = timeout_s
+        self.memory_limit_bytes = memory_limit_bytes
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD)
         self._idle: collections.deque[_Worker] = collections.deque()
@@ -166,7 +196,7 @@ class DecodeWorkers:
         started = time.perf_counter()
         with self._lock:
             while len(self._idle) < self.size:
-                self._idle.append(_Worker(self._context))
+                self._idle.append(_Worker(self._context, self.memory_limit_bytes))
         logger.info(
             "%d decode workers started in %.0f ms", self.size, (time.perf_counter() - started) * 1e3
         )
@@ -198,7 +228,7 @@ class DecodeWorkers:
         if worker is None or not worker.usable:
             if worker is not None:
                 worker.dispose()
-            worker = _Worker(self._context)
+            worker = _Worker(self._context, self.memory_limit_bytes)
         return worker
 
     def _give_back(self, worker: _Worker) -> None:
@@ -217,7 +247,7 @@ class DecodeWorkers:
 
     def _replace(self) -> None:
         try:
-            fresh = _Worker(self._context)
+            fresh = _Worker(self._context, self.memory_limit_bytes)
         except OSError:
             logger.exception("could not start a decode worker; one will be started on demand")
             return

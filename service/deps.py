@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service.context import AppContext
 from service.keys import Principal, Role, verify_key
 from service.problems import ProblemError
+from service.security import PRINCIPAL_SCOPE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,20 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def authenticate(
+    request: Request,
     context: ContextDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Principal:
     """The caller of this request, from ``Authorization: Bearer`` or ``X-API-Key``.
 
-    Looked up in the database on every request, so a revoked key stops working at once.
+    Looked up in the database on every request, so a revoked key stops working at once. The
+    ASGI gate (``service.security.AuthGate``) has usually done so already, before the body was
+    read; its verdict is reused here.
     """
+    verified = request.scope.get("state", {}).get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(verified, Principal):
+        return verified
     key = bearer.credentials if bearer is not None else api_key
     if not key:
         if context.settings.allow_anonymous:

@@ -6,6 +6,7 @@ The archive (tar.gz) holds ``manifest.csv`` with the columns ``path,label,modali
 A confirmation labels the image with the predicted label (the decision's label, else the top-1
 label); a correction with the label it gives, or its taxon id when it names only a taxon.
 ``case_id`` is the latest feedback's case reference, else the identification's, else its id.
+A cell that a spreadsheet would run as a formula gets a leading ``'`` (CSV injection).
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def export_case_id(ident: Identification, feedback: Feedback) -> str:
     return feedback.case_ref or ident.case_ref or ident.id
 
 
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet would read it as a formula (it starts
+    with ``= + - @``, a tab or a carriage return): OWASP's advice against CSV injection. The
+    values the training reader needs (paths, labels, modalities) never start so."""
+    return "'" + value if value.startswith(FORMULA_LEADS) else value
+
+
 def write_export(
     session: Session, store: ImageStore, out: Path, *, since: datetime | None = None
 ) -> ExportSummary:
@@ -86,12 +97,15 @@ def write_export(
                 tar.add(source, arcname=name, recursive=False)
                 added.add(name)
             writer.writerow(
-                (
-                    name,
-                    label,
-                    ident.modality,
-                    f"feedback:{ident.id}",
-                    export_case_id(ident, feedback),
+                tuple(
+                    spreadsheet_safe(value)
+                    for value in (
+                        name,
+                        label,
+                        ident.modality,
+                        f"feedback:{ident.id}",
+                        export_case_id(ident, feedback),
+                    )
                 )
             )
             rows += 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,7 +35,6 @@ from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
 from service.device_cases import DeviceAnswer, device_record
-from service.imagestore import PreparedImage
 from service.inference import InferenceItem, InferenceStage
 from service.keys import Principal
 from service.metrics import ServiceMetrics
@@ -59,14 +57,14 @@ logger = logging.getLogger(__name__)
 _MODALITY_WORDS = {"xray": "x-ray image", "camera": "camera photo"}
 
 
-def locate(prediction: Prediction, decoded: Decoded) -> dict[str, Any] | None:
+def locate(prediction: Prediction, predictor: Predictor, decoded: Decoded) -> dict[str, Any] | None:
     """Where the suspected object is (x-ray bundles): the heat-map box in fractions of the image
     and in pixels of the file as sent; None when the model does not locate."""
     if not prediction.located:
         return None
-    if prediction.box is None:
+    if prediction.box is None or min(decoded.size) < 1:
         return {"box": None, "box_px": None, "source": "heat map"}
-    config = decoded.predictor.bundle.manifest.preprocess
+    config = predictor.bundle.manifest.preprocess
     width, height = decoded.size
     x0, y0, x1, y1 = box_in_image(prediction.box, decoded.size, config)
     fractions = [x0 / width, y0 / height, x1 / width, y1 / height]
@@ -130,14 +128,15 @@ class IdentificationPipeline:
     def choose_model(self, modality: str, how: str = "caller") -> Predictor:
         """The active predictor for ``modality``; 422 ``unsupported-modality`` when this
         service holds none (``how``: what said the image is of that modality)."""
-        if self._host.current is None:
-            raise not_ready()
         predictor = self._host.current_for(modality)
         if predictor is not None:
             return predictor
+        raise self._no_model(modality, how)
+
+    def _no_model(self, modality: str, how: str) -> ProblemError:
         serving = " and ".join(self._host.actives()) or "no"
         known = "you said so" if how == "caller" else f"the file says so: {how}"
-        raise ProblemError(
+        return ProblemError(
             422,
             "unsupported-modality",
             f"This is a {_MODALITY_WORDS.get(modality, modality)} ({known}), but no {modality} "
@@ -147,18 +146,9 @@ class IdentificationPipeline:
             title="No model for this modality",
         )
 
-    def decode_shorter(self, modality: str | None) -> int:
-        """The shorter side decoding must keep: the chosen model's when the caller named the
-        modality, else the largest any active model needs (none is ever decoded too small)."""
-        actives = self._host.actives()
-        if modality is not None and modality in actives:
-            return actives[modality].bundle.manifest.preprocess.decode_shorter
-        return max(
-            (p.bundle.manifest.preprocess.decode_shorter for p in actives.values()), default=256
-        )
-
     def check_options(self, options: IdentifyOptions) -> IdentifyOptions:
-        """Resolve the origin country (the modality is resolved once the image is decoded)."""
+        """Resolve the origin country; a modality the caller names must have an active model
+        (otherwise the modality is resolved once the image is decoded)."""
         origin = options.origin_country
         if origin is not None:
             try:
@@ -200,68 +190,57 @@ class IdentificationPipeline:
                 self._metrics.rejected.labels(reason="timeout").inc()
                 raise request_timeout(self._timeout_s) from None
 
-    def _chooser(self, pinned: Predictor | None) -> Callable[[str, str], Predictor]:
-        """Modality -> predictor: the active one of that modality, or ``pinned`` (a batch's
-        model) when it was trained for it."""
-
-        def choose(modality: str, how: str) -> Predictor:
-            if pinned is not None and modality in pinned.bundle.manifest.modalities:
-                return pinned
-            return self.choose_model(modality, how)
-
-        return choose
-
     async def _identify(
         self,
         upload: Upload,
         options: IdentifyOptions,
         principal: Principal,
-        predictor: Predictor | None,
+        pinned: Predictor | None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        stored: list[tuple[PreparedImage, asyncio.Future[str]]] = []
-
-        def start_write(image: PreparedImage) -> None:
-            stored.append((image, self._storage.begin(image)))
-
+        models = self._host.actives()  # one snapshot: the model that answers is the one used
+        if pinned is not None:  # a batch or verification that started on this model keeps it
+            models.update({m: pinned for m in pinned.bundle.manifest.modalities})
+        try:
+            async with self._admission.decode_slot(principal.key_id):
+                # read only now: uploads waiting for a decoder stay in their spool file
+                data = await asyncio.to_thread(upload.read)
+                decoded = await self._decode.decode(data, models, options.modality)
+        except ImageError as exc:
+            self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
+            raise image_problem(exc) from None
+        predictor = models.get(decoded.modality)
+        if predictor is None or decoded.array is None:
+            self._metrics.rejected.labels(reason="modality").inc()
+            raise self._no_model(decoded.modality, decoded.modality_source)
+        del data  # the stored bytes travel in decoded.image until written
+        image = decoded.image
+        write = self._storage.begin(image)  # overlaps inference and rendering
         committed = False
         try:
-            try:
-                async with self._admission.decode_slot(principal.key_id):
-                    # read only now: uploads waiting for a decoder stay in their spool file
-                    data = await asyncio.to_thread(upload.read)
-                    decoded = await self._decode.decode(
-                        data,
-                        options.modality,
-                        self._chooser(predictor),
-                        self.decode_shorter(options.modality),
-                        start_write,
-                    )
-            except ImageError as exc:
-                self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
-                raise image_problem(exc) from None
-            result = await self._infer_and_save(decoded, stored[0][1], options, principal, started)
+            result = await self._infer_and_save(
+                decoded, write, predictor, options, principal, started
+            )
             committed = True
             return result
         finally:
-            for image, write in stored:
-                if committed:
-                    self._storage.release(image.sha256)
-                else:  # refused, timed out or failed: no file may stay behind for this request
-                    await self._storage.discard(image, write)
+            if committed:
+                self._storage.release(image.sha256)
+            else:  # refused, timed out or failed: no file may stay behind for this request
+                await self._storage.discard(image, write)
 
     async def _infer_and_save(
         self,
         decoded: Decoded,
         write: asyncio.Future[str],
+        predictor: Predictor,
         options: IdentifyOptions,
         principal: Principal,
         started: float,
     ) -> dict[str, Any]:
         predictor_started = time.perf_counter()
-        item = InferenceItem(
-            decoded.predictor, decoded.array, options.origin_country, options.top_k
-        )
+        assert decoded.array is not None  # checked by the caller
+        item = InferenceItem(predictor, decoded.array, options.origin_country, options.top_k)
         prediction = await self._inference.predict(item)
         inferred = time.perf_counter()
         ident_id = new_id()
@@ -276,7 +255,7 @@ class IdentificationPipeline:
             image=decoded.image,
             modality=decoded.modality,
             modality_source=decoded.modality_source,
-            location=locate(prediction, decoded),
+            location=locate(prediction, predictor, decoded),
             origin_country=options.origin_country,
             case_ref=options.case_ref,
             top_k=options.top_k,

@@ -1,10 +1,9 @@
 """Content-addressed image store: ``<root>/ab/cd/<sha256>.<ext>``, written atomically.
 
-Photos can carry the GPS position where they were taken; unless told to keep it, the store
-removes it before writing. JPEGs are edited at the byte level (the EXIF segment is rewritten
-without its GPS directory and XMP packets are dropped), so the compressed pixels stay exactly as
-uploaded. Other formats that carry GPS are re-encoded losslessly as PNG. The address is the
-SHA-256 of the bytes actually stored, so the same upload always lands in the same file.
+Photos can carry the position where they were taken; unless told to keep it, the store removes
+it before writing (``service.privacy``: EXIF GPS, XMP and IPTC location, every frame, edited in
+place so the pixels stay exactly as uploaded). The address is the SHA-256 of the bytes actually
+stored, so the same upload always lands in the same file.
 """
 
 from __future__ import annotations
@@ -13,15 +12,17 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from service.privacy import strip_location
+
 logger = logging.getLogger(__name__)
 
-GPS_IFD_TAG = 0x8825
 _MIME = {
     "JPEG": ("image/jpeg", "jpg"),
     "MPO": ("image/jpeg", "jpg"),
@@ -45,7 +46,13 @@ class PreparedImage:
     ext: str
     width: int
     height: int
-    gps_removed: bool
+    location_removed: tuple[str, ...] = ()
+    """What :func:`service.privacy.strip_location` removed (empty when nothing was there)."""
+
+    @property
+    def gps_removed(self) -> bool:
+        """True when location metadata was found and removed."""
+        return bool(self.location_removed)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -65,20 +72,13 @@ def prepare_image(data: bytes, *, keep_gps: bool) -> PreparedImage:
         with _open(data) as image:
             fmt = image.format or ""
             width, height = image.size
-            exif = image.getexif()
-            has_gps = GPS_IFD_TAG in exif
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read the image headers: {exc}") from exc
     mime, ext = _MIME.get(fmt, ("application/octet-stream", "bin"))
-    removed = False
+    removed: tuple[str, ...] = ()
     if not keep_gps:
-        if fmt in ("JPEG", "MPO"):
-            new = strip_jpeg_gps(data)
-            removed = new != data
-            data = new
-        elif has_gps:
-            data = _reencode_png_without_gps(data)
-            mime, ext, removed = "image/png", "png", True
+        stripped = strip_location(data, fmt)  # LocationStripError (422) when it cannot
+        data, removed = stripped.data, stripped.removed
     return PreparedImage(
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -86,7 +86,7 @@ def prepare_image(data: bytes, *, keep_gps: bool) -> PreparedImage:
         ext=ext,
         width=width,
         height=height,
-        gps_removed=removed,
+        location_removed=removed,
     )
 
 
@@ -115,74 +115,9 @@ def _segments(data: bytes) -> list[tuple[int, int, int]] | None:
 
 
 def jpeg_segments_readable(data: bytes) -> bool:
-    """True when ``data`` is a JPEG whose segments before the scan parse, so that
-    :func:`strip_jpeg_gps` works on bytes alone (no decode or re-encode)."""
+    """True when ``data`` is a JPEG whose segments before the scan parse (its headers can be
+    read and its metadata edited without decoding the pixels)."""
     return _segments(data) is not None
-
-
-def strip_jpeg_gps(data: bytes) -> bytes:
-    """Remove the GPS IFD from a JPEG's EXIF and drop XMP packets; pixels are untouched."""
-    segments = _segments(data)
-    if segments is None:
-        logger.debug("JPEG segments unreadable; re-encoding without metadata")
-        return _reencode_jpeg_without_gps(data)
-    parts: list[bytes] = []
-    last = 0
-    changed = False
-    for marker, start, end in segments:
-        payload = data[start + 4 : end]
-        replacement: bytes | None = None
-        if marker == 0xE1 and payload.startswith(b"Exif\x00\x00"):
-            replacement = _exif_without_gps(payload)
-        elif marker == 0xE1 and payload.startswith(b"http://ns.adobe.com/"):
-            replacement = b""  # XMP may repeat the position (exif:GPSLatitude)
-        if replacement is None:
-            continue
-        changed = True
-        parts.append(data[last:start])
-        if replacement:
-            parts.append(b"\xff\xe1" + (len(replacement) + 2).to_bytes(2, "big") + replacement)
-        last = end
-    if not changed:
-        return data
-    parts.append(data[last:])
-    return b"".join(parts)
-
-
-def _exif_without_gps(payload: bytes) -> bytes | None:
-    """The EXIF APP1 payload without its GPS IFD; None when there is nothing to remove."""
-    exif = Image.Exif()
-    try:
-        exif.load(payload)
-    except (ValueError, OSError, SyntaxError):
-        return b""  # unreadable EXIF: drop it whole rather than risk keeping a position
-    if GPS_IFD_TAG not in exif:
-        return None
-    del exif[GPS_IFD_TAG]
-    new = exif.tobytes()
-    if len(new) + 2 > 0xFFFF:
-        return b""
-    return new
-
-
-def _reencode_jpeg_without_gps(data: bytes) -> bytes:
-    with _open(data) as image:
-        exif = image.getexif()
-        exif.pop(GPS_IFD_TAG, None)
-        out = io.BytesIO()
-        image.save(out, format="JPEG", quality="keep", exif=exif.tobytes())
-        return out.getvalue()
-
-
-def _reencode_png_without_gps(data: bytes) -> bytes:
-    with _open(data) as image:
-        image.load()
-        exif = image.getexif()
-        exif.pop(GPS_IFD_TAG, None)
-        out = io.BytesIO()
-        frame = image if image.mode in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA") else None
-        (frame or image.convert("RGBA")).save(out, format="PNG", exif=exif.tobytes())
-        return out.getvalue()
 
 
 class ImageStore:
@@ -190,7 +125,22 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.root)
+
+    def unwritable_reason(self, min_free_bytes: int) -> str | None:
+        """Why an image could not be stored now (the folder refuses a new file, or fewer than
+        ``min_free_bytes`` are free on its disk); None when it can."""
+        try:
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return f"the image store {self.root} is not writable ({exc.strerror or exc})"
+        free = shutil.disk_usage(self.root).free
+        if free < min_free_bytes:
+            return f"the disk of the image store has {free} bytes free (< {min_free_bytes})"
+        return None
 
     def relative_path(self, sha256: str, ext: str) -> str:
         """``ab/cd/<sha256>.<ext>``, the path recorded in the database."""
@@ -210,10 +160,11 @@ class ImageStore:
         target = self.root / relative
         if target.exists() and target.stat().st_size == len(image.data):
             return relative
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=f".{image.ext}")
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o600)
                 handle.write(image.data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -227,6 +178,14 @@ class ImageStore:
     def read(self, relative: str) -> bytes:
         """The bytes of a stored image."""
         return self.path_of(relative).read_bytes()
+
+
+def private_dir(path: Path) -> None:
+    """Make a folder the service created readable by its own user only (0700)."""
+    try:
+        path.chmod(0o700)
+    except OSError as exc:  # not ours (a shared mount): leave it, but say so
+        logger.warning("could not make %s private (0700): %s", path, exc)
 
 
 def _fsync_dir(path: Path) -> None:

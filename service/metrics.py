@@ -88,6 +88,12 @@ class ServiceMetrics:
             ("reason",),
             registry=r,
         )
+        self.auth_failures = Counter(
+            "cites_auth_failures",
+            "Requests refused for their API key, by reason (missing, invalid, throttled)",
+            ("reason",),
+            registry=r,
+        )
         self.model_swaps = Counter(
             "cites_model_activations",
             "Model activation attempts by outcome",

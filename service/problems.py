@@ -88,6 +88,10 @@ def image_problem(exc: ImageError) -> ProblemError:
         return ProblemError(413, "too-many-pixels", str(exc), title="Image has too many pixels")
     if exc.code == "no_pixels":  # a DICOS Threat Detection Report (model.scanner)
         return ProblemError(422, "no-pixel-data", str(exc), title="No image in this file")
+    if exc.code == "too_complex":  # service.decode.ImageTooComplexError
+        return ProblemError(
+            422, "image-too-complex", str(exc), title="Image too expensive to decode"
+        )
     slug, title = {
         EmptyImageError: ("empty-image", "Empty image"),
         UnsupportedImageError: ("unsupported-image", "Unsupported image"),
@@ -151,19 +155,6 @@ def request_timeout(limit_s: float) -> ProblemError:
         f"The identification took longer than {limit_s:g} s (CITES_REQUEST_TIMEOUT_S); the "
         "service is busy or the image is very large. Retry later.",
         title="Timeout",
-    )
-
-
-def decode_timeout(limit_s: float) -> ProblemError:
-    """422 when decoding one image took longer than ``CITES_DECODE_TIMEOUT_S`` (the decode
-    was stopped; the file is built to be expensive, or damaged)."""
-    return ProblemError(
-        422,
-        "image-too-complex",
-        f"Decoding this image took longer than {limit_s:g} s (CITES_DECODE_TIMEOUT_S) and was "
-        "stopped. Send the photo as an ordinary (baseline) JPEG or PNG, e.g. re-saved by the "
-        "phone or camera software.",
-        title="Image too expensive to decode",
     )
 
 

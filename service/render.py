@@ -111,6 +111,7 @@ def build_result(
             "height": image.height,
             "size": len(image.data),
             "gps_removed": image.gps_removed,
+            "location_removed": list(image.location_removed),
             "url": f"/v1/identifications/{ident_id}/image",
         },
         "model_version": predictor.version,

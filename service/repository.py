@@ -141,6 +141,8 @@ class ListFilter:
     decision: str | None = None
     label: str | None = None
     created_by: str | None = None
+    visible_keys: frozenset[str] | None = None
+    """Only records made by these key ids (the caller's record scope); None: all."""
 
 
 def list_identifications(
@@ -160,6 +162,8 @@ def list_identifications(
         query = query.where(Identification.label == filters.label)
     if filters.created_by is not None:
         query = query.where(Identification.created_by == filters.created_by)
+    if filters.visible_keys is not None:
+        query = query.where(Identification.created_by.in_(sorted(filters.visible_keys)))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(
         query.order_by(Identification.created_at.desc(), Identification.id.desc())

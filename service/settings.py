@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.httpserver import HttpLimits
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +44,48 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     queue_max: int = Field(default=256, ge=1)
     decode_workers: int = Field(default=4, ge=1, le=64)
+    decode_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="a decode running longer is stopped (422)"
+    )
+    decode_memory_mb: int | None = Field(
+        default=3072, ge=256, description="address space of one decode worker (None: unlimited)"
+    )
     decode_slots_per_key: int | None = Field(
         default=None,
         ge=1,
         le=64,
         description="decode workers one API key may hold at once (default: half, at least 1)",
     )
-    max_requests_per_key: int = Field(
-        default=64, ge=1, description="images one API key may have in progress (429 beyond)"
+    max_requests_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description="images one API key may have in progress, 429 beyond (default: half of "
+        "CITES_QUEUE_MAX, at least CITES_MAX_BATCH_IMAGES)",
     )
     request_timeout_s: float = Field(default=30.0, gt=0.0)
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="largest request head (431 beyond)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="time to send a complete request head (408 beyond)"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="longest pause while a request body arrives"
+    )
+    keep_alive_s: int = Field(default=5, ge=1, description="idle keep-alive connections close")
+    max_connections: int = Field(
+        default=1000, ge=1, description="open connections and requests at once (503 beyond)"
+    )
+    record_scope: Literal["all", "key", "group"] = Field(
+        default="all", description="which identifications officer/scanner keys read"
+    )
     allow_anonymous: bool = False
+    auth_failure_burst: int = Field(
+        default=30, ge=1, description="wrong keys an address may send before it gets 429"
+    )
+    auth_failures_per_minute: float = Field(
+        default=30.0, ge=0.0, description="how fast that allowance refills"
+    )
     keep_gps: bool = False
     onnx_threads: int | None = Field(default=None, ge=1, le=256)
     precision: Literal["auto", "fp32", "int8"] = "auto"
@@ -84,12 +118,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_per_key(self) -> Settings:
-        if self.max_requests_per_key < self.max_batch_images:
+        if self.max_requests_per_key is not None and (
+            self.max_requests_per_key < self.max_batch_images
+        ):
             raise ValueError(
                 f"CITES_MAX_REQUESTS_PER_KEY ({self.max_requests_per_key}) must be at least "
                 f"CITES_MAX_BATCH_IMAGES ({self.max_batch_images}): one batch comes from one key"
             )
         return self
+
+    @property
+    def resolved_max_requests_per_key(self) -> int:
+        """Images one key may have in progress: the setting, else half the queue (but a whole
+        batch at least)."""
+        if self.max_requests_per_key is not None:
+            return self.max_requests_per_key
+        return max(self.max_batch_images, self.queue_max // 2)
 
     @property
     def resolved_decode_slots_per_key(self) -> int:
@@ -109,6 +153,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'cites.sqlite3').resolve()}"
+
+    def http_limits(self) -> HttpLimits:
+        """The connection limits of the shipped HTTP server."""
+        from service.httpserver import HttpLimits
+
+        return HttpLimits(
+            max_header_bytes=self.max_header_bytes,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_s=self.keep_alive_s,
+            max_connections=self.max_connections,
+        )
 
     @property
     def images_dir(self) -> Path:

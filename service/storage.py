@@ -151,11 +151,11 @@ class ImageWriter:
     def _write_temporary(self, target: Path, data: bytes) -> Path:
         folder = target.parent
         if folder not in self._known_dirs:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like the files
             self._known_dirs.add(folder)
         temporary = folder / f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}"
         try:
-            with open(temporary, "wb") as handle:
+            with open(temporary, "wb", opener=_private_file) as handle:
                 handle.write(data)
         except OSError:
             temporary.unlink(missing_ok=True)
@@ -196,3 +196,8 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _private_file(path: str, flags: int) -> int:
+    """Open for ``open(opener=...)``: a new image file is readable by the service only (0600)."""
+    return os.open(path, flags, 0o600)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from model.listing_status import listing_status
-from model.permit_texts import TITLES, appendix_words
+from model.permit_texts import TITLES, appendix_words, render
 from model.permits import (
     Finding,
     ImageEvidence,
@@ -254,7 +254,9 @@ def render_verification(result: Mapping[str, Any], language: str) -> dict[str, A
         images.append(rendered)
     body["images"] = images
     body["reasons"] = [c["reason"] for c in body["checks"] if c["outcome"] != "consistent"] + [
-        f"image {i['index'] + 1}: {i['reason']}" for i in images if i["verdict"] != "consistent"
+        render("image_number", {"n": i["index"] + 1, "reason": i["reason"]}, language)
+        for i in images
+        if i["verdict"] != "consistent"
     ]
     body["url"] = f"/v1/verifications/{result['id']}"
     return body

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from PIL import Image
+
+from tests.tools import tool_missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -41,9 +42,9 @@ def require_browser() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("the Playwright package is not installed (pip install -e '.[dev]')")
+        tool_missing("the Playwright package is not installed (pip install -e '.[dev]')")
     if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing: run `make system-deps` (Debian's chromium package)")
+        tool_missing(f"{CHROMIUM} is missing: run `make system-deps` (Debian's chromium package)")
 
 
 def default_bundle() -> Path | None:

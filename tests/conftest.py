@@ -11,6 +11,25 @@ from tests.factories import make_tiny_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# What in a test module's source says its tests need more than the edit-test loop gives
+# (`make test-fast` deselects these markers; `make test` runs everything).
+_MODULE_MARKERS: dict[str, tuple[str, ...]] = {
+    "train": ("import torch", 'importorskip("torch")', "from training.backbone", "import timm"),
+    "live": ("running_service(", "subprocess.", "start_postgres("),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with ``train`` / ``live`` when its module drives torch or processes."""
+    sources: dict[Path, str] = {}
+    for item in items:
+        path = Path(str(item.fspath))
+        if path not in sources:
+            sources[path] = path.read_text(encoding="utf-8") if path.suffix == ".py" else ""
+        for marker, needles in _MODULE_MARKERS.items():
+            if any(needle in sources[path] for needle in needles):
+                item.add_marker(marker)
+
 
 def shared_data_dir() -> Path:
     """``../shared/data`` beside the repository, or ``$CITES_SHARED_DATA``."""

@@ -30,16 +30,34 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from model.bundle import Bundle, load_bundle, write_bundle
 from model.decision import Thresholds
+from model.ood import OodModel, fit_ood
 from model.predictor import softmax
 from training import data as d
+from training import export as ex
+from training.augment import preset_for
+from training.backbone import create_model, describe
 from training.calibrate import (
     ThresholdChoice,
     choose_ood_threshold,
     choose_thresholds,
     fit_temperature,
 )
+from training.compare import judge_against_base
 from training.config import TrainConfig
+from training.evaluation import evaluate_samples, ood_scores_for
+from training.features import extract_features
+from training.images import AugmentedImages
+from training.inputs import load_inputs
+from training.partial import (
+    cache_augmented,
+    cache_plain,
+    features_from_maps,
+    split_index,
+    train_last_stage,
+)
+from training.train import choose_head, fine_tune, set_head
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +159,6 @@ def backbone_features(
     feature cache, whose file is keyed by a fingerprint of the weights and the preprocessing;
     the pipeline caches only the pretrained backbone's features.
     """
-    from training.features import extract_features
-
     if not samples:
         return np.zeros((0, 1280), dtype=np.float32)
     cache_dir = Path(config.cache_dir) if (cache and config.cache_dir) else None
@@ -159,15 +175,6 @@ def _train_last(
     work: Path,
 ) -> tuple[list[dict[str, float]], int]:
     """``last`` mode: cache trunk maps, train the last stage and head, refresh the features."""
-    from training.augment import preset_for
-    from training.partial import (
-        cache_augmented,
-        cache_plain,
-        features_from_maps,
-        split_index,
-        train_last_stage,
-    )
-
     split = split_index(model, config.trained_stages)
     preprocess = config.preprocess()
     plain = {
@@ -205,20 +212,94 @@ def _train_last(
     return result.history, result.best_epoch
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """Where and under which name a run writes: the first stage's result."""
+
+    version: str
+    out_dir: Path
+    work: Path
+    command: str
+    started: float
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The fine-tuned network with its data: what training hands to calibration and export.
+
+    ``arrays`` hold each split's features through the final network.
+    """
+
+    model: Any
+    samples: list[d.Sample]
+    label_map: d.LabelMap
+    arrays: dict[str, SplitArrays]
+    class_weights: NDArray[np.float64]
+    head_weight_decay: float
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """The ONNX files that passed their gates, and the calibration fitted on the served model."""
+
+    fp32_path: Path
+    fp32_check: ex.Fp32Check
+    int8_path: Path | None
+    int8_gate: ex.Int8Gate | None
+    temperature: float
+    chosen: dict[str, ThresholdChoice]
+    thresholds: Thresholds
+    calibrated_on: str
+    ood_model: OodModel
+    provisional_ood_threshold: float
+    backbone: str
+
+    def bundle_arguments(self, trained: TrainedModel, config: TrainConfig) -> dict[str, Any]:
+        """The :func:`write_bundle` arguments shared by the provisional and the final bundle."""
+        return {
+            "onnx_fp32": self.fp32_path,
+            "onnx_int8": self.int8_path,
+            "labels": trained.label_map.labels,
+            "preprocess": config.preprocess(),
+            "temperature": self.temperature,
+            "thresholds": self.thresholds,
+            "modalities": [config.modality],
+            "ood": self.ood_model,
+            "backbone": self.backbone,
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The served model's figures on validation and test, its OOD threshold and reports."""
+
+    metrics: dict[str, Any]
+    reports: dict[str, Path]
+    ood_threshold: float
+    recommended: bool
+    parent_version: str | None
+
+
 def run(config: TrainConfig, command: str | None = None) -> Path:
     """Train, calibrate, export and write a bundle; returns the bundle folder."""
-    from model.bundle import load_bundle, write_bundle
-    from model.ood import fit_ood
-    from training import export as ex
-    from training.backbone import create_model, describe
-    from training.evaluation import evaluate_samples, ood_scores_for
-    from training.train import choose_head, fine_tune, set_head
+    setup = start_run(config, command)
+    trained = train_model(config, setup.work)
+    exported = export_and_calibrate(config, trained, setup.work)
+    evaluation = evaluate_served(config, trained, exported, setup.work)
+    final = write_final_bundle(config, setup, trained, exported, evaluation)
+    _cleanup(setup.work)
+    logger.info("bundle %s written in %.0f s", final, time.monotonic() - setup.started)
+    return final
 
+
+def start_run(config: TrainConfig, command: str | None = None) -> RunSetup:
+    """Seed torch, name the version and make the work folder (refuses an existing version)."""
     started = time.monotonic()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    command = command or config.command()
     preprocess = config.preprocess()
     logger.info(
         "input %d px (shorter side resized to %d)", preprocess.input_size, preprocess.resize_shorter
@@ -229,73 +310,91 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         raise d.DataError(f"{out_dir / version} exists; pass --overwrite or another --version")
     work = Path(config.work_dir) if config.work_dir else out_dir.parent / "runs" / version
     work.mkdir(parents=True, exist_ok=True)
+    return RunSetup(version, out_dir, work, command or config.command(), started)
 
+
+def train_model(config: TrainConfig, work: Path) -> TrainedModel:
+    """Load and split the data, choose a head on frozen features, then fine-tune (``last`` or
+    ``full``); the splits' features are refreshed through the fine-tuned network."""
     samples, label_map, splits = prepare_data(config)
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
-    arrays: dict[str, SplitArrays] = {}
     model: Any = create_model(num_classes, pretrained=config.pretrained)
-    for name, part in splits.items():
-        arrays[name] = SplitArrays(
+    arrays = {
+        name: SplitArrays(
             part,
             d.encode_labels(part, label_map),
             backbone_features(
                 model, part, config, cache=config.pretrained, desc=f"{name} features"
             ),
         )
-    train, val, test = arrays["train"], arrays["val"], arrays["test"]
+        for name, part in splits.items()
+    }
+    train, val = arrays["train"], arrays["val"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
     head = choose_head(
         train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
     )
     set_head(model, head.weight, head.bias)
     history: list[dict[str, float]] = []
-    val_inputs = None
     best_epoch = 0
     if config.mode == "last" and config.epochs > 0:
         history, best_epoch = _train_last(model, arrays, config, weights, work)
     elif config.mode == "full" and config.epochs > 0:
-        from training.augment import preset_for
-        from training.images import AugmentedImages
-        from training.inputs import load_inputs
-
-        val_inputs = load_inputs(val.paths, preprocess)
-        train_set = AugmentedImages(
-            train.paths,
-            train.targets,
-            preset_for(config.augment).build(preprocess),
-            keep_shorter=train_image_shorter(preprocess.input_size),
-        )
-        state = fine_tune(
-            model,
-            train_set,
-            val_inputs,
-            val.targets,
-            mode=config.mode,
-            epochs=config.epochs,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            batch_size=config.batch_size,
-            class_weights=weights,
-            checkpoint=work / "checkpoint.pt",
-            resume=config.resume,
-            seed=config.seed,
-        )
-        history, best_epoch = state.history, state.best_epoch
-        for name, split_arrays in arrays.items():
-            split_arrays.features = backbone_features(
-                model,
-                split_arrays.samples,
-                config,
-                cache=False,
-                desc=f"{name} features (fine-tuned)",
-            )
+        history, best_epoch = _train_full(model, arrays, config, weights, work)
     model.eval()
-    classifier: Any = model.get_classifier()
+    return TrainedModel(
+        model, samples, label_map, arrays, weights, head.weight_decay, history, best_epoch
+    )
+
+
+def _train_full(
+    model: torch.nn.Module,
+    arrays: dict[str, SplitArrays],
+    config: TrainConfig,
+    weights: NDArray[np.float64],
+    work: Path,
+) -> tuple[list[dict[str, float]], int]:
+    """``full`` mode: fine-tune every layer on augmented images, then refresh the features."""
+    preprocess = config.preprocess()
+    train, val = arrays["train"], arrays["val"]
+    train_set = AugmentedImages(
+        train.paths,
+        train.targets,
+        preset_for(config.augment).build(preprocess),
+        keep_shorter=train_image_shorter(preprocess.input_size),
+    )
+    state = fine_tune(
+        model,
+        train_set,
+        load_inputs(val.paths, preprocess),
+        val.targets,
+        mode=config.mode,
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        class_weights=weights,
+        checkpoint=work / "checkpoint.pt",
+        resume=config.resume,
+        seed=config.seed,
+    )
+    for name, split_arrays in arrays.items():
+        split_arrays.features = backbone_features(
+            model, split_arrays.samples, config, cache=False, desc=f"{name} features (fine-tuned)"
+        )
+    return state.history, state.best_epoch
+
+
+def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path) -> ExportedModel:
+    """Calibrate on validation logits, export fp32 and INT8 through their gates, and fit the OOD
+    model; when the INT8 model ships, temperature and thresholds are refitted on its logits."""
+    train, val = trained.arrays["train"], trained.arrays["val"]
+    classifier: Any = trained.model.get_classifier()
     w = classifier.weight.detach().numpy().astype(np.float64)
     b = classifier.bias.detach().numpy().astype(np.float64)
     val_logits = val.features.astype(np.float64) @ w.T + b
-    kinds = [label.kind for label in label_map.labels]
+    kinds = [label.kind for label in trained.label_map.labels]
     temperature, chosen, thresholds = _calibrate(val_logits, val.targets, kinds, config)
     calibrated_on = "fp32 validation logits"
     ood_model = fit_ood(train.features, train.targets)
@@ -303,13 +402,10 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         ood_model.score(val.features).astype(np.float64), config.ood_flag_rate
     )
 
-    # Export and the two gates.
-    from training.inputs import load_inputs
-
-    if val_inputs is None:
-        val_inputs = load_inputs(val.paths, preprocess)
-    fp32_path = ex.export_fp32(model, work, val_inputs[:4])
-    fp32_check = ex.check_fp32(model, fp32_path, val_inputs)
+    preprocess = config.preprocess()
+    val_inputs = load_inputs(val.paths, preprocess)
+    fp32_path = ex.export_fp32(trained.model, work, val_inputs[:4])
+    fp32_check = ex.check_fp32(trained.model, fp32_path, val_inputs)
     int8_path: Path | None = None
     int8_gate = None
     if config.int8:
@@ -326,24 +422,32 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         int8_path = work / ex.INT8_FILE if int8_gate.written else None
         if int8_path is not None and int8_gate.val_logits is not None:
             # The service runs the INT8 model: calibrate what it serves (on the validation
-            # logits its gate computed), as the OOD threshold below is chosen on it too.
+            # logits its gate computed), as the OOD threshold is chosen on it too.
             temperature, chosen, thresholds = _calibrate(
                 int8_gate.val_logits.astype(np.float64), val.targets, kinds, config
             )
             calibrated_on = "INT8 validation logits (the served model)"
-    del val_inputs
+    return ExportedModel(
+        fp32_path,
+        fp32_check,
+        int8_path,
+        int8_gate,
+        temperature,
+        chosen,
+        thresholds,
+        calibrated_on,
+        ood_model,
+        provisional_ood,
+        describe(trained.model)["name"],
+    )
 
-    common: dict[str, Any] = {
-        "onnx_fp32": fp32_path,
-        "onnx_int8": int8_path,
-        "labels": label_map.labels,
-        "preprocess": preprocess,
-        "temperature": temperature,
-        "thresholds": thresholds,
-        "modalities": [config.modality],
-        "ood": ood_model,
-        "backbone": describe(model)["name"],
-    }
+
+def evaluate_served(
+    config: TrainConfig, trained: TrainedModel, exported: ExportedModel, work: Path
+) -> Evaluation:
+    """Evaluate the served model through the real predictor on validation and test, set the OOD
+    threshold from its validation scores, and compare with ``--base`` when given."""
+    val, test = trained.arrays["val"], trained.arrays["test"]
     provisional = write_bundle(
         work,
         version="provisional",
@@ -351,9 +455,9 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
         training={},
         provenance={},
         limitations=[],
-        ood_threshold=provisional_ood,
+        ood_threshold=exported.provisional_ood_threshold,
         overwrite=True,
-        **common,
+        **exported.bundle_arguments(trained, config),
     )
     bundle = load_bundle(provisional)
     # OOD threshold from the served model's validation scores (INT8 when it ships).
@@ -365,102 +469,120 @@ def run(config: TrainConfig, command: str | None = None) -> Path:
     for name, evaluated in (("validation", val), ("test", test)):
         if not evaluated.samples:
             continue
-        result = evaluate_samples(bundle, evaluated.samples, label_map, ood_threshold=ood_threshold)
+        result = evaluate_samples(
+            bundle, evaluated.samples, trained.label_map, ood_threshold=ood_threshold
+        )
         metrics[name] = result.report
         for path in result.write(work / "reports", name):
             reports[path.name] = path
-    ood_summary: dict[str, Any] = {
+    metrics["ood"] = _ood_summary(config, bundle, served_val_scores, ood_threshold, metrics)
+    metrics["fp32_check"] = exported.fp32_check.__dict__
+    metrics["int8"] = (
+        exported.int8_gate.to_dict()
+        if exported.int8_gate
+        else {"written": False, "reason": "--no-int8"}
+    )
+    metrics["calibration"] = {
+        "fitted_on": exported.calibrated_on,
+        "temperature": exported.temperature,
+        "thresholds": {k: v.__dict__ for k, v in exported.chosen.items()},
+    }
+    recommended, parent_version = True, None
+    if config.base:
+        base = load_bundle(Path(config.base))
+        parent_version = base.version
+        recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
+        metrics["comparison_with_base"] = comparison
+    return Evaluation(metrics, reports, ood_threshold, recommended, parent_version)
+
+
+def _ood_summary(
+    config: TrainConfig,
+    bundle: Bundle,
+    served_val_scores: NDArray[np.float64],
+    ood_threshold: float,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """How the OOD threshold was chosen and what share of each set it flags."""
+    summary: dict[str, Any] = {
         "method": "mahalanobis_pca",
         "fitted_on": "training split features",
         "threshold_rule": f"validation quantile {1 - config.ood_flag_rate:.2f} (served model)",
         "threshold": ood_threshold,
         "validation_flagged": float(np.mean(served_val_scores > ood_threshold)),
     }
-    if test.samples:
-        ood_summary["test_flagged"] = metrics["test"].get("ood_flagged")
+    if "test" in metrics:
+        summary["test_flagged"] = metrics["test"].get("ood_flagged")
     if config.ood_data:
         outside = d.load_dataset(Path(config.ood_data))
         scores = ood_scores_for(bundle, [s.path for s in outside])
-        ood_summary["outside_images"] = len(outside)
-        ood_summary["outside_data"] = Path(config.ood_data).name
-        ood_summary["outside_flagged"] = float(np.mean(scores > ood_threshold))
+        summary["outside_images"] = len(outside)
+        summary["outside_data"] = Path(config.ood_data).name
+        summary["outside_flagged"] = float(np.mean(scores > ood_threshold))
         logger.info(
             "OOD: %.1f%% of %s flagged (validation %.1f%%)",
-            100 * ood_summary["outside_flagged"],
+            100 * summary["outside_flagged"],
             config.ood_data,
-            100 * ood_summary["validation_flagged"],
+            100 * summary["validation_flagged"],
         )
-    metrics["ood"] = ood_summary
-    metrics["fp32_check"] = fp32_check.__dict__
-    metrics["int8"] = (
-        int8_gate.to_dict() if int8_gate else {"written": False, "reason": "--no-int8"}
-    )
-    metrics["calibration"] = {
-        "fitted_on": calibrated_on,
-        "temperature": temperature,
-        "thresholds": {k: v.__dict__ for k, v in chosen.items()},
-    }
+    return summary
 
-    recommended, parent_version = True, None
-    if config.base:
-        from training.compare import judge_against_base
 
-        base = load_bundle(Path(config.base))
-        parent_version = base.version
-        recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
-        metrics["comparison_with_base"] = comparison
-
-    duration = time.monotonic() - started
+def write_final_bundle(
+    config: TrainConfig,
+    setup: RunSetup,
+    trained: TrainedModel,
+    exported: ExportedModel,
+    evaluation: Evaluation,
+) -> Path:
+    """Write ``out/<version>/`` with the figures, the training summary, ``config.json``,
+    provenance and the reports."""
     training_info: dict[str, Any] = {
-        "data": d.summarise(samples),
-        "splits": {name: d.summarise(a.samples) for name, a in arrays.items()},
+        "data": d.summarise(trained.samples),
+        "splits": {name: d.summarise(a.samples) for name, a in trained.arrays.items()},
         "split_rule": (
             f"deterministic grouped split by case_id (seed {config.seed}); per class, groups "
             f"ordered by sha256 of their key: {config.val_fraction:.0%} validation, "
             f"{config.test_fraction:.0%} test, rest training"
         ),
-        "label_map": label_map.to_dict(),
+        "label_map": trained.label_map.to_dict(),
         "mode": config.mode,
-        "head_weight_decay": head.weight_decay,
-        "epochs": history,
-        "best_epoch": best_epoch,
-        "class_weights": [round(float(x), 4) for x in weights],
-        "duration_s": round(duration, 1),
+        "head_weight_decay": trained.head_weight_decay,
+        "epochs": trained.history,
+        "best_epoch": trained.best_epoch,
+        "class_weights": [round(float(x), 4) for x in trained.class_weights],
+        "duration_s": round(time.monotonic() - setup.started, 1),
     }
     synthetic = synthetic_sources(config.data)
     if synthetic:
         training_info["synthetic_data"] = synthetic
-    config_file = work / "config.json"
+    config_file = setup.work / "config.json"
     config_file.write_text(
-        json.dumps({"command": command, "config": config.to_dict()}, indent=2) + "\n",
+        json.dumps({"command": setup.command, "config": config.to_dict()}, indent=2) + "\n",
         encoding="utf-8",
     )
     provenance = {
-        "command": command,
+        "command": setup.command,
         "git_commit": git_commit(),
-        "parent_version": parent_version,
+        "parent_version": evaluation.parent_version,
         "host": platform.node(),
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    limitations = list(config.limitations) or list(DEFAULT_LIMITATIONS)
-    final = write_bundle(
-        out_dir,
-        version=version,
-        metrics=metrics,
+    return write_bundle(
+        setup.out_dir,
+        version=setup.version,
+        metrics=evaluation.metrics,
         training=training_info,
         provenance=provenance,
-        limitations=limitations,
-        ood_threshold=ood_threshold,
-        extra_files={"config.json": config_file, **reports},
-        recommended=recommended,
-        parent_version=parent_version,
+        limitations=list(config.limitations) or list(DEFAULT_LIMITATIONS),
+        ood_threshold=evaluation.ood_threshold,
+        extra_files={"config.json": config_file, **evaluation.reports},
+        recommended=evaluation.recommended,
+        parent_version=evaluation.parent_version,
         overwrite=config.overwrite,
-        **common,
+        **exported.bundle_arguments(trained, config),
     )
-    _cleanup(work)
-    logger.info("bundle %s written in %.0f s", final, time.monotonic() - started)
-    return final
 
 
 def synthetic_sources(data: Sequence[str]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import ContextDep, Exporter
 from service.export import write_export
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
 
@@ -27,10 +30,17 @@ router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 )
 async def export_feedback(
     context: ContextDep,
-    _principal: Exporter,
+    principal: Exporter,
     since: Annotated[datetime | None, Query(description="only feedback from this time")] = None,
 ) -> FileResponse:
     """``manifest.csv`` (path,label,modality,source,case_id) and ``images/`` in a tar.gz."""
+    logger.info(
+        "key %s (%s, %s) exports feedback since %s",
+        principal.key_id,
+        principal.name,
+        principal.role.value,
+        since.isoformat() if since else "the start",
+    )
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     handle, name = tempfile.mkstemp(prefix="cites-export-", suffix=".tar.gz")

@@ -7,14 +7,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from model.heatmap import draw_box
 from model.imageio import decode_image
 from model.taxonomy import TaxonNotFoundError
 from model.vocabulary import DecisionKind, Modality
+from service.context import AppContext
 from service.deps import (
     BatchIdentifier,
     ContextDep,
@@ -26,6 +28,7 @@ from service.deps import (
 from service.device_cases import find_synced, parse_device_answer
 from service.guidance import negotiate_language
 from service.identify import IdentificationPipeline, IdentifyOptions
+from service.keys import Principal
 from service.problems import ProblemError, upload_too_large
 from service.render import feedback_dict, render_identification
 from service.repository import (
@@ -35,6 +38,8 @@ from service.repository import (
     latest_feedback,
     list_identifications,
 )
+from service.scope import EVERYTHING, RecordScope, Visibility, visibility_for
+from service.security import MULTI_LINE_TEXT, SINGLE_LINE_TEXT
 from service.tables import Identification, StoredImage
 from service.uploads import Upload
 
@@ -68,7 +73,9 @@ def form_options(
     origin_country: Annotated[
         str | None, Form(min_length=2, max_length=2, description="ISO 3166 alpha-2")
     ] = None,
-    case_ref: Annotated[str | None, Form(max_length=120, description="case reference")] = None,
+    case_ref: Annotated[
+        str | None, Form(max_length=120, pattern=SINGLE_LINE_TEXT, description="case reference")
+    ] = None,
 ) -> IdentifyOptions:
     """The optional form fields shared by single and batch identification."""
     return IdentifyOptions(
@@ -97,6 +104,7 @@ def spool_upload(upload: UploadFile, limit: int) -> Upload:
     responses={413: {"description": "too large"}, 422: {"description": "unusable input"}},
 )
 async def identify_one(
+    request: Request,
     response: Response,
     principal: Identifier,
     pipeline: PipelineDep,
@@ -112,6 +120,14 @@ async def identify_one(
     """Suggest likely CITES taxa for one uploaded image, with decision and guidance. With
     ``device_answer`` (a case made on the phone offline) both answers are stored, and a repeated
     upload of the same case returns the stored one (200) instead of a second case."""
+    if len((await request.form()).getlist("image")) > 1:  # parsed once, cached by Starlette
+        raise ProblemError(
+            422,
+            "duplicate-image-part",
+            "The upload has more than one 'image' part; send one image per request, or use "
+            "/v1/identifications:batch with 'images' parts.",
+            title="More than one image",
+        )
     device = parse_device_answer(device_answer)
     if device is not None:
         with context.sessions() as session:
@@ -181,9 +197,15 @@ async def identify_batch(
     }
 
 
-def _get(session: SessionDep, identification_id: str) -> Identification:
+def _visibility(session: Session, principal: Principal, context: AppContext) -> Visibility:
+    return visibility_for(session, principal, RecordScope(context.settings.record_scope))
+
+
+def _get(
+    session: Session, identification_id: str, visibility: Visibility = EVERYTHING
+) -> Identification:
     row = session.get(Identification, identification_id)
-    if row is None:
+    if row is None or not visibility.allows(row.created_by):  # out of scope: as if absent
         raise ProblemError(
             404,
             "not-found",
@@ -210,9 +232,9 @@ def list_all(
     offset: Annotated[int, Query(ge=0, le=2**53)] = 0,  # SQL integers are 64-bit
     since: Annotated[datetime | None, Query(description="ISO time, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="ISO time, exclusive")] = None,
-    case_ref: Annotated[str | None, Query(max_length=120)] = None,
+    case_ref: Annotated[str | None, Query(max_length=120, pattern=SINGLE_LINE_TEXT)] = None,
     decision: Annotated[DecisionKind | None, Query()] = None,
-    label: Annotated[str | None, Query(max_length=200)] = None,
+    label: Annotated[str | None, Query(max_length=200, pattern=SINGLE_LINE_TEXT)] = None,
     mine: Annotated[bool, Query(description="only those made with my key")] = False,
 ) -> dict[str, Any]:
     """A page of identifications with optional filters."""
@@ -223,6 +245,7 @@ def list_all(
         decision=decision,
         label=label,
         created_by=principal.key_id if mine else None,
+        visible_keys=_visibility(session, principal, context).key_ids,
     )
     rows, total = list_identifications(session, filters, limit=limit, offset=offset)
     feedback = latest_feedback(session, [r.id for r in rows])
@@ -243,13 +266,13 @@ def list_all(
 @router.get("/identifications/{identification_id}", summary="One identification")
 def get_one(
     identification_id: str,
-    _principal: Reader,
+    principal: Reader,
     context: ContextDep,
     session: SessionDep,
     language: Language,
 ) -> dict[str, Any]:
     """An identification with its latest feedback."""
-    row = _get(session, identification_id)
+    row = _get(session, identification_id, _visibility(session, principal, context))
     feedback = latest_feedback(session, [row.id]).get(row.id)
     return render_identification(row.result, language, context.guidance, feedback)
 
@@ -261,10 +284,10 @@ def get_one(
     responses={200: {"content": {"image/*": {}}}},
 )
 def get_image(
-    identification_id: str, _principal: Reader, context: ContextDep, session: SessionDep
+    identification_id: str, principal: Reader, context: ContextDep, session: SessionDep
 ) -> Response:
-    """The image as stored (GPS metadata removed unless configured otherwise)."""
-    row = _get(session, identification_id)
+    """The image as stored (location metadata removed unless configured otherwise)."""
+    row = _get(session, identification_id, _visibility(session, principal, context))
     image = session.get(StoredImage, row.image_sha256)
     if image is None:
         raise ProblemError(404, "not-found", "The image of this identification is missing.")
@@ -286,13 +309,15 @@ async def get_heatmap(
     identification_id: str,
     principal: Reader,
     context: ContextDep,
-    label: Annotated[str | None, Query(max_length=200, description="label id")] = None,
+    label: Annotated[
+        str | None, Query(max_length=200, pattern=SINGLE_LINE_TEXT, description="label id")
+    ] = None,
 ) -> Response:
     """The image with the class-activation map of the decided (or top-1, or given) label."""
 
     def load() -> tuple[Identification, StoredImage | None]:
         with context.sessions() as session:
-            row = _get(session, identification_id)
+            row = _get(session, identification_id, _visibility(session, principal, context))
             return row, session.get(StoredImage, row.image_sha256)
 
     row, image = await run_in_threadpool(load)
@@ -348,12 +373,17 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verdict: Literal["confirm", "correct"]
-    label: str | None = Field(default=None, max_length=200, description="a label id")
-    taxon_id: str | None = Field(default=None, max_length=200, description="a taxonomy id")
-    note: str | None = Field(default=None, max_length=2000)
+    label: str | None = Field(
+        default=None, max_length=200, pattern=SINGLE_LINE_TEXT, description="a label id"
+    )
+    taxon_id: str | None = Field(
+        default=None, max_length=200, pattern=SINGLE_LINE_TEXT, description="a taxonomy id"
+    )
+    note: str | None = Field(default=None, max_length=2000, pattern=MULTI_LINE_TEXT)
     case_ref: str | None = Field(
         default=None,
         max_length=120,
+        pattern=SINGLE_LINE_TEXT,
         description="case / seizure reference (as in identification); blank means none",
     )
 
@@ -382,7 +412,7 @@ def post_feedback(
     session: SessionDep,
 ) -> dict[str, Any]:
     """Append a feedback entry; older entries are kept."""
-    row = _get(session, identification_id)
+    row = _get(session, identification_id, _visibility(session, principal, context))
     label = body.label
     if label is not None:
         known = {entry["label"] for entry in row.result.get("top_k", [])}
@@ -416,7 +446,9 @@ def post_feedback(
 @router.get(
     "/identifications/{identification_id}/feedback", summary="Feedback history, oldest first"
 )
-def get_feedback(identification_id: str, _principal: Reader, session: SessionDep) -> dict[str, Any]:
+def get_feedback(
+    identification_id: str, principal: Reader, context: ContextDep, session: SessionDep
+) -> dict[str, Any]:
     """Every feedback entry of an identification."""
-    row = _get(session, identification_id)
+    row = _get(session, identification_id, _visibility(session, principal, context))
     return {"items": [feedback_dict(f) for f in feedback_history(session, row.id)]}

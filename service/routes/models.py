@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Query
 from model.predictor import Predictor
 from model.vocabulary import MODALITIES, Modality
 from service.deps import Admin, ContextDep, Reader
+from service.keys import Role
 from service.modelhost import (
     ModalityMismatchError,
     ModelLoadError,
@@ -19,20 +21,30 @@ from service.modelhost import (
 from service.problems import ProblemError
 from service.repository import active_model_key, set_state
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", summary="Bundles in the weights directory")
-def list_models(context: ContextDep, _principal: Reader) -> dict[str, Any]:
-    """Every bundle version that can be activated, and which one is active."""
+def list_models(context: ContextDep, principal: Reader) -> dict[str, Any]:
+    """Every bundle version that can be activated, and which one is active. Server paths
+    (``weights_dir``, each ``path``) are shown to admins only."""
     current = context.host.current
+    admin = principal.role is Role.ADMIN
+    items = [entry.to_dict() for entry in context.host.entries()]
+    if not admin:
+        for item in items:
+            item.pop("path", None)
     actives = context.host.actives()
-    return {
+    body: dict[str, Any] = {
         "active": current.version if current is not None else None,
         "active_by_modality": {m: actives[m].version if m in actives else None for m in MODALITIES},
-        "weights_dir": str(context.host.weights_dir),
-        "items": [entry.to_dict() for entry in context.host.entries()],
     }
+    if admin:
+        body["weights_dir"] = str(context.host.weights_dir)
+    body["items"] = items
+    return body
 
 
 @router.get("/active", summary="The serving models, their labels and thresholds")
@@ -72,7 +84,7 @@ def _by_modality(actives: dict[str, Predictor]) -> dict[str, dict[str, Any] | No
 async def activate(
     version: str,
     context: ContextDep,
-    _principal: Admin,
+    principal: Admin,
     modality: Annotated[
         Modality | None,
         Query(description="the modality it serves (default: the bundle's own)"),
@@ -80,6 +92,13 @@ async def activate(
 ) -> dict[str, Any]:
     """Swap the serving model of a modality (camera and x-ray each have one); requests in flight
     finish on the old one, and a bundle that fails leaves the old one serving."""
+    logger.info(
+        "key %s (%s) activates model %s for %s",
+        principal.key_id,
+        principal.name,
+        version,
+        modality or "its modalities",
+    )
 
     def persist(predictor: Predictor, slots: tuple[str, ...]) -> None:
         with context.sessions() as session:
@@ -96,6 +115,7 @@ async def activate(
         raise ProblemError(404, "not-found", str(exc), title="Model not found") from None
     except ModelLoadError as exc:
         context.metrics.model_swaps.labels(outcome="failed").inc()
+        logger.warning("activation of %s by key %s failed: %s", version, principal.key_id, exc)
         current = context.host.current
         still = current.version if current is not None else "none"
         raise ProblemError(
@@ -105,6 +125,7 @@ async def activate(
             title="Model could not be activated",
         ) from None
     context.metrics.model_swaps.labels(outcome="activated").inc()
+    logger.info("model %s activated by key %s", predictor.version, principal.key_id)
     serving = context.host.current or predictor  # after racing activations: the last swap
     context.metrics.set_active_model(serving.version)
     return {**describe_predictor(predictor, slots[0]), "activated_for": list(slots)}

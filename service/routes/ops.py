@@ -13,6 +13,9 @@ from service.problems import ProblemError
 
 router = APIRouter()
 
+READY_MIN_FREE_BYTES = 64 * 1024 * 1024
+"""Below this much free disk under the image store, ``/readyz`` says not ready."""
+
 
 @router.get("/healthz", tags=["operations"], summary="The process is alive")
 def healthz() -> dict[str, str]:
@@ -25,7 +28,8 @@ async def readyz(context: ContextDep) -> dict[str, Any]:
     """``ready`` with the model version, or 503 naming what is missing."""
     predictor = context.host.current
     database_ok = await run_in_threadpool(ping, context.engine)
-    if predictor is None or not database_ok:
+    store_problem = await run_in_threadpool(context.store.unwritable_reason, READY_MIN_FREE_BYTES)
+    if predictor is None or not database_ok or store_problem:
         missing = [
             what
             for what, ok in (
@@ -34,14 +38,21 @@ async def readyz(context: ContextDep) -> dict[str, Any]:
             )
             if not ok
         ]
+        reasons = ["waiting for " + " and ".join(missing)] if missing else []
+        reasons += [store_problem] if store_problem else []
         raise ProblemError(
             503,
             "not-ready",
-            "Not ready: waiting for " + " and ".join(missing) + ".",
+            "Not ready: " + "; ".join(reasons) + ".",
             title="Not ready",
             headers={"Retry-After": "2"},
         )
-    return {"status": "ready", "model_version": predictor.version, "database": "ok"}
+    return {
+        "status": "ready",
+        "model_version": predictor.version,
+        "database": "ok",
+        "image_store": "writable",
+    }
 
 
 @router.get(

@@ -16,6 +16,7 @@ from model.vocabulary import Modality
 from service.deps import ContextDep, Identifier, Reader, SessionDep
 from service.problems import ProblemError
 from service.routes.identifications import Language, as_utc, spool_upload
+from service.security import SINGLE_LINE_TEXT, refuse_control_characters
 from service.verifications import (
     UploadedImage,
     VerificationFilter,
@@ -54,8 +55,9 @@ def permit_form(
     valid_from: Annotated[str | None, Form(max_length=_TEXT, description="YYYY-MM-DD")] = None,
     valid_until: Annotated[str | None, Form(max_length=_TEXT, description="YYYY-MM-DD")] = None,
 ) -> dict[str, str | None]:
-    """The declared permit fields, as sent (validated by :func:`model.permits.parse_permit`)."""
-    return {
+    """The declared permit fields, as sent (validated by :func:`model.permits.parse_permit`);
+    control characters (NUL...) are refused with 422 (line breaks only in the description)."""
+    fields = {
         "permit_number": permit_number,
         "permit_type": permit_type,
         "issuing_country": issuing_country,
@@ -72,6 +74,8 @@ def permit_form(
         "valid_from": valid_from,
         "valid_until": valid_until,
     }
+    refuse_control_characters(fields, multi_line=("description",))
+    return fields
 
 
 PermitFields = Annotated[dict[str, str | None], Depends(permit_form)]
@@ -90,7 +94,9 @@ async def verify(
     language: Language,
     permit: PermitFields,
     images: Annotated[list[UploadFile], File(description="one or more photos of the goods")],
-    case_ref: Annotated[str | None, Form(max_length=120, description="case reference")] = None,
+    case_ref: Annotated[
+        str | None, Form(max_length=120, pattern=SINGLE_LINE_TEXT, description="case reference")
+    ] = None,
     modality: Annotated[Modality | None, Form(description="camera or xray")] = None,
 ) -> dict[str, Any]:
     """A verdict per image (consistent / inconsistent / inconclusive, with the reason), the

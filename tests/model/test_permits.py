@@ -269,3 +269,26 @@ def test_every_text_exists_in_three_languages_with_the_same_fields() -> None:
 
 def test_render_falls_back_to_english() -> None:
     assert render("field_required", {"field": "unit"}, "de") == "unit: this field is required"
+
+
+def test_a_product_group_is_named_in_the_readers_language(taxonomy: Taxonomy) -> None:
+    assessment = assess_permit(
+        permit(
+            taxonomy,
+            scientific_name="Loxodonta africana",
+            appendix="II",
+            purpose_code="S",
+            country_of_export="ZA",
+        ),
+        taxonomy,
+        TODAY,
+    )
+    finding = compare_image(assessment, evidence("ivory-elephant-walrus", 0.95), taxonomy)
+    assert finding.outcome == "consistent"
+    group = taxonomy.get("ivory-elephant-walrus")
+    assert group.common_names["fr"] in finding.reason("fr")
+    assert group.common_names["es"] in finding.reason("es")
+    assert finding.reason("en").endswith(
+        "a higher taxon or product group that includes it: the image cannot confirm the "
+        "species; it also includes Appendix I E. maximus"
+    )

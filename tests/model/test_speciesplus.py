@@ -143,3 +143,34 @@ def test_files_in_another_format_are_refused(
         read_export(bad, Taxonomy.load(data).countries)
     code, _out, err = run("taxa", "--data", str(data), "import", str(tmp_path / "absent.csv"))
     assert code == 2 and "file not found" in err
+
+
+def test_an_export_of_a_few_species_removes_nothing_from_the_real_taxonomy() -> None:
+    from model.taxonomy import default_taxonomy
+
+    taxonomy = default_taxonomy()
+    diff = diff_taxonomy(read_export(SAMPLES / "listings-cop20.csv", taxonomy.countries), taxonomy)
+    kinds = {(c.kind, c.taxon_id) for c in diff.changes}
+    assert not [c for c in diff.changes if c.kind == "removed"]  # e.g. Rhinoplax vigil stays
+    assert ("added", "bycanistes-cylindricus") in kinds
+
+
+def test_one_page_of_an_api_answer_looks_for_no_removals(data: Path, tmp_path: Path) -> None:
+    page = json.loads((SAMPLES / "taxon-concepts-cop20.json").read_text(encoding="utf-8"))
+    page["pagination"]["total_entries"] = 900
+    page["taxon_concepts"].append(
+        {
+            "id": 7000,
+            "full_name": "Odobenidae",
+            "rank": "FAMILY",
+            "name_status": "A",
+            "higher_taxa": {},
+            "cites_listings": [],
+        }
+    )
+    sample = tmp_path / "page-1.json"
+    sample.write_text(json.dumps(page), encoding="utf-8")
+    taxonomy = Taxonomy.load(data)
+    diff = diff_taxonomy(read_export(sample, taxonomy.countries), taxonomy)
+    assert "one page (5 of 900 taxon concepts)" in " ".join(diff.skipped)
+    assert not [c for c in diff.changes if c.kind == "removed"]

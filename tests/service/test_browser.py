@@ -409,3 +409,15 @@ def test_api_errors_are_shown_in_plain_words(
         ).json()
     expect(error).to_contain_text(problem["detail"])
     expect(page.locator("#result")).to_be_hidden()
+
+    # A photo whose compressed data is damaged: refused, in the interface language.
+    from tests.service.test_abuse_decoding import photo_jpeg, zeroed_middle
+
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(zeroed_middle(photo_jpeg((640, 480))))
+    page.select_option("#lang", "fr")
+    page.set_input_files("#file", str(damaged))
+    page.click("#identify-btn")
+    expect(error).to_contain_text("Le fichier photo est endommagé")
+    expect(page.locator("#result")).to_be_hidden()
+    page.select_option("#lang", "en")

@@ -139,7 +139,25 @@ def test_schemathesis_real_resources(api: Api) -> None:
         fed = client.post(f"/v1/identifications/{ident}/feedback", json={"verdict": "confirm"})
         assert fed.status_code == 201, fed.text
         active = client.get("/v1/models/active").json()
+        checked_permit = client.post(
+            "/v1/verifications",
+            data={
+                "permit_number": "26KE000001",
+                "permit_type": "export",
+                "issuing_country": "KE",
+                "country_of_export": "KE",
+                "country_of_import": "FR",
+                "scientific_name": "Loxodonta africana",
+                "appendix": "I",
+                "source_code": "W",
+                "purpose_code": "S",
+                "valid_until": "2099-12-31",
+            },
+            files={"images": ("r.jpg", hostile.image_bytes(seed=6), "image/jpeg")},
+        )
+        assert checked_permit.status_code == 201, checked_permit.text
     values = {
+        "verification_id": checked_permit.json()["id"],
         "identification_id": ident,
         "id": ident,
         "taxon_id": next(lab["taxon_id"] for lab in active["labels"] if lab["taxon_id"]),

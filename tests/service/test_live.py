@@ -25,6 +25,7 @@ from tests.service_helpers import (
     running_service,
     start_postgres,
 )
+from tests.tools import tool_missing
 
 ROLES = ("officer", "scanner", "trainer", "admin")
 
@@ -245,7 +246,7 @@ def test_service_on_postgresql(weights: Path, tmp_path: Path) -> None:
     try:
         server = start_postgres()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        tool_missing(str(exc))
     try:
         url = server.create_database("cites_live")
         env = {"DATABASE_URL": url}

@@ -140,7 +140,10 @@ def _request_for(method: str, template: str) -> Request:
 def ctx(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     """A server, a key for every role, an identification and a taxon id."""
     data_dir = tmp_path_factory.mktemp("roles-data")
-    with running_service(tiny_bundle, data_dir) as handle:
+    # this module sends a wrong key to every operation: more than the default burst of wrong
+    # keys per address, whose throttling (429) tests/service/test_abuse.py checks
+    no_throttle = {"CITES_AUTH_FAILURE_BURST": "100000"}
+    with running_service(tiny_bundle, data_dir, env=no_throttle) as handle:
         keys = {role: handle.make_key(role) for role in ROLES}
         with httpx.Client(
             base_url=handle.url, headers={"Authorization": f"Bearer {keys['admin']}"}, timeout=60

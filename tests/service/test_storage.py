@@ -20,9 +20,10 @@ from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
 from service.database import alembic_config, make_engine, make_sessionmaker, migrate
-from service.imagestore import GPS_IFD_TAG, ImageStore, prepare_image, strip_jpeg_gps
+from service.imagestore import ImageStore, prepare_image
 from service.keys import Principal, Role, create_key, list_keys, revoke_key, verify_key
 from service.metrics import ServiceMetrics
+from service.privacy import GPS_IFD_TAG, strip_location
 from service.repository import (
     ListFilter,
     NewIdentification,
@@ -37,6 +38,7 @@ from service.repository import (
 )
 from service.tables import Identification, StoredImage
 from tests.service_helpers import PostgresServer, start_postgres
+from tests.tools import tool_missing
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def postgres() -> Iterator[PostgresServer]:
     try:
         server = start_postgres()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        tool_missing(str(exc))
     try:
         yield server
     finally:
@@ -385,7 +387,7 @@ def test_gps_is_kept_when_configured() -> None:
 def test_jpeg_without_gps_is_unchanged() -> None:
     out = io.BytesIO()
     Image.new("RGB", (16, 16), (1, 2, 3)).save(out, "JPEG")
-    assert strip_jpeg_gps(out.getvalue()) == out.getvalue()
+    assert strip_location(out.getvalue(), "JPEG").data == out.getvalue()
 
 
 def test_xmp_packet_is_dropped() -> None:
@@ -393,7 +395,7 @@ def test_xmp_packet_is_dropped() -> None:
     xmp = b'<x:xmpmeta><rdf:Description exif:GPSLatitude="51,30N"/></x:xmpmeta>'
     Image.new("RGB", (16, 16), (1, 2, 3)).save(out, "JPEG", xmp=xmp)
     assert b"GPSLatitude" in out.getvalue()
-    assert b"GPSLatitude" not in strip_jpeg_gps(out.getvalue())
+    assert b"GPSLatitude" not in strip_location(out.getvalue(), "JPEG").data
 
 
 def test_png_with_gps_is_reencoded_losslessly() -> None:

@@ -33,6 +33,12 @@ export function errorText(err) {
     if (err.status === 503 && err.retryAfter) {
       return t("error_503", { s: err.retryAfter }) + " " + (err.problem.detail || "");
     }
+    if (err.status === 429) return t("error_429", { s: err.retryAfter || 1 });
+    // Problems an officer meets with a photo, in the interface language.
+    const slug = String(err.problem.type || "").split("/").pop();
+    if (slug === "corrupt-image" || slug === "image-too-complex") {
+      return t("error_" + slug.replace(/-/g, "_"));
+    }
     // The service writes `detail` for people: what went wrong and what to do.
     if (err.problem.detail) return err.problem.detail;
     if (err.problem.title) return err.problem.title;

@@ -99,6 +99,9 @@ export const MESSAGES = {
     error_403: "Your key is not allowed to do this. Ask your administrator.",
     error_generic: "Something went wrong ({status}). Try again.",
     error_503: "The service is busy. Try again in {s} seconds.",
+    error_429: "Your key already has many images in progress. Wait for those answers, then try again in {s} seconds.",
+    error_corrupt_image: "The photo file is damaged (part of it is missing or garbled), so it cannot be checked. Take or send the photo again.",
+    error_image_too_complex: "This image is built in an unusual way that takes too long to read. Send the photo as the camera or phone saved it, or save it again as an ordinary JPEG.",
     notImage: "This file is not an image. Choose a photo.",
     rank_kingdom: "kingdom", rank_phylum: "phylum", rank_class: "class", rank_order: "order", rank_family: "family", rank_genus: "genus", rank_species: "species", rank_subspecies: "subspecies", rank_group: "product group", rank_material: "material",
     // Offline use (js/offline.js)
@@ -217,6 +220,9 @@ export const MESSAGES = {
     error_403: "Votre clé ne permet pas cette opération. Adressez-vous à votre administrateur.",
     error_generic: "Une erreur s’est produite ({status}). Réessayez.",
     error_503: "Le service est occupé. Réessayez dans {s} secondes.",
+    error_429: "Votre clé a déjà de nombreuses images en cours. Attendez ces réponses, puis réessayez dans {s} secondes.",
+    error_corrupt_image: "Le fichier photo est endommagé (une partie manque ou est illisible) : il ne peut pas être vérifié. Reprenez ou renvoyez la photo.",
+    error_image_too_complex: "Cette image est construite d’une manière inhabituelle qui prend trop de temps à lire. Envoyez la photo telle que l’appareil ou le téléphone l’a enregistrée, ou réenregistrez-la en JPEG ordinaire.",
     notImage: "Ce fichier n’est pas une image. Choisissez une photo.",
     rank_kingdom: "règne", rank_phylum: "embranchement", rank_class: "classe", rank_order: "ordre", rank_family: "famille", rank_genus: "genre", rank_species: "espèce", rank_subspecies: "sous-espèce", rank_group: "groupe de produits", rank_material: "matériau",
     // Utilisation hors ligne (js/offline.js)
@@ -335,6 +341,9 @@ export const MESSAGES = {
     error_403: "Su clave no permite esta operación. Consulte a su administrador.",
     error_generic: "Algo salió mal ({status}). Inténtelo de nuevo.",
     error_503: "El servicio está ocupado. Inténtelo de nuevo en {s} segundos.",
+    error_429: "Su clave ya tiene muchas imágenes en curso. Espere esas respuestas y vuelva a intentarlo en {s} segundos.",
+    error_corrupt_image: "El archivo de la foto está dañado (falta una parte o está ilegible), así que no se puede comprobar. Tome o envíe la foto de nuevo.",
+    error_image_too_complex: "Esta imagen está construida de una forma inusual que tarda demasiado en leerse. Envíe la foto tal como la guardó la cámara o el teléfono, o guárdela de nuevo como JPEG normal.",
     notImage: "Este archivo no es una imagen. Elija una foto.",
     rank_kingdom: "reino", rank_phylum: "filo", rank_class: "clase", rank_order: "orden", rank_family: "familia", rank_genus: "género", rank_species: "especie", rank_subspecies: "subespecie", rank_group: "grupo de productos", rank_material: "material",
     // Uso sin conexión (js/offline.js)

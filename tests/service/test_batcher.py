@@ -1,28 +1,16 @@
-"""Units of the service without a model: micro-batcher, guidance, language negotiation,
-settings validation and the problem documents."""
+"""The micro-batcher (service/batcher.py): grouping, waiting, back-pressure, cancellation."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from service.batcher import BatcherClosedError, MicroBatcher, QueueFullError
-from service.guidance import (
-    GUIDANCE_FILE,
-    LANGUAGES,
-    GuidanceBook,
-    GuidanceError,
-    negotiate_language,
-)
 from service.metrics import ServiceMetrics
-from service.settings import Settings
 
 
 def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
@@ -209,104 +197,3 @@ def test_batcher_skips_cancelled_callers() -> None:
 
     asyncio.run(main())
     assert [1] not in ran and all(1 not in batch for batch in ran)
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        (None, "en"),
-        ("", "en"),
-        ("fr", "fr"),
-        ("es-ES,es;q=0.9,en;q=0.8", "es"),
-        ("de-DE,fr;q=0.5,es;q=0.8", "es"),
-        ("de, it", "en"),
-        ("fr;q=0, es;q=0.1", "es"),
-        ("FR-ca", "fr"),
-        ("*", "en"),
-        ("en;q=garbage, fr;q=0.3", "fr"),
-    ],
-)
-def test_accept_language(header: str | None, expected: str) -> None:
-    assert negotiate_language(header) == expected
-
-
-def test_guidance_has_every_kind_and_language() -> None:
-    book = GuidanceBook.load()
-    for kind in ("taxon", "lookalike", "uncertain", "outside_training_domain"):
-        for lang in LANGUAGES:
-            g = book.lookup(kind, None, lang)
-            assert g.language == lang and g.title and g.text
-    assert "Appendix I" in book.lookup("taxon", "I", "en").title
-    assert "Annexe II" in book.lookup("taxon", "II", "fr").title
-    assert "Apéndice III" in book.lookup("taxon", "III", "es").title
-    # unknown appendix falls back to the kind's general entry
-    assert book.lookup("lookalike", "I", "en") == book.lookup("lookalike", None, "en")
-
-
-def test_guidance_file_errors_name_the_entry(tmp_path: Path) -> None:
-    raw = json.loads(GUIDANCE_FILE.read_text(encoding="utf-8"))
-    del raw["uncertain"]["none"]["es"]
-    bad = tmp_path / "guidance.json"
-    bad.write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(GuidanceError, match=r"uncertain/none/es"):
-        GuidanceBook.load(bad)
-
-
-def test_settings_validate_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/db")
-    monkeypatch.setenv("CITES_BATCH_MAX_SIZE", "8")
-    settings = Settings()
-    assert settings.resolved_database_url == "postgresql+psycopg://u@h/db"
-    assert settings.batch_max_size == 8
-    monkeypatch.setenv("CITES_QUEUE_MAX", "4")
-    with pytest.raises(ValidationError, match="QUEUE_MAX"):
-        Settings()
-    monkeypatch.delenv("CITES_QUEUE_MAX")
-    monkeypatch.setenv("CITES_MAX_UPLOAD_BYTES", "-1")
-    with pytest.raises(ValidationError):
-        Settings()
-    monkeypatch.delenv("CITES_MAX_UPLOAD_BYTES")
-    monkeypatch.setenv("DATABASE_URL", "not a url")
-    with pytest.raises(ValidationError, match="DATABASE_URL"):
-        Settings()
-
-
-def test_settings_default_to_sqlite_in_data_dir(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, bundle_dir=tmp_path / "w" / "default")
-    assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve()}/cites.sqlite3"
-    assert settings.resolved_weights_dir == (tmp_path / "w").resolve()
-
-
-def test_model_host_keeps_the_most_recent_earlier_models_for_heat_maps(tmp_path: Path) -> None:
-    from model.taxonomy import default_taxonomy
-    from service.modelhost import EARLIER_MODELS_KEPT, ModelHost, ModelUnavailableError
-    from tests.factories import make_tiny_bundle
-
-    versions = [f"tiny-{i}" for i in range(EARLIER_MODELS_KEPT + 2)]
-    for version in versions:
-        make_tiny_bundle(tmp_path, version=version)
-    host = ModelHost(
-        tmp_path, taxonomy=default_taxonomy(), threads=1, precision="auto", warmup_batch=2
-    )
-    host.set_initial(host.load(host.find(versions[0])))
-
-    async def scenario() -> None:
-        swapped_out = {}
-        for version in versions[1:]:
-            swapped_out[host.current.version] = host.current  # type: ignore[union-attr]
-            await host.activate(version)
-        assert (await host.predictor_for(versions[-1])) is host.current
-        # the last EARLIER_MODELS_KEPT swapped out are the very predictors that served
-        for version in versions[-1 - EARLIER_MODELS_KEPT : -1]:
-            assert (await host.predictor_for(version)) is swapped_out[version]
-        # the oldest was dropped: it is loaded again from the weights directory
-        reloaded = await host.predictor_for(versions[0])
-        assert reloaded is not swapped_out[versions[0]]
-        assert reloaded.version == versions[0]
-        with pytest.raises(ModelUnavailableError, match="tiny-gone"):
-            await host.predictor_for("tiny-gone")
-        # activating a version that was kept as an earlier one does not keep a second copy
-        await host.activate(versions[0])
-        assert host._earlier.keys() == {versions[-1]}
-
-    asyncio.run(scenario())
