@@ -5,12 +5,12 @@ Decoding is the core's preprocessing (:func:`model.preprocess.decode_image`, the
 image's modality: the caller's ``modality``, else the file's own evidence, else camera) plus
 :func:`service.imagestore.prepare_image` (GPS removed, sha256 of the stored bytes; DICOM/DICOS
 and TIFFs only tifffile reads are stored as the rendered PNG). Both run in decode worker
-processes (:mod:`service.decodeworkers`) with a time limit that really stops them, never on
-the event loop. Before any pixel is decoded, a cheap pass over the bytes refuses what would
-make decoding or GPS removal expensive (:func:`check_decoding_cost`): a JPEG with more than
-:data:`MAX_JPEG_SCANS` scans (a progressive JPEG normally has about ten; a scan repeated thousands of times costs minutes of CPU), more
-than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments or :data:`MAX_JPEG_HEADER_SEGMENTS` segments
-before its first scan.
+processes (:mod:`service.decodeworkers`) with a time limit that really stops them, never on the
+event loop. Before any pixel is decoded, a cheap pass over the bytes refuses what would make
+decoding or GPS removal expensive (:func:`check_decoding_cost`): a JPEG with more than
+:data:`MAX_JPEG_SCANS` scans (a progressive JPEG normally has about ten; a scan repeated
+thousands of times costs minutes of CPU), more than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments
+or :data:`MAX_JPEG_HEADER_SEGMENTS` segments before its first scan.
 
 JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
 the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
