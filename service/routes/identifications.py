@@ -332,7 +332,7 @@ async def get_heatmap(
     "/identifications/{identification_id}/located",
     summary="The x-ray scan with the box of the suspected object drawn on it",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no box"}},
 )
 async def get_located(identification_id: str, _principal: Reader, context: ContextDep) -> Response:
     """The stored scan with the x-ray model's box (``location.box``) drawn in red; 404 when the

@@ -47,7 +47,11 @@ def list_models(context: ContextDep, principal: Reader) -> dict[str, Any]:
     return body
 
 
-@router.get("/active", summary="The serving models, their labels and thresholds")
+@router.get(
+    "/active",
+    summary="The serving models, their labels and thresholds",
+    responses={404: {"description": "no model for that modality"}},
+)
 def active_model(
     context: ContextDep,
     _principal: Reader,
@@ -80,7 +84,11 @@ def _by_modality(actives: dict[str, Predictor]) -> dict[str, dict[str, Any] | No
     return {m: describe_predictor(actives[m], m) if m in actives else None for m in MODALITIES}
 
 
-@router.post("/{version}/activate", summary="Load, verify, warm up and swap in a bundle")
+@router.post(
+    "/{version}/activate",
+    summary="Load, verify, warm up and swap in a bundle",
+    responses={422: {"description": "not a bundle for that modality"}},
+)
 async def activate(
     version: str,
     context: ContextDep,
