@@ -180,6 +180,11 @@ def screening_report(
     served = [s for s in composites if s.label in WILDLIFE_CLASSES]
     report["served_decision"] = {
         "wildlife_answered_taxon": _rate(sum(s.decision == "taxon" for s in served), len(served)),
+        # the worst error: ivory or timber answered "no wildlife product" or "porcelain"
+        "wildlife_answered_lookalike": _rate(
+            sum(s.decision == "lookalike" for s in served), len(served)
+        ),
+        "wildlife_decisions": _counts(s.decision for s in served),
         "plain_answered_taxon": _rate(
             sum(s.decision == "taxon" for s in composites if s.label == PLAIN_CLASS), len(plain)
         ),
