@@ -152,6 +152,11 @@ class ModelHost:
         active = dict(self._active)
         return {m: active[m] for m in MODALITIES if m in active}
 
+    @property
+    def swapping(self) -> bool:
+        """True while an activation is loading or swapping a bundle."""
+        return self._swap_lock.locked()
+
     def load(self, path: Path) -> Predictor:
         """Load, verify and warm up the bundle at ``path`` (blocking); raises
         :class:`ModelLoadError` with the reason."""

@@ -1,5 +1,8 @@
-"""``/v1/models``: list bundles, show the active ones (one per modality), activate another
-(admin)."""
+"""``/v1/models``: list bundles, show the active ones (one per modality: camera and x-ray),
+activate another or roll back (admin), and the history of activations.
+
+The history, roll-back and replicas follow the camera model (the state key that predates x-ray
+bundles); an x-ray activation is persisted under its own key and served from the next start."""
 
 from __future__ import annotations
 
@@ -7,11 +10,14 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
 from model.predictor import Predictor
 from model.vocabulary import MODALITIES, Modality
+from service.activations import Change, history, record_change, rollback_target
+from service.context import AppContext
 from service.deps import Admin, ContextDep, Reader
-from service.keys import Role
+from service.keys import Principal, Role
 from service.modelhost import (
     ModalityMismatchError,
     ModelLoadError,
@@ -84,34 +90,57 @@ def _by_modality(actives: dict[str, Predictor]) -> dict[str, dict[str, Any] | No
     return {m: describe_predictor(actives[m], m) if m in actives else None for m in MODALITIES}
 
 
-@router.post(
-    "/{version}/activate",
-    summary="Load, verify, warm up and swap in a bundle",
-    responses={422: {"description": "not a bundle for that modality"}},
-)
-async def activate(
+class ActivationRequest(BaseModel):
+    """Optional body of an activation or rollback: why (recorded in the history)."""
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+@router.get("/history", summary="Every activation and rollback, newest first")
+def model_history(context: ContextDep, _principal: Reader) -> dict[str, Any]:
+    """Who activated or rolled back which version, when, from which version, and why."""
+    with context.sessions() as session:
+        return {"items": history(session)}
+
+
+async def _swap(
+    context: AppContext,
     version: str,
-    context: ContextDep,
-    principal: Admin,
-    modality: Annotated[
-        Modality | None,
-        Query(description="the modality it serves (default: the bundle's own)"),
-    ] = None,
+    principal: Principal,
+    action: str,
+    reason: str | None,
+    modality: str | None = None,
 ) -> dict[str, Any]:
-    """Swap the serving model of a modality (camera and x-ray each have one); requests in flight
-    finish on the old one, and a bundle that fails leaves the old one serving."""
     logger.info(
-        "key %s (%s) activates model %s for %s",
+        "key %s (%s): %s model %s for %s",
         principal.key_id,
         principal.name,
+        action,
         version,
         modality or "its modalities",
     )
+    before = context.host.current
 
     def persist(predictor: Predictor, slots: tuple[str, ...]) -> None:
         with context.sessions() as session:
             for slot in slots:
-                set_state(session, active_model_key(slot), predictor.bundle.path.name)
+                if slot != "camera":  # the history and replicas follow the camera model
+                    set_state(session, active_model_key(slot), predictor.bundle.path.name)
+            if "camera" not in slots:
+                return
+            record_change(
+                session,
+                Change(
+                    action=action,
+                    actor_key_id=principal.key_id,
+                    actor_name=principal.name,
+                    from_version=before.version if before is not None else None,
+                    from_folder=before.bundle.path.name if before is not None else None,
+                    to_version=predictor.version,
+                    to_folder=predictor.bundle.path.name,
+                    reason=reason,
+                ),
+            )
 
     try:
         predictor, slots = await context.host.activate(version, persist, modality=modality)
@@ -137,3 +166,53 @@ async def activate(
     serving = context.host.current or predictor  # after racing activations: the last swap
     context.metrics.set_active_model(serving.version)
     return {**describe_predictor(predictor, slots[0]), "activated_for": list(slots)}
+
+
+@router.post(
+    "/{version}/activate",
+    summary="Load, verify, warm up and swap in a bundle",
+    responses={422: {"description": "not a bundle for that modality"}},
+)
+async def activate(
+    version: str,
+    context: ContextDep,
+    principal: Admin,
+    body: ActivationRequest | None = None,
+    modality: Annotated[
+        Modality | None,
+        Query(description="the modality it serves (default: the bundle's own)"),
+    ] = None,
+) -> dict[str, Any]:
+    """Swap the serving model of a modality (camera and x-ray each have one); requests in flight
+    finish on the old one, and a bundle that fails leaves the old one serving. Camera
+    activations are recorded in ``GET /v1/models/history`` and every replica sharing the
+    database follows within seconds."""
+    return await _swap(
+        context, version, principal, "activate", body.reason if body else None, modality
+    )
+
+
+@router.post("/rollback", summary="Return to the version active before the current one")
+async def rollback(
+    context: ContextDep, principal: Admin, body: ActivationRequest | None = None
+) -> dict[str, Any]:
+    """Activate the version the current one replaced (from the history); 409 when the history
+    holds no earlier version."""
+    current = context.host.current
+    if current is None:
+        raise ProblemError(
+            503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
+        )
+    with context.sessions() as session:
+        target = rollback_target(session, current.version)
+    if target is None:
+        raise ProblemError(
+            409,
+            "nothing-to-roll-back",
+            f"The history holds no version active before {current.version}.",
+            title="Nothing to roll back to",
+        )
+    _version, folder = target
+    return await _swap(
+        context, folder, principal, "rollback", body.reason if body else None, "camera"
+    )
