@@ -59,10 +59,14 @@ _MODALITY_WORDS = {"xray": "x-ray image", "camera": "camera photo"}
 
 def locate(prediction: Prediction, predictor: Predictor, decoded: Decoded) -> dict[str, Any] | None:
     """Where the suspected object is (x-ray bundles): the heat-map box in fractions of the image
-    and in pixels of the file as sent; None when the model does not locate."""
+    and in pixels of the file as sent, for a decided answer (taxon or look-alike); None when the
+    model does not locate."""
     if not prediction.located:
         return None
-    if prediction.box is None or min(decoded.size) < 1:
+    confident = prediction.decision.kind in ("taxon", "lookalike")
+    if prediction.box is None or not confident or min(decoded.size) < 1:
+        # no box for "no wildlife product", nor for an uncertain answer: the heat-map box
+        # overlaps the object poorly (docs/xray.md), so it is shown only with a decision
         return {"box": None, "box_px": None, "source": "heat map"}
     config = predictor.bundle.manifest.preprocess
     width, height = decoded.size
