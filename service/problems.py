@@ -281,8 +281,12 @@ def _error_statuses(path: str, method: str, operation: Mapping[str, Any]) -> set
     if "multipart/form-data" in body:
         # per-key share used; overloaded / not ready; timeout; image store unwritable
         statuses |= {429, 503, 504, 507}
-    if path.endswith("/activate"):
-        statuses.add(409)
+    if path.endswith(("/activate", "/offline-model")):
+        statuses.add(409)  # activation refused; the phone asked for a model no longer active
+    if path.endswith("/rollback"):
+        statuses |= {409, 503}  # nothing to roll back to; no model loaded yet
+    if path.endswith(("/offline-model", "/offline-package")):
+        statuses.add(503)  # no model loaded yet
     if path.endswith("/heatmap"):
         statuses |= {410, 429, 503}  # model gone; per-key share used; decoders busy
     if path == "/readyz":
