@@ -33,7 +33,9 @@ from tests.browser_helpers import (
     default_bundle,
     require_browser,
 )
+from tests.factories import make_tiny_bundle
 from tests.service_helpers import ServiceHandle, running_service
+from tests.tools import tool_missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Route
@@ -56,10 +58,7 @@ PNG_MEAN_TOLERANCE = 0.003
 def _require_runtime() -> None:
     require_browser()
     if not web_runtime().available:
-        message = "ONNX Runtime Web is not installed: run `make web-runtime` (npm ci)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing("ONNX Runtime Web is not installed: run `make web-runtime` (npm ci)")
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +67,19 @@ def bundle(request: pytest.FixtureRequest) -> Path:
     return default_bundle() or Path(request.getfixturevalue("tiny_bundle_ood"))
 
 
+UPDATED_VERSION = "tiny-offline"
+
+
 @pytest.fixture(scope="module")
 def service(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHandle]:
-    """The real service on a free loopback port."""
+    """The real service on a free loopback port, serving ``bundle``; its weights folder also
+    holds a tiny camera bundle to activate (a model update)."""
     _require_runtime()
-    with running_service(bundle, tmp_path_factory.mktemp("offline-data")) as handle:
+    weights = tmp_path_factory.mktemp("offline-weights")
+    make_tiny_bundle(weights, version=UPDATED_VERSION, with_ood=True)
+    (weights / bundle.name).symlink_to(bundle.resolve(), target_is_directory=True)
+    data = tmp_path_factory.mktemp("offline-data")
+    with running_service(bundle, data, extra_bundles_dir=weights) as handle:
         yield handle
 
 
@@ -105,12 +112,27 @@ def browser_context(service: ServiceHandle) -> Iterator[BrowserContext]:
     assert not elsewhere, f"the page fetched from outside the service: {elsewhere}"
 
 
-def _shoot(page: Page, name: str) -> None:
-    """A documentation screenshot, only when asked for (``make screenshots``)."""
+def _shoot(page: Page, name: str, *, top: str | None = None) -> None:
+    """A documentation screenshot of the phone's screen, with the element ``top`` scrolled to
+    the top, only when asked for (``make screenshots``)."""
     if os.environ.get("CITES_WRITE_SCREENSHOTS") != "1":
         return
+    if top is not None:
+        page.locator(top).evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(500)  # the page's own smooth scroll to the answer has ended
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False, animations="disabled")
+
+
+def _wait_for_service_worker(page: Page, timeout_s: float = 30.0) -> None:
+    """Wait until the service worker controls the page (polled: the page's CSP forbids the
+    string evaluation ``wait_for_function`` uses)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(
+        "Boolean(navigator.serviceWorker && navigator.serviceWorker.controller)"
+    ):
+        assert time.monotonic() < deadline, "the service worker never took control of the page"
+        page.wait_for_timeout(100)
 
 
 def _sign_in(page: Page, service: ServiceHandle, key: str) -> None:
@@ -314,7 +336,7 @@ def test_offline_identification_and_sync(
     _sign_in(page, service, officer_key)
     version = json.loads((bundle / "manifest.json").read_text())["version"]
     expect(page.locator("#offline-status")).to_contain_text(f"model {version} is stored")
-    page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller")
+    _wait_for_service_worker(page)
 
     # 2. No network: identify on the phone.
     browser_context.set_offline(True)
@@ -329,7 +351,7 @@ def test_offline_identification_and_sync(
     shown_id = page.evaluate("document.getElementById('result').dataset.id")
     assert shown_id.startswith("device:")
     device_decision = page.locator("#decision").inner_text()
-    _shoot(page, "11-offline-answer")
+    _shoot(page, "11-offline-answer", top="#result")
     logger.info("time to the first offline answer: %.2f s", first_answer_s)
 
     # 3. Reload without network: the page, the session and the waiting case are still there.
@@ -337,14 +359,18 @@ def test_offline_identification_and_sync(
     expect(page.locator("#whoami")).to_contain_text("working offline as Officer Okafor")
     expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
     expect(page.locator("#offline-status")).to_contain_text(f"with model {version}")
-    _shoot(page, "12-waiting-to-sync")
+    _shoot(page, "12-waiting-to-sync", top="#app")
 
     # 4. The network returns: the case is sent, and the service lists it with both answers.
     browser_context.set_offline(False)
     page.evaluate("window.dispatchEvent(new Event('online'))")
     expect(page.locator("#pending-status")).to_contain_text("Sent: 1", timeout=60_000)
     expect(page.locator("#pending-count")).to_contain_text("Nothing is waiting")
-    _shoot(page, "13-synced")
+    expect(page.locator("#recent-list")).to_contain_text(
+        f"Made offline on the phone with model {version} · the service agrees"
+    )
+    _shoot(page, "14-synced-case-in-recent-cases", top="#recent")
+    _shoot(page, "13-synced", top="#pending")
     with service.client(officer_key) as client:
         items = client.get("/v1/identifications", params={"mine": "true"}).json()["items"]
         synced = [i for i in items if i.get("device")]
@@ -376,3 +402,26 @@ def test_offline_identification_and_sync(
     page.click("#identify-here")
     expect(page.locator("#device-note")).to_be_visible(timeout=60_000)
     expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
+    page.unroute("**/v1/identifications")
+
+    # 6. A newly activated model is taken at the next online start, and the next offline answer
+    #    names it.
+    admin = service.make_key_direct("admin", "Admin")
+    with service.client(admin) as client:
+        response = client.post(f"/v1/models/{UPDATED_VERSION}/activate")
+        assert response.status_code == 200, response.text
+    try:
+        page.reload()
+        expect(page.locator("#offline-status")).to_contain_text(
+            f"New model {UPDATED_VERSION} stored", timeout=60_000
+        )
+        browser_context.set_offline(True)
+        page.set_input_files("#file", str(photo))
+        page.click("#identify-btn")
+        expect(page.locator("#device-note")).to_contain_text(
+            f"model {UPDATED_VERSION}", timeout=60_000
+        )
+    finally:
+        browser_context.set_offline(False)
+        with service.client(admin) as client:
+            client.post(f"/v1/models/{bundle.name}/activate")

@@ -66,6 +66,11 @@ function renderRecent() {
     if (ident.case_ref) when.push(t("caseLabel", { ref: ident.case_ref }));
     when.push(feedbackSummary(ident.feedback));
     button.append(title, line(what), line(when));
+    if (ident.device) {
+      // Made offline on a phone: say so, and whether the service's own answer agrees.
+      const agrees = ident.device.agrees_with_service ? "deviceAgrees" : "deviceDiffers";
+      button.append(line([t("madeOnDevice", { version: ident.device.model_version }), t(agrees)]));
+    }
     button.addEventListener("click", () => openCase(ident.id));
     li.append(button);
     list.append(li);
