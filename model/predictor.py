@@ -21,13 +21,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from model.bundle import Bundle, BundleError, Precision, load_bundle
-<<<<<<< HEAD
 from model.checks import ImageChecks, check_array, prepare_input
 from model.decision import Decision, decide, scanner_image, unusable_image
-=======
-from model.decision import Decision, decide
 from model.heatmap import heatmap_box
->>>>>>> main
 from model.labels import Label
 from model.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess_bytes
 from model.taxonomy import Taxonomy, default_taxonomy
@@ -68,13 +64,10 @@ class Prediction:
         decision: the roll-up decision (see :mod:`model.decision`).
         ood_score: out-of-domain score, or None when the bundle has no OOD model.
         features: pooled backbone features (F,), only when asked for.
-<<<<<<< HEAD
         checks: the image checks made before the model (see :mod:`model.checks`).
-=======
         box: for bundles that locate (x-ray): where the top label's activation map points, as
             (left, top, right, bottom) fractions of the model input; None when the top label is
             "not wildlife" or the map is flat. ``located`` says the bundle locates at all.
->>>>>>> main
     """
 
     probabilities: FloatArray
@@ -82,12 +75,9 @@ class Prediction:
     decision: Decision
     ood_score: float | None
     features: FloatArray | None = None
-<<<<<<< HEAD
     checks: ImageChecks | None = None
-=======
     box: tuple[float, float, float, float] | None = None
     located: bool = False
->>>>>>> main
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the full probability vector and features)."""
@@ -317,30 +307,23 @@ class Predictor:
             )
         if images.shape[0] == 0:
             return []
-<<<<<<< HEAD
         verdicts = [
             (checks[i] if checks is not None else None) or check_array(images[i], self.preprocess)
             for i in range(images.shape[0])
         ]
-        logits, features = self._run(images, ("logits", "features"))
-=======
         if self.locates:
             logits, features, cams = self._run(images, ("logits", "features", "cam"))
         else:
             logits, features = self._run(images, ("logits", "features"))
             cams = None
->>>>>>> main
         return self.predict_outputs(
             logits,
             features,
             countries=countries,
             top_k=top_k,
             with_features=with_features,
-<<<<<<< HEAD
             checks=verdicts,
-=======
             cams=cams,
->>>>>>> main
         )
 
     def predict_outputs(
@@ -351,7 +334,7 @@ class Predictor:
         countries: Sequence[str | None],
         top_k: int = 5,
         with_features: bool = False,
-<<<<<<< HEAD
+        cams: npt.ArrayLike | None = None,
         checks: Sequence[ImageChecks] | None = None,
     ) -> list[Prediction]:
         """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
@@ -359,16 +342,8 @@ class Predictor:
         origin codes, one per row; ``checks`` the image checks, one per row (None: the caller
         made none, and an image the checks would refuse is answered from its outputs).
         :meth:`predict_arrays` calls it after running the network; the offline page's golden
-        cases call it with the outputs of the browser's runtime."""
-=======
-        cams: npt.ArrayLike | None = None,
-    ) -> list[Prediction]:
-        """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
-        temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
-        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
-        the offline page's golden cases call it with the outputs of the browser's runtime.
-        ``cams`` (N,C,h,w): the activation maps, for the box of bundles that locate (x-ray)."""
->>>>>>> main
+        cases call it with the outputs of the browser's runtime. ``cams`` (N,C,h,w): the
+        activation maps, for the box of bundles that locate (x-ray)."""
         logits = np.asarray(logits, dtype=np.float32)
         features = np.asarray(features, dtype=np.float32)
         cam_maps = None if cams is None else np.asarray(cams, dtype=np.float32)
@@ -393,6 +368,7 @@ class Predictor:
                         decision=refused,
                         ood_score=score,
                         features=features[i].astype(np.float32) if with_features else None,
+                        located=locate,
                         checks=image_checks,
                     )
                 )
@@ -413,21 +389,17 @@ class Predictor:
                     decision=decision,
                     ood_score=score,
                     features=features[i].astype(np.float32) if with_features else None,
-<<<<<<< HEAD
-                    checks=image_checks,
-=======
                     box=(
                         self._box(cam_maps[i], int(order[0]))
                         if locate and cam_maps is not None
                         else None
                     ),
                     located=locate,
->>>>>>> main
+                    checks=image_checks,
                 )
             )
         return results
 
-<<<<<<< HEAD
     def _refusal(self, checks: ImageChecks) -> Decision | None:
         """The decision that replaces the model's when an image check fails, else None."""
         if not checks.quality.usable:
@@ -435,7 +407,7 @@ class Predictor:
         if checks.modality.looks_like_scanner and "xray" not in self.modalities:
             return scanner_image(checks.modality.signature, self.modalities)
         return None
-=======
+
     @property
     def locates(self) -> bool:
         """True for x-ray bundles: their answers say where the suspected object is (a box)."""
@@ -448,7 +420,6 @@ class Predictor:
         activation = cam[index].astype(np.float32)
         activation = activation - float(activation.min())
         return heatmap_box(activation)
->>>>>>> main
 
     def predict_one(
         self, image: npt.ArrayLike, *, origin_country: str | None = None, top_k: int = 5

@@ -1,19 +1,5 @@
 """The decode stage: upload bytes -> model input array + the image as it will be stored.
 
-<<<<<<< HEAD
-Decoding is the core's checked preprocessing (:func:`model.checks.prepare_input`, driven by the
-bundle's recorded settings: the model input and the image checks of the whole decoded image,
-quality and scanner signature, that :meth:`model.predictor.Predictor.predict_arrays` turns into
-``unusable_image`` / ``outside_training_domain``) plus
-:func:`service.imagestore.prepare_image` (GPS removed, sha256 of the stored bytes). Both run
-in decode worker processes (:mod:`service.decodeworkers`) with a time limit that really stops
-them, never on the event loop. Before any pixel is decoded, a
-cheap pass over the bytes refuses what would make decoding or GPS removal expensive
-(:func:`check_decoding_cost`): a JPEG with more than :data:`MAX_JPEG_SCANS` scans (a progressive
-JPEG normally has about ten; a scan repeated thousands of times costs minutes of CPU), more
-than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments or :data:`MAX_JPEG_HEADER_SEGMENTS` segments
-before its first scan.
-=======
 Decoding is the core's preprocessing (:func:`model.preprocess.decode_image`, then
 :func:`~model.preprocess.image_to_array` with the recorded settings of the model that serves the
 image's modality: the caller's ``modality``, else the file's own evidence, else camera) plus
@@ -25,7 +11,6 @@ decoding or GPS removal expensive (:func:`check_decoding_cost`): a JPEG with mor
 :data:`MAX_JPEG_SCANS` scans (a progressive JPEG normally has about ten; a scan repeated
 thousands of times costs minutes of CPU), more than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments
 or :data:`MAX_JPEG_HEADER_SEGMENTS` segments before its first scan.
->>>>>>> main
 
 JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
 the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
@@ -52,12 +37,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-<<<<<<< HEAD
-from model.checks import ImageChecks, prepare_input
-from model.imageio import CorruptImageError, ImageError, sniff_format
-=======
+from model.checks import ImageChecks, check_decoded
 from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
->>>>>>> main
 from model.preprocess import PreprocessConfig, decode_image, image_to_array
 from service.decodeworkers import DecodeStoppedError, DecodeWorkers
 from service.imagestore import PreparedImage, prepare_image
@@ -87,25 +68,22 @@ class ImageTooComplexError(ImageError):
 
 @dataclass(frozen=True)
 class Decoded:
-<<<<<<< HEAD
-    """One decoded upload: the model input, the image to store and the image checks."""
-=======
     """One decoded upload: the model input and the image to store, the image's modality and
     how it was known (``caller``, the file's evidence, or ``default``). ``array`` is None when
     no active model serves that modality (the pipeline answers 422). ``size`` is the decoded
     image's (width, height) and ``full_size`` the file's own in the same orientation (they
     differ after a reduced-scale JPEG decode)."""
->>>>>>> main
 
     array: npt.NDArray[np.float32] | None
     image: PreparedImage
-<<<<<<< HEAD
-    checks: ImageChecks | None = None
-=======
     modality: str = "camera"
     modality_source: str = "default"
     size: tuple[int, int] = (0, 0)
     full_size: tuple[int, int] = (0, 0)
+    checks: ImageChecks | None = None
+    """The image checks (quality, scanner signature: :mod:`model.checks`) of the whole decoded
+    image, which :meth:`model.predictor.Predictor.predict_arrays` turns into ``unusable_image``
+    or ``outside_training_domain`` (a scan given to a camera-only model)."""
 
 
 BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
@@ -138,7 +116,6 @@ def stored_image(data: bytes, decoded: DecodedImage, limits: DecodeLimits) -> Pr
         decoded.image.save(buffer, format="PNG")
         return prepare_image(buffer.getvalue(), keep_gps=limits.keep_gps)
     return prepare_image(data, keep_gps=limits.keep_gps)
->>>>>>> main
 
 
 @dataclass(frozen=True)
@@ -217,21 +194,11 @@ def check_jpeg_integrity(data: bytes) -> None:
         ) from None
 
 
-<<<<<<< HEAD
-def _decode_checked(
-    data: bytes, config: PreprocessConfig, limits: DecodeLimits
-) -> tuple[npt.NDArray[np.float32], ImageChecks]:
-    """The core's preprocessing; for a JPEG the strict integrity check runs meanwhile in a
-    second thread (both release the GIL while libjpeg works)."""
-    if sniff_format(data) != "JPEG":
-        return prepare_input(data, config, max_pixels=limits.max_pixels)
-=======
 def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> DecodedImage:
     """The core's decoding; for a JPEG the strict integrity check runs meanwhile in a second
     thread (both release the GIL while libjpeg works)."""
     if sniff_format(data) != "JPEG":
         return decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
->>>>>>> main
     problems: list[ImageError] = []
 
     def check() -> None:
@@ -243,20 +210,12 @@ def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> D
     checker = threading.Thread(target=check, name="jpeg-integrity")
     checker.start()
     try:
-<<<<<<< HEAD
-        prepared = prepare_input(data, config, max_pixels=limits.max_pixels)
-=======
         decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
->>>>>>> main
     finally:
         checker.join()
     if problems:
         raise problems[0]
-<<<<<<< HEAD
-    return prepared
-=======
     return decoded
->>>>>>> main
 
 
 def decode_upload(
@@ -271,22 +230,23 @@ def decode_upload(
     none serves it) and prepare the bytes to store. The returned image carries no bytes when
     they are the upload's own (the caller has them)."""
     check_decoding_cost(data)
-<<<<<<< HEAD
-    array, checks = _decode_checked(data, config, limits)
-    image = prepare_image(data, keep_gps=limits.keep_gps)
-    if image.data == data:
-        image = replace(image, data=b"")
-    return Decoded(array, image, checks)
-=======
     decoded = _decode_checked(data, limits, target_shorter)
     modality, source = resolve_modality(decoded, requested_modality)
     config = configs.get(modality)
     array = image_to_array(decoded.image, config) if config is not None else None
+    checks = check_decoded(decoded, array, config) if array is not None and config else None
     image = stored_image(data, decoded, limits)
     if image.data == data:
         image = replace(image, data=b"")
-    return Decoded(array, image, modality, source, decoded.image.size, _oriented_full_size(decoded))
->>>>>>> main
+    return Decoded(
+        array,
+        image,
+        modality,
+        source,
+        decoded.image.size,
+        _oriented_full_size(decoded),
+        checks,
+    )
 
 
 def decode_for_heatmap(

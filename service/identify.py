@@ -243,14 +243,10 @@ class IdentificationPipeline:
         started: float,
     ) -> dict[str, Any]:
         predictor_started = time.perf_counter()
-<<<<<<< HEAD
+        assert decoded.array is not None  # checked by the caller
         item = InferenceItem(
             predictor, decoded.array, options.origin_country, options.top_k, decoded.checks
         )
-=======
-        assert decoded.array is not None  # checked by the caller
-        item = InferenceItem(predictor, decoded.array, options.origin_country, options.top_k)
->>>>>>> main
         prediction = await self._inference.predict(item)
         inferred = time.perf_counter()
         ident_id = new_id()
