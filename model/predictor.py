@@ -283,9 +283,9 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict a batch of preprocessed images (N,3,S,S); the real inference path.
 
-        Every image first passes the image checks: one the quality gate refuses gets
-        ``unusable_image``; a scanner image given to a model without ``xray`` in its modalities
-        gets ``outside_training_domain``. Neither gets a taxon, a look-alike or a top list.
+        For a camera-only bundle every image first passes the image checks: one the quality gate
+        refuses gets ``unusable_image``; a scanner image gets ``outside_training_domain``.
+        Neither gets a taxon, a look-alike or a top list.
 
         Args:
             batch: normalised images as made by :func:`model.preprocess.preprocess_bytes`.
@@ -401,10 +401,14 @@ class Predictor:
         return results
 
     def _refusal(self, checks: ImageChecks) -> Decision | None:
-        """The decision that replaces the model's when an image check fails, else None."""
+        """The decision that replaces the model's when an image check fails, else None. Both
+        checks guard camera-only bundles: a bundle that takes x-ray images gets its images from
+        scanners, whose exposure and sharpness the "retake the photo" gate was not made for."""
+        if "xray" in self.modalities:
+            return None
         if not checks.quality.usable:
             return unusable_image(checks.quality.problems)
-        if checks.modality.looks_like_scanner and "xray" not in self.modalities:
+        if checks.modality.looks_like_scanner:
             return scanner_image(checks.modality.signature, self.modalities)
         return None
 

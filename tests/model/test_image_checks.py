@@ -155,6 +155,10 @@ def test_a_pseudo_colour_scan_is_outside_the_domain_of_a_camera_model(
     (answered,) = xray_model.predict_bytes([scan])
     assert not isinstance(answered, ImageError)
     assert answered.decision.rule != "modality:pseudo_colour"
+    # A bundle that takes x-ray images is not gated: scanners set exposure and sharpness.
+    (blank,) = xray_model.predict_bytes([blank_image_bytes((230, 215, 180))])
+    assert not isinstance(blank, ImageError)
+    assert blank.decision.kind != "unusable_image"
 
 
 def test_a_16_bit_grey_image_is_a_scanner_image() -> None:
