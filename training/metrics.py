@@ -180,18 +180,14 @@ def mcnemar(correct_a: NDArray[np.bool_], correct_b: NDArray[np.bool_]) -> McNem
     return McNemar(b, c, statistic, p_value, "chi2_cc")
 
 
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``successes / n`` (``(0, 0)`` when ``n`` is 0).
-
-    Only ``level`` 0.95 (z = 1.96) and 0.9 (z = 1.645) are supported.
-    """
-    if n <= 0:
-        return (0.0, 0.0)
-    z = {0.95: 1.959964, 0.9: 1.644854}.get(level)
-    if z is None:
-        raise ValueError(f"unsupported level {level}; use 0.95 or 0.9")
-    p = successes / n
-    denominator = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / total`` (95% for z = 1.96); (0, 1)
+    when ``total`` is 0. Unlike the normal approximation it stays inside [0, 1] and is sound
+    for rates near 0, such as refusal rates."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = successes / total
+    denominator = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
