@@ -13,7 +13,8 @@ The plan (see docs/retraining.md):
 4. training starts from the base's torch weights (``model.pt``) with its recipe (its
    ``config.json``; options given here override it);
 5. the gate (:mod:`training.gate`) compares base and candidate on (a) the base's fixed test set
-   and (b) the held-out new images, and decides ``recommended``.
+   and (b) the new images' own grouped test share, held out before training, and decides
+   ``recommended``.
 """
 
 from __future__ import annotations
@@ -317,14 +318,21 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
     replay = d.subsample(splits["train"], options.replay_images, seed=recipe.seed)
     new_paths = {s.path.resolve() for s in plan.samples}
     replay = [s for s in replay if s.path.resolve() not in new_paths]
+    # The gate's set (b): the new images' own grouped test share, held out before training.
+    new_parts = d.split_samples(
+        plan.samples, d.SplitFractions(recipe.val_fraction, recipe.test_fraction), seed=recipe.seed
+    )
+    holdout = new_parts["test"]
     logger.info(
-        "retrain %s: %d new images, %d replayed from the base's training split, gate set a: %d",
+        "retrain %s: %d new images (%d held out for the gate), %d replayed from the base's "
+        "training split, gate set a: %d",
         base.version,
         len(plan.samples),
+        len(holdout),
         len(replay),
         len(splits["test"]),
     )
-    manifest = write_manifest([*plan.samples, *replay], work / "data.csv")
+    manifest = write_manifest([*new_parts["train"], *new_parts["val"], *replay], work / "data.csv")
     label_map_file = write_label_map(plan.label_map, work / "labels.tsv")
 
     values: dict[str, Any] = {key: getattr(recipe, key) for key in RECIPE_KEYS}
@@ -350,11 +358,12 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
             "why": options.force_why,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-    gate = make_gate(base, splits["test"], new_paths, override=override)
+    gate = make_gate(base, splits["test"], holdout, version, override=override)
     retrain_info = {
         "base": base.version,
         "new_data": list(new.specs),
         "new_images": len(plan.samples),
+        "new_images_held_out": len(holdout),
         "conflicts_left_out": new.conflicts,
         "replayed_images": len(replay),
         "replay_rule": (
