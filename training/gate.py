@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.bundle import Bundle
-from training.data import DataError, Sample
+from training.data import DataError, LabelMap, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +61,26 @@ class GateOutcome:
 Gate = Callable[[Bundle, dict[str, list[Sample]]], GateOutcome]
 
 
-def _compare(base: Bundle, candidate: Bundle, samples: Sequence[Sample]) -> dict[str, Any] | None:
+def _compare(
+    base: Bundle, candidate: Bundle, samples: Sequence[Sample], label_map: LabelMap | None
+) -> dict[str, Any] | None:
     from training.compare import compare_bundles
 
     if not samples:
         return None
     try:
-        return compare_bundles(base, candidate, samples)
+        return compare_bundles(base, candidate, samples, map_b=label_map)
     except DataError as exc:
         logger.warning("gate: %s", exc)
         return None
 
 
-def _candidate_only(candidate: Bundle, samples: Sequence[Sample]) -> dict[str, Any] | None:
+def _candidate_only(
+    candidate: Bundle, samples: Sequence[Sample], label_map: LabelMap | None
+) -> dict[str, Any] | None:
     from training.evaluation import bundle_label_map, evaluate_samples, mappable
 
-    label_map = bundle_label_map(candidate)
+    label_map = label_map or bundle_label_map(candidate)
     usable = [s for s in samples if mappable(s, label_map)]
     if not usable:
         return None
@@ -96,13 +100,15 @@ def judge(
     *,
     override: dict[str, Any] | None = None,
     name: str | None = None,
+    label_map: LabelMap | None = None,
 ) -> GateOutcome:
     """Run both comparisons and decide (see the module docstring); ``name`` is the version the
-    candidate will have (the gate runs on the provisional bundle)."""
+    candidate will have and ``label_map`` its dataset class -> label table (the gate runs on
+    the provisional bundle, whose manifest does not record them yet)."""
     comparisons: dict[str, Any] = {
-        "a_base_test_set": _compare(base, candidate, base_eval),
-        "b_new_holdout": _compare(base, candidate, new_holdout),
-        "b_new_holdout_candidate": _candidate_only(candidate, new_holdout),
+        "a_base_test_set": _compare(base, candidate, base_eval, label_map),
+        "b_new_holdout": _compare(base, candidate, new_holdout, label_map),
+        "b_new_holdout_candidate": _candidate_only(candidate, new_holdout, label_map),
     }
     reasons: list[str] = []
     for key, what in (
@@ -175,13 +181,22 @@ def make_gate(
     base_eval: Sequence[Sample],
     new_holdout: Sequence[Sample],
     version: str,
+    label_map: LabelMap,
     *,
     override: dict[str, Any] | None = None,
 ) -> Gate:
     """The gate :func:`training.pipeline.run` calls on the provisional candidate (which will be
-    ``version``): (a) on ``base_eval``, (b) on ``new_holdout``."""
+    ``version``, with ``label_map``): (a) on ``base_eval``, (b) on ``new_holdout``."""
 
     def gate(candidate: Bundle, _splits: dict[str, list[Sample]]) -> GateOutcome:
-        return judge(base, candidate, base_eval, new_holdout, override=override, name=version)
+        return judge(
+            base,
+            candidate,
+            base_eval,
+            new_holdout,
+            override=override,
+            name=version,
+            label_map=label_map,
+        )
 
     return gate

@@ -103,7 +103,7 @@ class RetrainOptions:
     out: str = "weights"
     version: str = ""
     min_new_label_images: int = DEFAULT_MIN_NEW_LABEL_IMAGES
-    replay_images: int = DEFAULT_REPLAY_IMAGES
+    replay_images: int | None = None  # None: see replay_size
     replay_data: tuple[str, ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)
     force_why: str | None = None
@@ -293,6 +293,16 @@ def write_label_map(label_map: d.LabelMap, path: Path) -> Path:
     return path
 
 
+def replay_size(requested: int | None, mode: str, base_train_images: int) -> int:
+    """Images replayed from the base's training split: ``requested``, else all of them in
+    ``head`` mode (their features are cached, so replaying everything costs almost nothing and
+    the refitted head keeps what the base knew) and :data:`DEFAULT_REPLAY_IMAGES` in the
+    fine-tuning modes (every replayed image is trained on each epoch)."""
+    if requested is not None:
+        return requested
+    return base_train_images if mode == "head" else DEFAULT_REPLAY_IMAGES
+
+
 def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> Path:
     """Warm-start from ``base_path`` on ``data`` plus replayed base images; gate; write a bundle.
 
@@ -315,7 +325,9 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
     if not plan.samples:
         raise d.DataError("no new image has a usable label; nothing to retrain on")
     splits = base_splits(base, recipe, options.replay_data)
-    replay = d.subsample(splits["train"], options.replay_images, seed=recipe.seed)
+    mode = options.overrides.get("mode") or recipe.mode
+    replay_limit = replay_size(options.replay_images, mode, len(splits["train"]))
+    replay = d.subsample(splits["train"], replay_limit, seed=recipe.seed)
     new_paths = {s.path.resolve() for s in plan.samples}
     replay = [s for s in replay if s.path.resolve() not in new_paths]
     # The gate's set (b): the new images' own grouped test share, held out before training.
@@ -358,7 +370,8 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
             "why": options.force_why,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-    gate = make_gate(base, splits["test"], holdout, version, override=override)
+    candidate_map = d.read_label_map(label_map_file)  # the table the pipeline trains with
+    gate = make_gate(base, splits["test"], holdout, version, candidate_map, override=override)
     retrain_info = {
         "base": base.version,
         "new_data": list(new.specs),
@@ -367,7 +380,7 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
         "conflicts_left_out": new.conflicts,
         "replayed_images": len(replay),
         "replay_rule": (
-            f"class-balanced sample of at most {options.replay_images} images of the base's "
+            f"class-balanced sample of at most {replay_limit} images of the base's "
             "training split (re-derived from its config.json)"
         ),
         "labels": plan.to_dict(),
