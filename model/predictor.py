@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from model.bundle import Bundle, BundleError, Precision, load_bundle
 from model.decision import Decision, decide
+from model.heatmap import heatmap_box
 from model.labels import Label
 from model.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess_bytes
 from model.taxonomy import Taxonomy, default_taxonomy
@@ -61,6 +62,9 @@ class Prediction:
         decision: the roll-up decision (see :mod:`model.decision`).
         ood_score: out-of-domain score, or None when the bundle has no OOD model.
         features: pooled backbone features (F,), only when asked for.
+        box: for bundles that locate (x-ray): where the top label's activation map points, as
+            (left, top, right, bottom) fractions of the model input; None when the top label is
+            "not wildlife" or the map is flat. ``located`` says the bundle locates at all.
     """
 
     probabilities: FloatArray
@@ -68,14 +72,19 @@ class Prediction:
     decision: Decision
     ood_score: float | None
     features: FloatArray | None = None
+    box: tuple[float, float, float, float] | None = None
+    located: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the full probability vector and features)."""
-        return {
+        result: dict[str, Any] = {
             "decision": self.decision.to_dict(),
             "top": [score.to_dict() for score in self.top],
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
         }
+        if self.located:
+            result["box"] = None if self.box is None else [round(v, 4) for v in self.box]
+        return result
 
 
 def softmax(
@@ -282,13 +291,18 @@ class Predictor:
         countries = self._countries(origin_countries, images.shape[0])
         if images.shape[0] == 0:
             return []
-        logits, features = self._run(images, ("logits", "features"))
+        if self.locates:
+            logits, features, cams = self._run(images, ("logits", "features", "cam"))
+        else:
+            logits, features = self._run(images, ("logits", "features"))
+            cams = None
         return self.predict_outputs(
             logits,
             features,
             countries=countries,
             top_k=top_k,
             with_features=with_features,
+            cams=cams,
         )
 
     def predict_outputs(
@@ -299,14 +313,18 @@ class Predictor:
         countries: Sequence[str | None],
         top_k: int = 5,
         with_features: bool = False,
+        cams: npt.ArrayLike | None = None,
     ) -> list[Prediction]:
         """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
         temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
         origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
-        the offline page's golden cases call it with the outputs of the browser's runtime."""
+        the offline page's golden cases call it with the outputs of the browser's runtime.
+        ``cams`` (N,C,h,w): the activation maps, for the box of bundles that locate (x-ray)."""
         logits = np.asarray(logits, dtype=np.float32)
         features = np.asarray(features, dtype=np.float32)
+        cam_maps = None if cams is None else np.asarray(cams, dtype=np.float32)
         manifest = self._bundle.manifest
+        locate = self.locates
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood
         scores = None if ood is None else ood.score(features)
@@ -332,9 +350,28 @@ class Predictor:
                     decision=decision,
                     ood_score=score,
                     features=features[i].astype(np.float32) if with_features else None,
+                    box=(
+                        self._box(cam_maps[i], int(order[0]))
+                        if locate and cam_maps is not None
+                        else None
+                    ),
+                    located=locate,
                 )
             )
         return results
+
+    @property
+    def locates(self) -> bool:
+        """True for x-ray bundles: their answers say where the suspected object is (a box)."""
+        return "xray" in self._bundle.manifest.modalities
+
+    def _box(self, cam: npt.NDArray[Any], index: int) -> tuple[float, float, float, float] | None:
+        """The box of label ``index``'s activation map; None for a "not wildlife" label."""
+        if self.labels[index].kind == "not_wildlife":
+            return None
+        activation = cam[index].astype(np.float32)
+        activation = activation - float(activation.min())
+        return heatmap_box(activation)
 
     def predict_one(
         self, image: npt.ArrayLike, *, origin_country: str | None = None, top_k: int = 5

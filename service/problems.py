@@ -86,6 +86,8 @@ def image_problem(exc: ImageError) -> ProblemError:
     too expensive to decode)."""
     if isinstance(exc, ImageTooLargeError):
         return ProblemError(413, "too-many-pixels", str(exc), title="Image has too many pixels")
+    if exc.code == "no_pixels":  # a DICOS Threat Detection Report (model.scanner)
+        return ProblemError(422, "no-pixel-data", str(exc), title="No image in this file")
     if exc.code == "too_complex":  # service.decode.ImageTooComplexError
         return ProblemError(
             422, "image-too-complex", str(exc), title="Image too expensive to decode"
@@ -281,8 +283,12 @@ def _error_statuses(path: str, method: str, operation: Mapping[str, Any]) -> set
     if "multipart/form-data" in body:
         # per-key share used; overloaded / not ready; timeout; image store unwritable
         statuses |= {429, 503, 504, 507}
-    if path.endswith("/activate"):
-        statuses.add(409)
+    if path.endswith(("/activate", "/offline-model")):
+        statuses.add(409)  # activation refused; the phone asked for a model no longer active
+    if path.endswith("/rollback"):
+        statuses |= {409, 503}  # nothing to roll back to; no model loaded yet
+    if path.endswith(("/offline-model", "/offline-package")):
+        statuses.add(503)  # no model loaded yet
     if path.endswith("/heatmap"):
         statuses |= {410, 429, 503}  # model gone; per-key share used; decoders busy
     if path == "/readyz":

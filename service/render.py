@@ -75,8 +75,10 @@ def build_result(
     origin_country: str | None,
     case_ref: str | None,
     top_k: int,
+    modality_source: str = "caller",
+    location: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The stored body of a new identification."""
+    """The stored body of a new identification (``location``: the x-ray model's box)."""
     labels = predictor.labels
     by_id = {label.id: label for label in labels}
     top = [
@@ -133,7 +135,17 @@ def build_result(
             "refer_to_expert": decision.refer_to_expert,
         },
         "heatmap_url": f"/v1/identifications/{ident_id}/heatmap",
+        "modality_source": modality_source,
+        "location": _with_image_url(location, ident_id),
     }
+
+
+def _with_image_url(location: dict[str, Any] | None, ident_id: str) -> dict[str, Any] | None:
+    """The location with the URL of the scan with its box drawn (when there is a box)."""
+    if location is None:
+        return None
+    url = f"/v1/identifications/{ident_id}/located" if location.get("box") else None
+    return {**location, "image_url": url}
 
 
 def _localise_taxon(taxon: dict[str, Any] | None, language: str) -> None:

@@ -100,7 +100,6 @@ class Verifier:
         assessment = assess_permit(permit, self.taxonomy, created_at.date())
         predictor = self.pipeline.active_predictor()  # every image on one model
         options = self.pipeline.check_options(
-            predictor,
             IdentifyOptions(modality=modality, origin_country=permit.origin, case_ref=case_ref),
         )
 
@@ -211,6 +210,7 @@ def _unread(assessment: PermitAssessment, problem: ProblemError) -> dict[str, ob
         "declared_appendix": assessment.permit.appendix,
         "probability": 0.0,
         "model_reason": problem.detail,
+        "model_kind": "unreadable",
     }
 
 

@@ -86,7 +86,11 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--val-fraction", type=float, help="share of groups for validation (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
-    p.add_argument("--augment", choices=MODALITIES, help="augmentation preset")
+    p.add_argument(
+        "--augment",
+        choices=(*MODALITIES, "xray-pseudocolour"),
+        help="augmentation preset (xray: grey scans; xray-pseudocolour: dual-energy colour)",
+    )
     p.add_argument(
         "--views",
         type=int,
@@ -106,6 +110,12 @@ def register_train(subparsers: Subparsers) -> None:
         metavar="N",
         help="model input side in pixels, 96..512 (default 224, the backbone's own); the shorter "
         "side is resized to round(N * 256 / 224) before the centre crop",
+    )
+    p.add_argument(
+        "--crop",
+        choices=("center", "squash"),
+        help="center: centre-crop after resizing the shorter side (photos, default); squash: "
+        "the whole image resized to the square (x-ray scans)",
     )
     p.add_argument(
         "--no-pretrained",

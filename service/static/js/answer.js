@@ -57,7 +57,11 @@ export function renderAnswer(ident, { focus = false, keepPhoto = false } = {}) {
   $("meta").textContent = meta.join(" · ");
   showModelInfo();
 
-  if (!keepPhoto || !state.photoUrl) loadPhoto(ident);
+  const located = Boolean(ident.location && ident.location.image_url);
+  if (located) loadPhoto(ident, ident.location.image_url); // the scan with the box drawn
+  else if (!keepPhoto || !state.photoUrl) loadPhoto(ident);
+  say($("location-note"), located ? "locatedCaption" : null);
+  $("location-note").hidden = !located;
   if (state.heatmapFor !== ident.id) resetHeatmap();
   if (focus) {
     const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
@@ -144,10 +148,11 @@ export function setPhoto(url) {
   $("photo").src = url;
 }
 
-async function loadPhoto(ident) {
-  if (!ident.image || !ident.image.url) return;
+async function loadPhoto(ident, url) {
+  const path = url || (ident.image && ident.image.url);
+  if (!path) return;
   try {
-    setPhoto(await apiBlobUrl(ident.image.url));
+    setPhoto(await apiBlobUrl(path));
   } catch (err) {
     showError(err);
   }

@@ -153,7 +153,11 @@ async function loadModel() {
   }
   const model = state.model || {};
   state.labels = Array.isArray(model.labels) ? model.labels : [];
-  const modalities = Array.isArray(model.modalities) ? model.modalities : ["camera", "xray"];
+  // one active model per modality: offer the image types some model answers
+  const byModality = model.by_modality || null;
+  const modalities = byModality
+    ? Object.keys(byModality).filter((m) => byModality[m])
+    : Array.isArray(model.modalities) ? model.modalities : ["camera", "xray"];
   const select = $("modality");
   for (const option of select.options) option.disabled = !modalities.includes(option.value);
   if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
@@ -259,8 +263,9 @@ async function identify(event, { onDevice = false } = {}) {
       ? await identifyHere(fields)
       : await uploadWithRetry(state.prepared, fields);
     $("upload").hidden = true; // before scrolling to the answer, so that it does not move
-    setPhoto(URL.createObjectURL(state.prepared.blob));
-    show(ident, { keepPhoto: true, focus: true });
+    const located = Boolean(ident.location && ident.location.image_url);
+    if (!located) setPhoto(URL.createObjectURL(state.prepared.blob));
+    show(ident, { keepPhoto: !located, focus: true });
     loadRecent();
   } catch (err) {
     showError(err);
