@@ -60,6 +60,7 @@ RECIPE_KEYS = (
     "trained_stages",
     "modality",
     "input_size",
+    "crop",
     "int8",
     "int8_max_drop",
     "calibration_images",
