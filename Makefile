@@ -43,9 +43,12 @@ $(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-l
 	cd $(WEB_DIR) && npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
 
-# Regenerate the offline and permit screenshots in docs/screenshots (tests never write them otherwise).
+# Regenerate the screenshots in docs/screenshots (docs/web.md; tests never write them otherwise:
+# they take them into a temporary folder).
 screenshots: $(VENV)/.all-installed system-deps web-runtime
-	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py tests/service/test_browser_permit.py
+	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py \
+		tests/service/test_browser_permit.py tests/service/test_browser.py \
+		tests/service/test_browser_answers.py
 
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check model service training tests bench

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from model.checks import ImageChecks, check_decoded
 from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
 from model.preprocess import PreprocessConfig, decode_image, image_to_array
 from service.decodeworkers import DecodeStoppedError, DecodeWorkers
@@ -79,6 +80,10 @@ class Decoded:
     modality_source: str = "default"
     size: tuple[int, int] = (0, 0)
     full_size: tuple[int, int] = (0, 0)
+    checks: ImageChecks | None = None
+    """The image checks (quality, scanner signature: :mod:`model.checks`) of the whole decoded
+    image, which :meth:`model.predictor.Predictor.predict_arrays` turns into ``unusable_image``
+    or ``outside_training_domain`` (a scan given to a camera-only model)."""
 
 
 BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
@@ -229,10 +234,19 @@ def decode_upload(
     modality, source = resolve_modality(decoded, requested_modality)
     config = configs.get(modality)
     array = image_to_array(decoded.image, config) if config is not None else None
+    checks = check_decoded(decoded, array, config) if array is not None and config else None
     image = stored_image(data, decoded, limits)
     if image.data == data:
         image = replace(image, data=b"")
-    return Decoded(array, image, modality, source, decoded.image.size, _oriented_full_size(decoded))
+    return Decoded(
+        array,
+        image,
+        modality,
+        source,
+        decoded.image.size,
+        _oriented_full_size(decoded),
+        checks,
+    )
 
 
 def decode_for_heatmap(

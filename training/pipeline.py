@@ -58,6 +58,7 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
+from training.seen_images import SEEN_IMAGES_FILE, write_seen_images
 from training.train import choose_head, fine_tune, set_head
 
 if TYPE_CHECKING:
@@ -698,6 +699,10 @@ def write_final_bundle(
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    seen_images = write_seen_images(
+        setup.work / SEEN_IMAGES_FILE,
+        {name: split.samples for name, split in trained.arrays.items()},
+    )
     if evaluation.gate_override is not None:
         provenance["gate_override"] = evaluation.gate_override
     return write_bundle(
@@ -708,7 +713,12 @@ def write_final_bundle(
         provenance=provenance,
         limitations=list(config.limitations) or list(DEFAULT_LIMITATIONS),
         ood_threshold=evaluation.ood_threshold,
-        extra_files={"config.json": config_file, TORCH_WEIGHTS_FILE: weights_file, **reports},
+        extra_files={
+            "config.json": config_file,
+            TORCH_WEIGHTS_FILE: weights_file,
+            SEEN_IMAGES_FILE: seen_images,
+            **reports,
+        },
         recommended=evaluation.recommended,
         parent_version=evaluation.parent_version,
         overwrite=config.overwrite,
