@@ -43,9 +43,9 @@ $(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-l
 	cd $(WEB_DIR) && npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
 
-# Regenerate the offline screenshots in docs/screenshots (tests never write them otherwise).
+# Regenerate the offline and permit screenshots in docs/screenshots (tests never write them otherwise).
 screenshots: $(VENV)/.all-installed system-deps web-runtime
-	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py
+	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py tests/service/test_browser_permit.py
 
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check model service training tests bench

@@ -114,6 +114,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": round(os.getloadavg()[0], 1),
     }
     try:
         import onnxruntime

@@ -39,9 +39,9 @@ TEXTS: dict[str, dict[str, str]] = {
     "appendix_contradicts": {
         "en": "declared {declared_appendix}, but {name} from {origin} is "
         "{applicable_appendix} ({rule})",
-        "fr": "{declared_appendix} déclarée, mais {name} de {origin} relève de "
+        "fr": "{declared_appendix} déclarée, mais pour {name} de {origin} la taxonomie indique "
         "{applicable_appendix} ({rule})",
-        "es": "declarado {declared_appendix}, pero {name} de {origin} está en "
+        "es": "declarado {declared_appendix}, pero para {name} de {origin} la taxonomía indica "
         "{applicable_appendix} ({rule})",
     },
     "appendix_needs_origin": {
@@ -98,18 +98,18 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "el permiso solo es válido desde el {valid_from} (verificado el {today})",
     },
     "purpose_allowed": {
-        "en": "purpose {purpose_code} ({purpose}) with source {source_code} is allowed for "
-        "{applicable_appendix}",
-        "fr": "le but {purpose_code} ({purpose}) avec la source {source_code} est admis pour "
-        "{applicable_appendix}",
-        "es": "el propósito {purpose_code} ({purpose}) con origen {source_code} está permitido "
-        "para {applicable_appendix}",
+        "en": "purpose {purpose_code} ({purpose}) with source {source_code}: allowed "
+        "({applicable_appendix})",
+        "fr": "but {purpose_code} ({purpose}) avec la source {source_code} : admis "
+        "({applicable_appendix})",
+        "es": "propósito {purpose_code} ({purpose}) con origen {source_code}: permitido "
+        "({applicable_appendix})",
     },
     "purpose_commercial_appendix_i": {
         "en": "purpose T (commercial) is not allowed for {applicable_appendix} specimens of "
         "source {source_code}: Appendix I specimens may be traded commercially only from "
         "registered operations (source D)",
-        "fr": "le but T (commercial) n'est pas admis pour des spécimens de "
+        "fr": "le but T (commercial) n'est pas admis pour des spécimens de l'"
         "{applicable_appendix} de source {source_code} : le commerce de spécimens de "
         "l'Annexe I n'est admis que depuis des établissements enregistrés (source D)",
         "es": "el propósito T (comercial) no está permitido para especímenes del "
@@ -177,6 +177,21 @@ TEXTS: dict[str, dict[str, str]] = {
         "({model_reason}) : consultez un expert",
         "es": "declarado {declared_name}, {declared_appendix}; la imagen no es concluyente "
         "({model_reason}): consulte a un experto",
+    },
+    "reason_uncertain": {
+        "en": "the model is not confident of any class",
+        "fr": "le modèle n'est sûr d'aucune classe",
+        "es": "el modelo no está seguro de ninguna clase",
+    },
+    "reason_outside_training_domain": {
+        "en": "the image is unlike the images the model was taught",
+        "fr": "l'image ne ressemble pas aux images apprises par le modèle",
+        "es": "la imagen no se parece a las imágenes con las que se entrenó el modelo",
+    },
+    "reason_unreadable": {
+        "en": "the image could not be read",
+        "fr": "l'image n'a pas pu être lue",
+        "es": "no se pudo leer la imagen",
     },
     "includes_stricter": {
         "en": ", which includes {strict_appendix} {strict_names}",
@@ -276,8 +291,16 @@ def render(code: str, params: Mapping[str, object], language: str) -> str:
     template = texts.get(language) or texts["en"]
     values: dict[str, object] = {}
     common = params.get("suggested_common")
+    kind = params.get("model_kind")
     for key, value in params.items():
-        if key == "suggested_name" and isinstance(common, Mapping) and common.get(language):
+        if (
+            key == "model_reason"
+            and language != "en"
+            and isinstance(kind, str)
+            and f"reason_{kind}" in TEXTS
+        ):  # the model's and the decoder's own explanations are English
+            values[key] = render(f"reason_{kind}", {}, language)
+        elif key == "suggested_name" and isinstance(common, Mapping) and common.get(language):
             values[key] = common[language]  # a product group or material: its name, translated
         elif key.endswith("appendix"):
             values[key] = appendix_words(value if isinstance(value, str) else None, language)

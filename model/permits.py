@@ -416,7 +416,10 @@ def compare_image(
     if evidence.kind not in ("taxon", "lookalike") or evidence.taxon_id is None:
         reason = evidence.model_reason or evidence.kind.replace("_", " ")
         return Finding(
-            "image", "inconclusive", "image_uncertain", {**params, "model_reason": reason}
+            "image",
+            "inconclusive",
+            "image_uncertain",
+            {**params, "model_reason": reason, "model_kind": evidence.kind},
         )
     suggested = taxonomy.get(evidence.taxon_id)
     suggestion = taxonomy.appendix_for(suggested.id, origin)

@@ -30,6 +30,7 @@ from service.problems import (
     install_problem_openapi,
     upload_too_large,
 )
+from service.replicas import ActiveVersionFollower
 from service.routes import (
     feedback,
     identifications,
@@ -142,6 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = build_context(settings, metrics)
         app.state.context = context
         await context.start()
+        follower = ActiveVersionFollower(
+            context.host, context.sessions, settings.replica_poll_s, metrics.set_active_model
+        )
+        follower.start()
         logger.info(
             "serving model %s (data in %s)",
             context.host.current.version if context.host.current else "none",
@@ -150,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await follower.close()
             await context.close()
 
     app = FastAPI(

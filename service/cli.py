@@ -253,23 +253,99 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 # ---- models ------------------------------------------------------------------------------
 
 
+def _add_remote(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument(
+        "--url",
+        required=required,
+        default=None,
+        help="a running service, e.g. http://127.0.0.1:8000 (with --key)",
+    )
+    parser.add_argument("--key", default=None, help="API key (default $CITES_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the service's JSON answer")
+
+
 def register_models(subparsers: Subparsers) -> None:
-    """``cites-vision models list|activate``."""
-    parser = subparsers.add_parser("models", help="list bundles; choose the one to serve")
+    """``cites-vision models list|activate|rollback|history``."""
+    parser = subparsers.add_parser(
+        "models", help="list bundles; choose, roll back and audit the one served"
+    )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="bundles in the weights directory")
+    listing = sub.add_parser(
+        "list", help="bundles in the weights directory (or of a running service with --url)"
+    )
     listing.add_argument("--weights-dir", type=Path, default=None, help="default: weights/")
     listing.add_argument("--verify", action="store_true", help="check every file's sha256")
+    _add_remote(listing)
     listing.set_defaults(func=_models_list)
     activate = sub.add_parser(
         "activate",
-        help="serve VERSION from the next start (a running service: POST "
-        "/v1/models/VERSION/activate)",
+        help="serve VERSION: on a running service with --url/--key (admin), else from the "
+        "next start",
     )
     activate.add_argument("version")
     activate.add_argument("--weights-dir", type=Path, default=None, help="default: weights/")
+    activate.add_argument("--reason", default=None, help="why (recorded in the history)")
     _add_data_dir(activate)
+    _add_remote(activate)
     activate.set_defaults(func=_models_activate)
+    rollback = sub.add_parser(
+        "rollback", help="return a running service to the version active before the current one"
+    )
+    rollback.add_argument("--reason", default=None, help="why (recorded in the history)")
+    _add_remote(rollback, required=True)
+    rollback.set_defaults(func=_models_rollback)
+    hist = sub.add_parser("history", help="every activation and rollback of a running service")
+    _add_remote(hist, required=True)
+    hist.set_defaults(func=_models_history)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from model.service_client import ServiceClient
+
+    key = args.key or os.environ.get("CITES_API_KEY")
+    if not key:
+        raise CommandError("--url needs --key KEY (or $CITES_API_KEY)")
+    return ServiceClient(args.url, key)
+
+
+def _remote(args: argparse.Namespace, call: Any) -> Any:
+    from model.service_client import ServiceError
+
+    try:
+        return call(_client(args))
+    except ServiceError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _print_json(payload: Any) -> None:
+    import json
+
+    _out(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    before = _remote(args, lambda c: c.active())
+    after = _remote(args, lambda c: c.rollback(args.reason))
+    if args.json:
+        _print_json(after)
+    else:
+        _out(f"rolled back {args.url} from {before['version']} to {after['version']}")
+    return 0
+
+
+def _models_history(args: argparse.Namespace) -> int:
+    payload = _remote(args, lambda c: c.history())
+    if args.json:
+        _print_json(payload)
+        return 0
+    _out(f"{'when':20}  {'action':8}  {'from':24}  {'to':24}  by (reason)")
+    for row in payload["items"]:
+        reason = f" ({row['reason']})" if row.get("reason") else ""
+        _out(
+            f"{row['at'][:19]:20}  {row['action']:8}  {row['from'] or '-':24}  {row['to']:24}  "
+            f"{row['by']}{reason}"
+        )
+    return 0
 
 
 def _weights_dir(flag: Path | None) -> Path:
@@ -281,6 +357,22 @@ def _weights_dir(flag: Path | None) -> Path:
 
 def _models_list(args: argparse.Namespace) -> int:
     from model.bundle import list_bundles
+
+    if args.url:
+        payload = _remote(args, lambda c: c.models())
+        if args.json:
+            _print_json(payload)
+            return 0
+        for item in payload["items"]:
+            marks = ("ACTIVE " if item["active"] else "") + (
+                "" if item["recommended"] else "not-recommended "
+            )
+            state = "ok" if item["valid"] else f"BROKEN: {item['error']}"
+            _out(
+                f"{item['folder']:24}  {item['version']:32}  {item['created_at'] or '-':25}  "
+                f"{marks}{state}"
+            )
+        return 0
 
     weights = _weights_dir(args.weights_dir)
     summaries = list_bundles(weights, verify=args.verify)
@@ -298,6 +390,14 @@ def _models_activate(args: argparse.Namespace) -> int:
     from service.modelhost import ModelHost
     from service.repository import ACTIVE_MODEL_KEY, set_state
 
+    if args.url:
+        before = _remote(args, lambda c: c.active())
+        after = _remote(args, lambda c: c.activate(args.version, args.reason))
+        if args.json:
+            _print_json(after)
+        else:
+            _out(f"{args.url} now serves {after['version']} (was {before['version']})")
+        return 0
     weights = _weights_dir(args.weights_dir)
     settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
     try:
@@ -318,7 +418,7 @@ def _models_activate(args: argparse.Namespace) -> int:
 
 
 def register_feedback(subparsers: Subparsers) -> None:
-    """``cites-vision feedback export``."""
+    """``cites-vision feedback export|conflicts|resolve``."""
     parser = subparsers.add_parser("feedback", help="officers' feedback")
     sub = parser.add_subparsers(dest="feedback_command", metavar="ACTION", required=True)
     export = sub.add_parser("export", help="write confirmed labels + images as a tar.gz")
@@ -326,6 +426,18 @@ def register_feedback(subparsers: Subparsers) -> None:
     export.add_argument("--out", type=Path, required=True, help="archive to write (.tar.gz)")
     export.add_argument("--since", default=None, help="only feedback from this ISO time")
     export.set_defaults(func=_feedback_export)
+    conflicts = sub.add_parser(
+        "conflicts", help="images officers disagree on (kept out of exports until resolved)"
+    )
+    _add_data_dir(conflicts)
+    conflicts.set_defaults(func=_feedback_conflicts)
+    resolve = sub.add_parser("resolve", help="settle a conflict: the image's label for training")
+    resolve.add_argument("sha256", help="the image's sha256 (from `feedback conflicts`)")
+    resolve.add_argument("--label", required=True, help="the label (or taxon id) it gets")
+    resolve.add_argument("--by", default=None, help="who resolves it (default: $USER)")
+    resolve.add_argument("--note", default=None, help="why")
+    _add_data_dir(resolve)
+    resolve.set_defaults(func=_feedback_resolve)
 
 
 def _feedback_export(args: argparse.Namespace) -> int:
@@ -345,5 +457,50 @@ def _feedback_export(args: argparse.Namespace) -> int:
         raise CommandError(f"no data directory at {settings.data_dir}")
     with _open_db(settings) as session:
         summary = write_export(session, ImageStore(settings.images_dir), args.out, since=since)
-    _out(f"wrote {summary.rows} labelled images ({summary.skipped} skipped) to {summary.path}")
+    _out(
+        f"wrote {summary.rows} labelled images ({summary.skipped} skipped, {summary.conflicts} "
+        f"held back by conflicts: see conflicts.csv) to {summary.path}"
+    )
+    return 0
+
+
+def _feedback_conflicts(args: argparse.Namespace) -> int:
+    from service.export import find_conflicts
+
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    with _open_db(settings) as session:
+        conflicts = find_conflicts(session)
+    if not conflicts:
+        _out("no conflicts")
+        return 0
+    for conflict in conflicts:
+        votes = "; ".join(
+            f"{label}: {', '.join(names)}" for label, names in sorted(conflict.labels.items())
+        )
+        _out(f"{conflict.sha256}  {votes}")
+    return 0
+
+
+def _feedback_resolve(args: argparse.Namespace) -> int:
+    import getpass
+
+    from service.export import resolve_conflict
+
+    label = args.label.strip()
+    if not label:
+        raise CommandError("--label must not be empty")
+    settings = _settings(data_dir=args.data_dir, database_url=args.database_url)
+    try:
+        with _open_db(settings) as session:
+            resolve_conflict(
+                session,
+                args.sha256,
+                label,
+                by_key=None,
+                by_name=args.by or getpass.getuser(),
+                note=args.note,
+            )
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    _out(f"resolved {args.sha256}: label {label}; it joins the next export")
     return 0

@@ -129,6 +129,11 @@ class ModelHost:
         """The active predictor (None before the first load)."""
         return self._current
 
+    @property
+    def swapping(self) -> bool:
+        """True while an activation is loading or swapping a bundle."""
+        return self._swap_lock.locked()
+
     def load(self, path: Path) -> Predictor:
         """Load, verify and warm up the bundle at ``path`` (blocking); raises
         :class:`ModelLoadError` with the reason."""

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=16, ge=1, le=512)
     batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     queue_max: int = Field(default=256, ge=1)
+    replica_poll_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description="seconds between checks of the active model version in the database, so "
+        "that replicas sharing it follow an activation (0 turns the check off)",
+    )
     decode_workers: int = Field(default=4, ge=1, le=64)
     decode_timeout_s: float = Field(
         default=10.0, gt=0.0, description="a decode running longer is stopped (422)"

@@ -145,3 +145,38 @@ class Verification(Base):
     declared_taxon: Mapped[str] = mapped_column(String(200))
     verdict: Mapped[str] = mapped_column(String(20))
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ModelActivation(Base):
+    """One activation or rollback of a model version: who, when, from which version, to which."""
+
+    __tablename__ = "model_activations"
+    __table_args__ = (Index("ix_model_activations_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    action: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str | None] = mapped_column(String(16), ForeignKey("api_keys.id"), nullable=True)
+    actor_name: Mapped[str] = mapped_column(String(200))
+    from_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    from_folder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    to_version: Mapped[str] = mapped_column(String(200))
+    to_folder: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class FeedbackResolution(Base):
+    """A trainer's label for an image officers disagreed on (it then joins the export)."""
+
+    __tablename__ = "feedback_resolutions"
+
+    image_sha256: Mapped[str] = mapped_column(
+        String(64), ForeignKey("images.sha256"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String(200))
+    resolved_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    resolved_by: Mapped[str | None] = mapped_column(
+        String(16), ForeignKey("api_keys.id"), nullable=True
+    )
+    resolved_by_name: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -211,6 +211,7 @@ def _unread(assessment: PermitAssessment, problem: ProblemError) -> dict[str, ob
         "declared_appendix": assessment.permit.appendix,
         "probability": 0.0,
         "model_reason": problem.detail,
+        "model_kind": "unreadable",
     }
 
 

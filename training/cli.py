@@ -1,4 +1,5 @@
-"""Trainer subcommands of ``cites-vision``: ``train``, ``evaluate``, ``compare``, ``export``.
+"""Trainer subcommands of ``cites-vision``: ``train``, ``retrain``, ``evaluate``, ``compare``,
+``export``.
 
 Registered through the ``cites_vision.commands`` entry points; nothing heavy is imported at
 module level (torch, onnxruntime and matplotlib load inside the handlers).
@@ -128,6 +129,10 @@ def register_train(subparsers: Subparsers) -> None:
         "when it is worse on the same test images",
     )
     p.add_argument(
+        "--init-from",
+        help="warm-start from this bundle's torch weights (model.pt) instead of ImageNet",
+    )
+    p.add_argument(
         "--no-int8",
         dest="int8",
         action="store_const",
@@ -152,6 +157,14 @@ def register_train(subparsers: Subparsers) -> None:
         help="precision the decision thresholds aim for on validation (0.95)",
     )
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fine-tune in N processes with DistributedDataParallel (--mode full; launches "
+        "torchrun --standalone --nproc-per-node N on this machine)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_const",
@@ -209,12 +222,45 @@ def _run_train(args: argparse.Namespace) -> int:
     from training.pipeline import run
 
     config = _resolve_config(args)
+    if args.nproc is not None and args.nproc != 1:
+        return _launch_distributed(config, args.nproc)
     quiet_exporter_logs()
     try:
         path = run(config, command=config.command())
     except (DataError, BundleError, ExportError) as exc:
         raise CommandError(str(exc)) from exc
-    sys.stdout.write(f"{path}\n")
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _launch_distributed(config: Any, nproc: int) -> int:
+    """Run this ``train`` under torchrun in ``nproc`` local processes; their exit status."""
+    import dataclasses
+    import os
+    import subprocess
+    from datetime import UTC, datetime
+
+    from training.distributed import torchrun_command
+
+    if nproc < 2:
+        raise CommandError("--nproc must be 1 or more (2 or more to distribute)")
+    if config.mode != "full":
+        raise CommandError("--nproc applies to --mode full (the other modes train in seconds)")
+    if "WORLD_SIZE" in os.environ:
+        raise CommandError("--nproc inside torchrun: launch either with torchrun or with --nproc")
+    fixed = dataclasses.replace(
+        config,
+        version=config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+        threads=config.threads or max(1, (os.cpu_count() or 1) // nproc),
+    )
+    words = shlex.split(fixed.command())[1:]
+    logger.info("launching %d processes: %s", nproc, shlex.join(torchrun_command(nproc, words)))
+    done = subprocess.run(torchrun_command(nproc, words), check=False)
+    if done.returncode != 0:
+        raise CommandError(f"distributed training failed (torchrun exit status {done.returncode})")
     return 0
 
 
@@ -369,4 +415,151 @@ def _run_export(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise CommandError(str(exc)) from exc
     sys.stdout.write(f"{path}: {gate.reason}\n")
+    return 0
+
+
+def register_retrain(subparsers: Subparsers) -> None:
+    """``cites-vision retrain``: continue a bundle on feedback, gate it, optionally activate."""
+    p = subparsers.add_parser(
+        "retrain",
+        help="continue a bundle on officers' feedback, gated against it",
+        description="Warm-start from the base bundle's weights and recipe, keep its labels and "
+        "add labels officers found, replay part of its training data, compare with it on its "
+        "test set and on held-out new images, and write a new bundle (see docs/retraining.md).",
+    )
+    p.add_argument(
+        "--base", type=Path, required=True, help="the bundle to continue, e.g. weights/V"
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="FEEDBACK.tar.gz|DIR|CSV",
+        help="a feedback export, its extracted folder, a CSV manifest or a <class>/<image> "
+        "folder; repeat to combine",
+    )
+    p.add_argument("--out", help="folder of bundles (default: weights)")
+    p.add_argument("--version", help="version of the new bundle (default: UTC timestamp)")
+    p.add_argument(
+        "--head-only",
+        action="store_true",
+        help="quick mode: refit only the classifier on the base's features",
+    )
+    p.add_argument("--mode", choices=("head", "last", "full"), help="override the base's mode")
+    p.add_argument("--epochs", type=int, help="override the base's epochs")
+    p.add_argument("--lr", type=float, help="override the base's peak learning rate")
+    p.add_argument(
+        "--min-new-label-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images a taxon the base lacks needs to become a new label (default 20)",
+    )
+    p.add_argument(
+        "--replay",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images replayed from the base's training split (default 400; 0 for none)",
+    )
+    p.add_argument(
+        "--replay-data",
+        action="append",
+        metavar="DIR_OR_CSV",
+        help="where the base's training data is, when not at the paths in its config.json",
+    )
+    p.add_argument("--no-int8", dest="int8", action="store_const", const=False)
+    p.add_argument("--cache-dir", help="where backbone features are cached")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--calibration-images", type=int, help="INT8 calibration images")
+    p.add_argument(
+        "--activate", metavar="URL", help="activate on this running service if recommended"
+    )
+    p.add_argument("--key", help="admin API key for --activate (default $CITES_API_KEY)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write and activate even when the gate does not recommend it (needs --why)",
+    )
+    p.add_argument("--why", help="the reason for --force, recorded in the manifest")
+    p.add_argument("--json", action="store_true", help="print the gate report as JSON")
+    p.set_defaults(func=_run_retrain)
+
+
+def _run_retrain(args: argparse.Namespace) -> int:
+    import os
+
+    from model.bundle import BundleError, load_bundle
+    from model.service_client import ServiceClient, ServiceError
+    from training.data import DataError
+    from training.export import ExportError
+    from training.retrain import (
+        DEFAULT_MIN_NEW_LABEL_IMAGES,
+        DEFAULT_REPLAY_IMAGES,
+        RetrainOptions,
+        read_report,
+        retrain,
+    )
+
+    if args.force and not (args.why or "").strip():
+        raise CommandError("--force needs --why TEXT: the reason is recorded in the manifest")
+    key = args.key or os.environ.get("CITES_API_KEY")
+    if args.activate and not key:
+        raise CommandError("--activate needs --key KEY (an admin key) or $CITES_API_KEY")
+    min_images = args.min_new_label_images
+    if min_images is not None and min_images < 1:
+        raise CommandError("--min-new-label-images must be at least 1")
+    if args.replay is not None and args.replay < 0:
+        raise CommandError("--replay must be 0 or more images")
+    mode = "head" if args.head_only else args.mode
+    options = RetrainOptions(
+        out=args.out or str(Path(args.base).resolve().parent),
+        version=args.version or "",
+        min_new_label_images=DEFAULT_MIN_NEW_LABEL_IMAGES if min_images is None else min_images,
+        replay_images=DEFAULT_REPLAY_IMAGES if args.replay is None else args.replay,
+        replay_data=tuple(args.replay_data or ()),
+        overrides={
+            "mode": mode,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "int8": args.int8,
+            "cache_dir": args.cache_dir,
+            "threads": args.threads,
+            "calibration_images": args.calibration_images,
+        },
+        force_why=args.why.strip() if args.force else None,
+    )
+    quiet_exporter_logs()
+    try:
+        path = retrain(args.base, args.data, options)
+    except (DataError, BundleError, ExportError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    bundle = load_bundle(path)
+    report = read_report(bundle)
+    gate = report["gate"]
+    if args.json:
+        sys.stdout.write(
+            json.dumps({"bundle": str(path), **report}, indent=2, sort_keys=True) + "\n"
+        )
+    else:
+        verdict = "recommended" if bundle.manifest.recommended else "NOT recommended"
+        sys.stdout.write(f"{path}: {verdict}\n")
+        for reason in gate.get("reasons", []):
+            sys.stdout.write(f"  - {reason}\n")
+        sys.stdout.write((path / "gate.md").read_text(encoding="utf-8"))
+    if args.activate:
+        if not (bundle.manifest.recommended or args.force):
+            raise CommandError(
+                f"{bundle.version} is not recommended; not activated on {args.activate} "
+                "(override with --force --why TEXT)"
+            )
+        reason = f"retrain from {report['retrain'].get('base')}"
+        if args.force and not bundle.manifest.recommended:
+            reason = f"gate overridden: {options.force_why}"
+        try:
+            active = ServiceClient(args.activate, key or "").activate(bundle.version, reason)
+        except ServiceError as exc:
+            raise CommandError(f"{bundle.version} written but not activated: {exc}") from exc
+        sys.stdout.write(f"activated {active['version']} on {args.activate}\n")
     return 0

@@ -47,6 +47,7 @@ class TrainConfig:
     work_dir: str | None = None
     resume: bool = False
     base: str | None = None
+    init_from: str | None = None
     int8: bool = True
     int8_max_drop: float = 0.01
     calibration_images: int = 128

@@ -20,11 +20,11 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from training.calibrate import (
 )
 from training.compare import judge_against_base
 from training.config import TrainConfig
+from training.distributed import DistInfo, barrier, broadcast_text, init_from_env, shutdown
 from training.evaluation import evaluate_samples, ood_scores_for
 from training.features import extract_features
 from training.images import AugmentedImages
@@ -59,7 +60,15 @@ from training.partial import (
 )
 from training.train import choose_head, fine_tune, set_head
 
+if TYPE_CHECKING:
+    from training.gate import GateOutcome
+
+    Gate = Callable[[Bundle, dict[str, list[d.Sample]]], GateOutcome]
+
 logger = logging.getLogger(__name__)
+
+TORCH_WEIGHTS_FILE = "model.pt"
+"""Bundle file with the trained torch weights: ``{"backbone", "labels", "state_dict"}``."""
 
 DEFAULT_LIMITATIONS = (
     "Trained on camera photographs only; x-ray images are refused (no x-ray training data).",
@@ -280,22 +289,94 @@ class Evaluation:
     ood_threshold: float
     recommended: bool
     parent_version: str | None
+    gate_override: dict[str, Any] | None = None
 
 
-def run(config: TrainConfig, command: str | None = None) -> Path:
-    """Train, calibrate, export and write a bundle; returns the bundle folder."""
-    setup = start_run(config, command)
-    trained = train_model(config, setup.work)
+def warm_start_model(bundle_path: Path, num_classes: int) -> torch.nn.Module:
+    """The backbone of a bundle's ``model.pt`` with a fresh ``num_classes``-way classifier
+    (the pipeline fits the head on the warm-started features next).
+
+    Raises :class:`training.data.DataError` for a bundle without torch weights or with weights
+    of another architecture.
+    """
+    path = Path(bundle_path) / TORCH_WEIGHTS_FILE
+    if not path.is_file():
+        raise d.DataError(
+            f"{bundle_path} has no {TORCH_WEIGHTS_FILE}: bundles written before retraining "
+            "existed carry only ONNX; rebuild it once with `cites-vision train --config "
+            f"{Path(bundle_path) / 'config.json'} --overwrite`"
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = saved.get("state_dict") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise d.DataError(f"{path}: not a CITES Vision torch weights file")
+    model = create_model(num_classes, pretrained=False)
+    backbone = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    result = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
+    if missing or result.unexpected_keys:
+        raise d.DataError(
+            f"{path}: the weights do not fit the backbone (missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]})"
+        )
+    logger.info("warm start from %s", path)
+    return model.eval()
+
+
+def save_torch_weights(model: torch.nn.Module, labels: Sequence[Any], path: Path) -> Path:
+    """Write the trained weights (what ``retrain`` warm-starts from) as ``model.pt``."""
+    torch.save(
+        {
+            "backbone": describe(model)["name"],
+            "labels": [label.id for label in labels],
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return path
+
+
+def run(
+    config: TrainConfig,
+    command: str | None = None,
+    *,
+    gate: Gate | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Train, calibrate, export and write a bundle; returns the bundle folder.
+
+    ``gate`` (``retrain``) judges the provisional bundle against its base and decides
+    ``recommended`` instead of the plain ``--base`` comparison; ``extra`` is recorded under the
+    manifest's ``training.retrain``. Under torchrun (``WORLD_SIZE`` > 1) the ``full`` epochs run
+    in every process and rank 0 alone does the rest and writes the bundle.
+    """
+    dist_info = init_from_env()
+    if dist_info is not None and config.mode != "full":
+        shutdown(dist_info)
+        raise d.DataError(
+            f"distributed training (torchrun / --nproc) applies to --mode full, not {config.mode}"
+        )
+    setup = start_run(config, command, dist_info)
+    trained = train_model(config, setup.work, dist_info)
+    shutdown(dist_info)
+    if dist_info is not None and not dist_info.is_main:
+        logger.info("rank %d done; rank 0 writes the bundle", dist_info.rank)
+        return setup.out_dir / setup.version
     exported = export_and_calibrate(config, trained, setup.work)
-    evaluation = evaluate_served(config, trained, exported, setup.work)
-    final = write_final_bundle(config, setup, trained, exported, evaluation)
+    evaluation = evaluate_served(config, trained, exported, setup.work, gate)
+    final = write_final_bundle(
+        config, setup, trained, exported, evaluation, extra=extra, dist_info=dist_info
+    )
     _cleanup(setup.work)
     logger.info("bundle %s written in %.0f s", final, time.monotonic() - setup.started)
     return final
 
 
-def start_run(config: TrainConfig, command: str | None = None) -> RunSetup:
-    """Seed torch, name the version and make the work folder (refuses an existing version)."""
+def start_run(
+    config: TrainConfig, command: str | None = None, dist_info: DistInfo | None = None
+) -> RunSetup:
+    """Seed torch, name the version and make the work folder (refuses an existing version);
+    every process of a distributed run gets rank 0's version."""
     started = time.monotonic()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -304,7 +385,9 @@ def start_run(config: TrainConfig, command: str | None = None) -> RunSetup:
     logger.info(
         "input %d px (shorter side resized to %d)", preprocess.input_size, preprocess.resize_shorter
     )
-    version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version = broadcast_text(
+        dist_info, config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    )
     out_dir = Path(config.out)
     if (out_dir / version).exists() and not config.overwrite:
         raise d.DataError(f"{out_dir / version} exists; pass --overwrite or another --version")
@@ -313,23 +396,31 @@ def start_run(config: TrainConfig, command: str | None = None) -> RunSetup:
     return RunSetup(version, out_dir, work, command or config.command(), started)
 
 
-def train_model(config: TrainConfig, work: Path) -> TrainedModel:
-    """Load and split the data, choose a head on frozen features, then fine-tune (``last`` or
-    ``full``); the splits' features are refreshed through the fine-tuned network."""
+def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = None) -> TrainedModel:
+    """Load and split the data, choose a head on frozen features (of the ImageNet backbone, or
+    of ``config.init_from``'s), then fine-tune (``last`` or ``full``); the splits' features are
+    refreshed through the fine-tuned network."""
     samples, label_map, splits = prepare_data(config)
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
-    model: Any = create_model(num_classes, pretrained=config.pretrained)
+    model: Any = (
+        warm_start_model(Path(config.init_from), num_classes)
+        if config.init_from
+        else create_model(num_classes, pretrained=config.pretrained)
+    )
+    cacheable = config.pretrained or config.init_from is not None
+    if dist_info is not None and not dist_info.is_main:
+        barrier(dist_info)  # rank 0 fills the feature cache first; the others then read it
     arrays = {
         name: SplitArrays(
             part,
             d.encode_labels(part, label_map),
-            backbone_features(
-                model, part, config, cache=config.pretrained, desc=f"{name} features"
-            ),
+            backbone_features(model, part, config, cache=cacheable, desc=f"{name} features"),
         )
         for name, part in splits.items()
     }
+    if dist_info is not None and dist_info.is_main:
+        barrier(dist_info)
     train, val = arrays["train"], arrays["val"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
     head = choose_head(
@@ -341,7 +432,7 @@ def train_model(config: TrainConfig, work: Path) -> TrainedModel:
     if config.mode == "last" and config.epochs > 0:
         history, best_epoch = _train_last(model, arrays, config, weights, work)
     elif config.mode == "full" and config.epochs > 0:
-        history, best_epoch = _train_full(model, arrays, config, weights, work)
+        history, best_epoch = _train_full(model, arrays, config, weights, work, dist_info)
     model.eval()
     return TrainedModel(
         model, samples, label_map, arrays, weights, head.weight_decay, history, best_epoch
@@ -354,8 +445,10 @@ def _train_full(
     config: TrainConfig,
     weights: NDArray[np.float64],
     work: Path,
+    dist_info: DistInfo | None = None,
 ) -> tuple[list[dict[str, float]], int]:
-    """``full`` mode: fine-tune every layer on augmented images, then refresh the features."""
+    """``full`` mode: fine-tune every layer on augmented images (in every process of a
+    distributed run), then refresh the features (rank 0 only: the others stop there)."""
     preprocess = config.preprocess()
     train, val = arrays["train"], arrays["val"]
     train_set = AugmentedImages(
@@ -378,7 +471,10 @@ def _train_full(
         checkpoint=work / "checkpoint.pt",
         resume=config.resume,
         seed=config.seed,
+        dist_info=dist_info,
     )
+    if dist_info is not None and not dist_info.is_main:
+        return state.history, state.best_epoch
     for name, split_arrays in arrays.items():
         split_arrays.features = backbone_features(
             model, split_arrays.samples, config, cache=False, desc=f"{name} features (fine-tuned)"
@@ -443,10 +539,15 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
 
 
 def evaluate_served(
-    config: TrainConfig, trained: TrainedModel, exported: ExportedModel, work: Path
+    config: TrainConfig,
+    trained: TrainedModel,
+    exported: ExportedModel,
+    work: Path,
+    gate: Gate | None = None,
 ) -> Evaluation:
     """Evaluate the served model through the real predictor on validation and test, set the OOD
-    threshold from its validation scores, and compare with ``--base`` when given."""
+    threshold from its validation scores, and compare with ``--base`` when given (through
+    ``gate`` when ``retrain`` gives one)."""
     val, test = trained.arrays["val"], trained.arrays["test"]
     provisional = write_bundle(
         work,
@@ -487,13 +588,23 @@ def evaluate_served(
         "temperature": exported.temperature,
         "thresholds": {k: v.__dict__ for k, v in exported.chosen.items()},
     }
-    recommended, parent_version = True, None
-    if config.base:
+    recommended, parent_version, override = True, None, None
+    if config.base and gate is not None:
+        parent_version = load_bundle(Path(config.base)).version
+        splits = {name: part.samples for name, part in trained.arrays.items()}
+        outcome = gate(bundle, splits)
+        recommended, override = outcome.recommended, outcome.override
+        metrics["gate"] = outcome.to_dict()
+        gate_file = work / "reports" / "gate.md"
+        gate_file.parent.mkdir(parents=True, exist_ok=True)
+        gate_file.write_text(outcome.table, encoding="utf-8")
+        reports[gate_file.name] = gate_file
+    elif config.base:
         base = load_bundle(Path(config.base))
         parent_version = base.version
         recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
         metrics["comparison_with_base"] = comparison
-    return Evaluation(metrics, reports, ood_threshold, recommended, parent_version)
+    return Evaluation(metrics, reports, ood_threshold, recommended, parent_version, override)
 
 
 def _ood_summary(
@@ -534,9 +645,12 @@ def write_final_bundle(
     trained: TrainedModel,
     exported: ExportedModel,
     evaluation: Evaluation,
+    *,
+    extra: dict[str, Any] | None = None,
+    dist_info: DistInfo | None = None,
 ) -> Path:
-    """Write ``out/<version>/`` with the figures, the training summary, ``config.json``,
-    provenance and the reports."""
+    """Write ``out/<version>/`` with the figures, the training summary (``extra`` under
+    ``retrain``), ``config.json``, provenance, the reports, the loss curve and ``model.pt``."""
     training_info: dict[str, Any] = {
         "data": d.summarise(trained.samples),
         "splits": {name: d.summarise(a.samples) for name, a in trained.arrays.items()},
@@ -553,12 +667,25 @@ def write_final_bundle(
         "class_weights": [round(float(x), 4) for x in trained.class_weights],
         "duration_s": round(time.monotonic() - setup.started, 1),
     }
+    reports = dict(evaluation.reports)
+    if extra:
+        training_info["retrain"] = extra
+    if dist_info is not None:
+        training_info["distributed"] = dist_info.to_dict()
+    if trained.history:
+        from training.report import write_loss_curve
+
+        curve = write_loss_curve(trained.history, setup.work / "reports" / "training-loss.png")
+        reports[curve.name] = curve
+    weights_file = save_torch_weights(
+        trained.model, trained.label_map.labels, setup.work / TORCH_WEIGHTS_FILE
+    )
     config_file = setup.work / "config.json"
     config_file.write_text(
         json.dumps({"command": setup.command, "config": config.to_dict()}, indent=2) + "\n",
         encoding="utf-8",
     )
-    provenance = {
+    provenance: dict[str, Any] = {
         "command": setup.command,
         "git_commit": git_commit(),
         "parent_version": evaluation.parent_version,
@@ -566,6 +693,8 @@ def write_final_bundle(
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if evaluation.gate_override is not None:
+        provenance["gate_override"] = evaluation.gate_override
     return write_bundle(
         setup.out_dir,
         version=setup.version,
@@ -574,7 +703,7 @@ def write_final_bundle(
         provenance=provenance,
         limitations=list(config.limitations) or list(DEFAULT_LIMITATIONS),
         ood_threshold=evaluation.ood_threshold,
-        extra_files={"config.json": config_file, **evaluation.reports},
+        extra_files={"config.json": config_file, TORCH_WEIGHTS_FILE: weights_file, **reports},
         recommended=evaluation.recommended,
         parent_version=evaluation.parent_version,
         overwrite=config.overwrite,

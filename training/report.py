@@ -251,3 +251,26 @@ def write_report(
     _plot_reliability(paths[3], np.asarray(y_true), curves, title)
     logger.info("wrote report %s", paths[1])
     return paths
+
+
+def write_loss_curve(history: Sequence[dict[str, float]], path: Path) -> Path:
+    """The training report's loss curve: training and validation loss per epoch (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    epochs = [int(row["epoch"]) for row in history]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="training loss")
+    ax.plot(epochs, [row["val_loss"] for row in history], "o-", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    ax.set_xticks(epochs)
+    ax.legend()
+    ax.set_title("loss per epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

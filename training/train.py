@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 if TYPE_CHECKING:
+    from training.distributed import DistInfo
     from training.images import AugmentedImages
 
 logger = logging.getLogger(__name__)
@@ -185,13 +186,19 @@ def train_one_epoch(
     *,
     mode: str,
     epoch: int,
+    show_progress: bool = True,
 ) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
+    """One pass over ``loader``; returns the mean training loss (of this process's share
+    under DDP)."""
     set_train_mode(model, mode)
+    device = next(model.parameters()).device
     total, count = 0.0, 0
-    with tqdm(loader, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True) as bar:
+    with tqdm(
+        loader, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, disable=not show_progress
+    ) as bar:
         for images, targets in bar:
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device)
             loss = criterion(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,10 +222,11 @@ def evaluate(
 ) -> tuple[float, float, NDArray[np.float32]]:
     """Loss, accuracy and logits of ``model`` on preprocessed inputs ``[N, 3, S, S]``."""
     model.eval()
+    device = next(model.parameters()).device
     chunks = []
     for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(inputs[start : start + batch_size])
-        chunks.append(model(batch.contiguous(memory_format=torch.channels_last)))
+        batch = torch.from_numpy(inputs[start : start + batch_size]).to(device)
+        chunks.append(model(batch.contiguous(memory_format=torch.channels_last)).cpu())
     if not chunks:
         return math.nan, math.nan, np.zeros((0, 0), dtype=np.float32)
     logits = torch.cat(chunks)
@@ -286,19 +294,49 @@ def fine_tune(
     checkpoint: Path,
     resume: bool,
     seed: int = 0,
+    dist_info: DistInfo | None = None,
 ) -> FineTuneState:
-    """Fine-tune ``model`` in place for ``epochs``; load the best epoch's weights at the end."""
+    """Fine-tune ``model`` in place for ``epochs``; load the best epoch's weights at the end.
+
+    With ``dist_info`` (under torchrun) the model is wrapped in DistributedDataParallel, each
+    process draws its share of every epoch from a DistributedSampler (``set_epoch`` each epoch)
+    and only rank 0 shows progress and writes the checkpoint; the weights stay identical on
+    every process.
+    """
+    from training.distributed import device_for
+
+    device = device_for(dist_info)
+    main = dist_info is None or dist_info.is_main
     params = trainable_parameters(model, mode)
+    model.to(device)
     model.to(memory_format=torch.channels_last)
-    criterion = _weighted_loss(class_weights)
+    criterion = _weighted_loss(class_weights).to(device)
+    trained: nn.Module = model
+    sampler: DistributedSampler[Any] | None = None
+    if dist_info is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None
+        )
+        sampler = DistributedSampler(
+            train_set,
+            num_replicas=dist_info.world_size,
+            rank=dist_info.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    per_process = len(train_set) if sampler is None else len(sampler)
     loader: DataLoader[tuple[torch.Tensor, int]] = DataLoader(
         train_set,
         batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > batch_size,
-        generator=generator,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=per_process > batch_size,
+        generator=generator if sampler is None else None,
         num_workers=0,
     )
     steps = max(1, epochs * len(loader))
@@ -315,14 +353,25 @@ def fine_tune(
             scheduler.load_state_dict(saved["scheduler"])
         state = FineTuneState(**saved["state"])
         best_state = saved["best_model"]
-        # Replay the shuffling of the epochs already done so the order stays reproducible.
-        for _ in range(state.epoch):
-            torch.randperm(len(train_set), generator=generator)
+        # Replay the shuffling of the epochs already done so the order stays reproducible
+        # (a DistributedSampler's order depends on set_epoch alone).
+        if sampler is None:
+            for _ in range(state.epoch):
+                torch.randperm(len(train_set), generator=generator)
         logger.info("resumed from %s after epoch %d", checkpoint, state.epoch)
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.monotonic()
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new shuffle, the same on every process
         train_loss = train_one_epoch(
-            model, loader, optimizer, scheduler, criterion, mode=mode, epoch=epoch
+            trained,
+            loader,
+            optimizer,
+            scheduler,
+            criterion,
+            mode=mode,
+            epoch=epoch,
+            show_progress=main,
         )
         val_loss, val_acc, _ = evaluate(model, val_inputs, val_targets, criterion)
         logger.info(
@@ -346,8 +395,10 @@ def fine_tune(
         if val_loss < state.best_val_loss or math.isnan(val_loss):
             state.best_val_loss, state.best_epoch = val_loss, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        save_checkpoint(checkpoint, model, optimizer, scheduler, state, best_state)
+        if main:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, state, best_state)
     model.load_state_dict(best_state)
+    model.to(torch.device("cpu"))
     model.eval()
     logger.info("kept epoch %d (val loss %.4f)", state.best_epoch, state.best_val_loss)
     return state

@@ -1,4 +1,5 @@
-"""``/v1/models``: list bundles, show the active one, activate another (admin)."""
+"""``/v1/models``: list bundles, show the active one, activate another or roll back (admin),
+and the history of activations."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from model.predictor import Predictor
+from service.activations import Change, history, record_change, rollback_target
+from service.context import AppContext
 from service.deps import Admin, ContextDep, Reader
-from service.keys import Role
+from service.keys import Principal, Role
 from service.modelhost import ModelLoadError, ModelNotFoundError, describe_predictor
 from service.problems import ProblemError
-from service.repository import ACTIVE_MODEL_KEY, set_state
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +50,40 @@ def active_model(context: ContextDep, _principal: Reader) -> dict[str, Any]:
     return describe_predictor(current)
 
 
-@router.post("/{version}/activate", summary="Load, verify, warm up and swap in a bundle")
-async def activate(version: str, context: ContextDep, principal: Admin) -> dict[str, Any]:
-    """Swap the serving model; requests in flight finish on the old one, and a bundle that fails
-    leaves the old one serving."""
-    logger.info("key %s (%s) activates model %s", principal.key_id, principal.name, version)
+class ActivationRequest(BaseModel):
+    """Optional body of an activation or rollback: why (recorded in the history)."""
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+@router.get("/history", summary="Every activation and rollback, newest first")
+def model_history(context: ContextDep, _principal: Reader) -> dict[str, Any]:
+    """Who activated or rolled back which version, when, from which version, and why."""
+    with context.sessions() as session:
+        return {"items": history(session)}
+
+
+async def _swap(
+    context: AppContext, version: str, principal: Principal, action: str, reason: str | None
+) -> dict[str, Any]:
+    logger.info("key %s (%s): %s model %s", principal.key_id, principal.name, action, version)
+    before = context.host.current
 
     def persist(predictor: Predictor) -> None:
         with context.sessions() as session:
-            set_state(session, ACTIVE_MODEL_KEY, predictor.bundle.path.name)
+            record_change(
+                session,
+                Change(
+                    action=action,
+                    actor_key_id=principal.key_id,
+                    actor_name=principal.name,
+                    from_version=before.version if before is not None else None,
+                    from_folder=before.bundle.path.name if before is not None else None,
+                    to_version=predictor.version,
+                    to_folder=predictor.bundle.path.name,
+                    reason=reason,
+                ),
+            )
 
     try:
         predictor = await context.host.activate(version, persist)
@@ -77,3 +105,40 @@ async def activate(version: str, context: ContextDep, principal: Admin) -> dict[
     serving = context.host.current or predictor  # after racing activations: the last swap
     context.metrics.set_active_model(serving.version)
     return describe_predictor(predictor)
+
+
+@router.post("/{version}/activate", summary="Load, verify, warm up and swap in a bundle")
+async def activate(
+    version: str,
+    context: ContextDep,
+    principal: Admin,
+    body: ActivationRequest | None = None,
+) -> dict[str, Any]:
+    """Swap the serving model; requests in flight finish on the old one, and a bundle that fails
+    leaves the old one serving. Recorded in ``GET /v1/models/history``; every replica sharing
+    the database follows within seconds."""
+    return await _swap(context, version, principal, "activate", body.reason if body else None)
+
+
+@router.post("/rollback", summary="Return to the version active before the current one")
+async def rollback(
+    context: ContextDep, principal: Admin, body: ActivationRequest | None = None
+) -> dict[str, Any]:
+    """Activate the version the current one replaced (from the history); 409 when the history
+    holds no earlier version."""
+    current = context.host.current
+    if current is None:
+        raise ProblemError(
+            503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
+        )
+    with context.sessions() as session:
+        target = rollback_target(session, current.version)
+    if target is None:
+        raise ProblemError(
+            409,
+            "nothing-to-roll-back",
+            f"The history holds no version active before {current.version}.",
+            title="Nothing to roll back to",
+        )
+    _version, folder = target
+    return await _swap(context, folder, principal, "rollback", body.reason if body else None)

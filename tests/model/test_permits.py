@@ -292,3 +292,12 @@ def test_a_product_group_is_named_in_the_readers_language(taxonomy: Taxonomy) ->
         "a higher taxon or product group that includes it: the image cannot confirm the "
         "species; it also includes Appendix I E. maximus"
     )
+
+
+def test_an_uncertain_image_is_explained_in_the_readers_language(taxonomy: Taxonomy) -> None:
+    assessment = assess_permit(permit(taxonomy), taxonomy, TODAY)
+    unsure = ImageEvidence("outside_training_domain", None, None, 0.4, "score 1.33 > 1.26")
+    finding = compare_image(assessment, unsure, taxonomy)
+    assert "(score 1.33 > 1.26)" in finding.reason("en")
+    assert "l'image ne ressemble pas aux images apprises par le modèle" in finding.reason("fr")
+    assert "score" not in finding.reason("es")

@@ -5,11 +5,13 @@ change of language, and refused permit data shown in the page's language."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.browser_helpers import SCREENSHOTS
 from tests.factories import solid_image_bytes
 from tests.service.test_browser import _sign_in, officer_key, page, service  # noqa: F401
 from tests.service_helpers import ServiceHandle
@@ -18,6 +20,15 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def _shoot(tab: Page, selector: str, name: str) -> None:
+    """A documentation picture of one part of the page, only when asked for
+    (``make screenshots``); tests never write tracked files otherwise."""
+    if os.environ.get("CITES_WRITE_SCREENSHOTS") != "1":
+        return
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tab.locator(selector).screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled")
 
 
 def _fill_expired_ivory_permit(tab: Page, photo: Path) -> None:
@@ -55,6 +66,7 @@ def test_check_against_a_permit(
 
     _fill_expired_ivory_permit(page, photo)
     expect(page.locator("#permit-chosen")).to_contain_text("1 photo(s) ready")
+    _shoot(page, "#permit-form", "15-permit-form")
     page.click("#permit-btn")
     result = page.locator("#permit-result")
     expect(result).to_be_visible()
@@ -68,6 +80,7 @@ def test_check_against_a_permit(
     expect(page.locator("#permit-images li")).to_have_count(1)
     expect(page.locator("#permit-images li").first).to_contain_text("Photo 1:")
     expect(page.locator("#permit-meta")).to_contain_text("26KE000042")
+    _shoot(page, "#permit-result", "16-permit-verdict")
 
     # the service stored it with the case: it reads back through the API
     with service.client(officer_key) as client:
@@ -80,6 +93,7 @@ def test_check_against_a_permit(
     expect(page.locator("#permit-verdict")).to_have_text("Non conforme au permis")
     expect(page.locator("#permit-checks li").nth(1)).to_contain_text("le permis a expiré le")
     expect(page.locator("#permit-title")).to_have_text("Vérifier avec un permis")
+    _shoot(page, "#permit-result", "17-permit-verdict-french")
     page.select_option("#lang", "es")
     expect(page.locator("#permit-checks li").nth(1)).to_contain_text("el permiso venció el")
     expect(page.locator("label[for=pf-purpose]")).to_have_text("Propósito (casilla 5a)")

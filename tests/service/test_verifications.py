@@ -239,3 +239,21 @@ def test_taxon_lookup_with_an_origin_names_the_listing_row(api: Api) -> None:
     listing = body["appendix_for_origin"]["listing"]
     assert listing["row"].startswith("populations.tsv swietenia-macrophylla II")
     assert listing["verified"] is (listing["verification"] != "R")
+
+
+def test_an_unreadable_image_gives_an_inconclusive_entry_with_the_problem(api: Api) -> None:
+    response = api.client.post(
+        "/v1/verifications",
+        headers={"Authorization": f"Bearer {api.keys['officer']}"},
+        data=ELEPHANT_FROM_KENYA,
+        files=[
+            ("images", ("good.png", solid_image_bytes(RED), "image/png")),
+            ("images", ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")),
+        ],
+    )
+    assert response.status_code == 201, response.text
+    good, broken = response.json()["images"]
+    assert good["verdict"] == "consistent"
+    assert broken["verdict"] == "inconclusive" and broken["error"]["status"] == 422
+    assert "identification_id" not in broken
+    assert response.json()["verdict"] == "inconclusive"

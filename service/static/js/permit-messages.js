@@ -3,6 +3,7 @@
 
 export const PERMIT_MESSAGES = {
   en: {
+    outcomeLine: "{label}: {outcome}",
     outcome_consistent: "OK",
     outcome_inconsistent: "not OK",
     outcome_inconclusive: "to check",
@@ -48,6 +49,7 @@ export const PERMIT_MESSAGES = {
     source_W: "W: wild", source_R: "R: ranched", source_D: "D: Appendix I, registered captive breeding / propagation", source_A: "A: artificially propagated plants", source_C: "C: bred in captivity", source_F: "F: born in captivity (F1 or later)", source_U: "U: unknown", source_I: "I: confiscated or seized", source_O: "O: pre-Convention", source_X: "X: taken at sea outside any State",
   },
   fr: {
+    outcomeLine: "{label} : {outcome}",
     outcome_consistent: "conforme",
     outcome_inconsistent: "non conforme",
     outcome_inconclusive: "à vérifier",
@@ -93,6 +95,7 @@ export const PERMIT_MESSAGES = {
     source_W: "W : sauvage", source_R: "R : élevé en ranch", source_D: "D : Annexe I, élevage ou reproduction enregistré", source_A: "A : plantes reproduites artificiellement", source_C: "C : élevé en captivité", source_F: "F : né en captivité (F1 ou plus)", source_U: "U : inconnue", source_I: "I : confisqué ou saisi", source_O: "O : pré-Convention", source_X: "X : pris en mer hors juridiction",
   },
   es: {
+    outcomeLine: "{label}: {outcome}",
     outcome_consistent: "conforme",
     outcome_inconsistent: "no conforme",
     outcome_inconclusive: "por verificar",

@@ -51,7 +51,7 @@ function outcomeItem(label, outcome, reason) {
   li.dataset.outcome = outcome;
   const head = document.createElement("span");
   head.className = "outcome outcome-" + outcome;
-  head.textContent = label + ": " + t("outcome_" + outcome);
+  head.textContent = t("outcomeLine", { label, outcome: t("outcome_" + outcome) });
   li.append(head, document.createTextNode(" — " + reason));
   return li;
 }

@@ -1,0 +1,96 @@
+"""Which model version is active, and the history of every activation and rollback.
+
+The active version's folder is persisted in ``service_state`` (``ACTIVE_MODEL_KEY``): replicas
+follow it (:mod:`service.replicas`) and a restart serves it. Every change also appends a row to
+``model_activations`` (who, when, from, to, why) in the same transaction, so the history and the
+persisted choice never disagree. A rollback goes back to the version that was active before the
+current one: the ``from`` of the latest history row that made the current version active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.repository import ACTIVE_MODEL_KEY, iso, utcnow
+from service.tables import ModelActivation, ServiceState
+
+HISTORY_LIMIT = 200
+"""Rows ``GET /v1/models/history`` returns (newest first)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One activation or rollback about to be recorded."""
+
+    action: str  # "activate" or "rollback"
+    actor_key_id: str | None
+    actor_name: str
+    from_version: str | None
+    from_folder: str | None
+    to_version: str
+    to_folder: str
+    reason: str | None = None
+
+
+def record_change(session: Session, change: Change) -> None:
+    """Persist the new active folder and append the history row, in one commit."""
+    now = utcnow()
+    state = session.get(ServiceState, ACTIVE_MODEL_KEY)
+    if state is None:
+        session.add(ServiceState(key=ACTIVE_MODEL_KEY, value=change.to_folder, updated_at=now))
+    else:
+        state.value = change.to_folder
+        state.updated_at = now
+    session.add(
+        ModelActivation(
+            at=now,
+            action=change.action,
+            actor=change.actor_key_id,
+            actor_name=change.actor_name,
+            from_version=change.from_version,
+            from_folder=change.from_folder,
+            to_version=change.to_version,
+            to_folder=change.to_folder,
+            reason=change.reason,
+        )
+    )
+    session.commit()
+
+
+def rollback_target(session: Session, current_version: str) -> tuple[str, str] | None:
+    """``(version, folder)`` that was active before ``current_version``, or None when the
+    history does not say (the current version was never activated through the service)."""
+    row = session.scalars(
+        select(ModelActivation)
+        .where(ModelActivation.to_version == current_version)
+        .order_by(ModelActivation.id.desc())
+        .limit(1)
+    ).first()
+    if row is None or row.from_version is None or row.from_folder is None:
+        return None
+    return row.from_version, row.from_folder
+
+
+def history(session: Session, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
+    """The latest activations and rollbacks, newest first (see docs/api.md)."""
+    rows = session.scalars(
+        select(ModelActivation).order_by(ModelActivation.id.desc()).limit(limit)
+    ).all()
+    return [
+        {
+            "id": row.id,
+            "at": iso(row.at),
+            "action": row.action,
+            "by": row.actor_name,
+            "by_key": row.actor,
+            "from": row.from_version,
+            "to": row.to_version,
+            "folder": row.to_folder,
+            "reason": row.reason,
+        }
+        for row in rows
+    ]
