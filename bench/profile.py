@@ -50,6 +50,7 @@ def sample(pid: int, out_file: Path, *, seconds: float, rate: int = 67) -> Itera
         "--format",
         "raw",
         "--nonblocking",
+        "--subprocesses",  # the decode workers are processes of the service
         "--output",
         str(out_file),
     ]

@@ -555,15 +555,12 @@ def _compare(
     whole = imported.whole
     new_whole = whole.appendix if whole else Appendix.NOT_LISTED
     effective = ours.appendix
-    if effective is None:  # inherited in our taxonomy
+    known_annotation = ours.annotation
+    if effective is None:  # inherited in our taxonomy: the ancestor's row says it
         resolution = taxonomy.appendix_for(ours.id)
         effective = resolution.appendix if resolution.basis == "inherited" else None
-    inherited_there = bool(imported.listed_under) and normalize_name(
-        re.sub(r"\s+spp?\.?$", "", imported.listed_under)
-    ) != normalize_name(imported.name)
-    if (effective or Appendix.NOT_LISTED) != new_whole and not (
-        inherited_there and ours.appendix is None and whole is not None and effective == new_whole
-    ):
+        known_annotation += " " + taxonomy.get(resolution.source_id).annotation
+    if (effective or Appendix.NOT_LISTED) != new_whole:
         changes.append(
             Change(
                 "appendix",
@@ -580,7 +577,7 @@ def _compare(
     elif (
         whole is not None
         and whole.hash_annotation
-        and whole.hash_annotation not in (ours.annotation)
+        and whole.hash_annotation not in known_annotation
     ):
         changes.append(
             Change(

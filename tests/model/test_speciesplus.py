@@ -174,3 +174,18 @@ def test_one_page_of_an_api_answer_looks_for_no_removals(data: Path, tmp_path: P
     diff = diff_taxonomy(read_export(sample, taxonomy.countries), taxonomy)
     assert "one page (5 of 900 taxon concepts)" in " ".join(diff.skipped)
     assert not [c for c in diff.changes if c.kind == "removed"]
+
+
+def test_a_species_listed_under_its_genus_matches_an_inherited_listing(tmp_path: Path) -> None:
+    from model.taxonomy import default_taxonomy
+
+    header = (SAMPLES / "listings-cop20.csv").read_text(encoding="utf-8").splitlines()[0]
+    row = (
+        "5000,Plantae,Tracheophyta,Magnoliopsida,Fabales,Fabaceae,Dalbergia,latifolia,,"
+        "Dalbergia latifolia,Roxb.,SPECIES,II,,Dalbergia spp.,,#15,,,,,,,,,"
+    )
+    sample = tmp_path / "rosewood.csv"
+    sample.write_text(header + "\n" + row + "\n", encoding="utf-8")
+    taxonomy = default_taxonomy()
+    diff = diff_taxonomy(read_export(sample, taxonomy.countries), taxonomy)
+    assert diff.changes == [] and diff.unchanged == 1  # II #15 inherited from Dalbergia spp.

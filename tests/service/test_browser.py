@@ -152,9 +152,9 @@ def test_officer_flow_on_a_phone(
     assert stored["case_ref"] == "SEIZ-2026-042"
     assert max(stored["image"]["width"], stored["image"]["height"]) == 384  # sent as it was
     check_answer(page, stored)
-    page.wait_for_function("document.getElementById('photo').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('photo').naturalWidth > 0")
     page.wait_for_function(
-        "Math.abs(document.getElementById('result').getBoundingClientRect().top) < 2"
+        "() => Math.abs(document.getElementById('result').getBoundingClientRect().top) < 2"
     )
     shoot(page, "03-result-at-a-glance", full_page=False)
     shoot(page, "04-result")
@@ -166,7 +166,7 @@ def test_officer_flow_on_a_phone(
     expect(toggle).to_have_attribute("aria-pressed", "true")
     heatmap = page.locator("#heatmap")
     expect(heatmap).to_be_visible()
-    page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('heatmap').naturalWidth > 0")
     heat_box = heatmap.bounding_box()
     photo_box = page.locator("#photo").bounding_box()
     assert heat_box and photo_box and abs(heat_box["width"] - photo_box["width"]) < 2
