@@ -2,6 +2,10 @@
 
 Rules, in order (the first that applies wins):
 
+0. Before the model: ``image_quality:<problems>`` -> ``unusable_image`` (the photo cannot be
+   judged: retake it) and ``modality:<signature>`` -> ``outside_training_domain`` (a scanner
+   image given to a camera-only model); see :mod:`model.checks`, :func:`unusable_image` and
+   :func:`scanner_image`.
 1. ``ood_mahalanobis``: the image's out-of-domain score exceeds the bundle's threshold ->
    ``outside_training_domain`` (the model has not seen anything like it; refer to an expert).
 2. ``label_threshold``: the most probable label is a CITES label and its probability reaches the
@@ -100,11 +104,13 @@ class Decision:
     """One answer for one image.
 
     Attributes:
-        kind: ``taxon``, ``lookalike``, ``uncertain`` or ``outside_training_domain``.
+        kind: ``taxon``, ``lookalike``, ``uncertain``, ``outside_training_domain`` or
+            ``unusable_image``.
         label_id: the deciding label (``label_threshold``/``lookalike_threshold``), else None.
         taxon_id: the taxon answered (for look-alikes the look-alike material), else None.
         probability: the probability that cleared the threshold (for ``uncertain`` and
-            ``outside_training_domain``: the top label's probability).
+            ``outside_training_domain``: the top label's probability; 0 when the image never
+            reached the model's judgement: ``unusable_image`` and scanner images).
         rule: the rule that decided (see the module docstring).
         reason: one human-readable sentence.
         appendix: the CITES appendix for the origin country (``"I"``, ``"II"``, ``"III"``) or None.
@@ -276,6 +282,42 @@ def decide(
         reason=(
             f"no label or taxon reaches the thresholds (most likely: {top.name}, "
             f"{top_p:.2f}); {REFER}"
+        ),
+        appendix=None,
+        rank=None,
+    )
+
+
+def unusable_image(problems: Sequence[str]) -> Decision:
+    """The decision for an image the quality gate refused (``problems``: see
+    :mod:`model.quality`): no taxon, no look-alike; the officer retakes the photo."""
+    listed = ", ".join(problems)
+    return Decision(
+        kind="unusable_image",
+        label_id=None,
+        taxon_id=None,
+        probability=0.0,
+        rule=f"image_quality:{'+'.join(problems)}",
+        reason=(
+            f"the photo cannot be judged ({listed}); retake the photo: closer, in focus, more light"
+        ),
+        appendix=None,
+        rank=None,
+    )
+
+
+def scanner_image(signature: str, modalities: Sequence[str]) -> Decision:
+    """The decision for a scanner image given to a model trained on ``modalities`` without
+    x-ray: outside the training domain, no taxon, no look-alike."""
+    return Decision(
+        kind="outside_training_domain",
+        label_id=None,
+        taxon_id=None,
+        probability=0.0,
+        rule=f"modality:{signature}",
+        reason=(
+            f"the image looks like a scanner image ({signature}) but this model was trained on "
+            f"{', '.join(modalities)} images only; {REFER}"
         ),
         appendix=None,
         rank=None,

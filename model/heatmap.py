@@ -110,3 +110,92 @@ def render_heatmap_overlay(
         buffer, format="PNG", optimize=False
     )
     return buffer.getvalue()
+
+
+def heatmap_box(
+    cam: npt.ArrayLike, *, level: float = 0.5, upsample: int = 8
+) -> tuple[float, float, float, float] | None:
+    """Where the map points: the box around its peak, as fractions of the model input.
+
+    The map (values in [0, 1], e.g. 7x7) is upsampled bilinearly ``upsample`` times; the
+    connected region of cells at or above ``level`` times the peak that holds the peak is boxed.
+    Returns ``(left, top, right, bottom)`` in [0, 1] of the model input's width and height, or
+    None for a flat map (nothing stands out).
+    """
+    array = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, None)
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise HeatmapError(f"cam must be a 2-D map, got shape {tuple(array.shape)}")
+    peak = float(array.max())
+    if peak <= 0.0 or float(array.min()) >= peak * 0.999:
+        return None
+    height, width = array.shape
+    size = (width * upsample, height * upsample)
+    fine = np.asarray(
+        Image.fromarray(array / peak, mode="F").resize(size, Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
+    inside = fine >= level * float(fine.max())
+    start = np.unravel_index(int(np.argmax(fine)), fine.shape)
+    region = _connected(inside, (int(start[0]), int(start[1])))
+    rows = np.nonzero(region.any(axis=1))[0]
+    cols = np.nonzero(region.any(axis=0))[0]
+    fh, fw = fine.shape
+    return (
+        float(cols[0]) / fw,
+        float(rows[0]) / fh,
+        float(cols[-1] + 1) / fw,
+        float(rows[-1] + 1) / fh,
+    )
+
+
+def _connected(mask: npt.NDArray[np.bool_], start: tuple[int, int]) -> npt.NDArray[np.bool_]:
+    """The 4-connected component of ``mask`` holding ``start`` (iterative flood fill)."""
+    region = np.zeros_like(mask)
+    stack = [start]
+    height, width = mask.shape
+    while stack:
+        y, x = stack.pop()
+        if not (0 <= y < height and 0 <= x < width) or region[y, x] or not mask[y, x]:
+            continue
+        region[y, x] = True
+        stack.extend(((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)))
+    return region
+
+
+def box_in_image(
+    box: tuple[float, float, float, float], size: tuple[int, int], config: PreprocessConfig | None
+) -> tuple[int, int, int, int]:
+    """A box in fractions of the model input, in pixels of the ``size`` (width, height) image
+    the input was made from (the centre square for ``crop="center"``, all of it for squash)."""
+    left, top, right, bottom = model_region(size, config)
+    width, height = right - left, bottom - top
+    x0, y0, x1, y1 = box
+    return (
+        left + round(x0 * width),
+        top + round(y0 * height),
+        left + round(x1 * width),
+        top + round(y1 * height),
+    )
+
+
+def draw_box(
+    image: Image.Image, box: tuple[int, int, int, int], *, max_side: int | None = 1024
+) -> bytes:
+    """The image with ``box`` (pixels of ``image``) drawn in red, as PNG bytes (for x-ray
+    answers: where the suspected object is)."""
+    from PIL import ImageDraw
+
+    picture = image.convert("RGB")
+    scale = 1.0
+    if max_side is not None and max(picture.size) > max_side:
+        scale = max_side / max(picture.size)
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+    width = max(2, round(max(picture.size) / 200))
+    scaled = tuple(round(v * scale) for v in box)
+    ImageDraw.Draw(picture).rectangle(scaled, outline=(230, 0, 40), width=width)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -388,7 +388,7 @@ def _models_list(args: argparse.Namespace) -> int:
 def _models_activate(args: argparse.Namespace) -> int:
     from model.bundle import BundleError, load_bundle
     from service.modelhost import ModelHost
-    from service.repository import ACTIVE_MODEL_KEY, set_state
+    from service.repository import active_model_key, set_state
 
     if args.url:
         before = _remote(args, lambda c: c.active())
@@ -405,11 +405,14 @@ def _models_activate(args: argparse.Namespace) -> int:
         bundle = load_bundle(folder)
     except (LookupError, BundleError) as exc:
         raise CommandError(str(exc)) from None
+    modalities = list(bundle.manifest.modalities)
     with _open_db(settings) as session:
-        set_state(session, ACTIVE_MODEL_KEY, folder.name)
+        for modality in modalities:
+            set_state(session, active_model_key(modality), folder.name)
     _out(
-        f"model {bundle.version} ({folder}) will be served from the next start; a running "
-        f"service switches with POST /v1/models/{bundle.version}/activate"
+        f"model {bundle.version} ({folder}) will be served for {' and '.join(modalities)} images "
+        f"from the next start; a running service switches with "
+        f"POST /v1/models/{bundle.version}/activate"
     )
     return 0
 

@@ -42,7 +42,7 @@ from service.inference import InferenceStage, PredictorAPI
 from service.metrics import ServiceMetrics
 from service.modelhost import ModelHost, ModelLoadError
 from service.recorder import IdentificationRecorder
-from service.repository import ACTIVE_MODEL_KEY, get_state
+from service.repository import ACTIVE_MODEL_KEY, active_model_key, get_state
 from service.settings import Settings
 from service.storage import ImageWriter
 from service.tables import StoredImage
@@ -83,6 +83,34 @@ def initial_predictor(
         ) from exc
 
 
+def initial_xray_predictor(
+    host: ModelHost, settings: Settings, sessions: sessionmaker[Session]
+) -> Predictor | None:
+    """The persisted x-ray model when it still loads, else ``CITES_XRAY_BUNDLE`` under the
+    weights directory when present; None (camera only) when neither serves. A broken x-ray
+    bundle never stops the service: officers' photos still get answers."""
+    with sessions() as session:
+        persisted = get_state(session, active_model_key("xray"))
+    candidates = [c for c in (persisted, settings.xray_bundle) if c]
+    for name in dict.fromkeys(candidates):
+        folder = host.weights_dir / name
+        if not (folder / "manifest.json").is_file():
+            logger.info("no x-ray bundle at %s", folder)
+            continue
+        try:
+            predictor = host.load(folder)
+        except ModelLoadError as exc:
+            logger.error("x-ray bundle %s does not load: %s", folder, exc)
+            continue
+        if "xray" not in predictor.bundle.manifest.modalities:
+            logger.error("bundle %s is not an x-ray bundle; not serving it for x-ray", folder)
+            continue
+        logger.info("serving x-ray model %s", predictor.version)
+        return predictor
+    logger.info("no x-ray model: x-ray images get 422 no-model-for-modality")
+    return None
+
+
 class ImageRowCheck:
     """``check(sha256)``: True when the image has a database row."""
 
@@ -117,6 +145,9 @@ def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
         warmup_batch=settings.batch_max_size,
     )
     host.set_initial(initial_predictor(host, settings, sessions))
+    xray = initial_xray_predictor(host, settings, sessions)
+    if xray is not None:  # a dedicated x-ray bundle wins over a multi-modality camera one
+        host.set_initial(xray, "xray")
     admission = Admission(
         AdmissionLimits(
             max_upload_bytes=settings.max_upload_bytes,

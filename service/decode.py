@@ -1,14 +1,16 @@
 """The decode stage: upload bytes -> model input array + the image as it will be stored.
 
-Decoding is the core's preprocessing (:func:`model.preprocess.preprocess_bytes`, driven by the
-bundle's recorded settings) plus :func:`service.imagestore.prepare_image` (GPS removed, sha256 of
-the stored bytes). Both run in decode worker processes (:mod:`service.decodeworkers`) with a
-time limit that really stops them, never on the event loop. Before any pixel is decoded, a
-cheap pass over the bytes refuses what would make decoding or GPS removal expensive
-(:func:`check_decoding_cost`): a JPEG with more than :data:`MAX_JPEG_SCANS` scans (a progressive
-JPEG normally has about ten; a scan repeated thousands of times costs minutes of CPU), more
-than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments or :data:`MAX_JPEG_HEADER_SEGMENTS` segments
-before its first scan.
+Decoding is the core's preprocessing (:func:`model.preprocess.decode_image`, then
+:func:`~model.preprocess.image_to_array` with the recorded settings of the model that serves the
+image's modality: the caller's ``modality``, else the file's own evidence, else camera) plus
+:func:`service.imagestore.prepare_image` (GPS removed, sha256 of the stored bytes; DICOM/DICOS
+and TIFFs only tifffile reads are stored as the rendered PNG). Both run in decode worker
+processes (:mod:`service.decodeworkers`) with a time limit that really stops them, never on the
+event loop. Before any pixel is decoded, a cheap pass over the bytes refuses what would make
+decoding or GPS removal expensive (:func:`check_decoding_cost`): a JPEG with more than
+:data:`MAX_JPEG_SCANS` scans (a progressive JPEG normally has about ten; a scan repeated
+thousands of times costs minutes of CPU), more than :data:`MAX_JPEG_EXIF_SEGMENTS` EXIF segments
+or :data:`MAX_JPEG_HEADER_SEGMENTS` segments before its first scan.
 
 JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
 the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
@@ -23,9 +25,10 @@ batch that they could join.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -34,8 +37,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from model.imageio import CorruptImageError, ImageError, sniff_format
-from model.preprocess import PreprocessConfig, decode_image, image_to_array, preprocess_bytes
+from model.checks import ImageChecks, check_decoded
+from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
+from model.preprocess import PreprocessConfig, decode_image, image_to_array
 from service.decodeworkers import DecodeStoppedError, DecodeWorkers
 from service.imagestore import PreparedImage, prepare_image
 
@@ -64,10 +68,54 @@ class ImageTooComplexError(ImageError):
 
 @dataclass(frozen=True)
 class Decoded:
-    """One decoded upload: the model input and the image to store."""
+    """One decoded upload: the model input and the image to store, the image's modality and
+    how it was known (``caller``, the file's evidence, or ``default``). ``array`` is None when
+    no active model serves that modality (the pipeline answers 422). ``size`` is the decoded
+    image's (width, height) and ``full_size`` the file's own in the same orientation (they
+    differ after a reduced-scale JPEG decode)."""
 
-    array: npt.NDArray[np.float32]
+    array: npt.NDArray[np.float32] | None
     image: PreparedImage
+    modality: str = "camera"
+    modality_source: str = "default"
+    size: tuple[int, int] = (0, 0)
+    full_size: tuple[int, int] = (0, 0)
+    checks: ImageChecks | None = None
+    """The image checks (quality, scanner signature: :mod:`model.checks`) of the whole decoded
+    image, which :meth:`model.predictor.Predictor.predict_arrays` turns into ``unusable_image``
+    or ``outside_training_domain`` (a scan given to a camera-only model)."""
+
+
+BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
+"""Formats stored as the rendered PNG (browsers cannot show them; DICOM headers can hold
+personal data of the bag's owner)."""
+
+
+def resolve_modality(decoded: DecodedImage, requested: str | None) -> tuple[str, str]:
+    """(modality, how it was known): the caller's choice wins, then the file's own evidence
+    (DICOM/DICOS, 16-bit grey, dual-energy TIFF), else ``camera``."""
+    if requested:
+        return requested, "caller"
+    if decoded.modality is not None:
+        return decoded.modality, decoded.modality_evidence or "file"
+    return "camera", "default"
+
+
+def _oriented_full_size(decoded: DecodedImage) -> tuple[int, int]:
+    width, height = decoded.original_size
+    if (decoded.image.width >= decoded.image.height) != (width >= height):
+        return height, width  # EXIF rotation swapped the sides
+    return width, height
+
+
+def stored_image(data: bytes, decoded: DecodedImage, limits: DecodeLimits) -> PreparedImage:
+    """The bytes to store: the upload itself, or for DICOM/DICOS and TIFFs only tifffile reads
+    the rendered 8-bit image as PNG (what the model analysed, displayable, no DICOM headers)."""
+    if decoded.format in BROWSER_UNREADABLE or decoded.mode.startswith("tifffile"):
+        buffer = io.BytesIO()
+        decoded.image.save(buffer, format="PNG")
+        return prepare_image(buffer.getvalue(), keep_gps=limits.keep_gps)
+    return prepare_image(data, keep_gps=limits.keep_gps)
 
 
 @dataclass(frozen=True)
@@ -146,13 +194,11 @@ def check_jpeg_integrity(data: bytes) -> None:
         ) from None
 
 
-def _decode_checked(
-    data: bytes, config: PreprocessConfig, limits: DecodeLimits
-) -> npt.NDArray[np.float32]:
-    """The core's preprocessing; for a JPEG the strict integrity check runs meanwhile in a
-    second thread (both release the GIL while libjpeg works)."""
+def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> DecodedImage:
+    """The core's decoding; for a JPEG the strict integrity check runs meanwhile in a second
+    thread (both release the GIL while libjpeg works)."""
     if sniff_format(data) != "JPEG":
-        return preprocess_bytes(data, config, max_pixels=limits.max_pixels)
+        return decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
     problems: list[ImageError] = []
 
     def check() -> None:
@@ -164,23 +210,43 @@ def _decode_checked(
     checker = threading.Thread(target=check, name="jpeg-integrity")
     checker.start()
     try:
-        array = preprocess_bytes(data, config, max_pixels=limits.max_pixels)
+        decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
     finally:
         checker.join()
     if problems:
         raise problems[0]
-    return array
+    return decoded
 
 
-def decode_upload(data: bytes, config: PreprocessConfig, limits: DecodeLimits) -> Decoded:
-    """Runs in a decode worker: check the cost, decode, prepare the bytes to store. The
-    returned image carries no bytes when they are the upload's own (the caller has them)."""
+def decode_upload(
+    data: bytes,
+    configs: Mapping[str, PreprocessConfig],
+    requested_modality: str | None,
+    target_shorter: int,
+    limits: DecodeLimits,
+) -> Decoded:
+    """Runs in a decode worker: check the cost, decode, resolve the modality, make the input
+    of the model serving it (``configs``: modality -> that model's preprocessing; no array when
+    none serves it) and prepare the bytes to store. The returned image carries no bytes when
+    they are the upload's own (the caller has them)."""
     check_decoding_cost(data)
-    array = _decode_checked(data, config, limits)
-    image = prepare_image(data, keep_gps=limits.keep_gps)
+    decoded = _decode_checked(data, limits, target_shorter)
+    modality, source = resolve_modality(decoded, requested_modality)
+    config = configs.get(modality)
+    array = image_to_array(decoded.image, config) if config is not None else None
+    checks = check_decoded(decoded, array, config) if array is not None and config else None
+    image = stored_image(data, decoded, limits)
     if image.data == data:
         image = replace(image, data=b"")
-    return Decoded(array, image)
+    return Decoded(
+        array,
+        image,
+        modality,
+        source,
+        decoded.image.size,
+        _oriented_full_size(decoded),
+        checks,
+    )
 
 
 def decode_for_heatmap(
@@ -222,18 +288,30 @@ class DecodeStage:
         """Images being decoded now (the micro-batcher's ``incoming`` signal)."""
         return self._decoding
 
-    async def decode(self, data: bytes, predictor: Predictor) -> Decoded:
-        """Decode ``data`` for ``predictor``. Raises :class:`~model.imageio.ImageError` for an
-        unusable image (:class:`ImageTooComplexError` when it was stopped or refused for its
-        cost)."""
-        config = predictor.bundle.manifest.preprocess
+    async def decode(
+        self,
+        data: bytes,
+        predictors: Mapping[str, Predictor],
+        requested_modality: str | None = None,
+    ) -> Decoded:
+        """Decode ``data``, resolve its modality (the caller's, else the file's evidence, else
+        camera) and make the input of the model ``predictors`` holds for it (none when it holds
+        none: ``array`` is None). Raises :class:`~model.imageio.ImageError` for an unusable
+        image (:class:`ImageTooComplexError` when it was stopped or refused for its cost)."""
+        configs = {m: p.bundle.manifest.preprocess for m, p in predictors.items()}
+        if requested_modality is not None and requested_modality in configs:
+            target = configs[requested_modality].decode_shorter
+        else:  # never decode smaller than any model needs
+            target = max((c.decode_shorter for c in configs.values()), default=256)
         self._decoding += 1
         try:
-            decoded = await self._run_worker(decode_upload, data, config, self.limits)
+            decoded = await self._run_worker(
+                decode_upload, data, configs, requested_modality, target, self.limits
+            )
         finally:
             self._decoding -= 1
         if not decoded.image.data:  # stored as uploaded: the worker did not send them back
-            decoded = Decoded(decoded.array, replace(decoded.image, data=data))
+            decoded = replace(decoded, image=replace(decoded.image, data=data))
         return decoded
 
     async def heatmap_source(

@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from model.heatmap import box_in_image
 from model.imageio import ImageError
-from model.predictor import Predictor
+from model.predictor import Prediction, Predictor
 from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
@@ -52,6 +53,36 @@ from service.storage import ImageWriter
 from service.uploads import Upload
 
 logger = logging.getLogger(__name__)
+
+_MODALITY_WORDS = {"xray": "x-ray image", "camera": "camera photo"}
+
+
+def locate(prediction: Prediction, predictor: Predictor, decoded: Decoded) -> dict[str, Any] | None:
+    """Where the suspected object is (x-ray bundles): the heat-map box in fractions of the image
+    and in pixels of the file as sent, for a decided answer (taxon or look-alike); None when the
+    model does not locate."""
+    if not prediction.located:
+        return None
+    confident = prediction.decision.kind in ("taxon", "lookalike")
+    if prediction.box is None or not confident or min(decoded.size) < 1:
+        # no box for "no wildlife product", nor for an uncertain answer: the heat-map box
+        # overlaps the object poorly (docs/xray.md), so it is shown only with a decision
+        return {"box": None, "box_px": None, "source": "heat map"}
+    config = predictor.bundle.manifest.preprocess
+    width, height = decoded.size
+    x0, y0, x1, y1 = box_in_image(prediction.box, decoded.size, config)
+    fractions = [x0 / width, y0 / height, x1 / width, y1 / height]
+    full_w, full_h = decoded.full_size
+    return {
+        "box": [round(v, 4) for v in fractions],
+        "box_px": [
+            round(fractions[0] * full_w),
+            round(fractions[1] * full_h),
+            round(fractions[2] * full_w),
+            round(fractions[3] * full_h),
+        ],
+        "source": "heat map",
+    }
 
 
 @dataclass(frozen=True)
@@ -92,25 +123,36 @@ class IdentificationPipeline:
         self._timeout_s = request_timeout_s
 
     def active_predictor(self) -> Predictor:
-        """The serving predictor, or 503 while none is loaded."""
+        """The serving camera predictor (else the only one), or 503 while none is loaded."""
         predictor = self._host.current
         if predictor is None:
             raise not_ready()
         return predictor
 
-    def check_options(self, predictor: Predictor, options: IdentifyOptions) -> IdentifyOptions:
-        """Resolve the modality and origin country, refusing what the model cannot answer."""
-        modalities = tuple(predictor.bundle.manifest.modalities)
-        modality = options.modality or modalities[0]
-        if modality not in modalities:
-            raise ProblemError(
-                422,
-                "unsupported-modality",
-                f"The active model {predictor.version} was trained on {', '.join(modalities)} "
-                f"images only, not {modality}; send a {' or '.join(modalities)} image or ask an "
-                "administrator to activate a model trained for this modality.",
-                title="Unsupported modality",
-            )
+    def choose_model(self, modality: str, how: str = "caller") -> Predictor:
+        """The active predictor for ``modality``; 422 ``unsupported-modality`` when this
+        service holds none (``how``: what said the image is of that modality)."""
+        predictor = self._host.current_for(modality)
+        if predictor is not None:
+            return predictor
+        raise self._no_model(modality, how)
+
+    def _no_model(self, modality: str, how: str) -> ProblemError:
+        serving = " and ".join(self._host.actives()) or "no"
+        known = "you said so" if how == "caller" else f"the file says so: {how}"
+        return ProblemError(
+            422,
+            "unsupported-modality",
+            f"This is a {_MODALITY_WORDS.get(modality, modality)} ({known}), but no {modality} "
+            f"model is active on this service; it answers {serving} images only. Ask an "
+            f"administrator to activate a {modality} model (POST /v1/models/{{version}}/"
+            f"activate?modality={modality}), or send a camera photo.",
+            title="No model for this modality",
+        )
+
+    def check_options(self, options: IdentifyOptions) -> IdentifyOptions:
+        """Resolve the origin country; a modality the caller names must have an active model
+        (otherwise the modality is resolved once the image is decoded)."""
         origin = options.origin_country
         if origin is not None:
             try:
@@ -123,7 +165,9 @@ class IdentificationPipeline:
                     title="Invalid origin country",
                     errors=[{"loc": ["body", "origin_country"], "msg": str(exc), "type": "value"}],
                 ) from None
-        return replace(options, modality=modality, origin_country=origin)
+        if options.modality is not None:
+            self.choose_model(options.modality)  # refuse before reading the upload
+        return replace(options, origin_country=origin)
 
     async def identify(
         self,
@@ -137,8 +181,8 @@ class IdentificationPipeline:
         :class:`ProblemError` for every failure a caller can act on."""
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
-        predictor = predictor or self.active_predictor()
-        options = self.check_options(predictor, options)
+        self.active_predictor()  # 503 before anything else while no model is loaded
+        options = self.check_options(options)
         self._admission.check_size(upload.size)
         async with self._admission.admit(principal.key_id):
             try:
@@ -155,17 +199,24 @@ class IdentificationPipeline:
         upload: Upload,
         options: IdentifyOptions,
         principal: Principal,
-        predictor: Predictor,
+        pinned: Predictor | None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        models = self._host.actives()  # one snapshot: the model that answers is the one used
+        if pinned is not None:  # a batch or verification that started on this model keeps it
+            models.update({m: pinned for m in pinned.bundle.manifest.modalities})
         try:
             async with self._admission.decode_slot(principal.key_id):
                 # read only now: uploads waiting for a decoder stay in their spool file
                 data = await asyncio.to_thread(upload.read)
-                decoded = await self._decode.decode(data, predictor)
+                decoded = await self._decode.decode(data, models, options.modality)
         except ImageError as exc:
             self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
             raise image_problem(exc) from None
+        predictor = models.get(decoded.modality)
+        if predictor is None or decoded.array is None:
+            self._metrics.rejected.labels(reason="modality").inc()
+            raise self._no_model(decoded.modality, decoded.modality_source)
         del data  # the stored bytes travel in decoded.image until written
         image = decoded.image
         write = self._storage.begin(image)  # overlaps inference and rendering
@@ -192,7 +243,10 @@ class IdentificationPipeline:
         started: float,
     ) -> dict[str, Any]:
         predictor_started = time.perf_counter()
-        item = InferenceItem(predictor, decoded.array, options.origin_country, options.top_k)
+        assert decoded.array is not None  # checked by the caller
+        item = InferenceItem(
+            predictor, decoded.array, options.origin_country, options.top_k, decoded.checks
+        )
         prediction = await self._inference.predict(item)
         inferred = time.perf_counter()
         ident_id = new_id()
@@ -205,7 +259,9 @@ class IdentificationPipeline:
             created_at=created_at,
             principal=principal,
             image=decoded.image,
-            modality=options.modality or "camera",
+            modality=decoded.modality,
+            modality_source=decoded.modality_source,
+            location=locate(prediction, predictor, decoded),
             origin_country=options.origin_country,
             case_ref=options.case_ref,
             top_k=options.top_k,

@@ -1,6 +1,8 @@
-"""The serving model and its hot swap.
+"""The serving models and their hot swap: one active bundle per modality.
 
-:class:`ModelHost` owns the active :class:`~model.predictor.Predictor`. Activation loads the
+:class:`ModelHost` owns the active :class:`~model.predictor.Predictor` of each modality
+(``camera`` for officers' photos, ``xray`` for scanner images): both serve at once. Activation
+names the modality, or takes the bundle's own when it has one. Activation loads the
 bundle, verifies it (``load_bundle`` checks every file's sha256), builds a predictor and warms
 it up on a dummy batch, all in a worker thread; only then is the reference swapped, in one
 assignment. A request holds the predictor it started with until it finishes, so requests in
@@ -31,6 +33,7 @@ from model.bundle import (
 from model.labels import LabelsError, read_labels
 from model.predictor import Predictor
 from model.taxonomy import Taxonomy
+from model.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ class ModelUnavailableError(LookupError):
     """An earlier model version is wanted (for a heat map) but cannot be loaded any more."""
 
 
+class ModalityMismatchError(ValueError):
+    """The bundle was not trained for the modality it is asked to serve."""
+
+
 EARLIER_MODELS_KEPT = 1
 """Earlier predictors kept loaded for heat maps of older identifications (least recent out)."""
 
@@ -57,11 +64,13 @@ class ModelEntry:
 
     summary: BundleSummary
     active: bool
+    active_for: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (see docs/api.md, Model)."""
         s = self.summary
         return {
+            "active_for": list(self.active_for),
             "version": s.version,
             "folder": s.path.name,
             "created_at": s.created_at,
@@ -75,11 +84,13 @@ class ModelEntry:
         }
 
 
-def describe_predictor(predictor: Predictor) -> dict[str, Any]:
-    """The active model as ``GET /v1/models/active`` shows it."""
+def describe_predictor(predictor: Predictor, modality: str | None = None) -> dict[str, Any]:
+    """An active model as ``GET /v1/models/active`` shows it (``modality``: the slot it serves;
+    default the bundle's first modality)."""
     bundle = predictor.bundle
     manifest = bundle.manifest
     return {
+        "modality": modality or manifest.modalities[0],
         "version": bundle.version,
         "folder": bundle.path.name,
         "path": str(bundle.path),
@@ -101,7 +112,8 @@ def describe_predictor(predictor: Predictor) -> dict[str, Any]:
 
 
 class ModelHost:
-    """Holds the active predictor; loads and swaps bundles from a weights directory."""
+    """Holds the active predictor of each modality; loads and swaps bundles from a weights
+    directory."""
 
     def __init__(
         self,
@@ -117,7 +129,7 @@ class ModelHost:
         self._threads = threads
         self._precision = precision
         self._warmup_batch = warmup_batch
-        self._current: Predictor | None = None
+        self._active: dict[str, Predictor] = {}
         self._swap_lock = asyncio.Lock()
         self._load_lock = threading.Lock()
         self._labels_cache: dict[str, frozenset[str]] = {}
@@ -126,8 +138,19 @@ class ModelHost:
 
     @property
     def current(self) -> Predictor | None:
-        """The active predictor (None before the first load)."""
-        return self._current
+        """The camera predictor, else the first active one (None before the first load): the
+        model of the single-model API (``GET /v1/models/active`` without ``modality``)."""
+        active = self._active
+        return active.get("camera") or next(iter(active.values()), None)
+
+    def current_for(self, modality: str) -> Predictor | None:
+        """The active predictor for ``modality`` (``camera`` or ``xray``), or None."""
+        return self._active.get(modality)
+
+    def actives(self) -> dict[str, Predictor]:
+        """Modality -> active predictor (a copy, in modality order)."""
+        active = dict(self._active)
+        return {m: active[m] for m in MODALITIES if m in active}
 
     @property
     def swapping(self) -> bool:
@@ -174,19 +197,40 @@ class ModelHost:
                     "probabilities over its labels"
                 )
 
-    def set_initial(self, predictor: Predictor) -> None:
-        """Install the first predictor (at start-up)."""
-        self._current = predictor
+    def set_initial(self, predictor: Predictor, modality: str | None = None) -> None:
+        """Install a predictor at start-up, for ``modality`` (default: every modality of its
+        bundle)."""
+        for slot in self._slots(predictor, modality):
+            self._active[slot] = predictor
+
+    @staticmethod
+    def _slots(predictor: Predictor, modality: str | None) -> tuple[str, ...]:
+        modalities = tuple(predictor.bundle.manifest.modalities)
+        if modality is None:
+            return modalities
+        if modality not in modalities:
+            raise ModalityMismatchError(
+                f"bundle {predictor.version} was trained on {', '.join(modalities)} images, "
+                f"not {modality}; it cannot serve {modality} images"
+            )
+        return (modality,)
 
     def entries(self) -> list[ModelEntry]:
-        """Every bundle folder under the weights directory, marking the active one."""
-        active = self._current.bundle.path.resolve() if self._current else None
-        found = [
-            ModelEntry(s, active is not None and s.path.resolve() == active)
-            for s in list_bundles(self.weights_dir)
-        ]
-        if self._current is not None and not any(e.active for e in found):
-            b = self._current.bundle
+        """Every bundle folder under the weights directory, marking the active ones."""
+        by_path: dict[Path, list[str]] = {}
+        for modality, predictor in self.actives().items():
+            by_path.setdefault(predictor.bundle.path.resolve(), []).append(modality)
+        found = []
+        seen: set[Path] = set()
+        for summary in list_bundles(self.weights_dir):
+            slots = tuple(by_path.get(summary.path.resolve(), ()))
+            seen.add(summary.path.resolve())
+            found.append(ModelEntry(summary, bool(slots), slots))
+        for predictor in reversed(list(self.actives().values())):
+            b = predictor.bundle
+            if b.path.resolve() in seen:
+                continue
+            seen.add(b.path.resolve())
             summary = BundleSummary(
                 path=b.path,
                 version=b.version,
@@ -195,15 +239,15 @@ class ModelHost:
                 parent_version=b.manifest.parent_version,
                 metrics=b.manifest.metrics,
             )
-            found.insert(0, ModelEntry(summary, True))
+            found.insert(0, ModelEntry(summary, True, tuple(by_path[b.path.resolve()])))
         return found
 
     def known_labels(self, version: str) -> frozenset[str]:
         """Label ids of model ``version`` (the active one, or a bundle in the weights dir);
         empty when the version is gone or its labels file unreadable."""
-        current = self._current
-        if current is not None and current.version == version:
-            return frozenset(label.id for label in current.bundle.labels)
+        for current in self.actives().values():
+            if current.version == version:
+                return frozenset(label.id for label in current.bundle.labels)
         cached = self._labels_cache.get(version)
         if cached is None:
             try:
@@ -234,29 +278,42 @@ class ModelHost:
         )
 
     async def activate(
-        self, version: str, persist: Callable[[Predictor], None] | None = None
-    ) -> Predictor:
-        """Load ``version`` off the event loop, then swap it in; the old one keeps serving if
-        anything fails. ``persist`` (blocking) records the choice before the swap, under the
-        same lock, so that concurrent activations persist in the order they swap."""
+        self,
+        version: str,
+        persist: Callable[[Predictor, tuple[str, ...]], None] | None = None,
+        *,
+        modality: str | None = None,
+    ) -> tuple[Predictor, tuple[str, ...]]:
+        """Load ``version`` off the event loop, then swap it in for ``modality`` (default:
+        every modality its bundle was trained on); the old one keeps serving if anything fails.
+        ``persist`` (blocking) records the choice before the swap, under the same lock, so that
+        concurrent activations persist in the order they swap. Returns the predictor and the
+        modalities it now serves. Raises :class:`ModalityMismatchError` when the bundle was not
+        trained for ``modality``."""
         path = self.find(version)
         async with self._swap_lock:
             loop = asyncio.get_running_loop()
             predictor = await loop.run_in_executor(None, self.load, path)
+            slots = self._slots(predictor, modality)
             if persist is not None:
-                await loop.run_in_executor(None, persist, predictor)
-            old = self._current
-            self._current = predictor  # one reference assignment: the swap is atomic
-            if old is not None and old.version != predictor.version:
-                self._keep_earlier(old)
+                await loop.run_in_executor(None, persist, predictor, slots)
+            replaced = {slot: self._active.get(slot) for slot in slots}
+            active = dict(self._active)
+            active.update({slot: predictor for slot in slots})
+            self._active = active  # one reference assignment: the swap is atomic
+            serving = {p.version for p in active.values()}
+            for slot, old in replaced.items():
+                if old is not None and old.version not in serving:
+                    self._keep_earlier(old)
+                logger.info(
+                    "activated model %s for %s (was %s)",
+                    predictor.version,
+                    slot,
+                    old.version if old is not None else "none",
+                )
             with self._earlier_lock:  # an earlier copy of the version now active
                 self._earlier.pop(predictor.version, None)
-            logger.info(
-                "activated model %s (was %s)",
-                predictor.version,
-                old.version if old is not None else "none",
-            )
-            return predictor
+            return predictor, slots
 
     async def predictor_for(self, version: str) -> Predictor:
         """The predictor of model ``version``: the active one, or an earlier one.
@@ -266,9 +323,9 @@ class ModelHost:
         worker thread. Raises :class:`ModelUnavailableError` with the reason when the version
         is no longer there or no longer loads.
         """
-        current = self._current
-        if current is not None and current.version == version:
-            return current
+        for current in self.actives().values():
+            if current.version == version:
+                return current
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._earlier_predictor, version)
 

@@ -10,6 +10,7 @@ from model.labels import Label
 from model.listing_status import listing_status
 from model.predictor import Prediction, Predictor
 from model.taxonomy import Appendix, TaxonNotFoundError, Taxonomy
+from service.explain import caveat, explanation
 from service.guidance import GuidanceBook
 from service.imagestore import PreparedImage
 from service.keys import Principal
@@ -75,8 +76,10 @@ def build_result(
     origin_country: str | None,
     case_ref: str | None,
     top_k: int,
+    modality_source: str = "caller",
+    location: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The stored body of a new identification."""
+    """The stored body of a new identification (``location``: the x-ray model's box)."""
     labels = predictor.labels
     by_id = {label.id: label for label in labels}
     top = [
@@ -133,7 +136,17 @@ def build_result(
             "refer_to_expert": decision.refer_to_expert,
         },
         "heatmap_url": f"/v1/identifications/{ident_id}/heatmap",
+        "modality_source": modality_source,
+        "location": _with_image_url(location, ident_id),
     }
+
+
+def _with_image_url(location: dict[str, Any] | None, ident_id: str) -> dict[str, Any] | None:
+    """The location with the URL of the scan with its box drawn (when there is a box)."""
+    if location is None:
+        return None
+    url = f"/v1/identifications/{ident_id}/located" if location.get("box") else None
+    return {**location, "image_url": url}
 
 
 def _localise_taxon(taxon: dict[str, Any] | None, language: str) -> None:
@@ -148,9 +161,12 @@ def render_identification(
     language: str,
     guidance: GuidanceBook,
     feedback: Feedback | None,
+    *,
+    taxonomy: Taxonomy | None = None,
 ) -> dict[str, Any]:
     """A response body: the stored result plus guidance, common names in ``language`` and the
-    latest feedback."""
+    latest feedback; with ``taxonomy``, the decision's ``explanation`` and ``caveat`` (what
+    must still be confirmed, for product groups) in ``language`` too (:mod:`service.explain`)."""
     body = dict(result)
     body["top_k"] = [dict(entry) for entry in result.get("top_k", [])]
     decision = dict(result["decision"])
@@ -160,6 +176,10 @@ def render_identification(
         _localise_taxon(entry["taxon"], language)
     decision["taxon"] = dict(decision["taxon"]) if decision.get("taxon") else None
     _localise_taxon(decision["taxon"], language)
+    if taxonomy is not None:
+        origin = result.get("origin_country")
+        decision["explanation"] = explanation(decision, origin, language, taxonomy)
+        decision["caveat"] = caveat(taxonomy, (decision["taxon"] or {}).get("id"), origin, language)
     body["guidance"] = guidance.lookup(
         decision["kind"], decision.get("appendix"), language
     ).to_dict()

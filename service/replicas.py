@@ -24,7 +24,12 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.modelhost import ModelHost, ModelLoadError, ModelNotFoundError
+from service.modelhost import (
+    ModalityMismatchError,
+    ModelHost,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from service.repository import ACTIVE_MODEL_KEY, get_state
 
 logger = logging.getLogger(__name__)
@@ -79,8 +84,8 @@ class ActiveVersionFollower:
             self._failed = None
             return False
         try:
-            predictor = await self._host.activate(wanted)
-        except (ModelNotFoundError, ModelLoadError) as exc:
+            predictor, _slots = await self._host.activate(wanted, modality="camera")
+        except (ModelNotFoundError, ModelLoadError, ModalityMismatchError) as exc:
             self._failed = wanted  # log once; try again when the persisted value changes
             logger.error("replica: cannot follow the activation of %s: %s", wanted, exc)
             return False

@@ -18,6 +18,13 @@ from service.keys import Principal
 from service.tables import Feedback, Identification, ServiceState, StoredImage
 
 ACTIVE_MODEL_KEY = "active_model_version"
+"""State key of the active camera model (the key predates x-ray bundles, so it has no suffix)."""
+
+
+def active_model_key(modality: str) -> str:
+    """State key of the active model of ``modality``: ``active_model_version`` for camera,
+    ``active_model_version:xray`` for x-ray."""
+    return ACTIVE_MODEL_KEY if modality == "camera" else f"{ACTIVE_MODEL_KEY}:{modality}"
 
 
 def utcnow() -> datetime:

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(
         default=None, description="folder of bundle versions (default: the bundle's parent)"
     )
+    xray_bundle: str = Field(
+        default="xray",
+        description="folder under the weights directory of the x-ray bundle served at first "
+        "start beside the camera one (empty: none; a missing folder serves no x-ray model)",
+    )
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("CITES_DATABASE_URL", "DATABASE_URL"),

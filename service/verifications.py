@@ -100,7 +100,6 @@ class Verifier:
         assessment = assess_permit(permit, self.taxonomy, created_at.date())
         predictor = self.pipeline.active_predictor()  # every image on one model
         options = self.pipeline.check_options(
-            predictor,
             IdentifyOptions(modality=modality, origin_country=permit.origin, case_ref=case_ref),
         )
 

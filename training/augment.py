@@ -116,7 +116,23 @@ XRAY = AugmentPreset(
     noise_std=0.05,
 )
 
-PRESETS: dict[str, AugmentPreset] = {preset.name: preset for preset in (CAMERA, XRAY)}
+XRAY_PSEUDOCOLOUR = AugmentPreset(
+    name="xray-pseudocolour",
+    description="dual-energy pseudo-colour scans: the colours encode the material, so no grey "
+    "or inversion; mild crops (the object may lie near an edge), flips, gamma, noise; no "
+    "rotation (black corners would be unlike a scan's white)",
+    scale=(0.85, 1.0),
+    hflip=0.5,
+    vflip=0.5,
+    rotation=0.0,
+    color_jitter=(0.15, 0.15, 0.0, 0.0),
+    gamma=(0.8, 1.25),
+    noise_std=0.02,
+)
+
+PRESETS: dict[str, AugmentPreset] = {
+    preset.name: preset for preset in (CAMERA, XRAY, XRAY_PSEUDOCOLOUR)
+}
 
 
 def preset_for(name: str) -> AugmentPreset:

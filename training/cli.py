@@ -12,6 +12,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,11 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--val-fraction", type=float, help="share of groups for validation (0.15)")
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
-    p.add_argument("--augment", choices=MODALITIES, help="augmentation preset")
+    p.add_argument(
+        "--augment",
+        choices=(*MODALITIES, "xray-pseudocolour"),
+        help="augmentation preset (xray: grey scans; xray-pseudocolour: dual-energy colour)",
+    )
     p.add_argument(
         "--views",
         type=int,
@@ -106,6 +111,12 @@ def register_train(subparsers: Subparsers) -> None:
         metavar="N",
         help="model input side in pixels, 96..512 (default 224, the backbone's own); the shorter "
         "side is resized to round(N * 256 / 224) before the centre crop",
+    )
+    p.add_argument(
+        "--crop",
+        choices=("center", "squash"),
+        help="center: centre-crop after resizing the shorter side (photos, default); squash: "
+        "the whole image resized to the square (x-ray scans)",
     )
     p.add_argument(
         "--no-pretrained",
@@ -292,9 +303,11 @@ def register_evaluate(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate a bundle on labelled images",
-        description="Accuracy, balanced accuracy, per-class precision/recall/F1, top-k, 95%% "
+        description="Accuracy, balanced accuracy, per-class precision/recall/F1, top-k, 95% "
         "bootstrap intervals, ECE before and after temperature scaling, confusion matrix and "
-        "reliability diagram, through the real predictor.",
+        "reliability diagram, through the real predictor. Images the bundle was trained or "
+        "tuned on (found by content in its seen-images.tsv) are counted, warned about and "
+        "left out of the separate figures on unseen images.",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder, e.g. weights/default")
     _add_data(p)
@@ -308,26 +321,63 @@ def register_evaluate(subparsers: Subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.evaluation import evaluate_samples
+    from training.seen_images import overlap, read_seen_images
 
     bundle = _load(args.bundle)
     samples = _samples(args.data, args.limit)
     try:
+        seen = read_seen_images(bundle)
         result = evaluate_samples(bundle, samples, precision=args.precision)
     except DataError as exc:
         raise CommandError(str(exc)) from exc
-    report = {"bundle": bundle.version, **result.report}
+    report: dict[str, Any] = {"bundle": bundle.version, **result.report}
+    unseen_report: dict[str, Any] | None = None
+    if seen is None:
+        report["seen_by_bundle"] = None
+        logger.warning(
+            "bundle %s does not record its training images (no seen-images.tsv): cannot tell "
+            "whether these images were trained on",
+            bundle.version,
+        )
+    else:
+        found = overlap(seen, [s.path for s in samples])
+        report["seen_by_bundle"] = found.counts
+        if found.trained_or_tuned:
+            counts = found.counts
+            logger.warning(
+                "%d of %d images were trained (%d) or tuned (%d) on by bundle %s: the figures "
+                "on all images are optimistic; see the figures on the %d unseen images",
+                found.trained_or_tuned,
+                len(samples),
+                counts["train"],
+                counts["val"],
+                bundle.version,
+                len(samples) - found.trained_or_tuned,
+            )
+            if any(found.unseen_mask):
+                unseen_report = result.subset_report(found.unseen_mask)
+            report["unseen"] = unseen_report
     if args.out:
         result.write(args.out, "evaluation")
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     else:
-        lo, hi = report["accuracy_ci95"]
-        sys.stdout.write(
-            f"{bundle.version}: {report['images']} images, accuracy {report['accuracy']:.4f} "
-            f"(95% {lo:.4f}-{hi:.4f}), balanced accuracy {report['balanced_accuracy']:.4f}, "
-            f"ECE {report['ece']:.4f}\n"
-        )
+        sys.stdout.write(_summary_line(f"{bundle.version}: all", report))
+        if "unseen" in report:
+            if unseen_report is None:
+                sys.stdout.write(f"{bundle.version}: unseen: none of these images is unseen\n")
+            else:
+                sys.stdout.write(_summary_line(f"{bundle.version}: unseen", unseen_report))
     return 0
+
+
+def _summary_line(title: str, report: Mapping[str, Any]) -> str:
+    lo, hi = report["accuracy_ci95"]
+    return (
+        f"{title}: {report['images']} images, accuracy {report['accuracy']:.4f} "
+        f"(95% {lo:.4f}-{hi:.4f}), balanced accuracy {report['balanced_accuracy']:.4f}, "
+        f"ECE {report['ece']:.4f}\n"
+    )
 
 
 def register_compare(subparsers: Subparsers) -> None:

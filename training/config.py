@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model.preprocess import PreprocessConfig
+from model.preprocess import CROPS, PreprocessConfig
 from training.features import DEFAULT_CACHE_DIR
 from training.train import MODES
 
@@ -42,6 +42,7 @@ class TrainConfig:
     trained_stages: int = 1
     modality: str = "camera"
     input_size: int = 224
+    crop: str = "center"
     pretrained: bool = True
     cache_dir: str | None = str(DEFAULT_CACHE_DIR)
     work_dir: str | None = None
@@ -75,6 +76,8 @@ class TrainConfig:
             raise ConfigError("--views must be >= 0 and --trained-stages in 1..7")
         if self.calibration_images < 1:
             raise ConfigError("--calibration-images must be >= 1")
+        if self.crop not in CROPS:
+            raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         low, high = INPUT_SIZES
         if (
             isinstance(self.input_size, bool)
@@ -90,14 +93,18 @@ class TrainConfig:
         """The run's one preprocessing: the backbone's, at ``input_size``.
 
         The shorter side is resized in the backbone's ratio (256 for 224), so the centre crop
-        keeps the same share of the image at every size.
+        keeps the same share of the image at every size. ``crop="squash"`` resizes the whole
+        image to the square instead (x-ray scans: an object may lie anywhere in the bag).
         """
         from training.backbone import BACKBONE_PREPROCESS
 
         base = BACKBONE_PREPROCESS
         ratio = base.resize_shorter / base.input_size
         return replace(
-            base, input_size=self.input_size, resize_shorter=round(self.input_size * ratio)
+            base,
+            input_size=self.input_size,
+            resize_shorter=round(self.input_size * ratio),
+            crop=self.crop,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -245,7 +245,8 @@ LABEL_MAP_HEADER = ("dataset_class", "label_id", "label_name", "taxon_id", "kind
 def read_label_map(path: Path) -> LabelMap:
     """Parse a label-map TSV with the header ``dataset_class label_id label_name taxon_id kind``.
 
-    Blank lines and lines starting with ``#`` are ignored. Labels are numbered in order of
+    Blank lines and lines starting with ``#`` are ignored. A ``not_wildlife`` label may name no
+    taxon: ``-`` in the ``taxon_id`` column. Labels are numbered in order of
     first appearance. A label id used twice must name the same taxon and kind. Every error names
     the file and line.
     """
@@ -276,7 +277,9 @@ def read_label_map(path: Path) -> LabelMap:
                 f"got {len(fields)}"
             )
         dataset_class, label_id, name, taxon_id, kind = fields
-        if not all(fields):
+        if taxon_id == "-" and kind == "not_wildlife":
+            taxon_id = ""  # "not wildlife" names no taxon
+        elif not all(fields):
             raise DataError(f"{path}:{number}: empty field")
         if kind not in KINDS:
             raise DataError(f"{path}:{number}: kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -316,6 +319,8 @@ def check_taxa(label_map: LabelMap) -> None:
 
     taxonomy = default_taxonomy()
     for label in label_map.labels:
+        if not label.taxon_id and label.kind == "not_wildlife":
+            continue
         try:
             taxonomy.get(label.taxon_id)
         except KeyError as exc:

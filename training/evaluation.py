@@ -105,6 +105,23 @@ class EvalResult:
     probs: NDArray[np.float64]
     probs_uncalibrated: NDArray[np.float64]
     report: dict[str, Any]
+    groups: list[str] | None = None
+
+    def subset_report(self, mask: Sequence[bool]) -> dict[str, Any]:
+        """The full report on the images where ``mask`` is true (e.g. those the bundle never
+        saw: :mod:`training.seen_images`)."""
+        keep = np.asarray(mask, dtype=bool)
+        if not keep.any():
+            raise DataError("no images in the subset")
+        return classification_report(
+            self.y_true[keep],
+            self.probs[keep],
+            self.labels,
+            probs_uncalibrated=self.probs_uncalibrated[keep],
+            groups=None
+            if self.groups is None
+            else [g for g, k in zip(self.groups, keep, strict=True) if k],
+        )
 
     @property
     def correct(self) -> NDArray[np.bool_]:
@@ -169,4 +186,6 @@ def evaluate_samples(
             threshold = bundle.manifest.ood.threshold
         if threshold is not None:
             report["ood_flagged"] = round(float(np.mean(result.ood_scores > threshold)), 4)
-    return EvalResult(bundle.labels, y_true, result.probs, raw, report)
+    return EvalResult(
+        bundle.labels, y_true, result.probs, raw, report, groups=[s.source for s in samples]
+    )

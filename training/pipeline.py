@@ -58,6 +58,7 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
+from training.seen_images import SEEN_IMAGES_FILE, write_seen_images
 from training.train import choose_head, fine_tune, set_head
 
 if TYPE_CHECKING:
@@ -667,6 +668,9 @@ def write_final_bundle(
         "class_weights": [round(float(x), 4) for x in trained.class_weights],
         "duration_s": round(time.monotonic() - setup.started, 1),
     }
+    synthetic = synthetic_sources(config.data)
+    if synthetic:
+        training_info["synthetic_data"] = synthetic
     reports = dict(evaluation.reports)
     if extra:
         training_info["retrain"] = extra
@@ -693,6 +697,10 @@ def write_final_bundle(
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    seen_images = write_seen_images(
+        setup.work / SEEN_IMAGES_FILE,
+        {name: split.samples for name, split in trained.arrays.items()},
+    )
     if evaluation.gate_override is not None:
         provenance["gate_override"] = evaluation.gate_override
     return write_bundle(
@@ -703,12 +711,47 @@ def write_final_bundle(
         provenance=provenance,
         limitations=list(config.limitations) or list(DEFAULT_LIMITATIONS),
         ood_threshold=evaluation.ood_threshold,
-        extra_files={"config.json": config_file, TORCH_WEIGHTS_FILE: weights_file, **reports},
+        extra_files={
+            "config.json": config_file,
+            TORCH_WEIGHTS_FILE: weights_file,
+            SEEN_IMAGES_FILE: seen_images,
+            **reports,
+        },
         recommended=evaluation.recommended,
         parent_version=evaluation.parent_version,
         overwrite=config.overwrite,
         **exported.bundle_arguments(trained, config),
     )
+
+
+def synthetic_sources(data: Sequence[str]) -> list[dict[str, Any]]:
+    """For each training manifest written by ``cites-vision xray synth`` (a ``synth.json``
+    beside it): what the synthetic images were made from, for the bundle's manifest."""
+    found = []
+    for item in data:
+        summary_file = Path(item).parent / "synth.json" if Path(item).is_file() else None
+        if summary_file is None or not summary_file.is_file():
+            continue
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append(
+            {
+                "manifest": item,
+                "kind": "synthetic x-ray composites by projection (cites-vision xray synth)",
+                "images": summary.get("images"),
+                "backgrounds": summary.get("backgrounds"),
+                "backgrounds_excluded_as_matching": len(
+                    summary.get("backgrounds_excluded_as_matching", [])
+                ),
+                "exclusion_checked_against": summary.get("exclusion_checked_against"),
+                "source_objects": summary.get("source_objects"),
+                "energies_kev": summary.get("energies_kev"),
+                "seed": summary.get("seed"),
+            }
+        )
+    return found
 
 
 def _cleanup(work: Path) -> None:

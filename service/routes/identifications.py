@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from model.heatmap import draw_box
+from model.imageio import decode_image
 from model.taxonomy import TaxonNotFoundError
 from model.vocabulary import DecisionKind, Modality
 from service.context import AppContext
@@ -139,12 +141,15 @@ async def identify_one(
                     language,
                     context.guidance,
                     latest_feedback(session, [row.id]).get(row.id),
+                    taxonomy=context.taxonomy,
                 )
         options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
-    return render_identification(result, language, context.guidance, None)
+    return render_identification(
+        result, language, context.guidance, None, taxonomy=context.taxonomy
+    )
 
 
 @router.post("/identifications:batch", summary="Identify many images (scanner systems)")
@@ -166,27 +171,33 @@ async def identify_batch(
             "(CITES_MAX_BATCH_IMAGES). Split the batch.",
             title="Batch too large",
         )
-    predictor = pipeline.active_predictor()  # the whole batch runs on one model
-    options = pipeline.check_options(predictor, options)
+    predictor = pipeline.active_predictor()
+    options = pipeline.check_options(options)
 
     async def one(upload: UploadFile) -> dict[str, Any]:
+        # each image goes to the model of its modality (camera and x-ray may be mixed)
         spooled = spool_upload(upload, settings.max_upload_bytes)
-        return await pipeline.identify(spooled, options, principal, predictor=predictor)
+        return await pipeline.identify(spooled, options, principal)
 
     outcomes = await asyncio.gather(*(one(u) for u in images), return_exceptions=True)
     results: list[dict[str, Any]] = []
     for index, (upload, outcome) in enumerate(zip(images, outcomes, strict=True)):
         entry: dict[str, Any] = {"index": index, "filename": upload.filename}
         if isinstance(outcome, ProblemError):
-            entry["error"] = outcome.to_dict()
+            entry["error"] = outcome.to_dict(language=language)
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
             entry["identification"] = render_identification(
-                outcome, language, context.guidance, None
+                outcome, language, context.guidance, None, taxonomy=context.taxonomy
             )
         results.append(entry)
-    return {"model_version": predictor.version, "results": results}
+    used = sorted({r["identification"]["model_version"] for r in results if "identification" in r})
+    return {
+        "model_version": used[0] if len(used) == 1 else predictor.version,
+        "model_versions": used,
+        "results": results,
+    }
 
 
 def _visibility(session: Session, principal: Principal, context: AppContext) -> Visibility:
@@ -242,7 +253,9 @@ def list_all(
     rows, total = list_identifications(session, filters, limit=limit, offset=offset)
     feedback = latest_feedback(session, [r.id for r in rows])
     items = [
-        render_identification(r.result, language, context.guidance, feedback.get(r.id))
+        render_identification(
+            r.result, language, context.guidance, feedback.get(r.id), taxonomy=context.taxonomy
+        )
         for r in rows
     ]
     next_offset = offset + len(rows) if offset + len(rows) < total else None
@@ -266,7 +279,9 @@ def get_one(
     """An identification with its latest feedback."""
     row = _get(session, identification_id, _visibility(session, principal, context))
     feedback = latest_feedback(session, [row.id]).get(row.id)
-    return render_identification(row.result, language, context.guidance, feedback)
+    return render_identification(
+        row.result, language, context.guidance, feedback, taxonomy=context.taxonomy
+    )
 
 
 @router.get(
@@ -317,6 +332,45 @@ async def get_heatmap(
         raise ProblemError(404, "not-found", "The image of this identification is missing.")
     path = context.store.path_of(image.path)
     png = await context.heatmaps.render(row, path, label, principal.key_id)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
+
+
+@router.get(
+    "/identifications/{identification_id}/located",
+    summary="The x-ray scan with the box of the suspected object drawn on it",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no box"}},
+)
+async def get_located(identification_id: str, _principal: Reader, context: ContextDep) -> Response:
+    """The stored scan with the x-ray model's box (``location.box``) drawn in red; 404 when the
+    answer has no box (a camera answer, or "no wildlife product")."""
+
+    def render() -> bytes:
+        with context.sessions() as session:
+            row = _get(session, identification_id)
+            image = session.get(StoredImage, row.image_sha256)
+            location = (row.result or {}).get("location") or {}
+            box = location.get("box")
+            if image is None or not box:
+                raise ProblemError(
+                    404,
+                    "no-location",
+                    "This identification has no box: only x-ray answers that suspect an object "
+                    "say where it is.",
+                    title="No location",
+                )
+            data = context.store.read(image.path)
+        decoded = decode_image(data, max_pixels=context.settings.max_pixels, target_shorter=1024)
+        width, height = decoded.image.size
+        pixels = (
+            round(box[0] * width),
+            round(box[1] * height),
+            round(box[2] * width),
+            round(box[3] * height),
+        )
+        return draw_box(decoded.image, pixels)
+
+    png = await run_in_threadpool(render)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
 
 

@@ -1,21 +1,31 @@
-"""``/v1/models``: list bundles, show the active one, activate another or roll back (admin),
-and the history of activations."""
+"""``/v1/models``: list bundles, show the active ones (one per modality: camera and x-ray),
+activate another or roll back (admin), and the history of activations.
+
+The history, roll-back and replicas follow the camera model (the state key that predates x-ray
+bundles); an x-ray activation is persisted under its own key and served from the next start."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from model.predictor import Predictor
+from model.vocabulary import MODALITIES, Modality
 from service.activations import Change, history, record_change, rollback_target
 from service.context import AppContext
 from service.deps import Admin, ContextDep, Reader
 from service.keys import Principal, Role
-from service.modelhost import ModelLoadError, ModelNotFoundError, describe_predictor
+from service.modelhost import (
+    ModalityMismatchError,
+    ModelLoadError,
+    ModelNotFoundError,
+    describe_predictor,
+)
 from service.problems import ProblemError
+from service.repository import active_model_key, set_state
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +42,52 @@ def list_models(context: ContextDep, principal: Reader) -> dict[str, Any]:
     if not admin:
         for item in items:
             item.pop("path", None)
-    body: dict[str, Any] = {"active": current.version if current is not None else None}
+    actives = context.host.actives()
+    body: dict[str, Any] = {
+        "active": current.version if current is not None else None,
+        "active_by_modality": {m: actives[m].version if m in actives else None for m in MODALITIES},
+    }
     if admin:
         body["weights_dir"] = str(context.host.weights_dir)
     body["items"] = items
     return body
 
 
-@router.get("/active", summary="The serving model, its labels and thresholds")
-def active_model(context: ContextDep, _principal: Reader) -> dict[str, Any]:
-    """The active bundle (the web page offers its labels for corrections)."""
+@router.get(
+    "/active",
+    summary="The serving models, their labels and thresholds",
+    responses={404: {"description": "no model for that modality"}},
+)
+def active_model(
+    context: ContextDep,
+    _principal: Reader,
+    modality: Annotated[Modality | None, Query(description="camera or xray")] = None,
+) -> dict[str, Any]:
+    """The active camera bundle (the web page offers its labels for corrections), with every
+    active bundle under ``by_modality``; ``?modality=xray`` shows that one alone."""
+    actives = context.host.actives()
+    if modality is not None:
+        chosen = actives.get(modality)
+        if chosen is None:
+            raise ProblemError(
+                404,
+                "no-model-for-modality",
+                f"No {modality} model is active; an administrator activates one with "
+                f"POST /v1/models/{{version}}/activate?modality={modality}.",
+                title="No model for this modality",
+            )
+        return {**describe_predictor(chosen, modality), "by_modality": _by_modality(actives)}
     current = context.host.current
     if current is None:
         raise ProblemError(
             503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
         )
-    return describe_predictor(current)
+    slot = next(m for m, p in actives.items() if p is current)
+    return {**describe_predictor(current, slot), "by_modality": _by_modality(actives)}
+
+
+def _by_modality(actives: dict[str, Predictor]) -> dict[str, dict[str, Any] | None]:
+    return {m: describe_predictor(actives[m], m) if m in actives else None for m in MODALITIES}
 
 
 class ActivationRequest(BaseModel):
@@ -64,13 +104,30 @@ def model_history(context: ContextDep, _principal: Reader) -> dict[str, Any]:
 
 
 async def _swap(
-    context: AppContext, version: str, principal: Principal, action: str, reason: str | None
+    context: AppContext,
+    version: str,
+    principal: Principal,
+    action: str,
+    reason: str | None,
+    modality: str | None = None,
 ) -> dict[str, Any]:
-    logger.info("key %s (%s): %s model %s", principal.key_id, principal.name, action, version)
+    logger.info(
+        "key %s (%s): %s model %s for %s",
+        principal.key_id,
+        principal.name,
+        action,
+        version,
+        modality or "its modalities",
+    )
     before = context.host.current
 
-    def persist(predictor: Predictor) -> None:
+    def persist(predictor: Predictor, slots: tuple[str, ...]) -> None:
         with context.sessions() as session:
+            for slot in slots:
+                if slot != "camera":  # the history and replicas follow the camera model
+                    set_state(session, active_model_key(slot), predictor.bundle.path.name)
+            if "camera" not in slots:
+                return
             record_change(
                 session,
                 Change(
@@ -86,7 +143,11 @@ async def _swap(
             )
 
     try:
-        predictor = await context.host.activate(version, persist)
+        predictor, slots = await context.host.activate(version, persist, modality=modality)
+    except ModalityMismatchError as exc:
+        raise ProblemError(
+            422, "modality-mismatch", str(exc), title="Bundle not made for this modality"
+        ) from None
     except ModelNotFoundError as exc:
         raise ProblemError(404, "not-found", str(exc), title="Model not found") from None
     except ModelLoadError as exc:
@@ -104,20 +165,31 @@ async def _swap(
     logger.info("model %s activated by key %s", predictor.version, principal.key_id)
     serving = context.host.current or predictor  # after racing activations: the last swap
     context.metrics.set_active_model(serving.version)
-    return describe_predictor(predictor)
+    return {**describe_predictor(predictor, slots[0]), "activated_for": list(slots)}
 
 
-@router.post("/{version}/activate", summary="Load, verify, warm up and swap in a bundle")
+@router.post(
+    "/{version}/activate",
+    summary="Load, verify, warm up and swap in a bundle",
+    responses={422: {"description": "not a bundle for that modality"}},
+)
 async def activate(
     version: str,
     context: ContextDep,
     principal: Admin,
     body: ActivationRequest | None = None,
+    modality: Annotated[
+        Modality | None,
+        Query(description="the modality it serves (default: the bundle's own)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Swap the serving model; requests in flight finish on the old one, and a bundle that fails
-    leaves the old one serving. Recorded in ``GET /v1/models/history``; every replica sharing
-    the database follows within seconds."""
-    return await _swap(context, version, principal, "activate", body.reason if body else None)
+    """Swap the serving model of a modality (camera and x-ray each have one); requests in flight
+    finish on the old one, and a bundle that fails leaves the old one serving. Camera
+    activations are recorded in ``GET /v1/models/history`` and every replica sharing the
+    database follows within seconds."""
+    return await _swap(
+        context, version, principal, "activate", body.reason if body else None, modality
+    )
 
 
 @router.post("/rollback", summary="Return to the version active before the current one")
@@ -141,4 +213,6 @@ async def rollback(
             title="Nothing to roll back to",
         )
     _version, folder = target
-    return await _swap(context, folder, principal, "rollback", body.reason if body else None)
+    return await _swap(
+        context, folder, principal, "rollback", body.reason if body else None, "camera"
+    )

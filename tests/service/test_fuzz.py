@@ -178,6 +178,10 @@ def test_schemathesis_real_resources(api: Api) -> None:
         query = {"q": "elephant"} if operation.path == "/v1/taxa" else None
         case = operation.Case(path_parameters={n: values[n] for n in names}, query=query)
         response = case.call_and_validate(headers=headers, checks=checks, timeout=60)
+        if operation.path.endswith("/located"):  # a camera answer has no box: documented 404
+            assert response.status_code == 404, (operation.path, response.status_code)
+            checked.append(operation.path)
+            continue
         assert 200 <= response.status_code < 300, (operation.path, response.status_code)
         checked.append(operation.path)
     assert any("/image" in path for path in checked), checked

@@ -10,7 +10,15 @@ pytest.importorskip("torchvision")
 from PIL import Image  # noqa: E402
 
 from model.preprocess import PreprocessConfig  # noqa: E402
-from training.augment import CAMERA, PRESETS, XRAY, GaussianNoise, RandomGamma, preset_for  # noqa: E402
+from training.augment import (  # noqa: E402
+    CAMERA,
+    PRESETS,
+    XRAY,
+    XRAY_PSEUDOCOLOUR,
+    GaussianNoise,
+    RandomGamma,
+    preset_for,
+)
 
 
 def _photo() -> Image.Image:
@@ -20,13 +28,13 @@ def _photo() -> Image.Image:
 
 
 def test_presets_are_named_and_looked_up() -> None:
-    assert set(PRESETS) == {"camera", "xray"}
+    assert set(PRESETS) == {"camera", "xray", "xray-pseudocolour"}
     assert preset_for("xray") is XRAY
     with pytest.raises(KeyError, match="choose camera, xray"):
         preset_for("infrared")
 
 
-@pytest.mark.parametrize("preset", [CAMERA, XRAY])
+@pytest.mark.parametrize("preset", [CAMERA, XRAY, XRAY_PSEUDOCOLOUR])
 def test_preset_output_matches_the_model_input(preset: object) -> None:
     config = PreprocessConfig()
     transform = preset.build(config)  # type: ignore[attr-defined]
@@ -56,3 +64,10 @@ def test_gamma_and_noise_steps() -> None:
     noisy = GaussianNoise(0.5)(image)
     assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
     assert not torch.equal(noisy, image)
+
+
+def test_xray_pseudocolour_preset_keeps_colour() -> None:
+    transform = XRAY_PSEUDOCOLOUR.build(PreprocessConfig(crop="squash"))
+    torch.manual_seed(2)
+    out = transform(Image.new("RGB", (300, 200), (230, 140, 40)))  # an orange (organic) scan
+    assert float((out[0] - out[2]).mean()) > 0.5  # still orange: red well above blue

@@ -277,3 +277,56 @@ def test_train_refuses_a_bad_input_size(
         code = exc.code
     assert code not in (0, None)
     assert "--input-size" in capsys.readouterr().err
+
+
+def test_the_bundle_records_its_images_and_evaluate_reports_the_overlap(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14: evaluate counts the images the bundle trained or tuned on, warns, and reports
+    the figures on the unseen ones separately."""
+    from training.seen_images import SEEN_IMAGES_FILE, read_seen_images
+
+    bundle = load_bundle(trained["bundle"])
+    assert SEEN_IMAGES_FILE in bundle.manifest.files  # hashed and verified with the bundle
+    seen = read_seen_images(bundle)
+    assert seen is not None and len(seen) == 48
+    with caplog.at_level("WARNING"):
+        code = main(
+            [
+                "evaluate",
+                "--bundle",
+                str(trained["bundle"]),
+                "--data",
+                str(trained["data"]),
+                "--json",
+            ]
+        )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    counts = report["seen_by_bundle"]
+    assert counts["train"] + counts["val"] + counts["test"] == 48 and counts["unseen"] == 0
+    assert counts["train"] > 0 and counts["test"] > 0
+    assert report["unseen"]["images"] == counts["test"]
+    assert any("trained" in r.getMessage() and "tuned" in r.getMessage() for r in caplog.records)
+
+
+def test_evaluate_on_new_images_reports_no_overlap(
+    trained: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fresh = make_colour_set(tmp_path / "fresh", per_class=3, seed=99)
+    with caplog.at_level("WARNING"):
+        code = main(["evaluate", "--bundle", str(trained["bundle"]), "--data", str(fresh)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert ": all: 9 images" in out and "unseen" not in out
+    assert not [r for r in caplog.records if "were trained" in r.getMessage()]
+
+
+def test_evaluate_help_prints_a_single_percent_sign(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    assert "95%" in text and "%%" not in text

@@ -2,6 +2,7 @@
    Plain JavaScript modules, no build step, nothing fetched from elsewhere; talks to the JSON API
    in docs/api.md. The DOM is built with textContent only, never innerHTML. */
 import {
+  clearAnswer,
   renderAnswer,
   renderHeatmapToggle,
   setPhoto,
@@ -153,7 +154,11 @@ async function loadModel() {
   }
   const model = state.model || {};
   state.labels = Array.isArray(model.labels) ? model.labels : [];
-  const modalities = Array.isArray(model.modalities) ? model.modalities : ["camera", "xray"];
+  // one active model per modality: offer the image types some model answers
+  const byModality = model.by_modality || null;
+  const modalities = byModality
+    ? Object.keys(byModality).filter((m) => byModality[m])
+    : Array.isArray(model.modalities) ? model.modalities : ["camera", "xray"];
   const select = $("modality");
   for (const option of select.options) option.disabled = !modalities.includes(option.value);
   if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
@@ -177,7 +182,12 @@ function onFileChosen(event) {
   event.target.value = ""; // choosing the same file again still fires "change"
   if (!file) return;
   clearError();
+  clearAnswer(); // a new photo: the previous answer is not its answer
   if (file.type && !file.type.startsWith("image/")) {
+    state.file = null;
+    state.prepared = null;
+    say($("chosen"), null);
+    $("identify-btn").disabled = true;
     showError(new UserError("notImage"));
     return;
   }
@@ -233,6 +243,7 @@ async function uploadWithRetry(prepared, fields) {
 async function identify(event, { onDevice = false } = {}) {
   if (event) event.preventDefault();
   clearError();
+  clearAnswer(); // a new identification: nothing of the previous one stays on screen
   if (!state.file) {
     showError(new UserError("noFile"));
     return;
@@ -259,10 +270,12 @@ async function identify(event, { onDevice = false } = {}) {
       ? await identifyHere(fields)
       : await uploadWithRetry(state.prepared, fields);
     $("upload").hidden = true; // before scrolling to the answer, so that it does not move
-    setPhoto(URL.createObjectURL(state.prepared.blob));
-    show(ident, { keepPhoto: true, focus: true });
+    const located = Boolean(ident.location && ident.location.image_url);
+    if (!located) setPhoto(URL.createObjectURL(state.prepared.blob));
+    show(ident, { keepPhoto: !located, focus: true });
     loadRecent();
   } catch (err) {
+    clearAnswer();
     showError(err);
     if (err instanceof NetworkError || (err instanceof ApiError && err.status >= 500)) {
       $("retry").hidden = false;
@@ -301,6 +314,7 @@ async function openCase(id) {
   try {
     show(await api("/v1/identifications/" + encodeURIComponent(id)), { focus: true });
   } catch (err) {
+    clearAnswer();
     showError(err);
   }
 }
