@@ -48,16 +48,27 @@ class ImageChecks:
         }
 
 
-def check_decoded(
-    decoded: DecodedImage, array: npt.NDArray[np.float32], config: PreprocessConfig
-) -> ImageChecks:
-    """Checks of a decoded image whose model input is ``array`` (see the module docstring)."""
+def scanner_evidence(decoded: DecodedImage) -> ModalityEvidence:
+    """The scanner-image detector on the whole decoded image (at most :data:`MODALITY_VIEW`
+    pixels on its longer side)."""
     view = decoded.image.copy()
     view.thumbnail((MODALITY_VIEW, MODALITY_VIEW), Image.Resampling.BILINEAR)
+    return detect_modality(np.asarray(view), bit_depth=decoded.bit_depth)
+
+
+def check_decoded(
+    decoded: DecodedImage,
+    array: npt.NDArray[np.float32],
+    config: PreprocessConfig,
+    *,
+    evidence: ModalityEvidence | None = None,
+) -> ImageChecks:
+    """Checks of a decoded image whose model input is ``array`` (see the module docstring);
+    ``evidence`` is :func:`scanner_evidence` of the image when the caller already has it."""
     width, height = decoded.original_size
     return ImageChecks(
         quality=assess_quality(array_to_pixels(array, config), source_size=(width, height)),
-        modality=detect_modality(np.asarray(view), bit_depth=decoded.bit_depth),
+        modality=evidence if evidence is not None else scanner_evidence(decoded),
     )
 
 

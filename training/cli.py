@@ -532,7 +532,8 @@ def register_retrain(subparsers: Subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="images replayed from the base's training split (default 400; 0 for none)",
+        help="images replayed from the base's training split (default: all of them in head "
+        "mode, whose features are cached; 400 when fine-tuning; 0 for none)",
     )
     p.add_argument(
         "--replay-data",
@@ -567,7 +568,6 @@ def _run_retrain(args: argparse.Namespace) -> int:
     from training.export import ExportError
     from training.retrain import (
         DEFAULT_MIN_NEW_LABEL_IMAGES,
-        DEFAULT_REPLAY_IMAGES,
         RetrainOptions,
         read_report,
         retrain,
@@ -588,7 +588,7 @@ def _run_retrain(args: argparse.Namespace) -> int:
         out=args.out or str(Path(args.base).resolve().parent),
         version=args.version or "",
         min_new_label_images=DEFAULT_MIN_NEW_LABEL_IMAGES if min_images is None else min_images,
-        replay_images=DEFAULT_REPLAY_IMAGES if args.replay is None else args.replay,
+        replay_images=args.replay,
         replay_data=tuple(args.replay_data or ()),
         overrides={
             "mode": mode,

@@ -776,7 +776,9 @@ def evaluate_served(
     elif config.base:
         base = load_bundle(Path(config.base))
         parent_version = base.version
-        recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
+        recommended, comparison = judge_against_base(
+            base, bundle, test.samples or val.samples, trained.label_map
+        )
         metrics["comparison_with_base"] = comparison
     return Evaluation(metrics, reports, ood_threshold, recommended, parent_version, override)
 
