@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA_DIR ?= var
 
-.PHONY: run test test-fast lint typecheck pytest system-deps web-runtime screenshots bench default-bundle xray-bundle clean
+.PHONY: run test test-fast lint typecheck pytest system-deps web-runtime screenshots bench default-bundle default-bundle-refresh xray-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +43,12 @@ $(WEB_DIR)/node_modules/.installed: $(WEB_DIR)/package.json $(WEB_DIR)/package-l
 	cd $(WEB_DIR) && npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
 
-# Regenerate the offline and permit screenshots in docs/screenshots (tests never write them otherwise).
+# Regenerate the screenshots in docs/screenshots (docs/web.md; tests never write them otherwise:
+# they take them into a temporary folder).
 screenshots: $(VENV)/.all-installed system-deps web-runtime
-	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py tests/service/test_browser_permit.py
+	CITES_WRITE_SCREENSHOTS=1 $(BIN)/pytest -q tests/service/test_offline_browser.py \
+		tests/service/test_browser_permit.py tests/service/test_browser.py \
+		tests/service/test_browser_answers.py
 
 lint: $(VENV)/.all-installed
 	$(BIN)/ruff check model service training tests bench
@@ -69,6 +72,10 @@ test-fast: $(VENV)/.all-installed
 # Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
 default-bundle: $(VENV)/.all-installed
 	BIN=$(BIN) training/build_default.sh
+
+# Keep weights/default's trained model; redo calibration, OOD model, INT8, reports, open set.
+default-bundle-refresh: $(VENV)/.all-installed
+	BIN=$(BIN) training/build_default.sh --from-bundle weights/default
 
 # Rebuild weights/xray: synthetic composites, training, screening figures (docs/xray.md).
 xray-bundle: $(VENV)/.all-installed

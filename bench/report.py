@@ -1,8 +1,9 @@
 """Turn the benchmark results (``docs/benchmarks/results.json``) into docs/benchmarks.md and plots.
 
 ``python -m bench.report`` regenerates the page from the stored results without measuring.
-Two hand-written sections survive regeneration verbatim: the reliability tests' "Load, 60 s at
-concurrency 64" and "Analysis of the misses" (each from its heading to the next ``## ``).
+Three hand-written sections survive regeneration verbatim: the reliability tests' "Load, 60 s at
+concurrency 64", "Analysis of the misses" and "Retraining loop" (``bench/retrain_loop.py``'s
+figures; each from its heading to the next ``## ``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from bench.common import FIGURES_DIR, REPO_ROOT, RESULTS_FILE
 logger = logging.getLogger(__name__)
 
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
-PRESERVED = ("## Load, 60 s at concurrency 64", "## Analysis of the misses")
+PRESERVED = (
+    "## Load, 60 s at concurrency 64",
+    "## Analysis of the misses",
+    "## Retraining loop",
+)
 RUN = ".venv/bin/python -m bench.run_all"
 BACKEND_NAMES = {
     "pytorch_eager": "PyTorch eager",
@@ -631,6 +636,8 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             lines.append("")
 
     lines.append(keep.get(PRESERVED[1], PRESERVED[1] + "\n\nNo analysis written for this run.\n"))
+    if PRESERVED[2] in keep:  # measured by `python -m bench.retrain_loop`, not by run_all
+        lines += ["", keep[PRESERVED[2]]]
     return "\n".join(lines).rstrip() + "\n"
 
 

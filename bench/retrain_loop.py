@@ -80,10 +80,12 @@ def split_met_ivory(data: Path, new_per_class: int, work: Path) -> tuple[Path, l
     return manifest, held
 
 
-def wait_ready(url: str, timeout: float = 180.0) -> None:
-    """Until ``/readyz`` answers 200."""
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    """Until ``/readyz`` answers 200; fails at once when the server exits (port taken...)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"cites-vision serve exited with {server.returncode}")
         try:
             if httpx.get(url + "/readyz", timeout=2, trust_env=False).status_code == 200:
                 return
@@ -93,21 +95,33 @@ def wait_ready(url: str, timeout: float = 180.0) -> None:
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-def run(new_per_class: int, mode: str, out: Path, port: int) -> dict[str, Any]:
-    """Set up, run the timed loop, and return the result (also written to ``out``)."""
+def run(
+    new_per_class: int, mode: str, out: Path, port: int, work: Path | None = None
+) -> dict[str, Any]:
+    """Set up, run the timed loop, and return the result (also written to ``out``).
+
+    ``work`` reuses the set-up of an earlier run (its base bundle) when it holds one.
+    """
     data = shared_data_dir()
-    work = Path(tempfile.mkdtemp(prefix="bench-retrain-"))
+    work = work or Path(tempfile.mkdtemp(prefix="bench-retrain-"))
     weights = work / "weights"
     manifest, held = split_met_ivory(data, new_per_class, work)
-    base_args = ["train", "--data", str(manifest), "--data", str(data / "wood-trade-groups")]
-    base_args += ["--label-map", str(LABEL_MAP), "--out", str(weights), "--version", "base"]
-    base_args += ["--mode", "head"]
-    logger.info("set-up: training the base bundle (head mode) ...")
-    base_s, _ = _cli(*base_args)
+    base_s = None
+    if not (weights / "base" / "manifest.json").is_file():
+        base_args = ["train", "--data", str(manifest), "--data", str(data / "wood-trade-groups")]
+        base_args += ["--label-map", str(LABEL_MAP), "--out", str(weights), "--version", "base"]
+        base_args += ["--mode", "head"]
+        logger.info("set-up: training the base bundle (head mode) ...")
+        base_s, _ = _cli(*base_args)
+    for stale in ("retrained",):
+        if (weights / stale).exists():
+            import shutil
+
+            shutil.rmtree(weights / stale)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITES_")}
     env.update({"CITES_ONNX_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    data_dir = work / "service"
+    data_dir = work / f"service-{int(time.time())}"
     url = f"http://127.0.0.1:{port}"
     log = (work / "service.log").open("wb")
     serve = [sys.executable, "-c", "from model.cli import main; raise SystemExit(main())"]
@@ -115,7 +129,7 @@ def run(new_per_class: int, mode: str, out: Path, port: int) -> dict[str, Any]:
     serve += ["--data-dir", str(data_dir), "--weights-dir", str(weights)]
     server = subprocess.Popen(serve, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_ready(url)
+        wait_ready(url, server)
         _, officer_out = _cli(
             "keys", "create", "--role", "officer", "--name", "bench-officer",
             "--data-dir", str(data_dir), env=env,
@@ -173,7 +187,7 @@ def run(new_per_class: int, mode: str, out: Path, port: int) -> dict[str, Any]:
         "confirmed": confirmed,
         "corrected": corrected,
         "mode": mode,
-        "setup_base_train_s": round(base_s, 1),
+        "setup_base_train_s": None if base_s is None else round(base_s, 1),
         "export_s": round(export_s, 1),
         "retrain_and_activate_s": round(retrain_s, 1),
         "export_to_served_s": round(export_s + served_s, 1),
@@ -193,10 +207,11 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=200, help="new images in all (half per class)")
     parser.add_argument("--mode", choices=("head", "last", "full"), default="head")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=18765)
+    parser.add_argument("--work", type=Path, help="reuse an earlier run's folder (its base)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run(args.new // 2, args.mode, args.out, args.port)
+    result = run(args.new // 2, args.mode, args.out, args.port, args.work)
     sys.stdout.write(
         json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2) + "\n"
     )

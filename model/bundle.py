@@ -6,7 +6,9 @@ Layout (see ``docs/architecture.md``)::
     model.onnx         fp32, one file: input "image", outputs "logits", "features", "cam"
     model.int8.onnx    optional
     labels.tsv         index, id, name, taxon_id, kind
-    ood.npz            optional out-of-domain model
+    ood.npz            optional out-of-domain model (``ood.method``: mahalanobis_pca or knn_cosine,
+                       scored on the ONNX output named by ``ood.features``: ``features`` or
+                       ``reference_features``, the frozen ImageNet backbone's pooled features)
     *.json/*.md/*.png  optional reports
 
 :func:`write_bundle` builds the folder in a temporary sibling, verifies it with
@@ -46,7 +48,7 @@ from model.manifest import (
     check_file_name,
     check_version,
 )
-from model.ood import OOD_METHOD, OodError, OodModel
+from model.ood import KNN_METHOD, OOD_METHOD, AnyOodModel, KnnOodModel, OodError, load_ood
 from model.preprocess import PreprocessConfig
 from model.taxonomy import Taxonomy, default_taxonomy
 from model.vocabulary import MODALITIES
@@ -83,7 +85,7 @@ class Bundle:
     path: Path
     manifest: BundleManifest
     labels: tuple[Label, ...]
-    ood: OodModel | None = field(default=None, compare=False)
+    ood: AnyOodModel | None = field(default=None, compare=False)
 
     @property
     def version(self) -> str:
@@ -229,10 +231,10 @@ def load_bundle(path: Path, *, taxonomy: Taxonomy | None = None) -> Bundle:
                 f"{path / name}: the {precision} model has {classes} outputs but "
                 f"{manifest.labels_file} has {len(labels)} labels"
             )
-    ood: OodModel | None = None
+    ood: AnyOodModel | None = None
     if manifest.ood is not None:
         try:
-            ood = OodModel.load(path / manifest.ood.file)
+            ood = load_ood(path / manifest.ood.file, manifest.ood.method)
         except OodError as exc:
             raise BundleError(str(exc)) from exc
     logger.debug("loaded bundle %s from %s", manifest.version, path)
@@ -262,8 +264,9 @@ def write_bundle(
     training: Mapping[str, Any],
     provenance: Mapping[str, Any],
     limitations: Sequence[str],
-    ood: OodModel | None = None,
+    ood: AnyOodModel | None = None,
     ood_threshold: float | None = None,
+    ood_features: str = "features",
     extra_files: Mapping[str, Path] | None = None,
     recommended: bool = True,
     parent_version: str | None = None,
@@ -310,7 +313,8 @@ def write_bundle(
         ood_spec: OodSpec | None = None
         if ood is not None and ood_threshold is not None:
             ood.save(staging / OOD_FILE)
-            ood_spec = OodSpec(OOD_METHOD, OOD_FILE, float(ood_threshold))
+            method = KNN_METHOD if isinstance(ood, KnnOodModel) else OOD_METHOD
+            ood_spec = OodSpec(method, OOD_FILE, float(ood_threshold), ood_features)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         manifest = BundleManifest(
             schema_version=SCHEMA_VERSION,

@@ -2,13 +2,24 @@
 
 Rules, in order (the first that applies wins):
 
-1. ``ood_mahalanobis``: the image's out-of-domain score exceeds the bundle's threshold ->
-   ``outside_training_domain`` (the model has not seen anything like it; refer to an expert).
+0. Before the model: ``image_quality:<problems>`` -> ``unusable_image`` (the photo cannot be
+   judged: retake it) and ``modality:<signature>`` -> ``outside_training_domain`` (a scanner
+   image given to a camera-only model); see :mod:`model.checks`, :func:`unusable_image` and
+   :func:`scanner_image`.
+1. ``ood_mahalanobis`` (whatever the OOD method): the image's out-of-domain score exceeds the
+   bundle's threshold -> ``outside_training_domain`` (the model has not seen anything like it;
+   refer to an expert).
 2. ``label_threshold``: the most probable label is a CITES label and its probability reaches the
    taxon threshold -> ``taxon`` (the label's taxon).
-3. ``lookalike_threshold``: the most probable label is a look-alike or "not wildlife" label and
-   its probability reaches the look-alike threshold -> ``lookalike`` ("probably not CITES
-   material: <name>").
+3. ``lookalike_threshold``: the image passed the out-of-domain check (the bundle has an OOD
+   model and the score is within its threshold), the most probable label is a look-alike or
+   "not wildlife" label and its probability reaches that label's look-alike threshold
+   (``thresholds.lookalike_by_label`` when it names the label, e.g. a stricter one for "other
+   timber", else ``thresholds.lookalike``) -> ``lookalike``. The reason names what the object
+   is *not* (the most probable CITES label) and keeps the advice to check the documents
+   ("not Ivory: looks like Ceramic or porcelain (0.97); check the documents"): never an
+   unconditional all-clear. Without an OOD check (a bundle without ``ood.npz``) no look-alike
+   answer is given; the image falls through to the rules below.
 4. ``rollup:<rank>``: probabilities of CITES labels are summed up each label's lineage (species
    -> genus -> family -> order -> class); the most specific taxon whose sum reaches the taxon
    threshold -> ``taxon`` at that rank.
@@ -23,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +54,7 @@ _RANK_ORDER: dict[str, int] = {
 }
 
 REFER = "refer to an expert"
+CHECK_DOCUMENTS = "check the documents"
 
 DECISION_RULES: tuple[str, ...] = (
     "ood_mahalanobis",
@@ -59,40 +71,64 @@ class DecisionError(ValueError):
     """Inputs to :func:`decide` are inconsistent (e.g. probabilities and labels differ)."""
 
 
+def _probability(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ValueError(f"threshold {name!r} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """Decision thresholds on calibrated probabilities, each in (0, 1]."""
+    """Decision thresholds on calibrated probabilities, each in (0, 1].
+
+    ``lookalike_by_label`` overrides ``lookalike`` for named look-alike labels: "other timber,
+    not CITES" needs stronger evidence than the shared look-alike threshold (a CITES timber
+    answered "other timber" is a false all-clear).
+    """
 
     taxon: float
     lookalike: float
+    lookalike_by_label: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("taxon", "lookalike"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0.0 < float(value) <= 1.0
-            ):
-                raise ValueError(f"threshold {name!r} must be a number in (0, 1], got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, _probability(name, getattr(self, name)))
+        if not isinstance(self.lookalike_by_label, dict):
+            raise ValueError("lookalike_by_label must be an object of label id -> threshold")
+        checked = {
+            str(label_id): _probability(f"lookalike_by_label.{label_id}", value)
+            for label_id, value in self.lookalike_by_label.items()
+        }
+        object.__setattr__(self, "lookalike_by_label", checked)
 
-    def to_dict(self) -> dict[str, float]:
+    def lookalike_for(self, label_id: str) -> float:
+        """The look-alike threshold that applies to ``label_id``."""
+        return self.lookalike_by_label.get(label_id, self.lookalike)
+
+    def to_dict(self) -> dict[str, Any]:
         """The thresholds as the manifest stores them."""
-        return {"taxon": self.taxon, "lookalike": self.lookalike}
+        result: dict[str, Any] = {"taxon": self.taxon, "lookalike": self.lookalike}
+        if self.lookalike_by_label:
+            result["lookalike_by_label"] = dict(sorted(self.lookalike_by_label.items()))
+        return result
 
     @classmethod
     def from_dict(cls, data: Any) -> Thresholds:
-        """Read ``{"taxon": p, "lookalike": p}``; raises ``ValueError`` naming the bad key."""
+        """Read ``{"taxon": p, "lookalike": p[, "lookalike_by_label": {id: p}]}``; raises
+        ``ValueError`` naming the bad key."""
         if not isinstance(data, dict):
             raise ValueError(f"thresholds must be an object, got {type(data).__name__}")
-        unknown = set(data) - {"taxon", "lookalike"}
+        unknown = set(data) - {"taxon", "lookalike", "lookalike_by_label"}
         if unknown:
             raise ValueError(f"unknown threshold keys {sorted(unknown)}")
         missing = {"taxon", "lookalike"} - set(data)
         if missing:
             raise ValueError(f"missing threshold keys {sorted(missing)}")
-        return cls(taxon=data["taxon"], lookalike=data["lookalike"])
+        return cls(
+            taxon=data["taxon"],
+            lookalike=data["lookalike"],
+            lookalike_by_label=data.get("lookalike_by_label", {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -100,11 +136,13 @@ class Decision:
     """One answer for one image.
 
     Attributes:
-        kind: ``taxon``, ``lookalike``, ``uncertain`` or ``outside_training_domain``.
+        kind: ``taxon``, ``lookalike``, ``uncertain``, ``outside_training_domain`` or
+            ``unusable_image``.
         label_id: the deciding label (``label_threshold``/``lookalike_threshold``), else None.
         taxon_id: the taxon answered (for look-alikes the look-alike material), else None.
         probability: the probability that cleared the threshold (for ``uncertain`` and
-            ``outside_training_domain``: the top label's probability).
+            ``outside_training_domain``: the top label's probability; 0 when the image never
+            reached the model's judgement: ``unusable_image`` and scanner images).
         rule: the rule that decided (see the module docstring).
         reason: one human-readable sentence.
         appendix: the CITES appendix for the origin country (``"I"``, ``"II"``, ``"III"``) or None.
@@ -210,6 +248,20 @@ def _most_specific(sums: dict[str, float], taxonomy: Taxonomy, threshold: float)
     return None if best is None else best[2]
 
 
+def lookalike_reason(
+    probabilities: npt.NDArray[np.floating[Any]], labels: Sequence[Label], top: Label
+) -> str:
+    """What a look-alike answer says: what the object is not, what it looks like, and that the
+    documents must still be checked ("not Ivory: looks like Ceramic or porcelain (0.97); ...").
+    """
+    cites = [label for label in labels if label.kind == "cites"]
+    looks_like = f"looks like {top.name} ({float(probabilities[top.index]):.2f})"
+    if not cites:
+        return f"{looks_like}; not a CITES product this model knows: {CHECK_DOCUMENTS}"
+    closest = max(cites, key=lambda label: float(probabilities[label.index]))
+    return f"not {closest.name}: {looks_like}; {CHECK_DOCUMENTS}"
+
+
 def decide(
     probabilities: npt.ArrayLike,
     labels: Sequence[Label],
@@ -249,14 +301,15 @@ def decide(
         return _taxon_decision(
             taxonomy, top.taxon_id, top_p, "label_threshold", origin_country, top.id
         )
-    if top.kind != "cites" and top_p >= thresholds.lookalike:
+    in_domain = ood_score is not None and ood_threshold is not None
+    if in_domain and top.kind != "cites" and top_p >= thresholds.lookalike_for(top.id):
         return Decision(
             kind="lookalike",
             label_id=top.id,
             taxon_id=top.taxon_id or None,
             probability=top_p,
             rule="lookalike_threshold",
-            reason=f"probably not CITES material: {top.name}",
+            reason=lookalike_reason(probs, labels, top),
             appendix=None,
             rank=None,
         )
@@ -276,6 +329,42 @@ def decide(
         reason=(
             f"no label or taxon reaches the thresholds (most likely: {top.name}, "
             f"{top_p:.2f}); {REFER}"
+        ),
+        appendix=None,
+        rank=None,
+    )
+
+
+def unusable_image(problems: Sequence[str]) -> Decision:
+    """The decision for an image the quality gate refused (``problems``: see
+    :mod:`model.quality`): no taxon, no look-alike; the officer retakes the photo."""
+    listed = ", ".join(problems)
+    return Decision(
+        kind="unusable_image",
+        label_id=None,
+        taxon_id=None,
+        probability=0.0,
+        rule=f"image_quality:{'+'.join(problems)}",
+        reason=(
+            f"the photo cannot be judged ({listed}); retake the photo: closer, in focus, more light"
+        ),
+        appendix=None,
+        rank=None,
+    )
+
+
+def scanner_image(signature: str, modalities: Sequence[str]) -> Decision:
+    """The decision for a scanner image given to a model trained on ``modalities`` without
+    x-ray: outside the training domain, no taxon, no look-alike."""
+    return Decision(
+        kind="outside_training_domain",
+        label_id=None,
+        taxon_id=None,
+        probability=0.0,
+        rule=f"modality:{signature}",
+        reason=(
+            f"the image looks like a scanner image ({signature}) but this model was trained on "
+            f"{', '.join(modalities)} images only; {REFER}"
         ),
         appendix=None,
         rank=None,

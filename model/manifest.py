@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.decision import Thresholds
-from model.ood import OOD_METHOD
+from model.ood import OOD_METHODS
 from model.preprocess import PreprocessConfig
 from model.vocabulary import MODALITIES
 
@@ -22,6 +22,8 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 LABELS_FILE = "labels.tsv"
 OOD_FILE = "ood.npz"
+OOD_FEATURE_OUTPUTS: tuple[str, ...] = ("features", "reference_features")
+"""ONNX outputs an OOD model may score: the fine-tuned or the frozen pretrained features."""
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
@@ -59,10 +61,17 @@ class OodSpec:
     method: str
     file: str
     threshold: float
+    features: str = "features"
+    """The ONNX output the detector scores (one of :data:`OOD_FEATURE_OUTPUTS`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in the manifest."""
-        return {"method": self.method, "file": self.file, "threshold": self.threshold}
+        return {
+            "method": self.method,
+            "file": self.file,
+            "threshold": self.threshold,
+            "features": self.features,
+        }
 
 
 @dataclass(frozen=True)
@@ -219,14 +228,38 @@ def _temperature(value: float, where: str) -> float:
 def _ood_spec(value: dict[str, Any] | None, where: str) -> OodSpec | None:
     if value is None:
         return None
-    if set(value) != {"method", "file", "threshold"}:
-        raise BundleError(f"{where}: must have exactly the keys 'method', 'file', 'threshold'")
-    if value["method"] != OOD_METHOD:
-        raise BundleError(f"{where}.method: {value['method']!r} is not supported ({OOD_METHOD})")
+    if (
+        not {"method", "file", "threshold"}
+        <= set(value)
+        <= {
+            "method",
+            "file",
+            "threshold",
+            "features",
+        }
+    ):
+        raise BundleError(
+            f"{where}: must have the keys 'method', 'file', 'threshold' (and optionally 'features')"
+        )
+    if value["method"] not in OOD_METHODS:
+        raise BundleError(
+            f"{where}.method: {value['method']!r} is not supported ({', '.join(OOD_METHODS)})"
+        )
     threshold = value["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
         raise BundleError(f"{where}.threshold: must be a positive number, got {threshold!r}")
-    return OodSpec(OOD_METHOD, check_file_name(value["file"], f"{where}.file"), float(threshold))
+    features = value.get("features", "features")
+    if features not in OOD_FEATURE_OUTPUTS:
+        raise BundleError(
+            f"{where}.features: {features!r} is not an output the detector can score "
+            f"({', '.join(OOD_FEATURE_OUTPUTS)})"
+        )
+    return OodSpec(
+        str(value["method"]),
+        check_file_name(value["file"], f"{where}.file"),
+        float(threshold),
+        str(features),
+    )
 
 
 def _strings(value: list[Any], where: str) -> tuple[str, ...]:

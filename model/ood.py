@@ -1,4 +1,14 @@
-"""Out-of-training-domain detection: class-conditional Mahalanobis distance in a PCA space.
+"""Out-of-training-domain detection: Mahalanobis distance in a PCA space, or k-nearest neighbours.
+
+Two detectors share one interface (``score(features) -> (N,)``, ``save``, ``load``), chosen by the
+manifest's ``ood.method`` (:func:`load_ood`):
+
+- ``mahalanobis_pca`` (:class:`OodModel`), described below;
+- ``knn_cosine`` (:class:`KnnOodModel`): one minus the mean cosine similarity to the ``k``
+  nearest training feature vectors (a reference bank stored float16). On the ImageNet-pretrained
+  backbone's features (the bundle's ``reference_features`` output) it separates new kinds of
+  products far better than any score on the fine-tuned features (docs/model-card.md, "Open
+  set").
 
 ``fit_ood`` learns what the training images look like in the backbone's feature space: features
 are (optionally) L2-normalised, centred and projected onto the top ``k`` principal components;
@@ -27,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 OOD_METHOD = "mahalanobis_pca"
 """Name recorded in the manifest's ``ood.method``."""
+
+KNN_METHOD = "knn_cosine"
+"""Name of the k-nearest-neighbour detector in the manifest's ``ood.method``."""
 
 OOD_FORMAT_VERSION = 1
 _ARRAYS = ("center", "basis", "whitening", "class_centers", "classes", "residual_scale", "meta")
@@ -246,3 +259,92 @@ def threshold_at(model: OodModel, features: npt.ArrayLike, quantile: float = 0.9
     if not 0.0 < quantile <= 1.0:
         raise OodError(f"quantile must be in (0, 1], got {quantile}")
     return float(np.quantile(model.score(features), quantile))
+
+
+@dataclass(frozen=True, eq=False)
+class KnnOodModel:
+    """``score(features)``: one minus the mean cosine similarity to the ``k`` nearest rows of
+    ``bank`` (L2-normalised training features, float16). 0 for a training image itself; larger
+    means less like anything the model was trained on."""
+
+    bank: npt.NDArray[np.float16]
+    k: int
+
+    @property
+    def feature_dim(self) -> int:
+        """Feature width F the model expects."""
+        return int(self.bank.shape[1])
+
+    def score(self, features: npt.ArrayLike, *, chunk: int = 256) -> FloatArray:
+        """Out-of-domain score of each feature vector (N, F), shape (N,)."""
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise OodError(
+                f"features must have shape (N, {self.feature_dim}), got {tuple(x.shape)}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise OodError("features contain NaN or infinite values")
+        x = _l2_normalize(x)
+        bank = self.bank.astype(np.float32)
+        k = min(self.k, bank.shape[0])
+        scores = np.empty(x.shape[0], dtype=np.float32)
+        for start in range(0, x.shape[0], chunk):
+            sims = x[start : start + chunk] @ bank.T
+            top = np.partition(sims, sims.shape[1] - k, axis=1)[:, sims.shape[1] - k :]
+            scores[start : start + chunk] = 1.0 - top.mean(axis=1)
+        return scores
+
+    def save(self, path: Path) -> None:
+        """Write the model to ``path`` (an ``.npz`` file, no pickles)."""
+        meta = np.array([OOD_FORMAT_VERSION, self.k], dtype=np.int64)
+        with Path(path).open("wb") as handle:
+            np.savez_compressed(handle, bank=self.bank.astype(np.float16), meta=meta)
+
+    @classmethod
+    def load(cls, path: Path) -> KnnOodModel:
+        """Read a model written by :meth:`save`; raises :class:`OodError` if it is malformed."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "bank" not in data.files or "meta" not in data.files:
+                    raise OodError(f"{path}: missing arrays bank, meta")
+                bank, meta = data["bank"], data["meta"]
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, OodError):
+                raise
+            raise OodError(f"{path}: not a readable ood.npz ({exc})") from exc
+        if meta.shape != (2,) or int(meta[0]) != OOD_FORMAT_VERSION or int(meta[1]) < 1:
+            raise OodError(f"{path}: unsupported ood format (expected {OOD_FORMAT_VERSION})")
+        if bank.ndim != 2 or bank.shape[0] < 1 or bank.shape[1] < 1:
+            raise OodError(f"{path}: bank must be a non-empty (N, F) array")
+        if not np.all(np.isfinite(bank)):
+            raise OodError(f"{path}: bank contains NaN or infinite values")
+        return cls(bank=bank.astype(np.float16), k=int(meta[1]))
+
+
+def fit_knn(features: npt.ArrayLike, *, k: int = 10) -> KnnOodModel:
+    """The k-nearest-neighbour detector over training features (N, F)."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise OodError(f"features must be a non-empty (N, F) array, got {tuple(x.shape)}")
+    if not np.all(np.isfinite(x)):
+        raise OodError("features contain NaN or infinite values")
+    if k < 1:
+        raise OodError(f"k must be >= 1, got {k}")
+    logger.info("fitted kNN OOD model: %d reference vectors, k=%d", x.shape[0], k)
+    return KnnOodModel(bank=_l2_normalize(x).astype(np.float16), k=k)
+
+
+AnyOodModel = OodModel | KnnOodModel
+"""Either detector."""
+
+OOD_METHODS = (OOD_METHOD, KNN_METHOD)
+
+
+def load_ood(path: Path, method: str) -> AnyOodModel:
+    """Load the detector of ``method`` (``mahalanobis_pca`` or ``knn_cosine``) from ``path``."""
+    if method == OOD_METHOD:
+        return OodModel.load(path)
+    if method == KNN_METHOD:
+        return KnnOodModel.load(path)
+    raise OodError(f"unknown OOD method {method!r} (known: {', '.join(OOD_METHODS)})")

@@ -21,7 +21,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from model.bundle import Bundle, BundleError, Precision, load_bundle
-from model.decision import Decision, decide
+from model.checks import ImageChecks, check_array, prepare_input
+from model.decision import Decision, decide, scanner_image, unusable_image
 from model.heatmap import heatmap_box
 from model.labels import Label
 from model.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess_bytes
@@ -58,10 +59,12 @@ class Prediction:
 
     Attributes:
         probabilities: calibrated probabilities over all labels, shape (C,).
-        top: the ``top_k`` most probable labels, most probable first.
+        top: the ``top_k`` most probable labels, most probable first; empty when the image
+            checks refused the image (then no label may be shown as a suggestion).
         decision: the roll-up decision (see :mod:`model.decision`).
         ood_score: out-of-domain score, or None when the bundle has no OOD model.
         features: pooled backbone features (F,), only when asked for.
+        checks: the image checks made before the model (see :mod:`model.checks`).
         box: for bundles that locate (x-ray): where the top label's activation map points, as
             (left, top, right, bottom) fractions of the model input; None when the top label is
             "not wildlife" or the map is flat. ``located`` says the bundle locates at all.
@@ -72,6 +75,7 @@ class Prediction:
     decision: Decision
     ood_score: float | None
     features: FloatArray | None = None
+    checks: ImageChecks | None = None
     box: tuple[float, float, float, float] | None = None
     located: bool = False
 
@@ -177,6 +181,9 @@ class Predictor:
             raise BundleError(f"{model_path}: the model has no input named {INPUT_NAME!r}")
         outputs = {o.name: o for o in self._session.get_outputs()}
         missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        ood_spec = self._bundle.manifest.ood
+        if ood_spec is not None and ood_spec.features not in outputs:
+            missing.append(ood_spec.features)
         if missing:
             raise BundleError(f"{model_path}: the model lacks outputs {missing}")
         classes = outputs["logits"].shape[-1]
@@ -275,8 +282,13 @@ class Predictor:
         origin_countries: Sequence[str | None] | None = None,
         top_k: int = 5,
         with_features: bool = False,
+        checks: Sequence[ImageChecks | None] | None = None,
     ) -> list[Prediction]:
         """Predict a batch of preprocessed images (N,3,S,S); the real inference path.
+
+        For a camera-only bundle every image first passes the image checks: one the quality gate
+        refuses gets ``unusable_image``; a scanner image gets ``outside_training_domain``.
+        Neither gets a taxon, a look-alike or a top list.
 
         Args:
             batch: normalised images as made by :func:`model.preprocess.preprocess_bytes`.
@@ -284,26 +296,46 @@ class Predictor:
                 appendix for split listings. Invalid codes raise ``InvalidCountryError``.
             top_k: how many labels to list per image.
             with_features: keep the pooled features in each :class:`Prediction`.
+            checks: one :class:`~model.checks.ImageChecks` (or None) per image, as made by
+                :func:`model.checks.prepare_input` from the whole decoded image; an image
+                without is checked on its model input (:func:`model.checks.check_array`).
         """
         images = self._check_batch(batch)
         if top_k < 1:
             raise PredictorError(f"top_k must be at least 1, got {top_k}")
         countries = self._countries(origin_countries, images.shape[0])
+        if checks is not None and len(checks) != images.shape[0]:
+            raise PredictorError(
+                f"checks must have one entry per image ({images.shape[0]}), got {len(checks)}"
+            )
         if images.shape[0] == 0:
             return []
+        verdicts = [
+            (checks[i] if checks is not None else None) or check_array(images[i], self.preprocess)
+            for i in range(images.shape[0])
+        ]
+        names = ["logits", "features"]
         if self.locates:
-            logits, features, cams = self._run(images, ("logits", "features", "cam"))
-        else:
-            logits, features = self._run(images, ("logits", "features"))
-            cams = None
+            names.append("cam")
+        scored = self._ood_output()
+        if scored != "features":
+            names.append(scored)
+        outputs = dict(zip(names, self._run(images, names), strict=True))
         return self.predict_outputs(
-            logits,
-            features,
+            outputs["logits"],
+            outputs["features"],
             countries=countries,
             top_k=top_k,
             with_features=with_features,
-            cams=cams,
+            checks=verdicts,
+            cams=outputs.get("cam"),
+            ood_features=outputs.get(scored),
         )
+
+    def _ood_output(self) -> str:
+        """The ONNX output the bundle's OOD model scores (``features`` without one)."""
+        spec = self._bundle.manifest.ood
+        return "features" if spec is None else spec.features
 
     def predict_outputs(
         self,
@@ -314,12 +346,18 @@ class Predictor:
         top_k: int = 5,
         with_features: bool = False,
         cams: npt.ArrayLike | None = None,
+        checks: Sequence[ImageChecks] | None = None,
+        ood_features: npt.ArrayLike | None = None,
     ) -> list[Prediction]:
         """From the network's outputs (logits (N,C), pooled features (N,F)) to predictions:
         temperature-scaled softmax, out-of-domain score, decision. ``countries`` are normalised
-        origin codes, one per row. :meth:`predict_arrays` calls it after running the network;
-        the offline page's golden cases call it with the outputs of the browser's runtime.
-        ``cams`` (N,C,h,w): the activation maps, for the box of bundles that locate (x-ray)."""
+        origin codes, one per row; ``checks`` the image checks, one per row (None: the caller
+        made none, and an image the checks would refuse is answered from its outputs).
+        :meth:`predict_arrays` calls it after running the network; the offline page's golden
+        cases call it with the outputs of the browser's runtime. ``cams`` (N,C,h,w): the
+        activation maps, for the box of bundles that locate (x-ray). ``ood_features``: what
+        the OOD model scores when the manifest names another output than ``features``
+        (``reference_features``); required then."""
         logits = np.asarray(logits, dtype=np.float32)
         features = np.asarray(features, dtype=np.float32)
         cam_maps = None if cams is None else np.asarray(cams, dtype=np.float32)
@@ -327,13 +365,35 @@ class Predictor:
         locate = self.locates
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood
-        scores = None if ood is None else ood.score(features)
+        if self._ood_output() == "features" and ood_features is None:
+            ood_features = features
+        if ood is not None and ood_features is None:
+            raise PredictorError(
+                f"this bundle's OOD model scores the {self._ood_output()!r} output: pass it as "
+                "ood_features"
+            )
+        scores = None if ood is None else ood.score(np.asarray(ood_features, dtype=np.float32))
         ood_threshold = None if manifest.ood is None else manifest.ood.threshold
         k = min(top_k, len(self.labels))
         results: list[Prediction] = []
         for i, probs in enumerate(probabilities):
             order = np.argsort(-probs, kind="stable")[:k]
             score = None if scores is None else float(scores[i])
+            image_checks = checks[i] if checks is not None else None
+            refused = None if image_checks is None else self._refusal(image_checks)
+            if refused is not None:
+                results.append(
+                    Prediction(
+                        probabilities=probs,
+                        top=[],
+                        decision=refused,
+                        ood_score=score,
+                        features=features[i].astype(np.float32) if with_features else None,
+                        located=locate,
+                        checks=image_checks,
+                    )
+                )
+                continue
             decision = decide(
                 probs,
                 self.labels,
@@ -356,9 +416,22 @@ class Predictor:
                         else None
                     ),
                     located=locate,
+                    checks=image_checks,
                 )
             )
         return results
+
+    def _refusal(self, checks: ImageChecks) -> Decision | None:
+        """The decision that replaces the model's when an image check fails, else None. Both
+        checks guard camera-only bundles: a bundle that takes x-ray images gets its images from
+        scanners, whose exposure and sharpness the "retake the photo" gate was not made for."""
+        if "xray" in self.modalities:
+            return None
+        if not checks.quality.usable:
+            return unusable_image(checks.quality.problems)
+        if checks.modality.looks_like_scanner:
+            return scanner_image(checks.modality.signature, self.modalities)
+        return None
 
     @property
     def locates(self) -> bool:
@@ -382,6 +455,12 @@ class Predictor:
             raise PredictorError(f"one image must have shape (3, S, S), got {tuple(array.shape)}")
         return self.predict_arrays(array[None], origin_countries=[origin_country], top_k=top_k)[0]
 
+    def prepare_input(
+        self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[FloatArray, ImageChecks]:
+        """Decode image bytes once: the model input and its image checks (raises ImageError)."""
+        return prepare_input(data, self.preprocess, max_pixels=max_pixels)
+
     def preprocess_bytes(self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> FloatArray:
         """Decode and preprocess image bytes with the bundle's settings (raises ImageError)."""
         return preprocess_bytes(data, self.preprocess, max_pixels=max_pixels)
@@ -398,14 +477,17 @@ class Predictor:
         in its place while the others are still predicted (results keep the input order)."""
         countries = self._countries(origin_countries, len(images))
         arrays: list[FloatArray] = []
+        image_checks: list[ImageChecks | None] = []
         positions: list[int] = []
         errors: dict[int, ImageError] = {}
         for i, data in enumerate(images):
             try:
-                arrays.append(self.preprocess_bytes(data, max_pixels=max_pixels))
+                array, checked = self.prepare_input(data, max_pixels=max_pixels)
             except ImageError as exc:
                 errors[i] = exc
                 continue
+            arrays.append(array)
+            image_checks.append(checked)
             positions.append(i)
         predictions: dict[int, Prediction] = {}
         if arrays:
@@ -413,6 +495,7 @@ class Predictor:
                 np.stack(arrays),
                 origin_countries=[countries[i] for i in positions],
                 top_k=top_k,
+                checks=image_checks,
             )
             predictions = dict(zip(positions, done, strict=True))
         return [predictions[i] if i in predictions else errors[i] for i in range(len(images))]

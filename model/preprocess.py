@@ -47,6 +47,7 @@ __all__ = [
     "ImageTooLargeError",
     "PreprocessConfig",
     "UnsupportedImageError",
+    "array_to_pixels",
     "decode_image",
     "image_to_array",
     "preprocess_bytes",
@@ -188,6 +189,20 @@ def image_to_array(image: Image.Image, config: PreprocessConfig) -> npt.NDArray[
     std = np.asarray(config.std, dtype=np.float32)
     normalised = (pixels - mean) / std
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
+def array_to_pixels(
+    array: npt.NDArray[np.floating[Any]], config: PreprocessConfig
+) -> npt.NDArray[np.uint8]:
+    """Undo :func:`image_to_array`'s normalisation: (3, S, S) model input -> (S, S, 3) uint8 RGB,
+    the pixels the image checks (:mod:`model.quality`, :mod:`model.modality`) measure."""
+    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(config.std, dtype=np.float32)[:, None, None]
+    pixels = (np.asarray(array, dtype=np.float32) * std + mean) * np.float32(255.0)
+    result: npt.NDArray[np.uint8] = (
+        np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    )
+    return result
 
 
 def preprocess_bytes(

@@ -13,8 +13,10 @@ Modality = Literal["camera", "xray"]
 
 MODALITIES: tuple[str, ...] = get_args(Modality)
 
-DecisionKind = Literal["taxon", "lookalike", "uncertain", "outside_training_domain"]
+DecisionKind = Literal[
+    "taxon", "lookalike", "uncertain", "outside_training_domain", "unusable_image"
+]
 """What an answer says: a (CITES) taxon, a look-alike material, uncertain (refer to an expert),
-or outside what the model was trained on."""
+outside what the model was trained on, or an image the quality gate refused (retake it)."""
 
 DECISION_KINDS: tuple[str, ...] = get_args(DecisionKind)

@@ -63,16 +63,26 @@ def record_change(session: Session, change: Change) -> None:
 
 def rollback_target(session: Session, current_version: str) -> tuple[str, str] | None:
     """``(version, folder)`` that was active before ``current_version``, or None when the
-    history does not say (the current version was never activated through the service)."""
-    row = session.scalars(
-        select(ModelActivation)
-        .where(ModelActivation.to_version == current_version)
-        .order_by(ModelActivation.id.desc())
-        .limit(1)
-    ).first()
-    if row is None or row.from_version is None or row.from_folder is None:
-        return None
-    return row.from_version, row.from_folder
+    history holds none.
+
+    Rollbacks stack: each rollback undoes the latest activation not yet undone, so rolling back
+    twice after activating A -> B -> C returns to A (and once more after A -> B -> rollback
+    finds nothing), never ping-pongs between two versions.
+    """
+    undone = 0
+    rows = session.scalars(select(ModelActivation).order_by(ModelActivation.id.desc()))
+    for row in rows:
+        if row.action == "rollback":
+            undone += 1
+        elif undone:
+            undone -= 1
+        else:
+            if row.to_version != current_version or row.from_version is None:
+                return None
+            if row.from_folder is None:
+                return None
+            return row.from_version, row.from_folder
+    return None
 
 
 def history(session: Session, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.apidocs import install_offline_docs
 from service.compose import StartupError, build_context
 from service.context import AppContext
 from service.keys import Principal, verify_key
@@ -163,7 +164,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.apidocs serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
+    install_offline_docs(app)
     install_problem_handlers(app)
     install_problem_openapi(app)
     for router in (

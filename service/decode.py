@@ -37,7 +37,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from model.checks import ImageChecks, check_decoded, scanner_evidence
 from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
+from model.modality import ModalityEvidence
 from model.preprocess import PreprocessConfig, decode_image, image_to_array
 from service.decodeworkers import DecodeStoppedError, DecodeWorkers
 from service.imagestore import PreparedImage, prepare_image
@@ -79,6 +81,10 @@ class Decoded:
     modality_source: str = "default"
     size: tuple[int, int] = (0, 0)
     full_size: tuple[int, int] = (0, 0)
+    checks: ImageChecks | None = None
+    """The image checks (quality, scanner signature: :mod:`model.checks`) of the whole decoded
+    image, which :meth:`model.predictor.Predictor.predict_arrays` turns into ``unusable_image``
+    or ``outside_training_domain`` (a scan given to a camera-only model)."""
 
 
 BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
@@ -86,13 +92,18 @@ BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
 personal data of the bag's owner)."""
 
 
-def resolve_modality(decoded: DecodedImage, requested: str | None) -> tuple[str, str]:
+def resolve_modality(
+    decoded: DecodedImage, requested: str | None, evidence: ModalityEvidence | None = None
+) -> tuple[str, str]:
     """(modality, how it was known): the caller's choice wins, then the file's own evidence
-    (DICOM/DICOS, 16-bit grey, dual-energy TIFF), else ``camera``."""
+    (DICOM/DICOS, 16-bit grey, dual-energy TIFF), then the pixels (``evidence`` from the
+    scanner-image detector: a dual-energy pseudo-colour scan), else ``camera``."""
     if requested:
         return requested, "caller"
     if decoded.modality is not None:
         return decoded.modality, decoded.modality_evidence or "file"
+    if evidence is not None and evidence.looks_like_scanner:
+        return "xray", f"pixels:{evidence.signature}"
     return "camera", "default"
 
 
@@ -226,13 +237,30 @@ def decode_upload(
     they are the upload's own (the caller has them)."""
     check_decoding_cost(data)
     decoded = _decode_checked(data, limits, target_shorter)
-    modality, source = resolve_modality(decoded, requested_modality)
+    evidence = scanner_evidence(decoded)
+    # Pixels that look like a scan go to the x-ray model when one is served; without one they
+    # stay with the camera model, whose image checks answer them as outside its domain.
+    pixel_evidence = evidence if "xray" in configs else None
+    modality, source = resolve_modality(decoded, requested_modality, pixel_evidence)
     config = configs.get(modality)
     array = image_to_array(decoded.image, config) if config is not None else None
+    checks = (
+        check_decoded(decoded, array, config, evidence=evidence)
+        if array is not None and config
+        else None
+    )
     image = stored_image(data, decoded, limits)
     if image.data == data:
         image = replace(image, data=b"")
-    return Decoded(array, image, modality, source, decoded.image.size, _oriented_full_size(decoded))
+    return Decoded(
+        array,
+        image,
+        modality,
+        source,
+        decoded.image.size,
+        _oriented_full_size(decoded),
+        checks,
+    )
 
 
 def decode_for_heatmap(

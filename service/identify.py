@@ -244,7 +244,9 @@ class IdentificationPipeline:
     ) -> dict[str, Any]:
         predictor_started = time.perf_counter()
         assert decoded.array is not None  # checked by the caller
-        item = InferenceItem(predictor, decoded.array, options.origin_country, options.top_k)
+        item = InferenceItem(
+            predictor, decoded.array, options.origin_country, options.top_k, decoded.checks
+        )
         prediction = await self._inference.predict(item)
         inferred = time.perf_counter()
         ident_id = new_id()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from model.checks import ImageChecks
 from model.predictor import Prediction, Predictor
 from service.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from service.metrics import ServiceMetrics
@@ -35,6 +36,7 @@ class InferenceItem:
     array: npt.NDArray[np.float32]
     origin_country: str | None
     top_k: int
+    checks: ImageChecks | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class InferenceBatch:
     groups: tuple[tuple[Predictor, tuple[int, ...], npt.NDArray[np.float32]], ...]
     origin_countries: tuple[str | None, ...]
     top_k: tuple[int, ...]
+    checks: tuple[ImageChecks | None, ...] = ()
 
 
 class PredictorAPI:
@@ -78,6 +81,7 @@ class PredictorAPI:
             groups=groups,
             origin_countries=tuple(item.origin_country for item in inputs),
             top_k=tuple(item.top_k for item in inputs),
+            checks=tuple(item.checks for item in inputs),
         )
 
     def predict(self, x: InferenceBatch) -> list[Prediction]:
@@ -88,6 +92,7 @@ class PredictorAPI:
                 arrays,
                 origin_countries=[x.origin_countries[p] for p in members],
                 top_k=max(x.top_k[p] for p in members),
+                checks=[x.checks[p] for p in members] if x.checks else None,
             )
             for position, prediction in zip(members, predictions, strict=True):
                 results[position] = prediction

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.problems import PROBLEM_MEDIA_TYPE, ProblemError
+from service.problems import PROBLEM_MEDIA_TYPE, ProblemError, language_of
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class BodyLimitMiddleware:
         if self.on_reject is not None:
             self.on_reject()
         problem = self.problem_for(scope["path"], limit)
-        body = json.dumps(problem.to_dict(scope["path"])).encode()
+        language = language_of(scope.get("headers", []))
+        body = json.dumps(problem.to_dict(scope["path"], language)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -25,6 +25,7 @@ import numpy as np
 
 from model.bundle import Precision
 from model.decision import DECISION_RULES, ROLLUP_LIMIT, ROLLUP_RANKS
+from model.ood import OodModel
 from model.predictor import Predictor
 from model.taxonomy import Appendix, AppendixResolution, Taxonomy
 from service.guidance import GuidanceBook
@@ -161,7 +162,7 @@ def build_offline_package(
             lineages[label.id] = _lineage(taxonomy, label.taxon_id)
             taxon_ids.update(lineages[label.id])
     ood: dict[str, Any] | None = None
-    if bundle.ood is not None and manifest.ood is not None:
+    if isinstance(bundle.ood, OodModel) and manifest.ood is not None:
         model = bundle.ood
         ood = {
             "method": manifest.ood.method,
@@ -173,6 +174,10 @@ def build_offline_package(
             "whitening": _f32(model.whitening),
             "class_centers": _f32(model.class_centers),
         }
+    elif manifest.ood is not None:
+        # A detector the page cannot score (kNN on the reference branch): named, so that the
+        # page refuses to identify offline instead of answering without the domain check.
+        ood = {"method": manifest.ood.method, "threshold": manifest.ood.threshold}
     return {
         "format": PACKAGE_FORMAT,
         "version": bundle.version,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from functools import cache
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -20,6 +23,7 @@ from model.imageio import (
     ImageTooLargeError,
     UnsupportedImageError,
 )
+from service.guidance import negotiate_language
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +54,15 @@ class ProblemError(Exception):
         self.headers = dict(headers or {})
         self.errors = list(errors) if errors is not None else None
 
-    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
-        """The problem document as a JSON-ready dict."""
+    def to_dict(self, instance: str | None = None, language: str = "en") -> dict[str, Any]:
+        """The problem document as a JSON-ready dict, its ``title`` and ``detail`` in
+        ``language`` (en, fr, es: :func:`localised_texts`)."""
+        title, detail = localised_texts(self, language)
         body: dict[str, Any] = {
             "type": PROBLEM_BASE + self.slug,
-            "title": self.title,
+            "title": title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": detail,
         }
         if instance is not None:
             body["instance"] = instance
@@ -65,16 +71,57 @@ class ProblemError(Exception):
         return body
 
 
+PROBLEM_TEXTS_FILE = Path(__file__).resolve().parent / "data" / "problems.json"
+
+
+@cache
+def _problem_texts() -> dict[str, dict[str, list[str]]]:
+    raw: dict[str, dict[str, list[str]]] = json.loads(
+        PROBLEM_TEXTS_FILE.read_text(encoding="utf-8")
+    )
+    return {lang: texts for lang, texts in raw.items() if not lang.startswith("_")}
+
+
+def localised_texts(problem: ProblemError, language: str) -> tuple[str, str]:
+    """``(title, detail)`` of ``problem`` in ``language``. English keeps the problem's own
+    texts (they name the limits and values involved); French and Spanish come from
+    ``service/data/problems.json`` by slug (``http-NNN`` slugs share ``http-error``); a slug
+    not there keeps the problem's texts (e.g. ``invalid-permit``, built in the caller's
+    language by its maker)."""
+    if language == "en":
+        return problem.title, problem.detail
+    texts = _problem_texts().get(language, {})
+    slug = "http-error" if problem.slug.startswith("http-") else problem.slug
+    found = texts.get(slug)
+    if not found:
+        return problem.title, problem.detail
+    return found[0], found[1]
+
+
+def language_of(headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]]) -> str:
+    """The answer language for request headers (a mapping, or an ASGI scope's header list)."""
+    if isinstance(headers, Mapping):
+        return negotiate_language(headers.get("accept-language"))
+    for name, value in headers:
+        if name.lower() == b"accept-language":
+            return negotiate_language(value.decode("latin-1"))
+    return negotiate_language(None)
+
+
 class ProblemResponse(JSONResponse):
     """A JSON response with the problem media type."""
 
     media_type = PROBLEM_MEDIA_TYPE
 
 
-def problem_response(problem: ProblemError, instance: str | None = None) -> ProblemResponse:
-    """Render a :class:`ProblemError` as an HTTP response."""
+def problem_response(
+    problem: ProblemError, instance: str | None = None, language: str = "en"
+) -> ProblemResponse:
+    """Render a :class:`ProblemError` as an HTTP response in ``language``."""
     return ProblemResponse(
-        problem.to_dict(instance), status_code=problem.status, headers=problem.headers
+        problem.to_dict(instance, language),
+        status_code=problem.status,
+        headers={**problem.headers, "Content-Language": language},
     )
 
 
@@ -193,7 +240,7 @@ def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
     if status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; see /docs."
     problem = ProblemError(status, slug, detail, title=reason, headers=exc.headers)
-    return problem_response(problem, request.url.path)
+    return problem_response(problem, request.url.path, language_of(request.headers))
 
 
 def _validation(request: Request, exc: Exception) -> ProblemResponse:
@@ -214,11 +261,11 @@ def _validation(request: Request, exc: Exception) -> ProblemResponse:
         title="Invalid request",
         errors=errors,
     )
-    return problem_response(problem, request.url.path)
+    return problem_response(problem, request.url.path, language_of(request.headers))
 
 
 def _problem(request: Request, exc: Exception) -> ProblemResponse:
-    return problem_response(cast(ProblemError, exc), request.url.path)
+    return problem_response(cast(ProblemError, exc), request.url.path, language_of(request.headers))
 
 
 def _database_unavailable(request: Request, exc: Exception) -> ProblemResponse:
@@ -230,7 +277,7 @@ def _database_unavailable(request: Request, exc: Exception) -> ProblemResponse:
         title="Database unavailable",
         headers={"Retry-After": "5"},
     )
-    return problem_response(problem, request.url.path)
+    return problem_response(problem, request.url.path, language_of(request.headers))
 
 
 def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
@@ -241,7 +288,7 @@ def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
         "The service failed unexpectedly; the error is logged. Try again or report it.",
         title="Internal error",
     )
-    return problem_response(problem, request.url.path)
+    return problem_response(problem, request.url.path, language_of(request.headers))
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ from model.labels import Label
 from model.listing_status import listing_status
 from model.predictor import Prediction, Predictor
 from model.taxonomy import Appendix, TaxonNotFoundError, Taxonomy
+from service.explain import caveat, explanation
 from service.guidance import GuidanceBook
 from service.imagestore import PreparedImage
 from service.keys import Principal
@@ -160,9 +161,12 @@ def render_identification(
     language: str,
     guidance: GuidanceBook,
     feedback: Feedback | None,
+    *,
+    taxonomy: Taxonomy | None = None,
 ) -> dict[str, Any]:
     """A response body: the stored result plus guidance, common names in ``language`` and the
-    latest feedback."""
+    latest feedback; with ``taxonomy``, the decision's ``explanation`` and ``caveat`` (what
+    must still be confirmed, for product groups) in ``language`` too (:mod:`service.explain`)."""
     body = dict(result)
     body["top_k"] = [dict(entry) for entry in result.get("top_k", [])]
     decision = dict(result["decision"])
@@ -172,6 +176,10 @@ def render_identification(
         _localise_taxon(entry["taxon"], language)
     decision["taxon"] = dict(decision["taxon"]) if decision.get("taxon") else None
     _localise_taxon(decision["taxon"], language)
+    if taxonomy is not None:
+        origin = result.get("origin_country")
+        decision["explanation"] = explanation(decision, origin, language, taxonomy)
+        decision["caveat"] = caveat(taxonomy, (decision["taxon"] or {}).get("id"), origin, language)
     body["guidance"] = guidance.lookup(
         decision["kind"], decision.get("appendix"), language
     ).to_dict()

@@ -34,7 +34,7 @@ import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.keys import Principal
-from service.problems import PROBLEM_MEDIA_TYPE, ProblemError
+from service.problems import PROBLEM_MEDIA_TYPE, ProblemError, language_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,12 @@ maps through object URLs), no plugins, no framing. ``'wasm-unsafe-eval'`` lets t
 WebAssembly (an in-browser model) but never evaluates JavaScript strings."""
 
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
-    "https://fastapi.tiangolo.com; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
 )
-"""The interactive API docs (Swagger UI, ReDoc) bootstrap with an inline script."""
+"""The interactive API docs (Swagger UI, ReDoc, from this origin: service.apidocs) bootstrap
+with an inline script; ReDoc runs its search in a ``blob:`` worker."""
 
 DOCS_PATHS = ("/docs", "/redoc")
 
@@ -223,13 +224,21 @@ BAD_KEY_DETAIL = "The API key is unknown, malformed or revoked; ask an administr
 
 
 async def send_problem(
-    send: Send, problem: ProblemError, instance: str | None, *, close: bool = False
+    send: Send,
+    problem: ProblemError,
+    instance: str | None,
+    *,
+    close: bool = False,
+    language: str = "en",
 ) -> None:
-    """Answer with ``problem`` straight from ASGI (before any framework code ran)."""
-    body = json.dumps(problem.to_dict(escape_control(instance) if instance else None)).encode()
+    """Answer with ``problem`` straight from ASGI (before any framework code ran), in
+    ``language`` (:func:`service.problems.language_of` the request's headers)."""
+    document = problem.to_dict(escape_control(instance) if instance else None, language)
+    body = json.dumps(document).encode()
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
+        (b"content-language", language.encode()),
     ]
     headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in problem.headers.items()]
     if close:
@@ -270,13 +279,16 @@ class AuthGate:
             return
         path: str = scope["path"]
         close = _has_body(scope)
+        language = language_of(scope.get("headers", []))
         key = key_from_headers(scope.get("headers", []))
         if key is None:
             if self.allow_anonymous(scope):
                 await self.app(scope, receive, send)
                 return
             self.on_failure("missing")
-            await send_problem(send, unauthenticated(NO_KEY_DETAIL), path, close=close)
+            await send_problem(
+                send, unauthenticated(NO_KEY_DETAIL), path, close=close, language=language
+            )
             return
         address = client_address(scope)
         principal = None
@@ -292,7 +304,7 @@ class AuthGate:
                     title="Database unavailable",
                     headers={"Retry-After": "5"},
                 )
-                await send_problem(send, problem, path, close=close)
+                await send_problem(send, problem, path, close=close, language=language)
                 return
         if principal is None:
             wait = self.throttle.retry_after(address)
@@ -308,12 +320,16 @@ class AuthGate:
                     title="Too many failed key attempts",
                     headers={"Retry-After": str(wait)},
                 )
-                await send_problem(send, problem, path, close=close)
+                await send_problem(send, problem, path, close=close, language=language)
                 return
             self.on_failure("invalid")
             logger.info("refused an unknown or revoked key from %s (%s)", address, path)
             await send_problem(
-                send, unauthenticated(BAD_KEY_DETAIL, "invalid_token"), path, close=close
+                send,
+                unauthenticated(BAD_KEY_DETAIL, "invalid_token"),
+                path,
+                close=close,
+                language=language,
             )
             return
         scope.setdefault("state", {})[PRINCIPAL_SCOPE_KEY] = principal
@@ -415,7 +431,13 @@ class RejectControlCharacters:
                     "line break); remove them.",
                     title="Invalid characters",
                 )
-                await send_problem(send, problem, None, close=_has_body(scope))
+                await send_problem(
+                    send,
+                    problem,
+                    None,
+                    close=_has_body(scope),
+                    language=language_of(scope["headers"]),
+                )
                 return
         await self.app(scope, receive, send)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +55,10 @@ def default_bundle() -> Path | None:
 
 DECISION_TEXT = {
     "taxon": "Confident",
-    "lookalike": "Look-alike: probably not CITES material",
+    "lookalike": "Look-alike: check the documents",
     "uncertain": "Uncertain: refer to an expert",
     "outside_training_domain": "Outside the training domain: refer to an expert",
+    "unusable_image": "Photo unusable: retake it closer, in focus, with more light",
 }
 
 
@@ -206,14 +208,29 @@ def rotated_jpeg(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+_scratch_screenshots: Path | None = None
+
+
+def screenshot_dir() -> Path:
+    """Where screenshots go: ``docs/screenshots`` only with ``CITES_WRITE_SCREENSHOTS=1`` (``make
+    screenshots``); otherwise a temporary folder, so that tests never change tracked files."""
+    global _scratch_screenshots
+    if os.environ.get("CITES_WRITE_SCREENSHOTS") == "1":
+        return SCREENSHOTS
+    if _scratch_screenshots is None:
+        _scratch_screenshots = Path(tempfile.mkdtemp(prefix="cites-screenshots-"))
+    return _scratch_screenshots
+
+
 def shoot(page: Page, name: str, *, full_page: bool = True, centre: str | None = None) -> Path:
-    """Save a screenshot as ``docs/screenshots/<name>.png``: the whole page, or what the screen
-    shows (``full_page=False``), optionally after scrolling the element ``centre`` to the
-    middle of the screen."""
+    """Save a screenshot as ``<name>.png`` in :func:`screenshot_dir`: the whole page, or what
+    the screen shows (``full_page=False``), optionally after scrolling the element ``centre``
+    to the middle of the screen."""
     if centre is not None:
         page.locator(centre).evaluate("el => el.scrollIntoView({block: 'center'})")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    folder = screenshot_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="initial")
     logger.info("screenshot %s", path)
     return path

@@ -12,10 +12,14 @@ input and outputs, so the predictor, the CLI and the service run end to end on i
 - ``cam`` [N,C,7,7] = the 1x1 convolution of ``pooled`` with ``W`` (so its spatial mean equals
   ``logits``, as in the real export).
 
-With the default labels and ``scale`` 4, a pure red image gives logits (4, -4, -4): label 0
-("ivory", *Loxodonta africana*, CITES) with p = 0.9993; pure blue gives label 1 ("ceramic", a
-look-alike) and pure green gives label 2 ("rosewood", *Dalbergia latifolia*, CITES). A magenta
+With the default labels and ``scale`` 4, a red image gives logits about (3.2, -4, -4): label 0
+("ivory", *Loxodonta africana*, CITES) with p = 0.998; blue gives label 1 ("ceramic", a
+look-alike) and green gives label 2 ("rosewood", *Dalbergia latifolia*, CITES). A magenta
 image (red + blue) splits evenly between labels 0 and 1: p = 0.4997 each -> ``uncertain``.
+
+The images of :func:`solid_image_bytes` are one colour in a fine 2x2 checker of full and 80%
+intensity: a truly uniform image is refused by the quality gate (``unusable_image``) before the
+model, as a blank photo must be. :func:`blank_image_bytes` makes those.
 """
 
 from __future__ import annotations
@@ -55,13 +59,41 @@ TINY_OOD_THRESHOLD = 5.0
 """Threshold stored with the tiny OOD model: pure red/green/blue score about 1, gray far more."""
 
 
+def solid_image(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A one-colour RGB image with a 2x2-pixel checker of full and 80% intensity, so that it
+    has the detail and contrast the quality gate asks for (see the module docstring)."""
+    width, height = size
+    rows, cols = np.mgrid[0:height, 0:width]
+    dim = (rows // 2 + cols // 2) % 2 == 1
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    pixels[:] = color
+    pixels[dim] = (np.asarray(color, dtype=np.float32) * 0.8).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
 def solid_image_bytes(
-    color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "PNG"
+    color: tuple[int, int, int], size: tuple[int, int] = (320, 240), fmt: str = "PNG"
 ) -> bytes:
-    """Encode a one-colour RGB image."""
+    """Encode :func:`solid_image` (one colour, fine checker; passes the quality gate)."""
+    buffer = io.BytesIO()
+    solid_image(color, size).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def blank_image_bytes(
+    color: tuple[int, int, int], size: tuple[int, int] = (640, 480), fmt: str = "PNG"
+) -> bytes:
+    """Encode a truly uniform image (the quality gate refuses it)."""
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def solid_array(color: tuple[int, int, int]) -> np.ndarray:
+    """The model input (3, 224, 224) of :func:`solid_image` with the default preprocessing."""
+    from model.preprocess import image_to_array
+
+    return image_to_array(solid_image(color), PreprocessConfig())
 
 
 def tiny_weights(num_labels: int, scale: float = 4.0) -> np.ndarray:
@@ -125,9 +157,9 @@ def build_tiny_onnx(
 
 
 def tiny_ood_model() -> OodModel:
-    """An OOD model fitted on jittered features of pure red, blue and green images."""
+    """An OOD model fitted on jittered features of the red, blue and green test images."""
     rng = np.random.default_rng(0)
-    centers = np.array([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])
+    centers = np.array([solid_array(c).mean(axis=(1, 2)) for c in (RED, BLUE, GREEN)])
     features = np.concatenate([c + rng.normal(0.0, 0.05, (40, 3)) for c in centers])
     labels = np.repeat(np.arange(3), 40)
     return fit_ood(features, labels, components=2, normalize=False)
@@ -144,6 +176,7 @@ def make_tiny_bundle(
     modalities: Sequence[str] = ("camera",),
     with_int8: bool = False,
     with_ood: bool = False,
+    ood_threshold: float = 5.0,
     recommended: bool = True,
     parent_version: str | None = None,
 ) -> Path:
@@ -151,7 +184,8 @@ def make_tiny_bundle(
 
     ``with_int8`` adds ``model.int8.onnx``: the same graph with ``scale`` halved, so tests can
     tell which file a predictor runs. ``with_ood`` adds ``ood.npz`` (see :func:`tiny_ood_model`)
-    with threshold :data:`TINY_OOD_THRESHOLD`.
+    with threshold ``ood_threshold`` (default :data:`TINY_OOD_THRESHOLD`; pure magenta scores
+    about 28, so a threshold of 30 keeps it in the domain).
     """
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = build_tiny_onnx(Path(scratch) / "fp32.onnx", len(labels), scale=scale)
@@ -175,7 +209,7 @@ def make_tiny_bundle(
             provenance={"command": "tests.factories.make_tiny_bundle", "git_commit": None},
             limitations=["Synthetic: classifies pure colours only; for tests."],
             ood=tiny_ood_model() if with_ood else None,
-            ood_threshold=TINY_OOD_THRESHOLD if with_ood else None,
+            ood_threshold=ood_threshold if with_ood else None,
             recommended=recommended,
             parent_version=parent_version,
         )

@@ -186,6 +186,21 @@ class ExportWrapper(nn.Module):
         return logits, features, cam
 
 
+class PooledFeatures(nn.Module):
+    """``forward(image)`` returns a backbone's globally pooled last feature map ``[N, F]``: the
+    frozen ImageNet backbone's ``reference_features`` output of a bundle (see
+    :func:`add_reference_branch`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Pooled features of ``image``."""
+        pooled: torch.Tensor = self.model.forward_features(image).mean(dim=(2, 3))  # type: ignore[operator]
+        return pooled
+
+
 def export_onnx(
     model: nn.Module,
     path: Path,
@@ -204,12 +219,31 @@ def export_onnx(
     Returns:
         The maximum absolute difference between PyTorch and ONNX Runtime logits.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export_module(
+        ExportWrapper(model).eval(),
+        path,
+        ["logits", "features", "cam"],
+        input_size,
+        opset,
+        check_batch,
+    )
+
+
+def export_module(
+    wrapper: nn.Module,
+    path: Path,
+    names: list[str],
+    input_size: int,
+    opset: int,
+    check_batch: torch.Tensor | None,
+) -> float:
+    """Export ``wrapper`` with input ``image`` and outputs ``names``; returns the largest
+    PyTorch vs ONNX Runtime difference of the first output on ``check_batch``."""
     import onnx
     import onnxruntime as ort
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model).eval()
     if check_batch is None:
         generator = torch.Generator().manual_seed(0)
         check_batch = torch.randn(2, 3, input_size, input_size, generator=generator)
@@ -222,7 +256,7 @@ def export_onnx(
             (example,),
             dynamo=True,
             input_names=["image"],
-            output_names=["logits", "features", "cam"],
+            output_names=names,
             dynamic_shapes={"image": {0: batch}},
             opset_version=opset,
             external_data=False,
@@ -238,14 +272,15 @@ def export_onnx(
     onnx.checker.check_model(str(path), full_check=True)
 
     with torch.no_grad():
-        expected = [t.numpy() for t in wrapper(check_batch)]
+        outputs = wrapper(check_batch)
+        expected = [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run(["logits", "features", "cam"], {"image": check_batch.numpy()})
+    got = session.run(names, {"image": check_batch.numpy()})
     diffs = {
         name: float(np.max(np.abs(np.asarray(g) - e)))
-        for name, g, e in zip(("logits", "features", "cam"), got, expected, strict=True)
+        for name, g, e in zip(names, got, expected, strict=True)
     }
     logger.info(
         "exported %s (%.1f MB); ONNX Runtime vs PyTorch max abs diff: %s",
@@ -253,7 +288,73 @@ def export_onnx(
         path.stat().st_size / 1e6,
         ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()),
     )
-    return diffs["logits"]
+    return diffs[names[0]]
+
+
+def add_reference_branch(
+    onnx_path: Path,
+    reference: nn.Module,
+    out_path: Path,
+    *,
+    input_size: int = 224,
+    opset: int = 18,
+) -> Path:
+    """Write ``out_path``: the graph of ``onnx_path`` plus a frozen ``reference`` backbone on the
+    same ``image`` input, whose pooled features are the extra output ``reference_features``.
+
+    The reference branch is exported on its own (:class:`PooledFeatures`, checked against
+    PyTorch) and its nodes, initialisers and intermediate values are copied in under the prefix
+    ``reference/``, so the two branches share nothing but the input. Works on a freshly exported
+    model and on a shipped bundle's ``model.onnx`` alike.
+    """
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as scratch:
+        branch_path = Path(scratch) / "reference.onnx"
+        reference = reference.eval().to(memory_format=torch.contiguous_format)
+        export_module(
+            PooledFeatures(reference).eval(),
+            branch_path,
+            ["reference_features"],
+            input_size,
+            opset,
+            None,
+        )
+        branch = onnx.load(str(branch_path))
+    main = onnx.load(str(onnx_path))
+    keep = {"image", "reference_features", ""}
+
+    def renamed(name: str) -> str:
+        return name if name in keep else f"reference/{name}"
+
+    graph = main.graph
+    for node in branch.graph.node:
+        node.name = renamed(node.name) if node.name else node.name
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renamed(name)
+        graph.node.append(node)
+    for initializer in branch.graph.initializer:
+        initializer.name = renamed(initializer.name)
+        graph.initializer.append(initializer)
+    for info in branch.graph.value_info:
+        info.name = renamed(info.name)
+        graph.value_info.append(info)
+    graph.output.append(branch.graph.output[0])
+    main_domains = {op.domain for op in main.opset_import}
+    for op in branch.opset_import:
+        if op.domain not in main_domains:
+            main.opset_import.append(op)
+    for function in branch.functions:
+        if all(f.name != function.name for f in main.functions):
+            main.functions.append(function)
+    onnx.checker.check_model(main, full_check=True)
+    onnx.save(main, str(out_path))
+    logger.info("added the reference branch: %s (%.1f MB)", out_path, out_path.stat().st_size / 1e6)
+    return Path(out_path)
 
 
 def describe(model: nn.Module) -> dict[str, Any]:

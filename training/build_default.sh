@@ -17,5 +17,5 @@ exec "$BIN/cites-vision" train \
   --limitation "No x-ray images yet: the bundle supports the camera modality only." \
   --limitation "The ivory label mixes elephant ivory, walrus ivory and some bone; it cannot separate them, nor ivory from legal mammoth ivory or bone." \
   --limitation "Wood labels are trade groups learnt from a handful of images each (about 175 in all): treat wood answers as weak hints and refer to an expert; the mahogany folder mixes Swietenia with other mahoganies (Khaya, sapele, santos mahogany)." \
-  --limitation "Padauk here is African or Burma padauk (not listed); the listed Pterocarpus species (P. santalinus, P. erinaceus, P. tinctorius) were not in the training data." \
+  --limitation "Padauk here is African or Burma padauk: the label answers the padauk group (African populations of Pterocarpus spp. are Appendix II #17 since CoP19); it cannot tell African from Asian padauk, nor P. soyauxii from the other listed Pterocarpus species (P. santalinus, P. erinaceus, P. tinctorius were not in the training data)." \
   "$@"

@@ -150,3 +150,112 @@ def choose_ood_threshold(validation_scores: NDArray[np.float64], flag_rate: floa
     if scores.size == 0:
         raise ValueError("no validation scores to choose an OOD threshold from")
     return float(np.quantile(scores, 1.0 - flag_rate, method="higher"))
+
+
+@dataclass(frozen=True)
+class AllClearChoice:
+    """A look-alike label's own threshold and the validation trade-off it was chosen from.
+
+    ``guarded``: the CITES labels whose images this look-alike is most often mistaken for
+    (each CITES label's images give it their highest mean look-alike probability);
+    ``curve``: ``(threshold, share of guarded images answered this look-alike, share of the
+    look-alike's own images no longer answered)`` on the validation grid.
+    """
+
+    label_id: str
+    threshold: float
+    guarded: tuple[str, ...]
+    guarded_images: int
+    own_images: int
+    all_clear: float
+    own_unanswered: float
+    curve: tuple[tuple[float, float, float], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form for the manifest."""
+        return {
+            "label_id": self.label_id,
+            "threshold": self.threshold,
+            "guarded": list(self.guarded),
+            "guarded_images": self.guarded_images,
+            "own_images": self.own_images,
+            "all_clear": round(self.all_clear, 4),
+            "own_unanswered": round(self.own_unanswered, 4),
+            "curve": [[round(v, 4) for v in point] for point in self.curve],
+        }
+
+
+def all_clear_curve(
+    probs: NDArray[np.floating[Any]],
+    y_true: NDArray[np.int64],
+    lookalike: int,
+    guarded: Sequence[int],
+    grid: Sequence[float],
+) -> list[tuple[float, float, float]]:
+    """``(t, all-clear share of guarded images, unanswered share of own images)`` for each t.
+
+    An image is answered look-alike ``lookalike`` at threshold t when that label is its most
+    probable one and its probability reaches t.
+    """
+    predicted = probs.argmax(axis=1)
+    p = probs[:, lookalike]
+    mask = np.isin(y_true, np.asarray(list(guarded), dtype=np.int64))
+    own = y_true == lookalike
+    points = []
+    for t in grid:
+        answered = (predicted == lookalike) & (p >= t)
+        all_clear = float(answered[mask].mean()) if mask.any() else 0.0
+        unanswered = float((~answered[own]).mean()) if own.any() else 0.0
+        points.append((float(t), all_clear, unanswered))
+    return points
+
+
+def choose_all_clear_thresholds(
+    probs: NDArray[np.floating[Any]],
+    y_true: NDArray[np.int64],
+    kinds: Sequence[str],
+    label_ids: Sequence[str],
+    base: float,
+    *,
+    max_all_clear: float = 0.05,
+) -> dict[str, AllClearChoice]:
+    """Each look-alike label's threshold: the smallest ``t >= base`` at which at most
+    ``max_all_clear`` of the validation images of its guarded CITES labels are answered
+    "not CITES" with it (1.0 when no threshold on the grid does). The asymmetry of the decision
+    policy: a false all-clear on a listed timber costs more than "uncertain" on a common one.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    cites = [i for i, kind in enumerate(kinds) if kind == "cites"]
+    lookalikes = [i for i, kind in enumerate(kinds) if kind != "cites"]
+    partner: dict[int, list[int]] = {i: [] for i in lookalikes}
+    for c in cites:
+        rows = y_true == c
+        if not rows.any() or not lookalikes:
+            continue
+        means = probs[rows][:, lookalikes].mean(axis=0)
+        partner[lookalikes[int(np.argmax(means))]].append(c)
+    grid = sorted({round(x, 3) for x in np.arange(base, 1.0, 0.005)} | {1.0})
+    choices: dict[str, AllClearChoice] = {}
+    for label in lookalikes:
+        guarded = partner[label]
+        curve = all_clear_curve(probs, y_true, label, guarded, grid)
+        chosen = next((pt for pt in curve if pt[1] <= max_all_clear), curve[-1])
+        choices[label_ids[label]] = AllClearChoice(
+            label_id=label_ids[label],
+            threshold=chosen[0],
+            guarded=tuple(label_ids[c] for c in guarded),
+            guarded_images=int(np.isin(y_true, guarded).sum()),
+            own_images=int((y_true == label).sum()),
+            all_clear=chosen[1],
+            own_unanswered=chosen[2],
+            curve=tuple(curve),
+        )
+        logger.info(
+            "look-alike %s: threshold %.3f (guards %s: all-clear %.3f, own unanswered %.3f)",
+            label_ids[label],
+            chosen[0],
+            ",".join(label_ids[c] for c in guarded) or "-",
+            chosen[1],
+            chosen[2],
+        )
+    return choices

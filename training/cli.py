@@ -12,6 +12,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +163,27 @@ def register_train(subparsers: Subparsers) -> None:
         help="share of validation images the OOD threshold may flag (0.05)",
     )
     p.add_argument(
+        "--from-bundle",
+        metavar="BUNDLE",
+        help="reuse BUNDLE's trained fp32 model instead of training (same labels, in the same "
+        "order): calibration, OOD model, INT8, evaluation and open-set figures are redone on "
+        "the data and label map given",
+    )
+    p.add_argument(
+        "--ood-method",
+        choices=("knn-reference", "mahalanobis-finetuned"),
+        help="out-of-domain score: Mahalanobis on the fine-tuned features "
+        "(mahalanobis-finetuned, default) or kNN on the frozen pretrained backbone's features "
+        "(knn-reference: doubles inference; not scored by the offline page)",
+    )
+    p.add_argument("--ood-k", type=int, help="neighbours of the kNN OOD score (10)")
+    p.add_argument(
+        "--max-all-clear",
+        type=float,
+        help="share of CITES validation images a look-alike label may answer 'not CITES' "
+        "(0.05); its threshold is raised until this holds",
+    )
+    p.add_argument(
         "--target-precision",
         type=float,
         help="precision the decision thresholds aim for on validation (0.95)",
@@ -302,9 +324,11 @@ def register_evaluate(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate a bundle on labelled images",
-        description="Accuracy, balanced accuracy, per-class precision/recall/F1, top-k, 95%% "
+        description="Accuracy, balanced accuracy, per-class precision/recall/F1, top-k, 95% "
         "bootstrap intervals, ECE before and after temperature scaling, confusion matrix and "
-        "reliability diagram, through the real predictor.",
+        "reliability diagram, through the real predictor. Images the bundle was trained or "
+        "tuned on (found by content in its seen-images.tsv) are counted, warned about and "
+        "left out of the separate figures on unseen images.",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder, e.g. weights/default")
     _add_data(p)
@@ -318,26 +342,63 @@ def register_evaluate(subparsers: Subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.evaluation import evaluate_samples
+    from training.seen_images import overlap, read_seen_images
 
     bundle = _load(args.bundle)
     samples = _samples(args.data, args.limit)
     try:
+        seen = read_seen_images(bundle)
         result = evaluate_samples(bundle, samples, precision=args.precision)
     except DataError as exc:
         raise CommandError(str(exc)) from exc
-    report = {"bundle": bundle.version, **result.report}
+    report: dict[str, Any] = {"bundle": bundle.version, **result.report}
+    unseen_report: dict[str, Any] | None = None
+    if seen is None:
+        report["seen_by_bundle"] = None
+        logger.warning(
+            "bundle %s does not record its training images (no seen-images.tsv): cannot tell "
+            "whether these images were trained on",
+            bundle.version,
+        )
+    else:
+        found = overlap(seen, [s.path for s in samples])
+        report["seen_by_bundle"] = found.counts
+        if found.trained_or_tuned:
+            counts = found.counts
+            logger.warning(
+                "%d of %d images were trained (%d) or tuned (%d) on by bundle %s: the figures "
+                "on all images are optimistic; see the figures on the %d unseen images",
+                found.trained_or_tuned,
+                len(samples),
+                counts["train"],
+                counts["val"],
+                bundle.version,
+                len(samples) - found.trained_or_tuned,
+            )
+            if any(found.unseen_mask):
+                unseen_report = result.subset_report(found.unseen_mask)
+            report["unseen"] = unseen_report
     if args.out:
         result.write(args.out, "evaluation")
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     else:
-        lo, hi = report["accuracy_ci95"]
-        sys.stdout.write(
-            f"{bundle.version}: {report['images']} images, accuracy {report['accuracy']:.4f} "
-            f"(95% {lo:.4f}-{hi:.4f}), balanced accuracy {report['balanced_accuracy']:.4f}, "
-            f"ECE {report['ece']:.4f}\n"
-        )
+        sys.stdout.write(_summary_line(f"{bundle.version}: all", report))
+        if "unseen" in report:
+            if unseen_report is None:
+                sys.stdout.write(f"{bundle.version}: unseen: none of these images is unseen\n")
+            else:
+                sys.stdout.write(_summary_line(f"{bundle.version}: unseen", unseen_report))
     return 0
+
+
+def _summary_line(title: str, report: Mapping[str, Any]) -> str:
+    lo, hi = report["accuracy_ci95"]
+    return (
+        f"{title}: {report['images']} images, accuracy {report['accuracy']:.4f} "
+        f"(95% {lo:.4f}-{hi:.4f}), balanced accuracy {report['balanced_accuracy']:.4f}, "
+        f"ECE {report['ece']:.4f}\n"
+    )
 
 
 def register_compare(subparsers: Subparsers) -> None:
@@ -471,7 +532,8 @@ def register_retrain(subparsers: Subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="images replayed from the base's training split (default 400; 0 for none)",
+        help="images replayed from the base's training split (default: all of them in head "
+        "mode, whose features are cached; 400 when fine-tuning; 0 for none)",
     )
     p.add_argument(
         "--replay-data",
@@ -506,7 +568,6 @@ def _run_retrain(args: argparse.Namespace) -> int:
     from training.export import ExportError
     from training.retrain import (
         DEFAULT_MIN_NEW_LABEL_IMAGES,
-        DEFAULT_REPLAY_IMAGES,
         RetrainOptions,
         read_report,
         retrain,
@@ -527,7 +588,7 @@ def _run_retrain(args: argparse.Namespace) -> int:
         out=args.out or str(Path(args.base).resolve().parent),
         version=args.version or "",
         min_new_label_images=DEFAULT_MIN_NEW_LABEL_IMAGES if min_images is None else min_images,
-        replay_images=DEFAULT_REPLAY_IMAGES if args.replay is None else args.replay,
+        replay_images=args.replay,
         replay_data=tuple(args.replay_data or ()),
         overrides={
             "mode": mode,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from model.bundle import Bundle
-from training.data import DataError, Sample
+from training.data import DataError, LabelMap, Sample
 from training.evaluation import bundle_label_map, evaluate_samples, mappable
 from training.metrics import bootstrap_ci, mcnemar
 
@@ -23,15 +23,24 @@ SIGNIFICANCE = 0.05
 
 
 def compare_bundles(
-    a: Bundle, b: Bundle, samples: Sequence[Sample], *, precision: str = "auto"
+    a: Bundle,
+    b: Bundle,
+    samples: Sequence[Sample],
+    *,
+    precision: str = "auto",
+    map_b: LabelMap | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``a`` and ``b`` on ``samples`` and test the paired difference.
+
+    ``map_b`` is B's dataset class -> label table when B does not record it yet (the
+    provisional bundle a training run compares before writing its manifest).
 
     ``b_not_worse`` is True when B's accuracy is at least A's on the paired images (the rule
     ``train --base`` uses to decide ``recommended``); ``significant`` says whether McNemar's
     test rejects equal error rates at the 5% level.
     """
-    map_a, map_b = bundle_label_map(a), bundle_label_map(b)
+    map_a = bundle_label_map(a)
+    map_b = map_b or bundle_label_map(b)
     usable = [s for s in samples if mappable(s, map_a) and mappable(s, map_b)]
     skipped = len(samples) - len(usable)
     if not usable:
@@ -74,13 +83,16 @@ def compare_bundles(
 
 
 def judge_against_base(
-    base: Bundle, candidate: Bundle, samples: Sequence[Sample]
+    base: Bundle,
+    candidate: Bundle,
+    samples: Sequence[Sample],
+    candidate_map: LabelMap | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """Compare a new bundle with its base; it is recommended only when it is not worse.
 
     Returns ``(recommended, comparison)``; logs a warning when the candidate is worse.
     """
-    comparison = compare_bundles(base, candidate, samples)
+    comparison = compare_bundles(base, candidate, samples, map_b=candidate_map)
     recommended = bool(comparison["b_not_worse"])
     if not recommended:
         logger.warning(

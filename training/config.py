@@ -20,6 +20,14 @@ class ConfigError(ValueError):
     """A training option is out of range; the message names it."""
 
 
+OOD_METHODS = ("knn-reference", "mahalanobis-finetuned")
+"""``mahalanobis-finetuned`` (default): class-conditional Mahalanobis distance in a PCA space of
+the fine-tuned features (no extra cost; the offline page scores it in the browser);
+``knn-reference``: k-nearest-neighbour cosine distance on the frozen ImageNet backbone's features
+(a second, frozen backbone in the ONNX graph: twice the cost per image, and the offline page
+cannot score it yet)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every option of ``cites-vision train``; see ``docs/training.md`` for their meaning."""
@@ -54,6 +62,10 @@ class TrainConfig:
     calibration_images: int = 128
     ood_data: str | None = None
     ood_flag_rate: float = 0.05
+    from_bundle: str | None = None
+    ood_method: str = "mahalanobis-finetuned"
+    ood_k: int = 10
+    max_all_clear: float = 0.05
     target_precision: float = 0.95
     threads: int | None = None
     overwrite: bool = False
@@ -72,6 +84,14 @@ class TrainConfig:
             raise ConfigError("--val-fraction plus --test-fraction must leave 10% for training")
         if not 0.0 < self.ood_flag_rate < 1.0:
             raise ConfigError("--ood-flag-rate must be in (0, 1)")
+        if self.ood_method not in OOD_METHODS:
+            raise ConfigError(
+                f"--ood-method must be one of {', '.join(OOD_METHODS)}, got {self.ood_method!r}"
+            )
+        if self.ood_k < 1:
+            raise ConfigError("--ood-k must be >= 1")
+        if not 0.0 <= self.max_all_clear < 1.0:
+            raise ConfigError("--max-all-clear must be in [0, 1)")
         if self.views < 0 or not 1 <= self.trained_stages <= 7:
             raise ConfigError("--views must be >= 0 and --trained-stages in 1..7")
         if self.calibration_images < 1:

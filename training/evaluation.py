@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class Predictions:
     probs: NDArray[np.float64]
     ood_scores: NDArray[np.float64] | None
     decisions: list[str]
+    decision_labels: list[str | None] = field(default_factory=list)
+    """The label id that decided (``label_threshold``/``lookalike_threshold``), else None."""
 
 
 def predict_paths(
@@ -64,6 +66,7 @@ def predict_paths(
     probs: list[NDArray[np.float64]] = []
     scores: list[float | None] = []
     decisions: list[str] = []
+    decision_labels: list[str | None] = []
     with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
         for chunk in batches(list(paths), BATCH):
             for prediction in predictor.predict_arrays(load_inputs(chunk, config)):
@@ -71,10 +74,11 @@ def predict_paths(
                 score = getattr(prediction, "ood_score", None)
                 scores.append(None if score is None else float(score))
                 decisions.append(prediction.decision.kind)
+                decision_labels.append(prediction.decision.label_id)
             bar.update(len(chunk))
     stacked = np.stack(probs) if probs else np.zeros((0, len(bundle.labels)))
     ood = None if any(s is None for s in scores) else np.asarray(scores, dtype=np.float64)
-    return Predictions(stacked, ood, decisions)
+    return Predictions(stacked, ood, decisions, decision_labels)
 
 
 def ood_scores_for(
@@ -105,6 +109,28 @@ class EvalResult:
     probs: NDArray[np.float64]
     probs_uncalibrated: NDArray[np.float64]
     report: dict[str, Any]
+    groups: list[str] | None = None
+
+    def subset_report(self, mask: Sequence[bool]) -> dict[str, Any]:
+        """The full report on the images where ``mask`` is true (e.g. those the bundle never
+        saw: :mod:`training.seen_images`)."""
+        keep = np.asarray(mask, dtype=bool)
+        if not keep.any():
+            raise DataError("no images in the subset")
+        return classification_report(
+            self.y_true[keep],
+            self.probs[keep],
+            self.labels,
+            probs_uncalibrated=self.probs_uncalibrated[keep],
+            groups=None
+            if self.groups is None
+            else [g for g, k in zip(self.groups, keep, strict=True) if k],
+        )
+
+    decisions: list[str] = field(default_factory=list)
+    """Each image's decision kind, in sample order."""
+    decision_labels: list[str | None] = field(default_factory=list)
+    """Each image's deciding label id (None for roll-ups, uncertain and outside the domain)."""
 
     @property
     def correct(self) -> NDArray[np.bool_]:
@@ -169,4 +195,13 @@ def evaluate_samples(
             threshold = bundle.manifest.ood.threshold
         if threshold is not None:
             report["ood_flagged"] = round(float(np.mean(result.ood_scores > threshold)), 4)
-    return EvalResult(bundle.labels, y_true, result.probs, raw, report)
+    return EvalResult(
+        bundle.labels,
+        y_true,
+        result.probs,
+        raw,
+        report,
+        groups=[s.source for s in samples],
+        decisions=result.decisions,
+        decision_labels=result.decision_labels,
+    )

@@ -118,25 +118,44 @@ def torch_logits(
     return torch.cat(chunks).numpy()
 
 
-def export_fp32(model: nn.Module, folder: Path, example: NDArray[np.float32] | None = None) -> Path:
-    """Write ``folder/model.onnx`` with :func:`training.backbone.export_onnx`.
+def model_input_size(example: NDArray[np.float32] | None) -> int:
+    """The side of the square inputs in ``example`` (224 when there is none)."""
+    return 224 if example is None else int(example.shape[-1])
 
-    The export is checked on a batch.
-    """
+
+def export_fp32(
+    model: nn.Module,
+    folder: Path,
+    example: NDArray[np.float32] | None = None,
+    reference: nn.Module | None = None,
+) -> Path:
+    """Write ``folder/model.onnx`` with :func:`training.backbone.export_onnx` (checked on a batch);
+    with ``reference`` (the frozen pretrained backbone) the file also outputs
+    ``reference_features``."""
     from training.backbone import export_onnx
 
     path = Path(folder) / FP32_FILE
     check = None if example is None else torch.from_numpy(example[:4].copy())
     model = model.eval().to(memory_format=torch.contiguous_format)
     diff = export_onnx(model, path, check_batch=check)
+    if reference is not None:
+        from training.backbone import add_reference_branch
+
+        plain = path.with_name("model.plain.onnx")
+        path.replace(plain)
+        add_reference_branch(plain, reference, path, input_size=model_input_size(example))
+        plain.unlink()
     logger.info("fp32 export: max |logit diff| on the check batch %.2e", diff)
     return path
 
 
-def check_fp32(model: nn.Module, onnx_path: Path, inputs: NDArray[np.float32]) -> Fp32Check:
-    """Compare PyTorch and ONNX Runtime top-1 on ``inputs``; :class:`ExportError` on any
-    disagreement."""
-    expected = torch_logits(model, inputs)
+def check_fp32(model: nn.Module | Path, onnx_path: Path, inputs: NDArray[np.float32]) -> Fp32Check:
+    """Compare top-1 of ONNX Runtime on ``onnx_path`` with ``model`` (a PyTorch model, or the
+    ONNX file it was derived from) on ``inputs``; :class:`ExportError` on any disagreement."""
+    if isinstance(model, Path):
+        expected, _ = onnx_outputs(model, inputs)
+    else:
+        expected = torch_logits(model, inputs)
     got, _ = onnx_outputs(onnx_path, inputs)
     agree = expected.argmax(1) == got.argmax(1)
     result = Fp32Check(

@@ -5,8 +5,9 @@ images, the accuracy difference with a 95% bootstrap interval and McNemar's test
 
 (a) the base's fixed evaluation set: its own test split, re-derived from its recorded data and
     split rule, never trained on by either bundle;
-(b) the held-out part of the new data: the new images in the candidate's test split (images of
-    a label the base lacks count for the candidate only: the base cannot name them).
+(b) the held-out part of the new data: the new images' own grouped test share, set aside by
+    ``retrain`` before training (images of a label the base lacks count for the candidate
+    only: the base cannot name them).
 
 The candidate is **not recommended** when it is worse on (a) beyond the interval (the upper end
 of the 95% interval of ``candidate - base`` is below zero), or when it is worse on (b) beyond the
@@ -19,11 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from model.bundle import Bundle
-from training.data import DataError, Sample
+from training.data import DataError, LabelMap, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +61,26 @@ class GateOutcome:
 Gate = Callable[[Bundle, dict[str, list[Sample]]], GateOutcome]
 
 
-def _compare(base: Bundle, candidate: Bundle, samples: Sequence[Sample]) -> dict[str, Any] | None:
+def _compare(
+    base: Bundle, candidate: Bundle, samples: Sequence[Sample], label_map: LabelMap | None
+) -> dict[str, Any] | None:
     from training.compare import compare_bundles
 
     if not samples:
         return None
     try:
-        return compare_bundles(base, candidate, samples)
+        return compare_bundles(base, candidate, samples, map_b=label_map)
     except DataError as exc:
         logger.warning("gate: %s", exc)
         return None
 
 
-def _candidate_only(candidate: Bundle, samples: Sequence[Sample]) -> dict[str, Any] | None:
+def _candidate_only(
+    candidate: Bundle, samples: Sequence[Sample], label_map: LabelMap | None
+) -> dict[str, Any] | None:
     from training.evaluation import bundle_label_map, evaluate_samples, mappable
 
-    label_map = bundle_label_map(candidate)
+    label_map = label_map or bundle_label_map(candidate)
     usable = [s for s in samples if mappable(s, label_map)]
     if not usable:
         return None
@@ -95,12 +99,16 @@ def judge(
     new_holdout: Sequence[Sample],
     *,
     override: dict[str, Any] | None = None,
+    name: str | None = None,
+    label_map: LabelMap | None = None,
 ) -> GateOutcome:
-    """Run both comparisons and decide (see the module docstring)."""
+    """Run both comparisons and decide (see the module docstring); ``name`` is the version the
+    candidate will have and ``label_map`` its dataset class -> label table (the gate runs on
+    the provisional bundle, whose manifest does not record them yet)."""
     comparisons: dict[str, Any] = {
-        "a_base_test_set": _compare(base, candidate, base_eval),
-        "b_new_holdout": _compare(base, candidate, new_holdout),
-        "b_new_holdout_candidate": _candidate_only(candidate, new_holdout),
+        "a_base_test_set": _compare(base, candidate, base_eval, label_map),
+        "b_new_holdout": _compare(base, candidate, new_holdout, label_map),
+        "b_new_holdout_candidate": _candidate_only(candidate, new_holdout, label_map),
     }
     reasons: list[str] = []
     for key, what in (
@@ -122,7 +130,7 @@ def judge(
         reasons.append("the base's test set could not be compared (no image both bundles know)")
     recommended = not reasons
     outcome = GateOutcome(recommended, reasons, comparisons, override)
-    outcome.table = gate_table(base, candidate, outcome)
+    outcome.table = gate_table(base, name or candidate.version, outcome)
     if not recommended:
         logger.warning("gate: not recommended: %s", "; ".join(reasons))
         if override:
@@ -132,10 +140,11 @@ def judge(
     return outcome
 
 
-def gate_table(base: Bundle, candidate: Bundle, outcome: GateOutcome) -> str:
-    """The comparison as a Markdown page (``gate.md`` in the bundle)."""
+def gate_table(base: Bundle, candidate: str, outcome: GateOutcome) -> str:
+    """The comparison as a Markdown page (``gate.md`` in the bundle); ``candidate`` is its
+    version."""
     lines = [
-        f"# Gate: {candidate.version} against {base.version}",
+        f"# Gate: {candidate} against {base.version}",
         "",
         "| set | images | base | candidate | difference (95% interval) | McNemar p |",
         "|---|---:|---:|---:|---|---:|",
@@ -170,15 +179,24 @@ def gate_table(base: Bundle, candidate: Bundle, outcome: GateOutcome) -> str:
 def make_gate(
     base: Bundle,
     base_eval: Sequence[Sample],
-    new_paths: set[Path],
+    new_holdout: Sequence[Sample],
+    version: str,
+    label_map: LabelMap,
     *,
     override: dict[str, Any] | None = None,
 ) -> Gate:
-    """The gate :func:`training.pipeline.run` calls on the provisional candidate with its
-    splits; ``new_paths`` tells the new images from the replayed ones."""
+    """The gate :func:`training.pipeline.run` calls on the provisional candidate (which will be
+    ``version``, with ``label_map``): (a) on ``base_eval``, (b) on ``new_holdout``."""
 
-    def gate(candidate: Bundle, splits: dict[str, list[Sample]]) -> GateOutcome:
-        holdout = [s for s in splits.get("test", []) if s.path.resolve() in new_paths]
-        return judge(base, candidate, base_eval, holdout, override=override)
+    def gate(candidate: Bundle, _splits: dict[str, list[Sample]]) -> GateOutcome:
+        return judge(
+            base,
+            candidate,
+            base_eval,
+            new_holdout,
+            override=override,
+            name=version,
+            label_map=label_map,
+        )
 
     return gate

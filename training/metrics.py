@@ -178,3 +178,16 @@ def mcnemar(correct_a: NDArray[np.bool_], correct_b: NDArray[np.bool_]) -> McNem
     # Survival function of chi-squared with one degree of freedom.
     p_value = math.erfc(math.sqrt(statistic / 2.0))
     return McNemar(b, c, statistic, p_value, "chi2_cc")
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / total`` (95% for z = 1.96); (0, 1)
+    when ``total`` is 0. Unlike the normal approximation it stays inside [0, 1] and is sound
+    for rates near 0, such as refusal rates."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = successes / total
+    denominator = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

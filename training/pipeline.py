@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,14 +33,17 @@ from numpy.typing import NDArray
 
 from model.bundle import Bundle, load_bundle, write_bundle
 from model.decision import Thresholds
-from model.ood import OodModel, fit_ood
+from model.labels import Label
+from model.ood import AnyOodModel, fit_knn, fit_ood
 from model.predictor import softmax
 from training import data as d
 from training import export as ex
 from training.augment import preset_for
-from training.backbone import create_model, describe
+from training.backbone import add_reference_branch, create_model, describe
 from training.calibrate import (
+    AllClearChoice,
     ThresholdChoice,
+    choose_all_clear_thresholds,
     choose_ood_threshold,
     choose_thresholds,
     fit_temperature,
@@ -50,7 +54,8 @@ from training.distributed import DistInfo, barrier, broadcast_text, init_from_en
 from training.evaluation import evaluate_samples, ood_scores_for
 from training.features import extract_features
 from training.images import AugmentedImages
-from training.inputs import load_inputs
+from training.inputs import batches, load_inputs
+from training.open_set import evaluate_open_set
 from training.partial import (
     cache_augmented,
     cache_plain,
@@ -58,6 +63,7 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
+from training.seen_images import SEEN_IMAGES_FILE, write_seen_images
 from training.train import choose_head, fine_tune, set_head
 
 if TYPE_CHECKING:
@@ -141,22 +147,35 @@ def prepare_data(
 def _calibrate(
     val_logits: NDArray[np.float64],
     targets: NDArray[np.int64],
-    kinds: Sequence[str],
+    labels: Sequence[Label],
     config: TrainConfig,
-) -> tuple[float, dict[str, ThresholdChoice], Thresholds]:
+) -> tuple[float, dict[str, ThresholdChoice], Thresholds, dict[str, AllClearChoice]]:
     """Temperature (minimum validation NLL) and the decision thresholds chosen on the
-    temperature-scaled validation probabilities of ``val_logits``."""
+    temperature-scaled validation probabilities of ``val_logits``, with each look-alike label's
+    own stricter threshold where its shared one gives too many false all-clears."""
+    kinds = [label.kind for label in labels]
     temperature = fit_temperature(val_logits, targets)
-    chosen = choose_thresholds(
-        softmax(val_logits, temperature, dtype=np.float64),
+    probs = softmax(val_logits, temperature, dtype=np.float64)
+    chosen = choose_thresholds(probs, targets, kinds, target_precision=config.target_precision)
+    base = chosen["lookalike"].threshold
+    all_clear = choose_all_clear_thresholds(
+        probs,
         targets,
         kinds,
-        target_precision=config.target_precision,
+        [label.id for label in labels],
+        base,
+        max_all_clear=config.max_all_clear,
     )
     thresholds = Thresholds(
-        taxon=chosen["taxon"].threshold, lookalike=chosen["lookalike"].threshold
+        taxon=chosen["taxon"].threshold,
+        lookalike=base,
+        lookalike_by_label={
+            label_id: choice.threshold
+            for label_id, choice in all_clear.items()
+            if choice.threshold > base
+        },
     )
-    return temperature, chosen, thresholds
+    return temperature, chosen, thresholds, all_clear
 
 
 def backbone_features(
@@ -221,6 +240,37 @@ def _train_last(
     return result.history, result.best_epoch
 
 
+def _check_same_labels(old: Sequence[Label], new: Sequence[Label], where: str) -> None:
+    """``--from-bundle`` keeps the trained outputs: the label ids must be the same, in order
+    (names, taxa and kinds may change, e.g. a look-alike label becoming a CITES one)."""
+    if [label.id for label in old] != [label.id for label in new]:
+        raise d.DataError(
+            f"{where}: its labels ({', '.join(label.id for label in old)}) differ from the label "
+            f"map's ({', '.join(label.id for label in new)}); --from-bundle needs the same "
+            "label ids in the same order"
+        )
+
+
+def _has_output(path: Path, name: str) -> bool:
+    """Whether the ONNX file at ``path`` has an output called ``name`` (a bundle that already
+    carries the frozen reference branch keeps it as it is)."""
+    import onnx
+
+    return any(
+        output.name == name
+        for output in onnx.load(str(path), load_external_data=False).graph.output
+    )
+
+
+def _onnx_features(path: Path, paths: Sequence[Path], preprocess: Any) -> NDArray[np.float32]:
+    """Pooled ``features`` output of an ONNX model for image files, in batches."""
+    chunks = [
+        ex.onnx_outputs(path, load_inputs(chunk, preprocess))[1]
+        for chunk in batches(list(paths), 64)
+    ]
+    return np.concatenate(chunks).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class RunSetup:
     """Where and under which name a run writes: the first stage's result."""
@@ -244,9 +294,22 @@ class TrainedModel:
     label_map: d.LabelMap
     arrays: dict[str, SplitArrays]
     class_weights: NDArray[np.float64]
-    head_weight_decay: float
+    head_weight_decay: float | None
     history: list[dict[str, float]]
     best_epoch: int
+    reference_model: Any = None
+    """The frozen ImageNet backbone (``--ood-method knn-reference``), else None."""
+    reference_features: dict[str, NDArray[np.float32]] = field(default_factory=dict)
+    """Each split's pooled features through the ImageNet backbone, before any training."""
+    base_bundle: Bundle | None = None
+    """``--from-bundle``: the bundle whose trained model is reused (``model`` is then None)."""
+    val_logits: NDArray[np.float64] | None = None
+    """``--from-bundle``: the reused model's fp32 validation logits."""
+
+    @property
+    def mode(self) -> str:
+        """How the model was obtained, as the manifest records it."""
+        return f"from bundle {self.base_bundle.version}" if self.base_bundle else ""
 
 
 @dataclass(frozen=True)
@@ -261,9 +324,11 @@ class ExportedModel:
     chosen: dict[str, ThresholdChoice]
     thresholds: Thresholds
     calibrated_on: str
-    ood_model: OodModel
+    ood_model: AnyOodModel
     provisional_ood_threshold: float
     backbone: str
+    all_clear: dict[str, AllClearChoice]
+    ood_features: str
 
     def bundle_arguments(self, trained: TrainedModel, config: TrainConfig) -> dict[str, Any]:
         """The :func:`write_bundle` arguments shared by the provisional and the final bundle."""
@@ -276,6 +341,7 @@ class ExportedModel:
             "thresholds": self.thresholds,
             "modalities": [config.modality],
             "ood": self.ood_model,
+            "ood_features": self.ood_features,
             "backbone": self.backbone,
         }
 
@@ -423,6 +489,16 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
         barrier(dist_info)
     train, val = arrays["train"], arrays["val"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
+    # The backbone before any training (ImageNet weights): its pooled features are what the kNN
+    # OOD score compares, so a knn-reference bundle carries a frozen copy of it.
+    reference_model = (
+        _frozen_copy(model, num_classes) if config.ood_method == "knn-reference" else None
+    )
+    reference_features = {name: a.features.copy() for name, a in arrays.items()}
+    if config.from_bundle:
+        return _reuse_bundle(
+            config, samples, label_map, arrays, weights, reference_model, reference_features
+        )
     head = choose_head(
         train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
     )
@@ -435,7 +511,61 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
         history, best_epoch = _train_full(model, arrays, config, weights, work, dist_info)
     model.eval()
     return TrainedModel(
-        model, samples, label_map, arrays, weights, head.weight_decay, history, best_epoch
+        model,
+        samples,
+        label_map,
+        arrays,
+        weights,
+        head.weight_decay,
+        history,
+        best_epoch,
+        reference_model,
+        reference_features,
+    )
+
+
+def _frozen_copy(model: Any, num_classes: int) -> Any:
+    """A fresh network holding ``model``'s current weights, frozen (no gradients), in eval mode:
+    the reference backbone a knn-reference bundle carries."""
+    frozen: Any = create_model(num_classes, pretrained=False)
+    frozen.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen.eval()
+
+
+def _reuse_bundle(
+    config: TrainConfig,
+    samples: list[d.Sample],
+    label_map: d.LabelMap,
+    arrays: dict[str, SplitArrays],
+    weights: NDArray[np.float64],
+    reference_model: Any,
+    reference_features: dict[str, NDArray[np.float32]],
+) -> TrainedModel:
+    """``--from-bundle``: no training; the bundle's fp32 model gives the validation logits and
+    (for the Mahalanobis OOD model) the fine-tuned features."""
+    base = load_bundle(Path(config.from_bundle or ""))
+    _check_same_labels(base.labels, label_map.labels, config.from_bundle or "")
+    base_fp32 = base.model_path("fp32")
+    preprocess = config.preprocess()
+    val = arrays["val"]
+    base_logits, val.features = ex.onnx_outputs(base_fp32, load_inputs(val.paths, preprocess))
+    if reference_model is None:
+        arrays["train"].features = _onnx_features(base_fp32, arrays["train"].paths, preprocess)
+    return TrainedModel(
+        None,
+        samples,
+        label_map,
+        arrays,
+        weights,
+        None,
+        [],
+        0,
+        reference_model,
+        reference_features,
+        base,
+        base_logits.astype(np.float64),
     )
 
 
@@ -486,22 +616,46 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
     """Calibrate on validation logits, export fp32 and INT8 through their gates, and fit the OOD
     model; when the INT8 model ships, temperature and thresholds are refitted on its logits."""
     train, val = trained.arrays["train"], trained.arrays["val"]
-    classifier: Any = trained.model.get_classifier()
-    w = classifier.weight.detach().numpy().astype(np.float64)
-    b = classifier.bias.detach().numpy().astype(np.float64)
-    val_logits = val.features.astype(np.float64) @ w.T + b
-    kinds = [label.kind for label in trained.label_map.labels]
-    temperature, chosen, thresholds = _calibrate(val_logits, val.targets, kinds, config)
+    if trained.val_logits is not None:
+        val_logits = trained.val_logits
+    else:
+        classifier: Any = trained.model.get_classifier()
+        w = classifier.weight.detach().numpy().astype(np.float64)
+        b = classifier.bias.detach().numpy().astype(np.float64)
+        val_logits = val.features.astype(np.float64) @ w.T + b
+    labels = trained.label_map.labels
+    temperature, chosen, thresholds, all_clear = _calibrate(val_logits, val.targets, labels, config)
     calibrated_on = "fp32 validation logits"
-    ood_model = fit_ood(train.features, train.targets)
+    ood_model: AnyOodModel
+    if trained.reference_model is not None:
+        ood_model = fit_knn(trained.reference_features["train"], k=config.ood_k)
+        ood_features, val_ood = "reference_features", trained.reference_features["val"]
+    else:
+        ood_model = fit_ood(train.features, train.targets)
+        ood_features, val_ood = "features", val.features
     provisional_ood = choose_ood_threshold(
-        ood_model.score(val.features).astype(np.float64), config.ood_flag_rate
+        ood_model.score(val_ood).astype(np.float64), config.ood_flag_rate
     )
 
     preprocess = config.preprocess()
     val_inputs = load_inputs(val.paths, preprocess)
-    fp32_path = ex.export_fp32(trained.model, work, val_inputs[:4])
-    fp32_check = ex.check_fp32(trained.model, fp32_path, val_inputs)
+    if trained.base_bundle is not None:
+        base_fp32 = trained.base_bundle.model_path("fp32")
+        fp32_path = work / ex.FP32_FILE
+        if trained.reference_model is not None and not _has_output(base_fp32, "reference_features"):
+            add_reference_branch(
+                base_fp32, trained.reference_model, fp32_path, input_size=preprocess.input_size
+            )
+        else:
+            shutil.copyfile(base_fp32, fp32_path)
+        fp32_check = ex.check_fp32(base_fp32, fp32_path, val_inputs)
+        backbone = trained.base_bundle.manifest.backbone
+    else:
+        fp32_path = ex.export_fp32(
+            trained.model, work, val_inputs[:4], reference=trained.reference_model
+        )
+        fp32_check = ex.check_fp32(trained.model, fp32_path, val_inputs)
+        backbone = describe(trained.model)["name"]
     int8_path: Path | None = None
     int8_gate = None
     if config.int8:
@@ -519,8 +673,8 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
         if int8_path is not None and int8_gate.val_logits is not None:
             # The service runs the INT8 model: calibrate what it serves (on the validation
             # logits its gate computed), as the OOD threshold is chosen on it too.
-            temperature, chosen, thresholds = _calibrate(
-                int8_gate.val_logits.astype(np.float64), val.targets, kinds, config
+            temperature, chosen, thresholds, all_clear = _calibrate(
+                int8_gate.val_logits.astype(np.float64), val.targets, labels, config
             )
             calibrated_on = "INT8 validation logits (the served model)"
     return ExportedModel(
@@ -534,7 +688,9 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
         calibrated_on,
         ood_model,
         provisional_ood,
-        describe(trained.model)["name"],
+        backbone,
+        all_clear,
+        ood_features,
     )
 
 
@@ -567,6 +723,7 @@ def evaluate_served(
 
     reports: dict[str, Path] = {}
     metrics: dict[str, Any] = {}
+    evaluated_splits: dict[str, tuple[list[d.Sample], Any]] = {}
     for name, evaluated in (("validation", val), ("test", test)):
         if not evaluated.samples:
             continue
@@ -574,9 +731,17 @@ def evaluate_served(
             bundle, evaluated.samples, trained.label_map, ood_threshold=ood_threshold
         )
         metrics[name] = result.report
+        evaluated_splits[name] = (evaluated.samples, result)
         for path in result.write(work / "reports", name):
             reports[path.name] = path
     metrics["ood"] = _ood_summary(config, bundle, served_val_scores, ood_threshold, metrics)
+    metrics["open_set"] = evaluate_open_set(
+        bundle,
+        evaluated_splits,
+        Path(config.ood_data) if config.ood_data else None,
+        work,
+        trained.label_map,
+    )
     metrics["fp32_check"] = exported.fp32_check.__dict__
     metrics["int8"] = (
         exported.int8_gate.to_dict()
@@ -587,6 +752,15 @@ def evaluate_served(
         "fitted_on": exported.calibrated_on,
         "temperature": exported.temperature,
         "thresholds": {k: v.__dict__ for k, v in exported.chosen.items()},
+        "all_clear": {
+            "max_all_clear": config.max_all_clear,
+            "rule": (
+                "each look-alike label's threshold is the smallest >= the shared one at which at "
+                "most max_all_clear of the validation images of the CITES labels it guards are "
+                "answered with it"
+            ),
+            "labels": {k: v.to_dict() for k, v in exported.all_clear.items()},
+        },
     }
     recommended, parent_version, override = True, None, None
     if config.base and gate is not None:
@@ -602,7 +776,9 @@ def evaluate_served(
     elif config.base:
         base = load_bundle(Path(config.base))
         parent_version = base.version
-        recommended, comparison = judge_against_base(base, bundle, test.samples or val.samples)
+        recommended, comparison = judge_against_base(
+            base, bundle, test.samples or val.samples, trained.label_map
+        )
         metrics["comparison_with_base"] = comparison
     return Evaluation(metrics, reports, ood_threshold, recommended, parent_version, override)
 
@@ -615,9 +791,17 @@ def _ood_summary(
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """How the OOD threshold was chosen and what share of each set it flags."""
+    spec = bundle.manifest.ood
+    knn = spec is not None and spec.features == "reference_features"
     summary: dict[str, Any] = {
-        "method": "mahalanobis_pca",
-        "fitted_on": "training split features",
+        "method": spec.method if spec else None,
+        "features": spec.features if spec else None,
+        "k": config.ood_k if knn else None,
+        "fitted_on": (
+            "training split, frozen ImageNet backbone's features (reference_features)"
+            if knn
+            else "training split, fine-tuned features"
+        ),
         "threshold_rule": f"validation quantile {1 - config.ood_flag_rate:.2f} (served model)",
         "threshold": ood_threshold,
         "validation_flagged": float(np.mean(served_val_scores > ood_threshold)),
@@ -660,7 +844,7 @@ def write_final_bundle(
             f"{config.test_fraction:.0%} test, rest training"
         ),
         "label_map": trained.label_map.to_dict(),
-        "mode": config.mode,
+        "mode": trained.mode or config.mode,
         "head_weight_decay": trained.head_weight_decay,
         "epochs": trained.history,
         "best_epoch": trained.best_epoch,
@@ -680,9 +864,16 @@ def write_final_bundle(
 
         curve = write_loss_curve(trained.history, setup.work / "reports" / "training-loss.png")
         reports[curve.name] = curve
-    weights_file = save_torch_weights(
-        trained.model, trained.label_map.labels, setup.work / TORCH_WEIGHTS_FILE
-    )
+    torch_weights: dict[str, Path] = {}
+    if trained.model is not None:
+        torch_weights[TORCH_WEIGHTS_FILE] = save_torch_weights(
+            trained.model, trained.label_map.labels, setup.work / TORCH_WEIGHTS_FILE
+        )
+    elif (
+        trained.base_bundle is not None and TORCH_WEIGHTS_FILE in trained.base_bundle.manifest.files
+    ):
+        # --from-bundle: the reused model's torch weights, unchanged
+        torch_weights[TORCH_WEIGHTS_FILE] = trained.base_bundle.path / TORCH_WEIGHTS_FILE
     config_file = setup.work / "config.json"
     config_file.write_text(
         json.dumps({"command": setup.command, "config": config.to_dict()}, indent=2) + "\n",
@@ -696,6 +887,10 @@ def write_final_bundle(
         "torch": torch.__version__,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    seen_images = write_seen_images(
+        setup.work / SEEN_IMAGES_FILE,
+        {name: split.samples for name, split in trained.arrays.items()},
+    )
     if evaluation.gate_override is not None:
         provenance["gate_override"] = evaluation.gate_override
     return write_bundle(
@@ -706,7 +901,12 @@ def write_final_bundle(
         provenance=provenance,
         limitations=list(config.limitations) or list(DEFAULT_LIMITATIONS),
         ood_threshold=evaluation.ood_threshold,
-        extra_files={"config.json": config_file, TORCH_WEIGHTS_FILE: weights_file, **reports},
+        extra_files={
+            "config.json": config_file,
+            **torch_weights,
+            SEEN_IMAGES_FILE: seen_images,
+            **reports,
+        },
         recommended=evaluation.recommended,
         parent_version=evaluation.parent_version,
         overwrite=config.overwrite,

@@ -13,7 +13,8 @@ The plan (see docs/retraining.md):
 4. training starts from the base's torch weights (``model.pt``) with its recipe (its
    ``config.json``; options given here override it);
 5. the gate (:mod:`training.gate`) compares base and candidate on (a) the base's fixed test set
-   and (b) the held-out new images, and decides ``recommended``.
+   and (b) the new images' own grouped test share, held out before training, and decides
+   ``recommended``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ RECIPE_KEYS = (
     "trained_stages",
     "modality",
     "input_size",
+    "crop",
     "int8",
     "int8_max_drop",
     "calibration_images",
@@ -102,7 +104,7 @@ class RetrainOptions:
     out: str = "weights"
     version: str = ""
     min_new_label_images: int = DEFAULT_MIN_NEW_LABEL_IMAGES
-    replay_images: int = DEFAULT_REPLAY_IMAGES
+    replay_images: int | None = None  # None: see replay_size
     replay_data: tuple[str, ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)
     force_why: str | None = None
@@ -292,6 +294,16 @@ def write_label_map(label_map: d.LabelMap, path: Path) -> Path:
     return path
 
 
+def replay_size(requested: int | None, mode: str, base_train_images: int) -> int:
+    """Images replayed from the base's training split: ``requested``, else all of them in
+    ``head`` mode (their features are cached, so replaying everything costs almost nothing and
+    the refitted head keeps what the base knew) and :data:`DEFAULT_REPLAY_IMAGES` in the
+    fine-tuning modes (every replayed image is trained on each epoch)."""
+    if requested is not None:
+        return requested
+    return base_train_images if mode == "head" else DEFAULT_REPLAY_IMAGES
+
+
 def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> Path:
     """Warm-start from ``base_path`` on ``data`` plus replayed base images; gate; write a bundle.
 
@@ -314,17 +326,26 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
     if not plan.samples:
         raise d.DataError("no new image has a usable label; nothing to retrain on")
     splits = base_splits(base, recipe, options.replay_data)
-    replay = d.subsample(splits["train"], options.replay_images, seed=recipe.seed)
+    mode = options.overrides.get("mode") or recipe.mode
+    replay_limit = replay_size(options.replay_images, mode, len(splits["train"]))
+    replay = d.subsample(splits["train"], replay_limit, seed=recipe.seed)
     new_paths = {s.path.resolve() for s in plan.samples}
     replay = [s for s in replay if s.path.resolve() not in new_paths]
+    # The gate's set (b): the new images' own grouped test share, held out before training.
+    new_parts = d.split_samples(
+        plan.samples, d.SplitFractions(recipe.val_fraction, recipe.test_fraction), seed=recipe.seed
+    )
+    holdout = new_parts["test"]
     logger.info(
-        "retrain %s: %d new images, %d replayed from the base's training split, gate set a: %d",
+        "retrain %s: %d new images (%d held out for the gate), %d replayed from the base's "
+        "training split, gate set a: %d",
         base.version,
         len(plan.samples),
+        len(holdout),
         len(replay),
         len(splits["test"]),
     )
-    manifest = write_manifest([*plan.samples, *replay], work / "data.csv")
+    manifest = write_manifest([*new_parts["train"], *new_parts["val"], *replay], work / "data.csv")
     label_map_file = write_label_map(plan.label_map, work / "labels.tsv")
 
     values: dict[str, Any] = {key: getattr(recipe, key) for key in RECIPE_KEYS}
@@ -350,15 +371,17 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
             "why": options.force_why,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-    gate = make_gate(base, splits["test"], new_paths, override=override)
+    candidate_map = d.read_label_map(label_map_file)  # the table the pipeline trains with
+    gate = make_gate(base, splits["test"], holdout, version, candidate_map, override=override)
     retrain_info = {
         "base": base.version,
         "new_data": list(new.specs),
         "new_images": len(plan.samples),
+        "new_images_held_out": len(holdout),
         "conflicts_left_out": new.conflicts,
         "replayed_images": len(replay),
         "replay_rule": (
-            f"class-balanced sample of at most {options.replay_images} images of the base's "
+            f"class-balanced sample of at most {replay_limit} images of the base's "
             "training split (re-derived from its config.json)"
         ),
         "labels": plan.to_dict(),

@@ -141,12 +141,15 @@ async def identify_one(
                     language,
                     context.guidance,
                     latest_feedback(session, [row.id]).get(row.id),
+                    taxonomy=context.taxonomy,
                 )
         options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
-    return render_identification(result, language, context.guidance, None)
+    return render_identification(
+        result, language, context.guidance, None, taxonomy=context.taxonomy
+    )
 
 
 @router.post("/identifications:batch", summary="Identify many images (scanner systems)")
@@ -181,12 +184,12 @@ async def identify_batch(
     for index, (upload, outcome) in enumerate(zip(images, outcomes, strict=True)):
         entry: dict[str, Any] = {"index": index, "filename": upload.filename}
         if isinstance(outcome, ProblemError):
-            entry["error"] = outcome.to_dict()
+            entry["error"] = outcome.to_dict(language=language)
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
             entry["identification"] = render_identification(
-                outcome, language, context.guidance, None
+                outcome, language, context.guidance, None, taxonomy=context.taxonomy
             )
         results.append(entry)
     used = sorted({r["identification"]["model_version"] for r in results if "identification" in r})
@@ -250,7 +253,9 @@ def list_all(
     rows, total = list_identifications(session, filters, limit=limit, offset=offset)
     feedback = latest_feedback(session, [r.id for r in rows])
     items = [
-        render_identification(r.result, language, context.guidance, feedback.get(r.id))
+        render_identification(
+            r.result, language, context.guidance, feedback.get(r.id), taxonomy=context.taxonomy
+        )
         for r in rows
     ]
     next_offset = offset + len(rows) if offset + len(rows) < total else None
@@ -274,7 +279,9 @@ def get_one(
     """An identification with its latest feedback."""
     row = _get(session, identification_id, _visibility(session, principal, context))
     feedback = latest_feedback(session, [row.id]).get(row.id)
-    return render_identification(row.result, language, context.guidance, feedback)
+    return render_identification(
+        row.result, language, context.guidance, feedback, taxonomy=context.taxonomy
+    )
 
 
 @router.get(

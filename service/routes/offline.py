@@ -46,6 +46,7 @@ def _packages(request: Request, context: ContextDep) -> OfflinePackages:
 @router.get(
     "/v1/models/active/offline-package",
     summary="The active camera model's decision data for identifying on the phone",
+    responses={503: {"description": "no model loaded yet"}},
 )
 def offline_package(
     request: Request, response: Response, context: ContextDep, _principal: Reader
@@ -69,6 +70,11 @@ def offline_package(
     "/v1/models/active/offline-model",
     summary="The ONNX file of the active model, for the page's offline identification",
     response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        409: {"description": "another model is active now"},
+        503: {"description": "no model loaded yet"},
+    },
 )
 def offline_model(
     context: ContextDep,

@@ -52,18 +52,70 @@ def test_label_threshold_names_the_species_and_its_appendix_by_origin() -> None:
     assert "origin" in unknown_origin.reason
 
 
-def test_lookalike_label_is_probably_not_cites() -> None:
-    decision = run(probs(ceramic=0.65))
+IN_DOMAIN = {"ood_score": 1.0, "ood_threshold": 3.0}
+
+
+def test_lookalike_names_what_the_object_is_not_and_keeps_the_documents_check() -> None:
+    decision = run(probs(ceramic=0.65, asian_ivory=0.2), **IN_DOMAIN)
     assert (decision.kind, decision.rule) == ("lookalike", "lookalike_threshold")
-    assert decision.reason == "probably not CITES material: Ceramic or porcelain"
+    assert decision.reason == (
+        "not Asian elephant ivory: looks like Ceramic or porcelain (0.65); check the documents"
+    )
     assert decision.appendix is None
     assert not decision.refer_to_expert
 
 
 def test_not_wildlife_label_counts_as_lookalike() -> None:
-    decision = run(probs(background=0.95))
+    decision = run(probs(background=0.95), **IN_DOMAIN)
     assert decision.kind == "lookalike"
     assert decision.taxon_id is None
+
+
+def test_no_lookalike_answer_without_an_ood_check() -> None:
+    # A bundle without an OOD model cannot tell that the image is in its domain: no all-clear.
+    decision = run(probs(ceramic=0.99))
+    assert (decision.kind, decision.rule) == ("uncertain", "below_thresholds")
+    assert decision.refer_to_expert
+
+
+def test_lookalike_threshold_by_label_demands_stronger_evidence() -> None:
+    strict = Thresholds(taxon=0.7, lookalike=0.6, lookalike_by_label={"ceramic": 0.9})
+    vector = probs(ceramic=0.8)
+    weak = decide(vector, LABELS, default_taxonomy(), strict, **IN_DOMAIN)
+    assert weak.kind == "uncertain"
+    strong = decide(probs(ceramic=0.95), LABELS, default_taxonomy(), strict, **IN_DOMAIN)
+    assert strong.kind == "lookalike"
+    # other look-alike labels keep the shared threshold
+    other = decide(probs(background=0.65), LABELS, default_taxonomy(), strict, **IN_DOMAIN)
+    assert other.kind == "lookalike"
+    assert strict.lookalike_for("ceramic") == 0.9 and strict.lookalike_for("background") == 0.6
+    assert Thresholds.from_dict(strict.to_dict()) == strict
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"taxon": 0.7, "lookalike": 0.6, "lookalike_by_label": {"ceramic": 1.5}},
+        {"taxon": 0.7, "lookalike": 0.6, "lookalike_by_label": [0.9]},
+        {"taxon": 0.7, "lookalike": 0.6, "extra": 0.9},
+    ],
+)
+def test_bad_thresholds_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Thresholds.from_dict(bad)
+
+
+def test_never_an_all_clear_outside_the_domain() -> None:
+    """Whatever the probabilities: flagged by OOD, or not checked, never ``lookalike``."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        vector = rng.dirichlet(np.full(len(LABELS), 0.3))
+        assert run(vector, ood_score=3.5, ood_threshold=3.0).kind == "outside_training_domain"
+        assert run(vector).kind != "lookalike"
+        checked = run(vector, **IN_DOMAIN)
+        if checked.kind == "lookalike":
+            assert checked.reason.endswith("check the documents")
+            assert vector.max() >= THRESHOLDS.lookalike
 
 
 def test_rollup_to_genus_when_two_species_share_it() -> None:
@@ -97,7 +149,7 @@ def test_rollup_sums_include_every_lineage_level() -> None:
 
 
 def test_lookalike_below_its_threshold_does_not_decide() -> None:
-    decision = run(probs(ceramic=0.5))
+    decision = run(probs(ceramic=0.5), **IN_DOMAIN)
     assert decision.kind == "uncertain"
 
 

@@ -72,3 +72,41 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
     np.savez(partial, center=np.zeros(3))
     with pytest.raises(OodError, match="missing arrays"):
         OodModel.load(partial)
+
+
+def test_knn_scores_near_training_points_low_and_round_trips(tmp_path: Path) -> None:
+    from model.ood import KNN_METHOD, KnnOodModel, fit_knn, load_ood
+
+    rng = np.random.default_rng(0)
+    centre = np.zeros(16)
+    centre[0] = 1.0
+    train = centre + rng.normal(0, 0.05, (200, 16))
+    model = fit_knn(train, k=5)
+    near = model.score(centre[None] + rng.normal(0, 0.05, (20, 16)))
+    far_direction = np.zeros(16)
+    far_direction[1] = 1.0
+    far = model.score(far_direction[None] + rng.normal(0, 0.05, (20, 16)))
+    assert near.max() < 0.05 < 0.5 < far.min()
+    path = tmp_path / "ood.npz"
+    model.save(path)
+    loaded = load_ood(path, KNN_METHOD)
+    assert isinstance(loaded, KnnOodModel) and loaded.k == 5
+    np.testing.assert_allclose(loaded.score(train[:7]), model.score(train[:7]), atol=1e-6)
+
+
+def test_knn_refuses_bad_input(tmp_path: Path) -> None:
+    from model.ood import KNN_METHOD, fit_knn, load_ood
+
+    with pytest.raises(OodError, match="k must be"):
+        fit_knn(np.ones((3, 4)), k=0)
+    with pytest.raises(OodError, match="NaN"):
+        fit_knn(np.full((3, 4), np.nan))
+    model = fit_knn(np.eye(4))
+    with pytest.raises(OodError, match=r"shape \(N, 4\)"):
+        model.score(np.ones((2, 5)))
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, bank=np.ones((2, 2)))
+    with pytest.raises(OodError, match="missing"):
+        load_ood(broken, KNN_METHOD)
+    with pytest.raises(OodError, match="unknown OOD method"):
+        load_ood(broken, "magic")

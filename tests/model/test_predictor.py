@@ -25,6 +25,7 @@ from tests.factories import (
     RED,
     TINY_OOD_THRESHOLD,
     make_corrupt_bundle,
+    solid_array,
     solid_image_bytes,
 )
 
@@ -32,6 +33,12 @@ from tests.factories import (
 @pytest.fixture(scope="module")
 def predictor(tiny_bundle: Path) -> Predictor:
     return Predictor(tiny_bundle, threads=1)
+
+
+def _tiny_logits(color: tuple[int, int, int], scale: float = 4.0) -> list[float]:
+    """The tiny model's logits for a test image: ``scale`` times its red, blue, green means."""
+    red, green, blue = (float(v) for v in solid_array(color).mean(axis=(1, 2)))
+    return [scale * red, scale * blue, scale * green]
 
 
 def test_colours_give_the_documented_decisions(predictor: Predictor) -> None:
@@ -42,16 +49,32 @@ def test_colours_give_the_documented_decisions(predictor: Predictor) -> None:
     assert red.decision.taxon_id == "loxodonta-africana"
     assert red.decision.appendix == "II"  # South African population
     assert red.top[0].label.index == 0
-    assert red.top[0].probability == pytest.approx(0.99933, abs=1e-4)
+    assert red.top[0].probability == pytest.approx(float(softmax(_tiny_logits(RED))[0]), 1e-5)
+    assert red.top[0].probability > 0.998
     assert red.ood_score is None  # this bundle has no OOD model
     assert not isinstance(blue, ImageError)
-    assert (blue.decision.kind, blue.top[0].label.id) == ("lookalike", "ceramic")
-    assert blue.decision.reason == "probably not CITES material: Ceramic or porcelain"
+    # Without an OOD model nothing says the image is in the domain: no look-alike all-clear.
+    assert (blue.decision.kind, blue.top[0].label.id) == ("uncertain", "ceramic")
     assert not isinstance(green, ImageError)
     assert (green.decision.taxon_id, green.decision.appendix) == ("dalbergia-latifolia", "II")
     assert not isinstance(magenta, ImageError)
     assert (magenta.decision.kind, magenta.decision.rule) == ("uncertain", "below_thresholds")
     assert magenta.probabilities[0] == pytest.approx(magenta.probabilities[1])
+
+
+def test_lookalike_only_after_the_ood_check_and_named_by_what_it_is_not(
+    tiny_bundle_ood: Path,
+) -> None:
+    checked = Predictor(tiny_bundle_ood, threads=1, precision="fp32")
+    blue, gray = checked.predict_bytes(
+        [solid_image_bytes(BLUE), solid_image_bytes((128, 128, 128))]
+    )
+    assert not isinstance(blue, ImageError) and not isinstance(gray, ImageError)
+    assert blue.decision.kind == "lookalike"
+    assert blue.decision.reason.startswith("not ")
+    assert ": looks like Ceramic or porcelain" in blue.decision.reason
+    assert blue.decision.reason.endswith("check the documents")
+    assert gray.decision.kind == "outside_training_domain"
 
 
 def test_batch_equals_singles(predictor: Predictor) -> None:
@@ -102,11 +125,12 @@ def test_precision_auto_uses_int8_when_present(tiny_bundle_ood: Path) -> None:
     fp32 = Predictor(tiny_bundle_ood, threads=1, precision="fp32")
     assert (auto.precision, fp32.precision) == ("int8", "fp32")
     red = solid_image_bytes(RED)
-    # The tiny INT8 file is the same graph at half the scale: logits (2, -2, -2).
+    # The tiny INT8 file is the same graph at half the scale.
     low = auto.predict_bytes([red])[0]
     high = fp32.predict_bytes([red])[0]
     assert not isinstance(low, ImageError) and not isinstance(high, ImageError)
-    assert low.top[0].probability == pytest.approx(float(softmax([2.0, -2.0, -2.0])[0]), 1e-5)
+    expected = float(softmax(_tiny_logits(RED, scale=2.0))[0])
+    assert low.top[0].probability == pytest.approx(expected, 1e-5)
     assert high.top[0].probability > low.top[0].probability
 
 
@@ -214,7 +238,7 @@ def test_predict_command_json_lines(
     assert [Path(r["path"]).name for r in lines] == ["red.png", "blue.jpg"]
     assert lines[0]["decision"]["kind"] == "taxon" and lines[0]["version"] == "tiny-1"
     assert lines[0]["decision"]["appendix"] == "I"  # no origin: the strictest
-    assert lines[1]["decision"]["kind"] == "lookalike"
+    assert lines[1]["decision"]["kind"] == "uncertain"  # no OOD model: no all-clear
     assert len(lines[0]["top"]) == 3
 
 

@@ -267,7 +267,8 @@ REQUIRED_IDS = [
     "tagua-nut",
     "cattle-buffalo-horn",
     "sapele",
-    "african-padauk",
+    "padauk-pterocarpus",
+    "pterocarpus-soyauxii",
     "timber-non-listed",
 ]
 

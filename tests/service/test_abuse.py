@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
+from tests.factories import solid_image
 from tests.service_helpers import ServiceHandle, start_service
 
 OFFICER_LATENCY_S = 1.0
@@ -73,8 +73,9 @@ def service(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def photo(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A photo the quality gate accepts (a blank one is answered ``unusable_image``)."""
     out = io.BytesIO()
-    Image.new("RGB", (64, 48), color).save(out, "JPEG", quality=90)
+    solid_image(color, (320, 240)).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 

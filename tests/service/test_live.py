@@ -34,7 +34,7 @@ ROLES = ("officer", "scanner", "trainer", "admin")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-1 (served first) and tiny-2 (activated later) in one weights dir."""
     root = tmp_path_factory.mktemp("weights")
-    make_tiny_bundle(root, version="tiny-1")
+    make_tiny_bundle(root, version="tiny-1", with_ood=True, ood_threshold=30.0)
     make_tiny_bundle(root, version="tiny-2", parent_version="tiny-1", scale=6.0)
     return root
 

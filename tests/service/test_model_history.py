@@ -66,6 +66,18 @@ def test_activation_and_rollback_are_recorded(app_client: Any) -> None:
         ("activate", "tiny-1", "tiny-2", "admin-name"),
     ]
     assert history[1]["reason"] == "better" and history[0]["at"].endswith("Z")
+    # rollbacks stack: a second one finds nothing earlier than tiny-1 (no ping-pong)
+    again = client.post("/v1/models/rollback", headers=_h(keys, "admin"))
+    assert again.status_code == 409 and again.json()["type"].endswith("/nothing-to-roll-back")
+    # tiny-1 -> tiny-2 -> tiny-1 (activated) then one rollback returns to tiny-2
+    for version in ("tiny-2", "tiny-1"):
+        client.post(f"/v1/models/{version}/activate", headers=_h(keys, "admin"))
+    assert (
+        client.post("/v1/models/rollback", headers=_h(keys, "admin")).json()["version"] == "tiny-2"
+    )
+    assert (
+        client.post("/v1/models/rollback", headers=_h(keys, "admin")).json()["version"] == "tiny-1"
+    )
     long_reason = client.post(
         "/v1/models/tiny-2/activate", headers=_h(keys, "admin"), json={"reason": "x" * 1001}
     )

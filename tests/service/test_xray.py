@@ -133,6 +133,23 @@ def test_pseudo_colour_scan_with_modality_is_answered_and_located(
     assert red.sum() > 50, "the box is drawn"
 
 
+@pytest.mark.shared_data
+def test_real_pseudo_colour_scans_without_modality_go_to_the_xray_bundle(
+    service: ServiceHandle, officer: dict[str, str], shared_data: Path
+) -> None:
+    """Real dual-energy scans sent as plain JPEGs, with no modality: the pixels say x-ray (the
+    scanner-image detector), so the x-ray bundle answers."""
+    scans = sorted((shared_data / "xray-baggage").rglob("*.jpg"))[::7][:5]
+    assert scans, "xray-baggage has scans"
+    for scan in scans:
+        response = _identify(service, officer, scan.read_bytes())
+        assert response.status_code == 201, (scan.name, response.text)
+        body = response.json()
+        assert body["modality"] == "xray", (scan.name, body["modality_source"])
+        assert body["modality_source"].startswith("pixels:"), body["modality_source"]
+        assert body["model_version"] == "xray"
+
+
 @pytest.mark.slow
 def test_camera_photo_still_goes_to_the_camera_bundle(
     service: ServiceHandle, officer: dict[str, str]

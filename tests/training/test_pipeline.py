@@ -277,3 +277,146 @@ def test_train_refuses_a_bad_input_size(
         code = exc.code
     assert code not in (0, None)
     assert "--input-size" in capsys.readouterr().err
+
+
+def test_bundle_records_all_clear_thresholds_and_the_open_set(trained: dict[str, Path]) -> None:
+    bundle = load_bundle(trained["bundle"])
+    assert bundle.manifest.ood is not None
+    assert (bundle.manifest.ood.method, bundle.manifest.ood.features) == (
+        "mahalanobis_pca",
+        "features",
+    )
+    metrics = bundle.manifest.metrics
+    assert set(metrics["calibration"]["all_clear"]["labels"]) == {"ceramic"}
+    # the grey folder has no labels.tsv: no near-domain set, but every split's class breakdown
+    classes = metrics["open_set"]["validation"]["classes"]
+    assert set(classes["by_label"]) == {"ivory", "rosewood"}
+    assert "listed_timber" in classes
+
+
+def test_from_bundle_reuses_the_trained_model_with_a_new_label_map(
+    trained: dict[str, Path],
+) -> None:
+    root = trained["root"]
+    changed = root / "map-changed.tsv"
+    changed.write_text(
+        LABEL_MAP.replace("Ceramic\tceramic-porcelain", "Porcelain\tceramic-porcelain")
+    )
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(changed),
+            "--out",
+            str(root / "weights"),
+            "--version",
+            "v1-again",
+            "--from-bundle",
+            str(trained["bundle"]),
+            "--cache-dir",
+            str(root / "cache"),
+            "--calibration-images",
+            "8",
+            "--threads",
+            "2",
+            "--ood-method",
+            "knn-reference",
+        ]
+    )
+    assert code == 0
+    again = load_bundle(root / "weights" / "v1-again")
+    original = load_bundle(trained["bundle"])
+    assert again.labels[1].name == "Porcelain"
+    assert again.manifest.training["mode"] == "from bundle v1"
+    # kNN on the frozen ImageNet backbone, grafted into the reused graph
+    assert again.manifest.ood is not None
+    assert (again.manifest.ood.method, again.manifest.ood.features) == (
+        "knn_cosine",
+        "reference_features",
+    )
+    images = np.random.default_rng(3).normal(0, 1, (4, 3, 224, 224)).astype(np.float32)
+    first = Predictor(original, precision="fp32").predict_arrays(images)
+    second = Predictor(again, precision="fp32").predict_arrays(images)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.02)
+        assert b.ood_score is not None
+
+
+def test_from_bundle_refuses_other_labels(trained: dict[str, Path]) -> None:
+    root = trained["root"]
+    other = root / "map-other.tsv"
+    other.write_text(LABEL_MAP.replace("rosewood\trosewood\t", "rosewood\tdalbergia-wood\t"))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(other),
+            "--out",
+            str(root / "weights"),
+            "--version",
+            "v1-other",
+            "--from-bundle",
+            str(trained["bundle"]),
+            "--cache-dir",
+            str(root / "cache"),
+        ]
+    )
+    assert code != 0
+    assert not (root / "weights" / "v1-other").exists()
+
+
+def test_the_bundle_records_its_images_and_evaluate_reports_the_overlap(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14: evaluate counts the images the bundle trained or tuned on, warns, and reports
+    the figures on the unseen ones separately."""
+    from training.seen_images import SEEN_IMAGES_FILE, read_seen_images
+
+    bundle = load_bundle(trained["bundle"])
+    assert SEEN_IMAGES_FILE in bundle.manifest.files  # hashed and verified with the bundle
+    seen = read_seen_images(bundle)
+    assert seen is not None and len(seen) == 48
+    with caplog.at_level("WARNING"):
+        code = main(
+            [
+                "evaluate",
+                "--bundle",
+                str(trained["bundle"]),
+                "--data",
+                str(trained["data"]),
+                "--json",
+            ]
+        )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    counts = report["seen_by_bundle"]
+    assert counts["train"] + counts["val"] + counts["test"] == 48 and counts["unseen"] == 0
+    assert counts["train"] > 0 and counts["test"] > 0
+    assert report["unseen"]["images"] == counts["test"]
+    assert any("trained" in r.getMessage() and "tuned" in r.getMessage() for r in caplog.records)
+
+
+def test_evaluate_on_new_images_reports_no_overlap(
+    trained: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fresh = make_colour_set(tmp_path / "fresh", per_class=3, seed=99)
+    with caplog.at_level("WARNING"):
+        code = main(["evaluate", "--bundle", str(trained["bundle"]), "--data", str(fresh)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert ": all: 9 images" in out and "unseen" not in out
+    assert not [r for r in caplog.records if "were trained" in r.getMessage()]
+
+
+def test_evaluate_help_prints_a_single_percent_sign(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    assert "95%" in text and "%%" not in text

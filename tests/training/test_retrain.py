@@ -199,3 +199,12 @@ def test_missing_base_data_is_named(
     assert code != 0
     err = capsys.readouterr().err
     assert str(gone) in err and "--replay-data" in err
+
+
+def test_replay_defaults_to_everything_in_head_mode_only() -> None:
+    from training.retrain import DEFAULT_REPLAY_IMAGES, replay_size
+
+    assert replay_size(None, "head", 1780) == 1780
+    assert replay_size(None, "full", 1780) == DEFAULT_REPLAY_IMAGES
+    assert replay_size(None, "last", 10) == DEFAULT_REPLAY_IMAGES  # subsample caps it at 10
+    assert replay_size(12, "head", 1780) == 12

@@ -5,6 +5,7 @@ import { showError } from "./errors.js";
 import { formatTime, say, t } from "./i18n.js";
 import { $, state } from "./state.js";
 import {
+  actionOf,
   APPENDICES,
   appendName,
   isDecided,
@@ -24,11 +25,12 @@ export function renderAnswer(ident, { focus = false, keepPhoto = false } = {}) {
   const section = $("result");
   section.hidden = false;
   section.dataset.decision = kind;
+  section.dataset.action = actionOf(d);
   section.dataset.id = ident.id;
 
   const decision = $("decision");
   decision.textContent = t("decision_" + kind);
-  decision.className = "decision decision-" + kind;
+  decision.className = "decision decision-" + kind + " action-" + actionOf(d);
   const parts = decided || d.taxon
     ? nameParts(d.taxon, d.label_name || labelName(d.label, top))
     : { sci: "", common: t("noTaxon") };
@@ -44,6 +46,9 @@ export function renderAnswer(ident, { focus = false, keepPhoto = false } = {}) {
   $("unverified-hint").hidden = !unverified;
   $("prob").textContent = decided ? probabilityText(d.probability) : "";
   noteOriginDependence(ident);
+  const caveat = $("caveat");
+  caveat.textContent = d.caveat || "";
+  caveat.hidden = !d.caveat;
 
   renderGuidance(ident.guidance || {}, kind);
   const title = $("candidates-title");
@@ -129,6 +134,27 @@ async function noteOriginDependence(ident) {
   } catch (_err) {
     /* only a hint: the badge already shows the strictest listing */
   }
+}
+
+/** Take the answer off the page: a new photo, an error or a new identification must never
+    leave the previous answer on screen, where it could be read as the answer to the new one. */
+export function clearAnswer() {
+  state.current = null;
+  state.feedbackFor = null;
+  const section = $("result");
+  section.hidden = true;
+  delete section.dataset.decision;
+  delete section.dataset.action;
+  delete section.dataset.id;
+  for (const id of ["decision", "sci", "common", "prob", "caveat", "meta"]) $(id).textContent = "";
+  $("caveat").hidden = true;
+  $("candidates").textContent = "";
+  say($("origin-note"), null);
+  if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
+  state.photoUrl = null;
+  $("photo").removeAttribute("src");
+  resetHeatmap();
+  $("feedback").hidden = true;
 }
 
 /** The active model's limitations, for answers of the active model only. */

@@ -2,6 +2,7 @@
    Plain JavaScript modules, no build step, nothing fetched from elsewhere; talks to the JSON API
    in docs/api.md. The DOM is built with textContent only, never innerHTML. */
 import {
+  clearAnswer,
   renderAnswer,
   renderHeatmapToggle,
   setPhoto,
@@ -181,7 +182,12 @@ function onFileChosen(event) {
   event.target.value = ""; // choosing the same file again still fires "change"
   if (!file) return;
   clearError();
+  clearAnswer(); // a new photo: the previous answer is not its answer
   if (file.type && !file.type.startsWith("image/")) {
+    state.file = null;
+    state.prepared = null;
+    say($("chosen"), null);
+    $("identify-btn").disabled = true;
     showError(new UserError("notImage"));
     return;
   }
@@ -237,6 +243,7 @@ async function uploadWithRetry(prepared, fields) {
 async function identify(event, { onDevice = false } = {}) {
   if (event) event.preventDefault();
   clearError();
+  clearAnswer(); // a new identification: nothing of the previous one stays on screen
   if (!state.file) {
     showError(new UserError("noFile"));
     return;
@@ -268,6 +275,7 @@ async function identify(event, { onDevice = false } = {}) {
     show(ident, { keepPhoto: !located, focus: true });
     loadRecent();
   } catch (err) {
+    clearAnswer();
     showError(err);
     if (err instanceof NetworkError || (err instanceof ApiError && err.status >= 500)) {
       $("retry").hidden = false;
@@ -306,6 +314,7 @@ async function openCase(id) {
   try {
     show(await api("/v1/identifications/" + encodeURIComponent(id)), { focus: true });
   } catch (err) {
+    clearAnswer();
     showError(err);
   }
 }

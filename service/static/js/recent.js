@@ -4,6 +4,7 @@ import { showError } from "./errors.js";
 import { formatTime, say, t } from "./i18n.js";
 import { $, state } from "./state.js";
 import {
+  actionOf,
   appendName,
   feedbackSummary,
   isDecided,
@@ -48,7 +49,7 @@ function renderRecent() {
     const d = ident.decision || { kind: "uncertain" };
     const decided = isDecided(d);
     const li = document.createElement("li");
-    li.className = "recent-item decision-" + d.kind;
+    li.className = "recent-item decision-" + d.kind + " action-" + actionOf(d);
     const button = document.createElement("button");
     button.type = "button";
     button.className = "recent-open";

@@ -20,6 +20,22 @@ export function isDecided(decision) {
   return Boolean(decision) && (decision.kind === "taxon" || decision.kind === "lookalike");
 }
 
+/** What the officer should do, which sets the colour everywhere (answer bar, decision line,
+    recent-cases stripe): ``detain`` (Appendix I: red), ``permit`` (Appendix II or III: check the
+    permit, amber), ``clear`` (only an in-domain "not listed" answer: a look-alike material or a
+    CITES label not listed for this origin: green) and ``refer`` (uncertain, outside the
+    training domain, unusable photo: neutral). */
+export function actionOf(decision) {
+  const d = decision || {};
+  if (d.kind === "taxon") {
+    if (d.appendix === "I") return "detain";
+    if (d.appendix === "II" || d.appendix === "III") return "permit";
+    return "clear";
+  }
+  if (d.kind === "lookalike") return "clear";
+  return "refer";
+}
+
 /** Fill an appendix badge: colour and text. ``kind`` is a label kind (cites, lookalike,
     not_wildlife), or "unknown" when no single class was decided; a CITES class without an
     appendix is not listed (for this origin). */

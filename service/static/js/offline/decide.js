@@ -134,6 +134,19 @@ function taxonDecision(pkg, taxonId, probability, rule, origin, labelId) {
   };
 }
 
+/** model.decision.lookalike_reason: what the object is not, what it looks like, and that the
+    documents must still be checked. */
+function lookalikeReason(pkg, probs, top, topP) {
+  const looksLike = `looks like ${top.name} (${fixed2(topP)})`;
+  let closest = null;
+  for (const label of pkg.labels) {
+    if (label.kind !== "cites") continue;
+    if (closest === null || probs[label.index] > probs[closest.index]) closest = label;
+  }
+  if (closest === null) return `${looksLike}; not a CITES product this model knows: check the documents`;
+  return `not ${closest.name}: ${looksLike}; check the documents`;
+}
+
 // ---------------------------------------------------------------- the rules, in package order
 
 const RULES = {
@@ -159,15 +172,20 @@ const RULES = {
     if (top.kind !== "cites" || topP < pkg.thresholds.taxon) return null;
     return taxonDecision(pkg, top.taxon_id, topP, "label_threshold", origin, top.id);
   },
-  lookalike_threshold({ pkg, top, topP }) {
-    if (top.kind === "cites" || topP < pkg.thresholds.lookalike) return null;
+  lookalike_threshold({ pkg, probs, score, top, topP }) {
+    /* Only after the out-of-domain check passed, and at the label's own threshold
+       (thresholds.lookalike_by_label, else thresholds.lookalike). */
+    if (score === null || !pkg.ood || top.kind === "cites") return null;
+    const byLabel = pkg.thresholds.lookalike_by_label || {};
+    const threshold = top.id in byLabel ? byLabel[top.id] : pkg.thresholds.lookalike;
+    if (topP < threshold) return null;
     return {
       kind: "lookalike",
       label_id: top.id,
       taxon_id: top.taxon_id || null,
       probability: topP,
       rule: "lookalike_threshold",
-      reason: `probably not CITES material: ${top.name}`,
+      reason: lookalikeReason(pkg, probs, top, topP),
       appendix: null,
       rank: null,
     };

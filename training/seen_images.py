@@ -1,0 +1,89 @@
+"""The images a bundle was built from, by content: which given images did it train or tune on?
+
+Training writes :data:`SEEN_IMAGES_FILE` into every bundle: one line per image of the split,
+``<sha256 of the file's bytes>\\t<train|val|test>``, sorted. ``evaluate`` reads it back
+(:func:`read_seen_images`) and reports how many of the images it is given were trained on
+(``train``) or tuned on (``val``: head choice, temperature, thresholds, OOD threshold, early
+stopping), warns when any were, and reports the figures on the unseen images separately. The
+content hash finds the images whatever their path or file name.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.bundle import Bundle
+from model.digest import sha256_file
+from training.data import DataError, Sample
+
+SEEN_IMAGES_FILE = "seen-images.tsv"
+SEEN_SPLITS = ("train", "val")
+"""Splits whose images the bundle was fitted or tuned on (``test`` images were held out)."""
+_HEADER = "# sha256 of each image of the bundle's training data, and its split (train, val, test)"
+_SPLITS = ("train", "val", "test")
+
+
+def write_seen_images(path: Path, splits: Mapping[str, Sequence[Sample]]) -> Path:
+    """Write the digest file for ``splits`` (``{"train": [...], "val": [...], "test": [...]}``).
+
+    An image present in several splits (byte-identical copies) is recorded under the first of
+    train, val, test: the one that matters for an overlap warning."""
+    digests: dict[str, str] = {}
+    for split in _SPLITS:
+        for sample in splits.get(split, ()):
+            digests.setdefault(sha256_file(sample.path), split)
+    lines = [_HEADER, *(f"{digest}\t{split}" for digest, split in sorted(digests.items()))]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def read_seen_images(bundle: Bundle) -> dict[str, str] | None:
+    """``{sha256: split}`` of the bundle's images, or None for a bundle trained before the
+    file existed. Raises :class:`~training.data.DataError` for a malformed file."""
+    path = bundle.path / SEEN_IMAGES_FILE
+    if SEEN_IMAGES_FILE not in bundle.manifest.files or not path.is_file():
+        return None
+    seen: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line or line.startswith("#"):
+            continue
+        digest, _, split = line.partition("\t")
+        if len(digest) != 64 or split not in _SPLITS:
+            raise DataError(f"{path}:{number}: expected '<sha256>\\t<train|val|test>'")
+        seen[digest] = split
+    return seen
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Which of the given images the bundle has seen.
+
+    Attributes:
+        splits: per given image, the bundle split it belongs to, or None (never seen).
+    """
+
+    splits: tuple[str | None, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many given images are in each bundle split (``unseen`` for the rest)."""
+        counter = Counter(s or "unseen" for s in self.splits)
+        return {name: counter.get(name, 0) for name in (*_SPLITS, "unseen")}
+
+    @property
+    def trained_or_tuned(self) -> int:
+        """Images of the ``train`` and ``val`` splits."""
+        return sum(1 for s in self.splits if s in SEEN_SPLITS)
+
+    @property
+    def unseen_mask(self) -> list[bool]:
+        """Per given image: True when the bundle neither trained nor tuned on it."""
+        return [s not in SEEN_SPLITS for s in self.splits]
+
+
+def overlap(seen: Mapping[str, str], paths: Sequence[Path]) -> Overlap:
+    """Look up every image file (by the sha256 of its bytes) in the bundle's digest set."""
+    return Overlap(tuple(seen.get(sha256_file(p)) for p in paths))
