@@ -221,7 +221,7 @@ def test_officer_flow_on_a_phone(
     expect(page.locator("#recent-list li").first).to_contain_text("corrigé en")
     assert page.locator("#decision").inner_text() in {
         "Fiable",
-        "Imitation : probablement pas un spécimen CITES",
+        "Imitation : vérifiez les documents",
         "Incertain : consultez un expert",
         "Hors du domaine d’entraînement : consultez un expert",
     }

@@ -64,7 +64,7 @@ def test_xray_answer_shows_the_box_on_the_scan(
     expect(page.locator("#result")).to_be_visible()
     expect(page.locator("#location-note")).to_be_visible()
     expect(page.locator("#location-note")).to_contain_text("red box")
-    page.wait_for_function("document.getElementById('photo').naturalWidth > 0")
+    page.wait_for_function("() => document.getElementById('photo').naturalWidth > 0")
     shown = page.evaluate(
         """async () => {
             const img = document.getElementById('photo');
