@@ -195,8 +195,14 @@ def test_explanation_texts_have_no_english() -> None:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    # an OOD model (magenta stays in the domain at threshold 30): look-alike answers are given
+    # only after the OOD check has passed
     bundle = make_tiny_bundle(
-        tmp_path_factory.mktemp("w"), version="tiny-lang", labels=GROUP_LABELS
+        tmp_path_factory.mktemp("w"),
+        version="tiny-lang",
+        labels=GROUP_LABELS,
+        with_ood=True,
+        ood_threshold=30.0,
     )
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("data"),
