@@ -41,8 +41,13 @@ CLEAR_GREEN = "rgb(30, 107, 51)"
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHandle]:
     require_browser()
+    # with an OOD model: look-alike answers ("clear") come only after the OOD check passed
     bundle = make_tiny_bundle(
-        tmp_path_factory.mktemp("weights"), version="tiny-group", labels=GROUP_LABELS
+        tmp_path_factory.mktemp("weights"),
+        version="tiny-group",
+        labels=GROUP_LABELS,
+        with_ood=True,
+        ood_threshold=30.0,
     )
     with running_service(bundle, tmp_path_factory.mktemp("service-data")) as handle:
         yield handle
