@@ -85,6 +85,19 @@ class OnnxClassifierAPI(ls.LitAPI):  # type: ignore[misc]
         }
 
 
+def serve(api: ls.LitAPI, host: str, port: int) -> None:
+    """Run ``api`` under LitServe as every LitServe alternative of the benchmark does: one CPU
+    worker, its dynamic batching, a 60 s request timeout."""
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
+    server.run(
+        host=host,
+        port=port,
+        generate_client_file=False,
+        log_level="warning",
+        num_api_servers=1,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the LitServe baseline on loopback."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -103,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout,
     )
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
-    server.run(
-        host=args.host,
-        port=args.port,
-        generate_client_file=False,
-        log_level="warning",
-        num_api_servers=1,
-    )
+    serve(api, args.host, args.port)
     return 0
 
 

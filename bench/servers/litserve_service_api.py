@@ -20,6 +20,7 @@ from typing import Any
 
 import litserve as ls
 
+from bench.servers.litserve_onnx import serve
 from model.predictor import Prediction, Predictor
 from model.preprocess import preprocess_bytes
 from service.inference import InferenceItem, PredictorAPI
@@ -83,14 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout,
     )
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
-    server.run(
-        host=args.host,
-        port=args.port,
-        generate_client_file=False,
-        log_level="warning",
-        num_api_servers=1,
-    )
+    serve(api, args.host, args.port)
     return 0
 
 
