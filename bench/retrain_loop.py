@@ -151,7 +151,8 @@ def run(
             made.raise_for_status()
             body = made.json()
             truth = TRUE_LABEL[path.parent.name]
-            if body["top_k"][0]["label"] == truth:
+            top = body["top_k"]  # empty when the image checks refused the photo
+            if top and top[0]["label"] == truth:
                 feedback = {"verdict": "confirm"}
                 confirmed += 1
             else:
