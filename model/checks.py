@@ -25,7 +25,7 @@ from PIL import Image
 
 from model.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from model.modality import ModalityEvidence, detect_modality
-from model.preprocess import PreprocessConfig, array_to_pixels, image_to_array
+from model.preprocess import PreprocessConfig, array_to_pixels, image_to_pixels, pixels_to_array
 from model.quality import QualityReport, assess_quality
 
 MODALITY_VIEW = 224
@@ -62,12 +62,16 @@ def check_decoded(
     config: PreprocessConfig,
     *,
     evidence: ModalityEvidence | None = None,
+    pixels: npt.NDArray[np.uint8] | None = None,
 ) -> ImageChecks:
     """Checks of a decoded image whose model input is ``array`` (see the module docstring);
-    ``evidence`` is :func:`scanner_evidence` of the image when the caller already has it."""
+    ``evidence`` is :func:`scanner_evidence` of the image and ``pixels`` the model input before
+    normalisation (:func:`~model.preprocess.image_to_pixels`) when the caller already has them."""
     width, height = decoded.original_size
+    if pixels is None:
+        pixels = array_to_pixels(array, config)
     return ImageChecks(
-        quality=assess_quality(array_to_pixels(array, config), source_size=(width, height)),
+        quality=assess_quality(pixels, source_size=(width, height)),
         modality=evidence if evidence is not None else scanner_evidence(decoded),
     )
 
@@ -84,5 +88,6 @@ def prepare_input(
     """Decode ``data`` once: the model input (3, S, S) and its checks. Raises the
     :class:`~model.imageio.ImageError` subclasses of :func:`~model.imageio.decode_image`."""
     decoded = decode_image(data, max_pixels=max_pixels, target_shorter=config.decode_shorter)
-    array = image_to_array(decoded.image, config)
-    return array, check_decoded(decoded, array, config)
+    pixels = image_to_pixels(decoded.image, config)
+    array = pixels_to_array(pixels, config)
+    return array, check_decoded(decoded, array, config, pixels=pixels)

@@ -50,6 +50,8 @@ __all__ = [
     "array_to_pixels",
     "decode_image",
     "image_to_array",
+    "image_to_pixels",
+    "pixels_to_array",
     "preprocess_bytes",
     "window_to_uint8",
 ]
@@ -169,8 +171,9 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return max(1, int(shorter * width / height)), shorter
 
 
-def image_to_array(image: Image.Image, config: PreprocessConfig) -> npt.NDArray[np.float32]:
-    """Resize, crop and normalise an RGB image into a float32 array of shape (3, S, S)."""
+def image_to_pixels(image: Image.Image, config: PreprocessConfig) -> npt.NDArray[np.uint8]:
+    """Resize and crop an image into the (S, S, 3) uint8 RGB pixels the model sees (before
+    normalisation: what the image checks measure)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     resample = INTERPOLATIONS[config.interpolation]
@@ -184,11 +187,27 @@ def image_to_array(image: Image.Image, config: PreprocessConfig) -> npt.NDArray[
         left = round((image.width - size) / 2.0)
         top = round((image.height - size) / 2.0)
         image = image.crop((left, top, left + size, top + size))
-    pixels = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
-    mean = np.asarray(config.mean, dtype=np.float32)
-    std = np.asarray(config.std, dtype=np.float32)
-    normalised = (pixels - mean) / std
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def pixels_to_array(
+    pixels: npt.NDArray[np.uint8], config: PreprocessConfig
+) -> npt.NDArray[np.float32]:
+    """(S, S, 3) uint8 RGB -> the (3, S, S) float32 model input: scale to [0, 1], then
+    normalise with the config's ``mean`` and ``std``."""
+    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(config.std, dtype=np.float32)[:, None, None]
+    planar = np.asarray(pixels, dtype=np.uint8).transpose(2, 0, 1)
+    result = np.empty(planar.shape, dtype=np.float32)
+    np.multiply(planar, np.float32(1.0 / 255.0), out=result)
+    result -= mean
+    result /= std
+    return result
+
+
+def image_to_array(image: Image.Image, config: PreprocessConfig) -> npt.NDArray[np.float32]:
+    """Resize, crop and normalise an RGB image into a float32 array of shape (3, S, S)."""
+    return pixels_to_array(image_to_pixels(image, config), config)
 
 
 def array_to_pixels(

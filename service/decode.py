@@ -40,7 +40,13 @@ from PIL import Image
 from model.checks import ImageChecks, check_decoded, scanner_evidence
 from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
 from model.modality import ModalityEvidence
-from model.preprocess import PreprocessConfig, decode_image, image_to_array
+from model.preprocess import (
+    PreprocessConfig,
+    decode_image,
+    image_to_array,
+    image_to_pixels,
+    pixels_to_array,
+)
 from service.decodeworkers import DecodeStoppedError, DecodeWorkers
 from service.imagestore import PreparedImage, prepare_image
 
@@ -243,12 +249,12 @@ def decode_upload(
     pixel_evidence = evidence if "xray" in configs else None
     modality, source = resolve_modality(decoded, requested_modality, pixel_evidence)
     config = configs.get(modality)
-    array = image_to_array(decoded.image, config) if config is not None else None
-    checks = (
-        check_decoded(decoded, array, config, evidence=evidence)
-        if array is not None and config
-        else None
-    )
+    array: npt.NDArray[np.float32] | None = None
+    checks: ImageChecks | None = None
+    if config is not None:
+        pixels = image_to_pixels(decoded.image, config)
+        array = pixels_to_array(pixels, config)
+        checks = check_decoded(decoded, array, config, evidence=evidence, pixels=pixels)
     image = stored_image(data, decoded, limits)
     if image.data == data:
         image = replace(image, data=b"")

@@ -24,8 +24,11 @@ from model.preprocess import (
     ImageTooLargeError,
     PreprocessConfig,
     UnsupportedImageError,
+    array_to_pixels,
     decode_image,
     image_to_array,
+    image_to_pixels,
+    pixels_to_array,
     preprocess_bytes,
     window_to_uint8,
 )
@@ -388,6 +391,21 @@ def test_image_to_array_matches_torchvision(size: tuple[int, int]) -> None:
     )
     expected = pipeline(image).numpy()
     assert np.abs(image_to_array(image, PreprocessConfig()) - expected).max() < 1e-5
+
+
+def test_pixels_then_array_is_image_to_array() -> None:
+    """The model input in two steps (uint8 pixels the image checks measure, then
+    normalisation) equals the one-step conversion, and undoing the normalisation gives the
+    pixels back."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, size=(300, 410, 3), dtype=np.uint8), "RGB")
+    config = PreprocessConfig(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pixels = image_to_pixels(image, config)
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+    array = pixels_to_array(pixels, config)
+    assert array.dtype == np.float32 and array.flags.c_contiguous
+    np.testing.assert_array_equal(array, image_to_array(image, config))
+    np.testing.assert_array_equal(array_to_pixels(array, config), pixels)
 
 
 def test_squash_resizes_without_crop() -> None:
