@@ -27,7 +27,7 @@ from service.batcher import MicroBatcher
 from service.imagestore import PreparedImage
 from service.keys import Principal
 from service.metrics import ServiceMetrics
-from service.repository import NewIdentification, add_identification, insert_image_if_new
+from service.repository import NewIdentification, add_identifications, insert_images_if_new
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +146,10 @@ class IdentificationRecorder:
 
     def _commit(self, group: Sequence[PendingIdentification]) -> None:
         with self._sessions() as session:
-            for pending in group:
-                insert_image_if_new(session, pending.image, pending.image_path)
-                add_identification(
-                    session,
-                    pending.identification,
-                    ident_id=pending.ident_id,
-                    created_at=pending.created_at,
-                )
+            insert_images_if_new(session, [(p.image, p.image_path) for p in group])
+            add_identifications(
+                session, [(p.identification, p.ident_id, p.created_at) for p in group]
+            )
             session.commit()
         self.commits += 1
         if self._metrics is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -54,19 +54,22 @@ def record_image(session: Session, image: PreparedImage, relative_path: str) -> 
     return row
 
 
-def insert_image_if_new(session: Session, image: PreparedImage, relative_path: str) -> None:
-    """Add the image row for ``image`` unless one exists, without a savepoint or a read first:
-    ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL (:func:`record_image`
-    elsewhere). Same content means same row, so a concurrent insert of it is no conflict."""
+def insert_images_if_new(session: Session, images: Sequence[tuple[PreparedImage, str]]) -> None:
+    """Add the image rows of ``images`` (image, stored path) that do not exist yet, in one
+    statement and without a savepoint or a read first: ``INSERT ... ON CONFLICT DO NOTHING`` on
+    SQLite and PostgreSQL (:func:`record_image` elsewhere). Same content means same row, so a
+    concurrent insert of it is no conflict."""
+    if not images:
+        return
     dialect = session.get_bind().dialect.name
     if dialect not in ("sqlite", "postgresql"):  # pragma: no cover - SQLite and PostgreSQL only
-        record_image(session, image, relative_path)
+        for image, relative_path in images:
+            record_image(session, image, relative_path)
         return
     dialect_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
     session.execute(
-        dialect_insert(StoredImage)
-        .values(_image_row(image, relative_path))
-        .on_conflict_do_nothing(index_elements=["sha256"])
+        dialect_insert(StoredImage).on_conflict_do_nothing(index_elements=["sha256"]),
+        [_image_row(image, relative_path) for image, relative_path in images],
     )
 
 
@@ -106,29 +109,50 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _identification_row(
+    new: NewIdentification, *, ident_id: str, created_at: datetime
+) -> dict[str, Any]:
+    return {
+        "id": ident_id,
+        "created_at": created_at,
+        "created_by": new.principal.key_id,
+        "created_by_name": new.principal.name,
+        "image_sha256": new.image_sha256,
+        "model_version": new.model_version,
+        "modality": new.modality,
+        "origin_country": new.origin_country,
+        "case_ref": new.case_ref,
+        "decision_kind": new.decision_kind,
+        "label": new.label,
+        "taxon": new.taxon,
+        "probability": new.probability,
+        "rule": new.rule,
+        "result": new.result,
+    }
+
+
 def add_identification(
     session: Session, new: NewIdentification, *, ident_id: str, created_at: datetime
 ) -> Identification:
     """Insert one identification (the caller commits)."""
-    row = Identification(
-        id=ident_id,
-        created_at=created_at,
-        created_by=new.principal.key_id,
-        created_by_name=new.principal.name,
-        image_sha256=new.image_sha256,
-        model_version=new.model_version,
-        modality=new.modality,
-        origin_country=new.origin_country,
-        case_ref=new.case_ref,
-        decision_kind=new.decision_kind,
-        label=new.label,
-        taxon=new.taxon,
-        probability=new.probability,
-        rule=new.rule,
-        result=new.result,
-    )
+    row = Identification(**_identification_row(new, ident_id=ident_id, created_at=created_at))
     session.add(row)
     return row
+
+
+def add_identifications(
+    session: Session, rows: Sequence[tuple[NewIdentification, str, datetime]]
+) -> None:
+    """Insert identifications (new, id, created_at) in one ORM bulk ``INSERT`` (no unit of work,
+    no objects: the group commit's path; the caller commits)."""
+    if rows:
+        session.execute(
+            insert(Identification),
+            [
+                _identification_row(new, ident_id=ident_id, created_at=created_at)
+                for new, ident_id, created_at in rows
+            ],
+        )
 
 
 @dataclass(frozen=True)
