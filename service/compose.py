@@ -141,6 +141,7 @@ def build_context(settings: Settings, metrics: ServiceMetrics) -> AppContext:
         settings.resolved_weights_dir,
         taxonomy=taxonomy,
         threads=settings.onnx_threads,
+        batch_threads=settings.onnx_batch_threads,
         precision=settings.precision,
         warmup_batch=settings.batch_max_size,
     )

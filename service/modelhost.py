@@ -123,10 +123,12 @@ class ModelHost:
         threads: int | None,
         precision: Precision,
         warmup_batch: int,
+        batch_threads: int | None = None,
     ) -> None:
         self.weights_dir = weights_dir
         self._taxonomy = taxonomy
         self._threads = threads
+        self._batch_threads = batch_threads
         self._precision = precision
         self._warmup_batch = warmup_batch
         self._active: dict[str, Predictor] = {}
@@ -167,6 +169,7 @@ class ModelHost:
                     bundle,
                     taxonomy=self._taxonomy,
                     threads=self._threads,
+                    batch_threads=self._batch_threads,
                     precision=self._precision,
                     spin=False,  # the cores are shared with the decode threads
                 )

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     )
     keep_gps: bool = False
     onnx_threads: int | None = Field(default=None, ge=1, le=256)
+    onnx_batch_threads: int | None = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="intra-op threads for micro-batches of 2+ images (a lone image uses "
+        "CITES_ONNX_THREADS; the same value there means one session for both)",
+    )
     precision: Literal["auto", "fp32", "int8"] = "auto"
     static_dir: Path | None = Field(
         default=None, description="officer web page (default: service/static when present)"

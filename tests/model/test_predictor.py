@@ -113,6 +113,27 @@ def test_threads_setting_reaches_the_session(tiny_bundle: Path) -> None:
         Predictor(tiny_bundle, threads=0)
 
 
+def test_batches_run_on_their_own_session_with_the_same_answers(tiny_bundle: Path) -> None:
+    """``batch_threads``: inputs of 2+ images go to a second session (of the same file) with
+    that many threads; a lone image keeps the first. Both give the same numbers."""
+    shared = Predictor(tiny_bundle, threads=2)
+    split = Predictor(tiny_bundle, threads=2, batch_threads=1)
+    assert split._batch_session is not None
+    assert split._batch_session.get_session_options().intra_op_num_threads == 1
+    assert Predictor(tiny_bundle, threads=1, batch_threads=1)._batch_session is None
+    arrays = np.random.default_rng(1).normal(size=(5, 3, 224, 224)).astype(np.float32)
+    for alone, together in zip(
+        shared.predict_arrays(arrays), split.predict_arrays(arrays), strict=True
+    ):
+        np.testing.assert_allclose(alone.probabilities, together.probabilities, atol=1e-6)
+    lone = split.predict_arrays(arrays[:1])[0]
+    np.testing.assert_allclose(
+        lone.probabilities, shared.predict_arrays(arrays[:1])[0].probabilities, atol=1e-6
+    )
+    with pytest.raises(PredictorError, match="batch_threads must be at least 1"):
+        Predictor(tiny_bundle, batch_threads=0)
+
+
 def test_spinning_is_on_for_batch_use_and_can_be_turned_off(tiny_bundle: Path) -> None:
     key = "session.intra_op.allow_spinning"
     assert Predictor(tiny_bundle).session_options.get_session_config_entry(key) == "1"
