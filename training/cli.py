@@ -106,11 +106,17 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--modality", choices=MODALITIES, help="modality of the images")
     p.add_argument(
+        "--backbone",
+        choices=("lite0", "lite1", "lite2"),
+        help="ImageNet-pretrained EfficientNet-Lite variant (default lite0: 224 px, the fastest; "
+        "lite1 240 px, lite2 260 px; docs/model-card.md compares them)",
+    )
+    p.add_argument(
         "--input-size",
         type=int,
         metavar="N",
-        help="model input side in pixels, 96..512 (default 224, the backbone's own); the shorter "
-        "side is resized to round(N * 256 / 224) before the centre crop",
+        help="model input side in pixels, 96..512 (default: the backbone's own, 224 for lite0); "
+        "the shorter side is resized in the backbone's ratio (256 for 224) before the centre crop",
     )
     p.add_argument(
         "--crop",

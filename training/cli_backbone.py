@@ -1,7 +1,7 @@
 """``cites-vision backbone check``: prove the pretrained backbone is loaded right, on real photos.
 
 Runs the ImageNet head of :func:`training.backbone.create_model` through the project's own
-preprocessing (:func:`model.preprocess.preprocess_bytes` with ``BACKBONE_PREPROCESS``) over a
+preprocessing (:func:`model.preprocess.preprocess_bytes` with the backbone's own) over a
 folder laid out like ``../shared/data/imagenet-sample`` (``<NNN_wnid_name>/<image>.jpg``, the
 leading number being the ImageNet class index, or a ``labels.tsv`` with ``index wnid name path``)
 and prints top-1 / top-5 accuracy. A faithful load reaches 0.883 top-1 on that folder; the
@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument(
         "--min-top1", type=float, default=None, help="exit 1 when top-1 is below this"
     )
+    check.add_argument(
+        "--backbone",
+        choices=("lite0", "lite1", "lite2"),
+        default="lite0",
+        help="which EfficientNet-Lite variant to check (default lite0)",
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=run_check)
 
@@ -118,23 +124,30 @@ def _batches(
         yield examples[start : start + batch_size]
 
 
-def evaluate_folder(examples: Sequence[tuple[Path, int]], *, batch_size: int = 32) -> CheckResult:
-    """Top-1/top-5 of the pretrained ImageNet head over ``examples``."""
+def evaluate_folder(
+    examples: Sequence[tuple[Path, int]], *, batch_size: int = 32, backbone: str = "lite0"
+) -> CheckResult:
+    """Top-1/top-5 of the pretrained ImageNet head of ``backbone`` over ``examples``, with the
+    backbone's own preprocessing."""
     import numpy as np
     import torch
 
     from model.preprocess import ImageError, preprocess_bytes
-    from training.backbone import BACKBONE_PREPROCESS, create_model
+    from training.backbone import backbone_spec, create_model
+
+    spec = backbone_spec(backbone)
 
     def load(item: tuple[Path, int]) -> np.ndarray:
         path = item[0]
         try:
-            return preprocess_bytes(path.read_bytes(), BACKBONE_PREPROCESS)
+            return preprocess_bytes(path.read_bytes(), spec.preprocess)
         except (OSError, ImageError) as exc:
             raise CommandError(f"{path}: {exc}") from exc
 
     started = time.perf_counter()
-    model = create_model(None, pretrained=True).to(memory_format=torch.channels_last)
+    model = create_model(None, pretrained=True, backbone=spec.name).to(
+        memory_format=torch.channels_last
+    )
     top1 = top5 = 0
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         for batch in _batches(examples, batch_size):
@@ -165,7 +178,7 @@ def run_check(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     examples = spread(find_examples(args.data), args.limit)
     logger.info("checking the backbone on %d images from %s", len(examples), args.data)
-    result = evaluate_folder(examples, batch_size=args.batch_size)
+    result = evaluate_folder(examples, batch_size=args.batch_size, backbone=args.backbone)
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     else:

@@ -49,7 +49,8 @@ class TrainConfig:
     views: int = 2
     trained_stages: int = 1
     modality: str = "camera"
-    input_size: int = 224
+    backbone: str = "tf_efficientnet_lite0"
+    input_size: int | None = None
     crop: str = "center"
     pretrained: bool = True
     cache_dir: str | None = str(DEFAULT_CACHE_DIR)
@@ -98,8 +99,14 @@ class TrainConfig:
             raise ConfigError("--calibration-images must be >= 1")
         if self.crop not in CROPS:
             raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        from training.backbone import BackboneError, backbone_spec
+
+        try:
+            object.__setattr__(self, "backbone", backbone_spec(self.backbone).name)
+        except BackboneError as exc:
+            raise ConfigError(f"--backbone: {exc}") from None
         low, high = INPUT_SIZES
-        if (
+        if self.input_size is not None and (
             isinstance(self.input_size, bool)
             or not isinstance(self.input_size, int)
             or not low <= self.input_size <= high
@@ -110,15 +117,18 @@ class TrainConfig:
             )
 
     def preprocess(self) -> PreprocessConfig:
-        """The run's one preprocessing: the backbone's, at ``input_size``.
+        """The run's one preprocessing: the backbone's, at ``input_size`` (default: the
+        backbone's own, 224 for Lite0, 240 for Lite1, 260 for Lite2).
 
         The shorter side is resized in the backbone's ratio (256 for 224), so the centre crop
         keeps the same share of the image at every size. ``crop="squash"`` resizes the whole
         image to the square instead (x-ray scans: an object may lie anywhere in the bag).
         """
-        from training.backbone import BACKBONE_PREPROCESS
+        from training.backbone import backbone_spec
 
-        base = BACKBONE_PREPROCESS
+        base = backbone_spec(self.backbone).preprocess
+        if self.input_size is None or self.input_size == base.input_size:
+            return replace(base, crop=self.crop)
         ratio = base.resize_shorter / base.input_size
         return replace(
             base,

@@ -39,7 +39,13 @@ from model.predictor import softmax
 from training import data as d
 from training import export as ex
 from training.augment import preset_for
-from training.backbone import add_reference_branch, create_model, describe
+from training.backbone import (
+    BACKBONE_NAME,
+    add_reference_branch,
+    architecture,
+    create_model,
+    describe,
+)
 from training.calibrate import (
     AllClearChoice,
     ThresholdChoice,
@@ -376,7 +382,9 @@ def warm_start_model(bundle_path: Path, num_classes: int) -> torch.nn.Module:
     state = saved.get("state_dict") if isinstance(saved, dict) else None
     if not isinstance(state, dict):
         raise d.DataError(f"{path}: not a CITES Vision torch weights file")
-    model = create_model(num_classes, pretrained=False)
+    model = create_model(
+        num_classes, pretrained=False, backbone=str(saved.get("backbone") or BACKBONE_NAME)
+    )
     backbone = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     result = model.load_state_dict(backbone, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
@@ -472,7 +480,7 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
     model: Any = (
         warm_start_model(Path(config.init_from), num_classes)
         if config.init_from
-        else create_model(num_classes, pretrained=config.pretrained)
+        else create_model(num_classes, pretrained=config.pretrained, backbone=config.backbone)
     )
     cacheable = config.pretrained or config.init_from is not None
     if dist_info is not None and not dist_info.is_main:
@@ -527,7 +535,7 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
 def _frozen_copy(model: Any, num_classes: int) -> Any:
     """A fresh network holding ``model``'s current weights, frozen (no gradients), in eval mode:
     the reference backbone a knn-reference bundle carries."""
-    frozen: Any = create_model(num_classes, pretrained=False)
+    frozen: Any = create_model(num_classes, pretrained=False, backbone=architecture(model))
     frozen.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
     for parameter in frozen.parameters():
         parameter.requires_grad_(False)

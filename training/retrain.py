@@ -59,6 +59,7 @@ RECIPE_KEYS = (
     "views",
     "trained_stages",
     "modality",
+    "backbone",
     "input_size",
     "crop",
     "int8",

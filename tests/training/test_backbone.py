@@ -19,6 +19,7 @@ from training.backbone import (  # noqa: E402 - after the importorskip guards
     FEATURE_DIM,
     BackboneError,
     ExportWrapper,
+    backbone_spec,
     checkpoint_path,
     create_model,
     export_onnx,
@@ -45,6 +46,33 @@ def test_remap_covers_every_checkpoint_key_exactly() -> None:
     assert set(renamed) == set(reference)
     for key, value in renamed.items():
         assert value.shape == reference[key].shape, key
+
+
+@pytest.mark.parametrize(
+    ("short", "size", "shorter", "blocks"),
+    [("lite1", 240, 272, 21), ("lite2", 260, 292, 21)],
+)
+def test_lite1_and_lite2_load_their_own_checkpoint_strictly(
+    short: str, size: int, shorter: int, blocks: int
+) -> None:
+    """Every tensor of the packaged checkpoint has its place in the deeper variants (their
+    stage depths come from the timm model), and each keeps its own input size."""
+    import timm
+
+    spec = backbone_spec(short)
+    reference = timm.create_model(spec.name, pretrained=False)
+    depths = tuple(len(stage) for stage in reference.blocks)
+    assert sum(depths) == blocks
+    state = torch.load(checkpoint_path(spec.name), map_location="cpu", weights_only=True)
+    renamed = remap_state_dict(state, depths)
+    assert set(renamed) == set(reference.state_dict())
+    model = create_model(3, pretrained=True, backbone=short)
+    assert (spec.preprocess.input_size, spec.preprocess.resize_shorter) == (size, shorter)
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, size, size))
+    assert logits.shape == (1, 3)
+    with pytest.raises(BackboneError, match="unknown backbone 'lite9'"):
+        backbone_spec("lite9")
 
 
 @pytest.mark.parametrize(

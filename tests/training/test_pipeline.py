@@ -267,6 +267,63 @@ def test_input_size_reaches_the_bundle_and_the_predictor(
         predictor.predict_arrays(np.zeros((1, 3, 224, 224), dtype=np.float32))
 
 
+def test_backbone_choice_reaches_the_bundle_and_its_warm_start(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--backbone lite1`` builds on EfficientNet-Lite1: the manifest, config.json and model.pt
+    name it, the resize keeps Lite1's own ratio (272 for 240), and a warm start from the bundle
+    rebuilds Lite1 (not the default Lite0)."""
+    from training.pipeline import warm_start_model
+
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(trained["root"] / "map.tsv"),
+            "--out",
+            str(tmp_path / "weights"),
+            "--version",
+            "lite1",
+            "--mode",
+            "head",
+            "--backbone",
+            "lite1",
+            "--input-size",
+            "128",
+            "--cache-dir",
+            str(trained["root"] / "cache"),
+            "--no-int8",
+            "--threads",
+            "2",
+        ]
+    )
+    assert code == 0
+    folder = tmp_path / "weights" / "lite1"
+    bundle = load_bundle(folder)
+    assert bundle.manifest.backbone == "tf_efficientnet_lite1"
+    assert bundle.manifest.preprocess.resize_shorter == round(128 * 272 / 240)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["config"]["backbone"] == "tf_efficientnet_lite1"
+    warm = warm_start_model(folder, 3)
+    assert [len(stage) for stage in warm.blocks] == [1, 3, 3, 4, 4, 5, 1]
+    assert Predictor(folder).preprocess.input_size == 128
+
+
+def test_train_refuses_an_unknown_backbone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--backbone", "resnet50"])
+    assert "--backbone" in capsys.readouterr().err
+    from training.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        TrainConfig(data=("x",), backbone="lite9")
+    assert TrainConfig(data=("x",), backbone="lite2").preprocess().input_size == 260
+
+
 @pytest.mark.parametrize("size", ["64", "513", "big"])
 def test_train_refuses_a_bad_input_size(
     size: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
