@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -89,6 +90,15 @@ def form_options(
 Options = Annotated[IdentifyOptions, Depends(form_options)]
 
 
+def json_answer(body: dict[str, Any], response: Response, status_code: int) -> JSONResponse:
+    """``body`` as JSON with the headers the dependencies set on ``response`` (Content-Language,
+    Location). Returning a response skips FastAPI's generic encoding of the answer
+    (``jsonable_encoder`` walks every value again: about half a millisecond per identification);
+    the answer is plain JSON data already."""
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
 def spool_upload(upload: UploadFile, limit: int) -> Upload:
     """The upload as the form parser spooled it (read by the decoder, not here)."""
     spooled = Upload.from_form(upload)
@@ -101,7 +111,13 @@ def spool_upload(upload: UploadFile, limit: int) -> Upload:
     "/identifications",
     status_code=201,
     summary="Identify one image",
-    responses={413: {"description": "too large"}, 422: {"description": "unusable input"}},
+    response_model=None,
+    responses={
+        200: {"description": "the stored answer of a case already synced from the phone"},
+        201: {"description": "the identification", "content": {"application/json": {}}},
+        413: {"description": "too large"},
+        422: {"description": "unusable input"},
+    },
 )
 async def identify_one(
     request: Request,
@@ -116,7 +132,7 @@ async def identify_one(
         str | None,
         Form(description="a case made offline: the phone's answer as JSON (docs/web.md)"),
     ] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Suggest likely CITES taxa for one uploaded image, with decision and guidance. With
     ``device_answer`` (a case made on the phone offline) both answers are stored, and a repeated
     upload of the same case returns the stored one (200) instead of a second case."""
@@ -134,33 +150,40 @@ async def identify_one(
             synced = find_synced(session, principal, device)
             row = session.get(Identification, synced) if synced else None
             if row is not None:
-                response.status_code = 200
                 response.headers["Location"] = f"/v1/identifications/{row.id}"
-                return render_identification(
+                stored = render_identification(
                     row.result,
                     language,
                     context.guidance,
                     latest_feedback(session, [row.id]).get(row.id),
                     taxonomy=context.taxonomy,
                 )
+                return json_answer(stored, response, 200)
         options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     response.headers["Location"] = f"/v1/identifications/{result['id']}"
-    return render_identification(
+    rendered = render_identification(
         result, language, context.guidance, None, taxonomy=context.taxonomy
     )
+    return json_answer(rendered, response, 201)
 
 
-@router.post("/identifications:batch", summary="Identify many images (scanner systems)")
+@router.post(
+    "/identifications:batch",
+    summary="Identify many images (scanner systems)",
+    response_model=None,
+    responses={200: {"description": "one entry per image", "content": {"application/json": {}}}},
+)
 async def identify_batch(
+    response: Response,
     principal: BatchIdentifier,
     pipeline: PipelineDep,
     context: ContextDep,
     options: Options,
     language: Language,
     images: Annotated[list[UploadFile], File(description="the images, in order")],
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Identify up to ``CITES_MAX_BATCH_IMAGES`` images; one bad image gives an error entry."""
     settings = context.settings
     if len(images) > settings.max_batch_images:
@@ -193,11 +216,12 @@ async def identify_batch(
             )
         results.append(entry)
     used = sorted({r["identification"]["model_version"] for r in results if "identification" in r})
-    return {
+    body = {
         "model_version": used[0] if len(used) == 1 else predictor.version,
         "model_versions": used,
         "results": results,
     }
+    return json_answer(body, response, 200)
 
 
 def _visibility(session: Session, principal: Principal, context: AppContext) -> Visibility:
