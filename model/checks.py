@@ -58,17 +58,20 @@ def scanner_evidence(decoded: DecodedImage) -> ModalityEvidence:
 
 def check_decoded(
     decoded: DecodedImage,
-    array: npt.NDArray[np.float32],
+    array: npt.NDArray[np.float32] | None,
     config: PreprocessConfig,
     *,
     evidence: ModalityEvidence | None = None,
     pixels: npt.NDArray[np.uint8] | None = None,
 ) -> ImageChecks:
-    """Checks of a decoded image whose model input is ``array`` (see the module docstring);
+    """Checks of a decoded image whose model input is ``array`` (see the module docstring).
     ``evidence`` is :func:`scanner_evidence` of the image and ``pixels`` the model input before
-    normalisation (:func:`~model.preprocess.image_to_pixels`) when the caller already has them."""
+    normalisation (:func:`~model.preprocess.image_to_pixels`) when the caller already has them
+    (``array`` may then be None)."""
     width, height = decoded.original_size
     if pixels is None:
+        if array is None:
+            raise ValueError("check_decoded needs the model input's array or its pixels")
         pixels = array_to_pixels(array, config)
     return ImageChecks(
         quality=assess_quality(pixels, source_size=(width, height)),

@@ -91,6 +91,10 @@ class Decoded:
     """The image checks (quality, scanner signature: :mod:`model.checks`) of the whole decoded
     image, which :meth:`model.predictor.Predictor.predict_arrays` turns into ``unusable_image``
     or ``outside_training_domain`` (a scan given to a camera-only model)."""
+    pixels: npt.NDArray[np.uint8] | None = None
+    """The model input before normalisation, (S, S, 3) uint8: what a decode worker sends back
+    (a quarter of the float32 input's bytes through the pipe); :meth:`DecodeStage.decode`
+    normalises it into ``array``."""
 
 
 BROWSER_UNREADABLE = frozenset({"DICOS", "DICOM"})
@@ -249,23 +253,23 @@ def decode_upload(
     pixel_evidence = evidence if "xray" in configs else None
     modality, source = resolve_modality(decoded, requested_modality, pixel_evidence)
     config = configs.get(modality)
-    array: npt.NDArray[np.float32] | None = None
+    pixels: npt.NDArray[np.uint8] | None = None
     checks: ImageChecks | None = None
     if config is not None:
         pixels = image_to_pixels(decoded.image, config)
-        array = pixels_to_array(pixels, config)
-        checks = check_decoded(decoded, array, config, evidence=evidence, pixels=pixels)
+        checks = check_decoded(decoded, None, config, evidence=evidence, pixels=pixels)
     image = stored_image(data, decoded, limits)
     if image.data == data:
         image = replace(image, data=b"")
     return Decoded(
-        array,
+        None,
         image,
         modality,
         source,
         decoded.image.size,
         _oriented_full_size(decoded),
         checks,
+        pixels,
     )
 
 
@@ -332,6 +336,9 @@ class DecodeStage:
             self._decoding -= 1
         if not decoded.image.data:  # stored as uploaded: the worker did not send them back
             decoded = replace(decoded, image=replace(decoded.image, data=data))
+        if decoded.pixels is not None:
+            array = pixels_to_array(decoded.pixels, configs[decoded.modality])
+            decoded = replace(decoded, array=array, pixels=None)
         return decoded
 
     async def heatmap_source(
