@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -210,27 +210,32 @@ def check_jpeg_integrity(data: bytes) -> None:
         ) from None
 
 
+_integrity_pool: ThreadPoolExecutor | None = None
+
+
+def _integrity_checker() -> ThreadPoolExecutor:
+    """The worker process's one thread for the strict JPEG check (made on first use, in the
+    worker: a thread per image cost a thread start and join every time)."""
+    global _integrity_pool
+    if _integrity_pool is None:
+        _integrity_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpeg-integrity")
+    return _integrity_pool
+
+
 def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> DecodedImage:
     """The core's decoding; for a JPEG the strict integrity check runs meanwhile in a second
     thread (both release the GIL while libjpeg works)."""
     if sniff_format(data) != "JPEG":
         return decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
-    problems: list[ImageError] = []
-
-    def check() -> None:
-        try:
-            check_jpeg_integrity(data)
-        except ImageError as exc:
-            problems.append(exc)
-
-    checker = threading.Thread(target=check, name="jpeg-integrity")
-    checker.start()
+    check = _integrity_checker().submit(check_jpeg_integrity, data)
     try:
         decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
     finally:
-        checker.join()
-    if problems:
-        raise problems[0]
+        problem = check.exception()
+    if isinstance(problem, ImageError):
+        raise problem
+    if problem is not None:  # the check itself failed: the decode's own verdict stands
+        logger.warning("strict JPEG check failed: %s", problem)
     return decoded
 
 
