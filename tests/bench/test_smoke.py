@@ -191,3 +191,12 @@ def test_model_bench_on_the_tiny_bundle(tiny_bundle: Path) -> None:
     assert result["backends"]["onnxruntime_fp32"]["2"]["images_per_s"] > 0
     assert 0.6 < result["gflop_per_image"] < 0.9  # EfficientNet-Lite0 at 224: about 0.77
     assert result["ratios"]["onnxruntime_fp32"]["1"] > 0
+
+
+def test_backbone_timing_runs_a_bundle_file(tiny_bundle: Path) -> None:
+    """``bench.backbones.time_file`` times an ONNX file with the service's session options and
+    gives a positive per-image figure for a batch."""
+    from bench.backbones import time_file
+
+    per_image = time_file(tiny_bundle / "model.onnx", 224, batch=2, threads=1, seconds=0.01)
+    assert 0.0 < per_image < 10_000.0
