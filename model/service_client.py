@@ -63,18 +63,28 @@ class ServiceClient:
         """``GET /v1/models/active``."""
         return dict(self._call("GET", "/v1/models/active"))
 
-    def activate(self, version: str, reason: str | None = None) -> dict[str, Any]:
-        """``POST /v1/models/{version}/activate``; ``reason`` is recorded in the history."""
-        path = f"/v1/models/{urllib.parse.quote(version, safe='')}/activate"
+    def activate(
+        self, version: str, reason: str | None = None, modality: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/models/{version}/activate``; ``reason`` is recorded in the history;
+        ``modality`` (camera, xray) defaults to the bundle's own."""
+        path = f"/v1/models/{urllib.parse.quote(version, safe='')}/activate" + _query(modality)
         return dict(self._call("POST", path, {"reason": reason} if reason else {}))
 
-    def rollback(self, reason: str | None = None) -> dict[str, Any]:
-        """``POST /v1/models/rollback``: back to the version active before the current one."""
-        return dict(self._call("POST", "/v1/models/rollback", {"reason": reason} if reason else {}))
+    def rollback(self, reason: str | None = None, modality: str | None = None) -> dict[str, Any]:
+        """``POST /v1/models/rollback``: back to the version of ``modality`` (default camera)
+        active before the current one."""
+        path = "/v1/models/rollback" + _query(modality)
+        return dict(self._call("POST", path, {"reason": reason} if reason else {}))
 
-    def history(self) -> dict[str, Any]:
-        """``GET /v1/models/history``: every activation and rollback, newest first."""
-        return dict(self._call("GET", "/v1/models/history"))
+    def history(self, modality: str | None = None) -> dict[str, Any]:
+        """``GET /v1/models/history``: every activation and rollback (of ``modality``, else of
+        every modality), newest first."""
+        return dict(self._call("GET", "/v1/models/history" + _query(modality)))
+
+
+def _query(modality: str | None) -> str:
+    return "" if modality is None else "?" + urllib.parse.urlencode({"modality": modality})
 
 
 def _problem_text(exc: urllib.error.HTTPError) -> str:

@@ -285,6 +285,12 @@ def register_models(subparsers: Subparsers) -> None:
     activate.add_argument("version")
     activate.add_argument("--weights-dir", type=Path, default=None, help="default: weights/")
     activate.add_argument("--reason", default=None, help="why (recorded in the history)")
+    activate.add_argument(
+        "--modality",
+        choices=("camera", "xray"),
+        default=None,
+        help="with --url: the modality it serves (default: the bundle's own)",
+    )
     _add_data_dir(activate)
     _add_remote(activate)
     activate.set_defaults(func=_models_activate)
@@ -292,9 +298,15 @@ def register_models(subparsers: Subparsers) -> None:
         "rollback", help="return a running service to the version active before the current one"
     )
     rollback.add_argument("--reason", default=None, help="why (recorded in the history)")
+    rollback.add_argument(
+        "--modality", choices=("camera", "xray"), default="camera", help="whose model"
+    )
     _add_remote(rollback, required=True)
     rollback.set_defaults(func=_models_rollback)
     hist = sub.add_parser("history", help="every activation and rollback of a running service")
+    hist.add_argument(
+        "--modality", choices=("camera", "xray"), default=None, help="only this modality's"
+    )
     _add_remote(hist, required=True)
     hist.set_defaults(func=_models_history)
 
@@ -324,26 +336,27 @@ def _print_json(payload: Any) -> None:
 
 
 def _models_rollback(args: argparse.Namespace) -> int:
-    before = _remote(args, lambda c: c.active())
-    after = _remote(args, lambda c: c.rollback(args.reason))
+    before = _remote(args, lambda c: c.active()).get("by_modality", {}).get(args.modality)
+    after = _remote(args, lambda c: c.rollback(args.reason, args.modality))
     if args.json:
         _print_json(after)
     else:
-        _out(f"rolled back {args.url} from {before['version']} to {after['version']}")
+        was = before["version"] if before else "none"
+        _out(f"rolled back the {args.modality} model of {args.url}: {was} -> {after['version']}")
     return 0
 
 
 def _models_history(args: argparse.Namespace) -> int:
-    payload = _remote(args, lambda c: c.history())
+    payload = _remote(args, lambda c: c.history(args.modality))
     if args.json:
         _print_json(payload)
         return 0
-    _out(f"{'when':20}  {'action':8}  {'from':24}  {'to':24}  by (reason)")
+    _out(f"{'when':20}  {'model':6}  {'action':8}  {'from':24}  {'to':24}  by (reason)")
     for row in payload["items"]:
         reason = f" ({row['reason']})" if row.get("reason") else ""
         _out(
-            f"{row['at'][:19]:20}  {row['action']:8}  {row['from'] or '-':24}  {row['to']:24}  "
-            f"{row['by']}{reason}"
+            f"{row['at'][:19]:20}  {row.get('modality', 'camera'):6}  {row['action']:8}  "
+            f"{row['from'] or '-':24}  {row['to']:24}  {row['by']}{reason}"
         )
     return 0
 
@@ -392,7 +405,7 @@ def _models_activate(args: argparse.Namespace) -> int:
 
     if args.url:
         before = _remote(args, lambda c: c.active())
-        after = _remote(args, lambda c: c.activate(args.version, args.reason))
+        after = _remote(args, lambda c: c.activate(args.version, args.reason, args.modality))
         if args.json:
             _print_json(after)
         else:

@@ -1,12 +1,12 @@
 """Replicas follow the active model version recorded in the shared database.
 
 Several service processes may share one database (PostgreSQL) and one image folder. An
-activation or rollback through any of them persists the active bundle folder
-(``service_state``, see :mod:`service.activations`); every process polls that value every
-``replica_poll_s`` seconds (default 1 s) and, when it differs from what it serves, loads, verifies
-and swaps in that bundle from its own weights folder, exactly as an activation through its API
-would. So an activation is served by every replica within about ``replica_poll_s`` plus the load
-time.
+activation or rollback through any of them persists the active bundle folder of its modality
+(``service_state``, see :mod:`service.activations`); every process polls those values (camera
+and x-ray) every ``replica_poll_s`` seconds (default 1 s) and, when one differs from what it
+serves for that modality, loads, verifies and swaps in that bundle from its own weights folder,
+exactly as an activation through its API would. So an activation is served by every replica
+within about ``replica_poll_s`` plus the load time.
 
 Why a poll and not PostgreSQL ``LISTEN/NOTIFY``: it works the same on SQLite (one machine) and
 PostgreSQL, needs no dedicated connection per process, and cannot miss a notification sent while
@@ -24,13 +24,14 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from model.vocabulary import MODALITIES
 from service.modelhost import (
     ModalityMismatchError,
     ModelHost,
     ModelLoadError,
     ModelNotFoundError,
 )
-from service.repository import ACTIVE_MODEL_KEY, get_state
+from service.repository import active_model_key, get_state
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ActiveVersionFollower:
         self._interval_s = interval_s
         self._on_swap = on_swap
         self._task: asyncio.Task[None] | None = None
-        self._failed: str | None = None
+        self._failed: dict[str, str] = {}
 
     def start(self) -> None:
         """Start polling (no-op when the interval is 0)."""
@@ -65,32 +66,43 @@ class ActiveVersionFollower:
                 await self._task
             self._task = None
 
-    def _wanted(self) -> str | None:
+    def _wanted(self) -> dict[str, str | None]:
         with self._sessions() as session:
-            return get_state(session, ACTIVE_MODEL_KEY)
+            return {m: get_state(session, active_model_key(m)) for m in MODALITIES}
 
     async def check_once(self) -> bool:
-        """Activate the persisted folder if this process serves another; True when it swapped."""
+        """Activate each modality's persisted folder where this process serves another; True
+        when it swapped any."""
         loop = asyncio.get_running_loop()
         try:
             wanted = await loop.run_in_executor(None, self._wanted)
         except SQLAlchemyError as exc:
-            logger.warning("replica: cannot read the active model version: %s", exc)
+            logger.warning("replica: cannot read the active model versions: %s", exc)
             return False
-        current = self._host.current
-        if not wanted or self._host.swapping or wanted == self._failed:
+        swapped = False
+        for modality, folder in wanted.items():
+            swapped = await self._follow(modality, folder) or swapped
+        return swapped
+
+    async def _follow(self, modality: str, wanted: str | None) -> bool:
+        current = self._host.current_for(modality)
+        if not wanted or self._host.swapping or wanted == self._failed.get(modality):
             return False
         if current is not None and current.bundle.path.name == wanted:
-            self._failed = None
+            self._failed.pop(modality, None)
             return False
         try:
-            predictor, _slots = await self._host.activate(wanted, modality="camera")
+            predictor, _slots = await self._host.activate(wanted, modality=modality)
         except (ModelNotFoundError, ModelLoadError, ModalityMismatchError) as exc:
-            self._failed = wanted  # log once; try again when the persisted value changes
-            logger.error("replica: cannot follow the activation of %s: %s", wanted, exc)
+            self._failed[modality] = wanted  # log once; try again when the value changes
+            logger.error(
+                "replica: cannot follow the %s activation of %s: %s", modality, wanted, exc
+            )
             return False
-        logger.info("replica: now serving %s (activated elsewhere)", predictor.version)
-        if self._on_swap is not None:
+        logger.info(
+            "replica: now serving %s for %s (activated elsewhere)", predictor.version, modality
+        )
+        if self._on_swap is not None and modality == "camera":
             self._on_swap(predictor.version)
         return True
 

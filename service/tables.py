@@ -163,6 +163,7 @@ class ModelActivation(Base):
     to_version: Mapped[str] = mapped_column(String(200))
     to_folder: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    modality: Mapped[str] = mapped_column(String(20), default="camera", server_default="camera")
 
 
 class FeedbackResolution(Base):

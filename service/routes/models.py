@@ -1,8 +1,8 @@
 """``/v1/models``: list bundles, show the active ones (one per modality: camera and x-ray),
 activate another or roll back (admin), and the history of activations.
 
-The history, roll-back and replicas follow the camera model (the state key that predates x-ray
-bundles); an x-ray activation is persisted under its own key and served from the next start."""
+Each modality (camera, x-ray) has its own active model, history, roll-back and replica
+following; the history lists both, each row naming its modality."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from service.modelhost import (
     describe_predictor,
 )
 from service.problems import ProblemError
-from service.repository import active_model_key, set_state
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +96,17 @@ class ActivationRequest(BaseModel):
 
 
 @router.get("/history", summary="Every activation and rollback, newest first")
-def model_history(context: ContextDep, _principal: Reader) -> dict[str, Any]:
-    """Who activated or rolled back which version, when, from which version, and why."""
+def model_history(
+    context: ContextDep,
+    _principal: Reader,
+    modality: Annotated[
+        Modality | None, Query(description="only this modality's (default: all)")
+    ] = None,
+) -> dict[str, Any]:
+    """Who activated or rolled back which version of which modality, when, from which version,
+    and why."""
     with context.sessions() as session:
-        return {"items": history(session)}
+        return {"items": history(session, modality=modality)}
 
 
 async def _swap(
@@ -119,28 +125,26 @@ async def _swap(
         version,
         modality or "its modalities",
     )
-    before = context.host.current
 
     def persist(predictor: Predictor, slots: tuple[str, ...]) -> None:
+        # runs under the host's swap lock, before the swap: current_for(slot) is the one replaced
         with context.sessions() as session:
             for slot in slots:
-                if slot != "camera":  # the history and replicas follow the camera model
-                    set_state(session, active_model_key(slot), predictor.bundle.path.name)
-            if "camera" not in slots:
-                return
-            record_change(
-                session,
-                Change(
-                    action=action,
-                    actor_key_id=principal.key_id,
-                    actor_name=principal.name,
-                    from_version=before.version if before is not None else None,
-                    from_folder=before.bundle.path.name if before is not None else None,
-                    to_version=predictor.version,
-                    to_folder=predictor.bundle.path.name,
-                    reason=reason,
-                ),
-            )
+                before = context.host.current_for(slot)
+                record_change(
+                    session,
+                    Change(
+                        action=action,
+                        actor_key_id=principal.key_id,
+                        actor_name=principal.name,
+                        from_version=before.version if before is not None else None,
+                        from_folder=before.bundle.path.name if before is not None else None,
+                        to_version=predictor.version,
+                        to_folder=predictor.bundle.path.name,
+                        reason=reason,
+                        modality=slot,
+                    ),
+                )
 
     try:
         predictor, slots = await context.host.activate(version, persist, modality=modality)
@@ -194,25 +198,37 @@ async def activate(
 
 @router.post("/rollback", summary="Return to the version active before the current one")
 async def rollback(
-    context: ContextDep, principal: Admin, body: ActivationRequest | None = None
+    context: ContextDep,
+    principal: Admin,
+    body: ActivationRequest | None = None,
+    modality: Annotated[
+        Modality, Query(description="whose model to roll back: camera (default) or xray")
+    ] = "camera",
 ) -> dict[str, Any]:
-    """Activate the version the current one replaced (from the history); 409 when the history
-    holds no earlier version."""
-    current = context.host.current
+    """Activate the version the current one of ``modality`` replaced (from the history); 409
+    when the history holds no earlier version of that modality."""
+    current = context.host.current_for(modality)
     if current is None:
+        if modality == "camera":
+            raise ProblemError(
+                503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
+            )
         raise ProblemError(
-            503, "not-ready", "No model is loaded yet.", headers={"Retry-After": "2"}
+            409,
+            "nothing-to-roll-back",
+            f"No {modality} model is active, so there is nothing to roll back.",
+            title="Nothing to roll back to",
         )
     with context.sessions() as session:
-        target = rollback_target(session, current.version)
+        target = rollback_target(session, current.version, modality)
     if target is None:
         raise ProblemError(
             409,
             "nothing-to-roll-back",
-            f"The history holds no version active before {current.version}.",
+            f"The history holds no {modality} version active before {current.version}.",
             title="Nothing to roll back to",
         )
     _version, folder = target
     return await _swap(
-        context, folder, principal, "rollback", body.reason if body else None, "camera"
+        context, folder, principal, "rollback", body.reason if body else None, modality
     )

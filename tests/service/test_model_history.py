@@ -18,6 +18,7 @@ from service.app import create_app
 from service.keys import create_key
 from service.settings import Settings
 from tests.factories import BLUE, GREEN, RED, make_tiny_bundle, solid_image_bytes
+from tests.service.test_xray import XRAY_LABELS
 
 PROBLEM = "application/problem+json"
 
@@ -82,6 +83,78 @@ def test_activation_and_rollback_are_recorded(app_client: Any) -> None:
         "/v1/models/tiny-2/activate", headers=_h(keys, "admin"), json={"reason": "x" * 1001}
     )
     assert long_reason.status_code == 422
+
+
+def test_xray_activations_have_their_own_history_and_rollback(tmp_path: Path) -> None:
+    """An x-ray activation is recorded with its modality, the history can be filtered by it, and
+    a rollback of the x-ray model leaves the camera model alone (and the other way round)."""
+    weights = tmp_path / "weights"
+    make_tiny_bundle(weights, version="tiny-1")
+    for version in ("xray-1", "xray-2"):
+        make_tiny_bundle(weights, version=version, labels=XRAY_LABELS, modalities=("xray",))
+    settings = Settings(
+        data_dir=tmp_path / "data", bundle_dir=weights / "tiny-1", onnx_threads=1, replica_poll_s=0
+    )
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with app.state.context.sessions() as session:
+            admin, _ = create_key(session, "admin-name", "admin")
+        headers = {"Authorization": f"Bearer {admin}"}
+        none_yet = client.post("/v1/models/rollback?modality=xray", headers=headers)
+        assert none_yet.status_code == 409 and "xray" in none_yet.json()["detail"]
+        for version in ("xray-1", "xray-2"):
+            done = client.post(f"/v1/models/{version}/activate?modality=xray", headers=headers)
+            assert done.status_code == 200, done.text
+        history = client.get("/v1/models/history?modality=xray", headers=headers).json()["items"]
+        assert [(h["modality"], h["from"], h["to"]) for h in history] == [
+            ("xray", "xray-1", "xray-2"),
+            ("xray", None, "xray-1"),
+        ]
+        assert client.get("/v1/models/history?modality=camera", headers=headers).json() == {
+            "items": []
+        }
+        camera_back = client.post("/v1/models/rollback", headers=headers)
+        assert camera_back.status_code == 409  # the camera model was never changed
+        back = client.post("/v1/models/rollback?modality=xray", headers=headers)
+        assert back.status_code == 200 and back.json()["version"] == "xray-1"
+        active = client.get("/v1/models/active", headers=headers).json()["by_modality"]
+        assert active["xray"]["version"] == "xray-1" and active["camera"]["version"] == "tiny-1"
+        everything = client.get("/v1/models/history", headers=headers).json()["items"]
+        assert (everything[0]["modality"], everything[0]["action"]) == ("xray", "rollback")
+    # a restart serves the x-ray version the history ended on
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        active = client.get("/v1/models/active", headers=headers).json()["by_modality"]
+        assert active["xray"]["version"] == "xray-1"
+
+
+def test_a_replica_follows_an_xray_activation_made_elsewhere(tmp_path: Path) -> None:
+    """The follower reads the persisted x-ray choice too: an activation recorded by another
+    replica (here written straight into the shared database) is served after one poll."""
+    from service.activations import Change, record_change
+    from service.replicas import ActiveVersionFollower
+
+    weights = tmp_path / "weights"
+    make_tiny_bundle(weights, version="tiny-1")
+    for version in ("xray-1", "xray-2"):
+        make_tiny_bundle(weights, version=version, labels=XRAY_LABELS, modalities=("xray",))
+    settings = Settings(
+        data_dir=tmp_path / "data", bundle_dir=weights / "tiny-1", onnx_threads=1, replica_poll_s=0
+    )
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        context = app.state.context
+        with context.sessions() as session:
+            record_change(
+                session,
+                Change("activate", None, "other-replica", None, None, "xray-2", "xray-2",
+                       modality="xray"),
+            )  # fmt: skip
+        follower = ActiveVersionFollower(context.host, context.sessions, 0)
+        assert client.portal is not None
+        assert client.portal.call(follower.check_once) is True
+        assert context.host.current_for("xray").version == "xray-2"
+        assert context.host.current_for("camera").version == "tiny-1"
+        assert client.portal.call(follower.check_once) is False  # nothing new
 
 
 def _identify(client: TestClient, keys: dict[str, str], colour: tuple[int, int, int]) -> str:
