@@ -85,16 +85,21 @@ def test_activation_and_rollback_are_recorded(app_client: Any) -> None:
     assert long_reason.status_code == 422
 
 
-def test_xray_activations_have_their_own_history_and_rollback(tmp_path: Path) -> None:
-    """An x-ray activation is recorded with its modality, the history can be filtered by it, and
-    a rollback of the x-ray model leaves the camera model alone (and the other way round)."""
+def _camera_and_two_xray_bundles(tmp_path: Path) -> Settings:
+    """Settings serving camera bundle tiny-1, with x-ray bundles xray-1 and xray-2 beside it."""
     weights = tmp_path / "weights"
     make_tiny_bundle(weights, version="tiny-1")
     for version in ("xray-1", "xray-2"):
         make_tiny_bundle(weights, version=version, labels=XRAY_LABELS, modalities=("xray",))
-    settings = Settings(
+    return Settings(
         data_dir=tmp_path / "data", bundle_dir=weights / "tiny-1", onnx_threads=1, replica_poll_s=0
     )
+
+
+def test_xray_activations_have_their_own_history_and_rollback(tmp_path: Path) -> None:
+    """An x-ray activation is recorded with its modality, the history can be filtered by it, and
+    a rollback of the x-ray model leaves the camera model alone (and the other way round)."""
+    settings = _camera_and_two_xray_bundles(tmp_path)
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         with app.state.context.sessions() as session:
@@ -133,13 +138,7 @@ def test_a_replica_follows_an_xray_activation_made_elsewhere(tmp_path: Path) -> 
     from service.activations import Change, record_change
     from service.replicas import ActiveVersionFollower
 
-    weights = tmp_path / "weights"
-    make_tiny_bundle(weights, version="tiny-1")
-    for version in ("xray-1", "xray-2"):
-        make_tiny_bundle(weights, version=version, labels=XRAY_LABELS, modalities=("xray",))
-    settings = Settings(
-        data_dir=tmp_path / "data", bundle_dir=weights / "tiny-1", onnx_threads=1, replica_poll_s=0
-    )
+    settings = _camera_and_two_xray_bundles(tmp_path)
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         context = app.state.context

@@ -217,13 +217,9 @@ def test_compare_two_bundles(trained: dict[str, Path], capsys: pytest.CaptureFix
     assert result["b_not_worse"] is True
 
 
-def test_input_size_reaches_the_bundle_and_the_predictor(
-    trained: dict[str, Path], tmp_path: Path
-) -> None:
-    """A head-only run at 128 px records 128 in the manifest, and its model takes 128 px."""
-    cache = trained["root"] / "cache"
-    before = set(cache.glob("*.npz"))
-    code = main(
+def _head_run_at_128(trained: dict[str, Path], out: Path, version: str, *extra: str) -> int:
+    """``train --mode head --input-size 128`` on the module's data and feature cache."""
+    return main(
         [
             "train",
             "--data",
@@ -231,20 +227,30 @@ def test_input_size_reaches_the_bundle_and_the_predictor(
             "--label-map",
             str(trained["root"] / "map.tsv"),
             "--out",
-            str(tmp_path / "weights"),
+            str(out),
             "--version",
-            "px128",
+            version,
             "--mode",
             "head",
             "--input-size",
             "128",
             "--cache-dir",
-            str(cache),
+            str(trained["root"] / "cache"),
             "--no-int8",
             "--threads",
             "2",
+            *extra,
         ]
     )
+
+
+def test_input_size_reaches_the_bundle_and_the_predictor(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """A head-only run at 128 px records 128 in the manifest, and its model takes 128 px."""
+    cache = trained["root"] / "cache"
+    before = set(cache.glob("*.npz"))
+    code = _head_run_at_128(trained, tmp_path / "weights", "px128")
     assert code == 0
     bundle = load_bundle(tmp_path / "weights" / "px128")
     assert bundle.manifest.preprocess.input_size == 128
@@ -275,30 +281,7 @@ def test_backbone_choice_reaches_the_bundle_and_its_warm_start(
     rebuilds Lite1 (not the default Lite0)."""
     from training.pipeline import warm_start_model
 
-    code = main(
-        [
-            "train",
-            "--data",
-            str(trained["data"]),
-            "--label-map",
-            str(trained["root"] / "map.tsv"),
-            "--out",
-            str(tmp_path / "weights"),
-            "--version",
-            "lite1",
-            "--mode",
-            "head",
-            "--backbone",
-            "lite1",
-            "--input-size",
-            "128",
-            "--cache-dir",
-            str(trained["root"] / "cache"),
-            "--no-int8",
-            "--threads",
-            "2",
-        ]
-    )
+    code = _head_run_at_128(trained, tmp_path / "weights", "lite1", "--backbone", "lite1")
     assert code == 0
     folder = tmp_path / "weights" / "lite1"
     bundle = load_bundle(folder)
