@@ -1,6 +1,6 @@
 """End to end: train -> export -> load -> predict on tiny generated images (CPU, < 2 min).
 
-One module-scoped training run (``last`` mode for two epochs, pretrained backbone, cached
+One module-scoped training run (``last`` mode for four epochs, pretrained backbone, cached
 features in a temporary folder) serves every test here; ``evaluate``, ``compare`` and the
 predictor then run on the bundle it wrote.
 """
@@ -81,7 +81,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "--mode",
             "last",
             "--epochs",
-            "2",
+            "4",
             "--views",
             "1",
             "--cache-dir",
@@ -121,8 +121,8 @@ def test_bundle_is_complete_and_records_its_training(trained: dict[str, Path]) -
     config = json.loads((trained["bundle"] / "config.json").read_text())
     assert config["command"].startswith("cites-vision train --data")
     assert config["config"]["mode"] == "last"
-    assert [e["epoch"] for e in manifest.training["epochs"]] == [1, 2]
-    assert manifest.training["best_epoch"] in (1, 2)
+    assert [e["epoch"] for e in manifest.training["epochs"]] == [1, 2, 3, 4]
+    assert manifest.training["best_epoch"] in (1, 2, 3, 4)
     assert manifest.training["label_map"]["classes"]["ivory"] == "ivory"
     assert manifest.metrics["fp32_check"]["disagreements"] == 0
     assert manifest.metrics["validation"]["accuracy"] >= 0.99

@@ -104,7 +104,7 @@ def test_feedback_to_retrained_activated_bundle_and_back(
             assert again["top_k"][0]["label"] == "manis"  # type: ignore[index]
 
         assert main(["models", "rollback", "--url", svc.url, "--key", admin_key]) == 0
-        assert "from B to A" in capsys.readouterr().out
+        assert "B -> A" in capsys.readouterr().out
         assert httpx.get(svc.url + "/readyz").json()["model_version"] == "A"
         assert main(["models", "history", "--url", svc.url, "--key", admin_key, "--json"]) == 0
         import json
