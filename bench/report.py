@@ -1,9 +1,10 @@
 """Turn the benchmark results (``docs/benchmarks/results.json``) into docs/benchmarks.md and plots.
 
 ``python -m bench.report`` regenerates the page from the stored results without measuring.
-Three hand-written sections survive regeneration verbatim: the reliability tests' "Load, 60 s at
-concurrency 64", "Analysis of the misses" and "Retraining loop" (``bench/retrain_loop.py``'s
-figures; each from its heading to the next ``## ``).
+Four hand-written sections survive regeneration verbatim: the reliability tests' "Load, 60 s at
+concurrency 64", "Analysis of the misses", "Retraining loop" (``bench/retrain_loop.py``'s
+figures) and "Test-time augmentation" (``bench/tta.py``'s); each from its heading to the next
+``## ``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PRESERVED = (
     "## Load, 60 s at concurrency 64",
     "## Analysis of the misses",
     "## Retraining loop",
+    "## Test-time augmentation",
 )
 RUN = ".venv/bin/python -m bench.run_all"
 BACKEND_NAMES = {
@@ -636,8 +638,9 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             lines.append("")
 
     lines.append(keep.get(PRESERVED[1], PRESERVED[1] + "\n\nNo analysis written for this run.\n"))
-    if PRESERVED[2] in keep:  # measured by `python -m bench.retrain_loop`, not by run_all
-        lines += ["", keep[PRESERVED[2]]]
+    for heading in PRESERVED[2:]:  # measured by bench.retrain_loop and bench.tta, not run_all
+        if heading in keep:
+            lines += ["", keep[heading]]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -164,9 +164,12 @@ def test_report_renders_goals_and_keeps_hand_written_sections() -> None:
     )
     assert rows["12 MP phone JPEG end to end, one client, p50"]["met"] is True
     assert rows["ONNX Runtime INT8 throughput vs PyTorch eager, batch 32"]["met"] is None
-    existing = "# x\n\n## Load, 60 s at concurrency 64\n\nkept text\n\n## Other\n"
+    existing = (
+        "# x\n\n## Load, 60 s at concurrency 64\n\nkept text\n\n## Other\n\ndropped\n\n"
+        "## Test-time augmentation\n\ntta figures\n"
+    )
     page = report.render(results, existing)
-    assert "kept text" in page
+    assert "kept text" in page and "tta figures" in page and "dropped" not in page
     assert "## Analysis of the misses" in page
     assert "**missed**" in page and "**met**" in page
 
@@ -200,3 +203,30 @@ def test_backbone_timing_runs_a_bundle_file(tiny_bundle: Path) -> None:
 
     per_image = time_file(tiny_bundle / "model.onnx", 224, batch=2, threads=1, seconds=0.01)
     assert 0.0 < per_image < 10_000.0
+
+
+def test_tta_fuses_views_of_each_photo(tiny_bundle: Path) -> None:
+    """``bench.tta``: the mirror view is the mirror image, and the fused answer of a photo is
+    the mean of its views' calibrated probabilities, one decision per photo."""
+    from bench.tta import answer, views
+    from model.predictor import Predictor
+    from model.preprocess import image_to_array
+
+    rng = np.random.default_rng(3)
+    photos = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    mirrored = views(photos[0], "flip")
+    assert len(mirrored) == 2 and len(views(photos[0], "flip+zoom")) == 3
+    assert np.array_equal(np.asarray(mirrored[1]), np.asarray(photos[0])[:, ::-1])
+
+    predictor = Predictor(tiny_bundle, threads=1)
+    single, single_kinds, _ = answer(predictor, photos, "single")
+    fused, kinds, seconds = answer(predictor, photos, "flip")
+    assert fused.shape == single.shape == (3, len(predictor.labels)) and len(kinds) == 3
+    assert seconds > 0 and len(single_kinds) == 3
+    np.testing.assert_allclose(fused.sum(axis=1), 1.0, atol=1e-5)
+    flipped = predictor.predict_arrays(
+        np.stack([image_to_array(v, predictor.preprocess) for v in mirrored])
+    )
+    expected = (flipped[0].probabilities + flipped[1].probabilities) / 2
+    np.testing.assert_allclose(fused[0], expected, atol=1e-5)
+    np.testing.assert_allclose(single[0], flipped[0].probabilities, atol=1e-5)
