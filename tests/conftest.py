@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,49 @@ _MODULE_MARKERS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A ``-m`` expression that only deselects ("not slow and not browser ..."), as make test-fast's.
+_ONLY_DESELECTS = re.compile(r"^\s*not\s+\w+(\s+and\s+not\s+\w+)*\s*$")
+
+
+def _needle_markers(source: str) -> set[str]:
+    """The markers :data:`_MODULE_MARKERS` gives a module with this source."""
+    return {
+        marker for marker, needles in _MODULE_MARKERS.items() if any(n in source for n in needles)
+    }
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Do not import a test module whose every test the ``-m`` expression would deselect.
+
+    Deselection happens after collection, and collecting a torch module costs seconds of import
+    (a third of ``make test-fast``). Only for expressions of ``not`` terms joined by ``and``:
+    a module-wide marker they exclude deselects every test of the module, so skipping the
+    import changes nothing but the time (and the "deselected" count)."""
+    expression = str(config.getoption("markexpr") or "")
+    name = collection_path.name
+    if not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    if not _ONLY_DESELECTS.match(expression):
+        return None
+    source = collection_path.read_text(encoding="utf-8")
+    module_marks = _needle_markers(source)
+    for line in source.splitlines():
+        if line.startswith("pytestmark"):
+            module_marks.update(re.findall(r"pytest\.mark\.(\w+)", line))
+    excluded = set(re.findall(r"not\s+(\w+)", expression))
+    return True if module_marks & excluded else None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with ``train`` / ``live`` when its module drives torch or processes."""
-    sources: dict[Path, str] = {}
+    markers: dict[Path, set[str]] = {}
     for item in items:
         path = Path(str(item.fspath))
-        if path not in sources:
-            sources[path] = path.read_text(encoding="utf-8") if path.suffix == ".py" else ""
-        for marker, needles in _MODULE_MARKERS.items():
-            if any(needle in sources[path] for needle in needles):
-                item.add_marker(marker)
+        if path not in markers:
+            source = path.read_text(encoding="utf-8") if path.suffix == ".py" else ""
+            markers[path] = _needle_markers(source)
+        for marker in sorted(markers[path]):
+            item.add_marker(marker)
 
 
 def shared_data_dir() -> Path:
