@@ -25,7 +25,7 @@ import numpy as np
 
 from model.bundle import Precision
 from model.decision import DECISION_RULES, ROLLUP_LIMIT, ROLLUP_RANKS
-from model.ood import OodModel
+from model.ood import KnnOodModel, OodModel
 from model.predictor import Predictor
 from model.taxonomy import Appendix, AppendixResolution, Taxonomy
 from service.guidance import GuidanceBook
@@ -83,6 +83,13 @@ def web_runtime(folder: Path = RUNTIME_DIR) -> WebRuntime:
 def _f32(array: np.ndarray[Any, Any]) -> dict[str, Any]:
     """A float32 array as ``{shape, data}`` with little-endian base64 data."""
     values = np.ascontiguousarray(array, dtype="<f4")
+    return {"shape": list(values.shape), "data": base64.b64encode(values.tobytes()).decode()}
+
+
+def _f16(array: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """A float16 array as ``{shape, data}`` with little-endian base64 data (half the bytes of
+    :func:`_f32`, for the kNN reference bank, which the bundle stores as float16 already)."""
+    values = np.ascontiguousarray(array, dtype="<f2")
     return {"shape": list(values.shape), "data": base64.b64encode(values.tobytes()).decode()}
 
 
@@ -174,9 +181,18 @@ def build_offline_package(
             "whitening": _f32(model.whitening),
             "class_centers": _f32(model.class_centers),
         }
+    elif isinstance(bundle.ood, KnnOodModel) and manifest.ood is not None:
+        # kNN on the frozen ImageNet branch's features (``reference_features``): the page scores
+        # the same bank the service does (float16, as stored).
+        ood = {
+            "method": manifest.ood.method,
+            "threshold": manifest.ood.threshold,
+            "k": bundle.ood.k,
+            "bank": _f16(bundle.ood.bank),
+        }
     elif manifest.ood is not None:
-        # A detector the page cannot score (kNN on the reference branch): named, so that the
-        # page refuses to identify offline instead of answering without the domain check.
+        # A detector the page cannot score: named, so that the page refuses to identify
+        # offline instead of answering without the domain check.
         ood = {"method": manifest.ood.method, "threshold": manifest.ood.threshold}
     return {
         "format": PACKAGE_FORMAT,
@@ -191,7 +207,12 @@ def build_offline_package(
             "sha256": manifest.files[path.name],
             "size": path.stat().st_size,
             "input": "image",
-            "outputs": {"logits": "logits", "features": "features"},
+            "outputs": {
+                "logits": "logits",
+                "features": "features",
+                # what the out-of-domain model scores (another output for kNN bundles)
+                "ood_features": "features" if manifest.ood is None else manifest.ood.features,
+            },
         },
         "preprocess": manifest.preprocess.to_dict(),
         "temperature": manifest.temperature,
@@ -209,7 +230,7 @@ def build_offline_package(
 
 
 class OfflinePackages:
-    """Builds each model's package once (about 1 MB of JSON; the OOD arrays dominate)."""
+    """Builds each model's package once (the OOD arrays dominate its size; docs/web.md)."""
 
     def __init__(self, taxonomy: Taxonomy, guidance: GuidanceBook) -> None:
         self._taxonomy = taxonomy

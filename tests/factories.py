@@ -36,7 +36,7 @@ from PIL import Image
 from model.bundle import MODEL_FILES, write_bundle
 from model.decision import Thresholds
 from model.labels import Label
-from model.ood import OodModel, fit_ood
+from model.ood import KNN_METHOD, KnnOodModel, OodModel, fit_knn, fit_ood
 from model.preprocess import PreprocessConfig
 
 TINY_LABELS: tuple[Label, ...] = (
@@ -104,10 +104,21 @@ def tiny_weights(num_labels: int, scale: float = 4.0) -> np.ndarray:
     return weights
 
 
+REFERENCE_SCALE = np.array([1.0, 2.0, 0.5], dtype=np.float32)
+"""The tiny model's ``reference_features`` are its pooled features times this (a stand-in for
+the frozen ImageNet branch of a kNN bundle: another output, scored by the kNN model)."""
+
+
 def build_tiny_onnx(
-    path: Path, num_labels: int = 3, *, scale: float = 4.0, size: int = 224
+    path: Path,
+    num_labels: int = 3,
+    *,
+    scale: float = 4.0,
+    size: int = 224,
+    reference: bool = False,
 ) -> Path:
-    """Write the tiny ONNX model (no torch) and return its path."""
+    """Write the tiny ONNX model (no torch) and return its path. ``reference`` adds the
+    ``reference_features`` output (see :data:`REFERENCE_SCALE`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -136,15 +147,24 @@ def build_tiny_onnx(
             np.ascontiguousarray(weights.T.reshape(num_labels, 3, 1, 1)), "W_conv"
         ),
     ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels]),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3]),
+        helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["batch", num_labels, 7, 7]),
+    ]
+    if reference:
+        nodes.append(
+            helper.make_node("Mul", ["features", "reference_scale"], ["reference_features"])
+        )
+        initializers.append(numpy_helper.from_array(REFERENCE_SCALE, "reference_scale"))
+        outputs.append(
+            helper.make_tensor_value_info("reference_features", TensorProto.FLOAT, ["batch", 3])
+        )
     graph = helper.make_graph(
         nodes,
         "cites_vision_tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels]),
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3]),
-            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["batch", num_labels, 7, 7]),
-        ],
+        outputs,
         initializers,
     )
     model = helper.make_model(
@@ -165,6 +185,15 @@ def tiny_ood_model() -> OodModel:
     return fit_ood(features, labels, components=2, normalize=False)
 
 
+def tiny_knn_ood_model(k: int = 3) -> KnnOodModel:
+    """A kNN OOD model whose bank is the ``reference_features`` of jittered red, blue and green
+    test images (:func:`model.ood.fit_knn`: L2-normalised, float16)."""
+    rng = np.random.default_rng(0)
+    centers = np.array([solid_array(c).mean(axis=(1, 2)) for c in (RED, BLUE, GREEN)])
+    features = np.concatenate([c + rng.normal(0.0, 0.05, (20, 3)) for c in centers])
+    return fit_knn(features * REFERENCE_SCALE, k=k)
+
+
 def make_tiny_bundle(
     directory: Path,
     *,
@@ -177,6 +206,7 @@ def make_tiny_bundle(
     with_int8: bool = False,
     with_ood: bool = False,
     ood_threshold: float = 5.0,
+    ood_method: str = "mahalanobis_pca",
     recommended: bool = True,
     parent_version: str | None = None,
 ) -> Path:
@@ -185,12 +215,20 @@ def make_tiny_bundle(
     ``with_int8`` adds ``model.int8.onnx``: the same graph with ``scale`` halved, so tests can
     tell which file a predictor runs. ``with_ood`` adds ``ood.npz`` (see :func:`tiny_ood_model`)
     with threshold ``ood_threshold`` (default :data:`TINY_OOD_THRESHOLD`; pure magenta scores
-    about 28, so a threshold of 30 keeps it in the domain).
+    about 28, so a threshold of 30 keeps it in the domain). ``ood_method`` ``knn_cosine``
+    makes it a kNN detector on the ``reference_features`` output instead
+    (:func:`tiny_knn_ood_model`), as ``--ood-method knn-reference`` bundles have.
     """
+    knn = with_ood and ood_method == KNN_METHOD
+    ood_model: OodModel | KnnOodModel | None = None
+    if with_ood:
+        ood_model = tiny_knn_ood_model() if knn else tiny_ood_model()
     with tempfile.TemporaryDirectory() as scratch:
-        fp32 = build_tiny_onnx(Path(scratch) / "fp32.onnx", len(labels), scale=scale)
+        fp32 = build_tiny_onnx(Path(scratch) / "fp32.onnx", len(labels), scale=scale, reference=knn)
         int8 = (
-            build_tiny_onnx(Path(scratch) / "int8.onnx", len(labels), scale=scale / 2)
+            build_tiny_onnx(
+                Path(scratch) / "int8.onnx", len(labels), scale=scale / 2, reference=knn
+            )
             if with_int8
             else None
         )
@@ -208,8 +246,9 @@ def make_tiny_bundle(
             training={"images": 0, "label_map": {label.id: label.taxon_id for label in labels}},
             provenance={"command": "tests.factories.make_tiny_bundle", "git_commit": None},
             limitations=["Synthetic: classifies pure colours only; for tests."],
-            ood=tiny_ood_model() if with_ood else None,
+            ood=ood_model,
             ood_threshold=ood_threshold if with_ood else None,
+            ood_features="reference_features" if knn else "features",
             recommended=recommended,
             parent_version=parent_version,
         )

@@ -180,7 +180,7 @@ def register_train(subparsers: Subparsers) -> None:
         choices=("knn-reference", "mahalanobis-finetuned"),
         help="out-of-domain score: Mahalanobis on the fine-tuned features "
         "(mahalanobis-finetuned, default) or kNN on the frozen pretrained backbone's features "
-        "(knn-reference: doubles inference; not scored by the offline page)",
+        "(knn-reference: doubles inference)",
     )
     p.add_argument("--ood-k", type=int, help="neighbours of the kNN OOD score (10)")
     p.add_argument(

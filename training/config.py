@@ -24,8 +24,8 @@ OOD_METHODS = ("knn-reference", "mahalanobis-finetuned")
 """``mahalanobis-finetuned`` (default): class-conditional Mahalanobis distance in a PCA space of
 the fine-tuned features (no extra cost; the offline page scores it in the browser);
 ``knn-reference``: k-nearest-neighbour cosine distance on the frozen ImageNet backbone's features
-(a second, frozen backbone in the ONNX graph: twice the cost per image, and the offline page
-cannot score it yet)."""
+(a second, frozen backbone in the ONNX graph: twice the cost per image; the offline page scores
+it too)."""
 
 
 @dataclass(frozen=True)

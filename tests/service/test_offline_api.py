@@ -3,6 +3,7 @@ service worker and icons, the browser runtime's files, and cases synced from a p
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -12,14 +13,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from model.bundle import load_bundle
+from model.ood import KNN_METHOD, KnnOodModel
+from model.predictor import Predictor
 from model.taxonomy import default_taxonomy
 from service.guidance import GuidanceBook
 from service.icons import icon_png
-from service.offline import RUNTIME_FILES, web_runtime
+from service.offline import RUNTIME_FILES, build_offline_package, web_runtime
 from tests.factories import RED, make_tiny_bundle, solid_image_bytes
 from tests.service.test_api import Api, assert_problem, start_api
 
@@ -69,8 +73,26 @@ def test_offline_package_carries_the_bundle_and_taxonomy_data(api: Api) -> None:
             )
             assert table["resolutions"][index]["appendix"] == expected, (taxon_id, code)
             assert table["resolutions"][index]["explanation"] == resolution.explanation
+    assert package["model"]["outputs"]["ood_features"] == "features"
     assert package["runtime"]["files"] == list(RUNTIME_FILES)
     assert package["runtime"]["available"] == web_runtime().available
+
+
+def test_a_knn_package_carries_its_bank_and_names_the_output_it_scores(tmp_path: Path) -> None:
+    """A kNN bundle (``--ood-method knn-reference``): the page gets k, the threshold, the
+    float16 bank exactly as the service scores it, and the model output to score."""
+    path = make_tiny_bundle(
+        tmp_path, version="tiny-knn", with_ood=True, ood_method=KNN_METHOD, ood_threshold=0.05
+    )
+    predictor = Predictor(path, threads=1)
+    package = build_offline_package(predictor, default_taxonomy(), GuidanceBook.load())
+    assert package["model"]["outputs"]["ood_features"] == "reference_features"
+    ood = package["ood"]
+    knn = predictor.bundle.ood
+    assert isinstance(knn, KnnOodModel)
+    assert (ood["method"], ood["threshold"], ood["k"]) == (KNN_METHOD, 0.05, knn.k)
+    bank = np.frombuffer(base64.b64decode(ood["bank"]["data"]), dtype="<f2")
+    np.testing.assert_array_equal(bank.reshape(ood["bank"]["shape"]), knn.bank)
 
 
 def test_offline_package_needs_a_key(api: Api) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.ood import KNN_METHOD
 from model.predictor import Predictor
 from model.preprocess import PreprocessConfig, preprocess_bytes
 from service.offline import web_runtime
@@ -33,7 +34,7 @@ from tests.browser_helpers import (
     default_bundle,
     require_browser,
 )
-from tests.factories import make_tiny_bundle
+from tests.factories import BLUE, GREEN, RED, make_tiny_bundle, solid_image_bytes
 from tests.service_helpers import ServiceHandle, running_service
 from tests.tools import tool_missing
 
@@ -68,18 +69,39 @@ def bundle(request: pytest.FixtureRequest) -> Path:
 
 
 UPDATED_VERSION = "tiny-offline"
+KNN_VERSION = "tiny-knn"
+KNN_THRESHOLD = 0.05
+"""Pure red, blue and green score about 0 on the tiny kNN bundle; grey, magenta and white 0.07
+to 0.5: outside the domain."""
 
 
 @pytest.fixture(scope="module")
-def service(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHandle]:
-    """The real service on a free loopback port, serving ``bundle``; its weights folder also
-    holds a tiny camera bundle to activate (a model update)."""
-    _require_runtime()
+def offline_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights folder with a tiny camera bundle to activate (a model update) and a tiny kNN
+    bundle."""
     weights = tmp_path_factory.mktemp("offline-weights")
     make_tiny_bundle(weights, version=UPDATED_VERSION, with_ood=True)
-    (weights / bundle.name).symlink_to(bundle.resolve(), target_is_directory=True)
+    make_tiny_bundle(
+        weights,
+        version=KNN_VERSION,
+        with_int8=True,
+        with_ood=True,
+        ood_method=KNN_METHOD,
+        ood_threshold=KNN_THRESHOLD,
+    )
+    return weights
+
+
+@pytest.fixture(scope="module")
+def service(
+    bundle: Path, offline_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceHandle]:
+    """The real service on a free loopback port, serving ``bundle``, with the bundles of
+    ``offline_weights`` beside it."""
+    _require_runtime()
+    (offline_weights / bundle.name).symlink_to(bundle.resolve(), target_is_directory=True)
     data = tmp_path_factory.mktemp("offline-data")
-    with running_service(bundle, data, extra_bundles_dir=weights) as handle:
+    with running_service(bundle, data, extra_bundles_dir=offline_weights) as handle:
         yield handle
 
 
@@ -423,5 +445,63 @@ def test_offline_identification_and_sync(
         )
     finally:
         browser_context.set_offline(False)
+        with service.client(admin) as client:
+            client.post(f"/v1/models/{bundle.name}/activate")
+
+
+_RUN_MODEL_JS = """
+async ({ inputs, language }) => {
+  const { cachedPackage, runModel } = await import("/static/js/offline/runtime.js");
+  const { identification } = await import("/static/js/offline/decide.js");
+  const pkg = await cachedPackage();
+  const answers = [];
+  for (const input of inputs) {
+    const { logits, features } = await runModel(pkg, Float32Array.from(input));
+    answers.push(identification(pkg, logits, features, { language }));
+  }
+  return { version: pkg.version, ood: pkg.model.outputs.ood_features, answers };
+}
+"""
+
+
+def test_a_knn_bundle_is_scored_on_the_phone(
+    browser_context: BrowserContext,
+    service: ServiceHandle,
+    officer_key: str,
+    bundle: Path,
+    offline_weights: Path,
+) -> None:
+    """A bundle whose out-of-domain check is kNN on the frozen branch's features
+    (``--ood-method knn-reference``) is stored for offline use, and the phone's runtime scores
+    the same output with the same bank: the same OOD scores and decisions as the service."""
+    from playwright.sync_api import expect
+
+    admin = service.make_key_direct("admin", "Admin")
+    with service.client(admin) as client:
+        response = client.post(f"/v1/models/{KNN_VERSION}/activate")
+        assert response.status_code == 200, response.text
+    try:
+        page = browser_context.new_page()
+        _sign_in(page, service, officer_key)
+        expect(page.locator("#offline-status")).to_contain_text(
+            f"model {KNN_VERSION} is stored", timeout=60_000
+        )
+        predictor = Predictor(offline_weights / KNN_VERSION, threads=1)
+        colours = (RED, BLUE, GREEN, (128, 128, 128), (255, 0, 255), (250, 250, 250))
+        inputs = [predictor.preprocess_bytes(solid_image_bytes(colour)) for colour in colours]
+        got = page.evaluate(
+            _RUN_MODEL_JS, {"inputs": [x.ravel().tolist() for x in inputs], "language": "en"}
+        )
+        assert got["version"] == KNN_VERSION and got["ood"] == "reference_features"
+        expected = predictor.predict_arrays(np.stack(inputs))
+        kinds = set()
+        for colour, python, browser in zip(colours, expected, got["answers"], strict=True):
+            assert python.ood_score is not None
+            assert browser["ood_score"] == pytest.approx(python.ood_score, abs=2e-3), colour
+            assert browser["decision"]["kind"] == python.decision.kind, colour
+            assert browser["decision"]["rule"] == python.decision.rule, colour
+            kinds.add(python.decision.kind)
+        assert "outside_training_domain" in kinds and "taxon" in kinds
+    finally:
         with service.client(admin) as client:
             client.post(f"/v1/models/{bundle.name}/activate")

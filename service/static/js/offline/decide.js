@@ -14,6 +14,25 @@ export function float32Array(entry) {
   return { data: new Float32Array(bytes.buffer), shape: entry.shape };
 }
 
+/** Base64 float16 (little-endian) of the package to a Float32Array with its shape. */
+export function float16Array(entry) {
+  const bytes = Uint8Array.from(atob(entry.data), (c) => c.charCodeAt(0));
+  const halves = new Uint16Array(bytes.buffer);
+  const out = new Float32Array(halves.length);
+  for (let i = 0; i < halves.length; i++) out[i] = halfToFloat(halves[i]);
+  return { data: out, shape: entry.shape };
+}
+
+/** One IEEE 754 half-precision value (its 16 bits) as a number. */
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+}
+
 /** Python's "%.2f". */
 const fixed2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : String(x));
 
@@ -69,6 +88,35 @@ const OOD_METHODS = {
     const mahalanobis = Math.sqrt(Math.max(nearest, 0)) / Math.sqrt(k);
     return Math.max(mahalanobis, residual / spec.residual_scale);
   },
+
+  /* model/ood.py KnnOodModel.score: one minus the mean cosine similarity of the L2-normalised
+     features to the k nearest rows of the reference bank (normalised training features). */
+  knn_cosine(spec, features) {
+    const bank = spec._bank || (spec._bank = float16Array(spec.bank));
+    const [rows, F] = bank.shape;
+    if (features.length !== F) throw new Error(`features have ${features.length} values, not ${F}`);
+    let norm = 0;
+    for (let i = 0; i < F; i++) norm += features[i] * features[i];
+    norm = Math.max(Math.sqrt(norm), 1e-12);
+    const k = Math.min(spec.k, rows);
+    const nearest = new Float64Array(k).fill(-Infinity); // ascending: nearest[0] is the smallest
+    for (let r = 0; r < rows; r++) {
+      let dot = 0;
+      const row = r * F;
+      for (let i = 0; i < F; i++) dot += features[i] * bank.data[row + i];
+      const similarity = dot / norm;
+      if (similarity <= nearest[0]) continue;
+      let j = 0;
+      while (j + 1 < k && nearest[j + 1] < similarity) {
+        nearest[j] = nearest[j + 1];
+        j++;
+      }
+      nearest[j] = similarity;
+    }
+    let sum = 0;
+    for (let j = 0; j < k; j++) sum += nearest[j];
+    return 1 - sum / k;
+  },
 };
 
 /** Whether this page can interpret ``pkg``: every rule and the OOD method must be known. */
@@ -79,7 +127,8 @@ export function unsupportedParts(pkg) {
   return missing;
 }
 
-/** The out-of-domain score of pooled features, or null when the bundle has no OOD model. */
+/** The out-of-domain score of the features the package's OOD model scores
+    (``model.outputs.ood_features``), or null when the bundle has no OOD model. */
 export function oodScore(pkg, features) {
   if (!pkg.ood) return null;
   return OOD_METHODS[pkg.ood.method](pkg.ood, features);
@@ -259,7 +308,8 @@ export function guidanceFor(pkg, kind, appendix, language) {
 const round6 = (x) => Math.round(x * 1e6) / 1e6;
 
 /** The probabilities, OOD score and decision for one image, shaped like the service's
-    identification (service/render.py), so that the page shows both the same way. */
+    identification (service/render.py), so that the page shows both the same way. ``features``:
+    the network output the OOD model scores (``model.outputs.ood_features``). */
 export function identification(pkg, logits, features, { origin = null, topK = 5, language = "en" } = {}) {
   const probs = softmax(logits, pkg.temperature);
   const score = features ? oodScore(pkg, features) : null;

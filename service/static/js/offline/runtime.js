@@ -89,16 +89,20 @@ async function getSession(pkg) {
   return session;
 }
 
-/** Run the model on a preprocessed input (Float32Array, 3 x S x S): logits and features. */
+/** Run the model on a preprocessed input (Float32Array, 3 x S x S): the logits, and the
+    features the out-of-domain model scores (the pooled features, or the frozen ImageNet
+    branch's ``reference_features`` for a kNN bundle). */
 export async function runModel(pkg, input) {
   const ort = await loadOrt(pkg);
   const s = await getSession(pkg);
   const size = pkg.preprocess.input_size;
   const feeds = { [pkg.model.input]: new ort.Tensor("float32", input, [1, 3, size, size]) };
-  const out = await s.run(feeds, [pkg.model.outputs.logits, pkg.model.outputs.features]);
+  const outputs = pkg.model.outputs;
+  const scored = outputs.ood_features || outputs.features;
+  const out = await s.run(feeds, [...new Set([outputs.logits, scored])]);
   return {
-    logits: Array.from(out[pkg.model.outputs.logits].data),
-    features: out[pkg.model.outputs.features].data,
+    logits: Array.from(out[outputs.logits].data),
+    features: out[scored].data,
   };
 }
 
