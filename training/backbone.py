@@ -30,6 +30,10 @@ from model.preprocess import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
+REFERENCE_PREFIX = "reference/"
+"""Prefix of the frozen reference branch's nodes and values in a kNN bundle's ONNX graph
+(:func:`add_reference_branch`)."""
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -411,7 +415,7 @@ def add_reference_branch(
     keep = {"image", "reference_features", ""}
 
     def renamed(name: str) -> str:
-        return name if name in keep else f"reference/{name}"
+        return name if name in keep else f"{REFERENCE_PREFIX}{name}"
 
     graph = main.graph
     for node in branch.graph.node:

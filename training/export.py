@@ -198,11 +198,19 @@ def calibration_paths(paths: Sequence[Path], count: int, seed: int = 0) -> list[
 
 
 def leading_convs(onnx_path: Path, count: int) -> list[str]:
-    """Names of the first ``count`` Conv nodes of the graph, in its (topological) order."""
+    """Names of the first ``count`` Conv nodes of each branch of the graph, in its (topological)
+    order: of the classifier, and of the frozen reference branch when the graph has one
+    (:func:`training.backbone.add_reference_branch`, whose nodes come first in the graph; keeping
+    only its convolutions in fp32 would leave the classifier's first layers quantised)."""
     import onnx
 
+    from training.backbone import REFERENCE_PREFIX
+
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [node.name for node in graph.node if node.op_type == "Conv"][:count]
+    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    classifier = [name for name in convs if not name.startswith(REFERENCE_PREFIX)][:count]
+    reference = [name for name in convs if name.startswith(REFERENCE_PREFIX)][:count]
+    return classifier + reference
 
 
 def quantize_int8(
@@ -304,7 +312,7 @@ def export_int8(
         excluded = quantize_int8(fp32_path, out, calibration, config, fp32_leading_convs=step)
         int8_logits, _ = onnx_outputs(out, val_inputs)
         int8_accuracy = _accuracy(int8_logits, targets)
-        attempts.append({"fp32_leading_convs": len(excluded), "int8_accuracy": int8_accuracy})
+        attempts.append({"fp32_leading_convs": step, "int8_accuracy": int8_accuracy})
         gate = int8_gate(
             fp32_accuracy,
             int8_accuracy,
@@ -323,7 +331,7 @@ def export_int8(
     if gate.fp32_nodes:
         gate = replace(
             gate,
-            reason=f"{gate.reason}; the first {len(gate.fp32_nodes)} convolution(s) kept fp32",
+            reason=f"{gate.reason}; {len(gate.fp32_nodes)} leading convolution(s) kept fp32",
         )
     if not gate.written:
         out.unlink()

@@ -125,6 +125,32 @@ def test_quantize_int8_can_leave_the_leading_convolutions_in_fp32(tmp_path: Path
     assert not conv_inputs_dequantised(tmp_path / "kept.onnx")
 
 
+def test_leading_convolutions_are_taken_from_each_branch(tmp_path: Path) -> None:
+    """A kNN bundle's graph holds the frozen reference branch first: the classifier's own first
+    convolutions must be among those kept in fp32, not only the reference branch's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.backbone import REFERENCE_PREFIX
+
+    weight = numpy_helper.from_array(np.ones((3, 3, 1, 1), dtype=np.float32), "w")
+    names = [f"{REFERENCE_PREFIX}conv_a", f"{REFERENCE_PREFIX}conv_b", "conv_a", "conv_b"]
+    nodes, previous = [], "image"
+    for index, name in enumerate(names):
+        source = "image" if index in (0, 2) else previous
+        previous = f"out_{index}"
+        nodes.append(helper.make_node("Conv", [source, "w"], [previous], name=name))
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])
+    outputs = [
+        helper.make_tensor_value_info(f"out_{i}", TensorProto.FLOAT, [1, 3, 4, 4]) for i in (1, 3)
+    ]
+    graph = helper.make_graph(nodes, "two_branches", [image], outputs, [weight])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert ex.leading_convs(path, 1) == ["conv_a", f"{REFERENCE_PREFIX}conv_a"]
+    assert sorted(ex.leading_convs(path, 5)) == sorted(names)
+
+
 def test_int8_export_keeps_leading_convolutions_fp32_until_the_gate_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,7 +181,7 @@ def test_int8_export_keeps_leading_convolutions_fp32_until_the_gate_passes(
     assert gate.fp32_nodes == tuple(ex.leading_convs(fp32, 1))
     assert [a["fp32_leading_convs"] for a in gate.attempts] == [0, 1]
     assert gate.attempts[0]["int8_accuracy"] < 0.5 and gate.int8_accuracy == 1.0
-    assert "the first 1 convolution(s) kept fp32" in gate.reason
+    assert "1 leading convolution(s) kept fp32" in gate.reason
     assert gate.to_dict()["attempts"]
 
 
