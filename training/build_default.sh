@@ -11,7 +11,7 @@ exec "$BIN/cites-vision" train \
   --label-map training/label_maps/default.tsv \
   --out weights --version default --overwrite \
   --mode "$MODE" --epochs 4 --lr 3e-4 \
-  --ood-data "$DATA/imagenet-sample" \
+  --ood-data "$DATA/imagenet-sample" --ood-method knn-reference \
   --limitation "Trained on museum studio photos of carved ivory, bone and ceramics (met-ivory, 2376 images) and on 175 wood-surface photos (wood-trade-groups); accuracy on photos of seized items taken in the field is not measured." \
   --limitation "No pangolin scales, reptile skins, horn, coral, shells or other wildlife products were in the training data: such images should be answered outside_training_domain, but this is not guaranteed." \
   --limitation "No x-ray images yet: the bundle supports the camera modality only." \

@@ -561,6 +561,11 @@ def _reuse_bundle(
     base_logits, val.features = ex.onnx_outputs(base_fp32, load_inputs(val.paths, preprocess))
     if reference_model is None:
         arrays["train"].features = _onnx_features(base_fp32, arrays["train"].paths, preprocess)
+    # The reused model's own training record (its epochs and loss curve) stays true of it.
+    recorded = base.manifest.training
+    epochs = recorded.get("epochs")
+    history = [dict(e) for e in epochs if isinstance(e, dict)] if isinstance(epochs, list) else []
+    best_epoch = recorded.get("best_epoch")
     return TrainedModel(
         None,
         samples,
@@ -568,8 +573,8 @@ def _reuse_bundle(
         arrays,
         weights,
         None,
-        [],
-        0,
+        history,
+        best_epoch if isinstance(best_epoch, int) else 0,
         reference_model,
         reference_features,
         base,

@@ -251,7 +251,14 @@ def _golden_cases(predictor: Predictor) -> list[dict[str, Any]]:
     labels = predictor.labels
     size = predictor.preprocess.input_size
     inputs = rng.normal(0, 0.6, size=(3, 3, size, size)).astype(np.float32)
-    logits, features = predictor._run(inputs, ("logits", "features"))
+    # the output the bundle's OOD model scores: the pooled features, or a kNN bundle's
+    # reference_features (what the page's runModel hands to identification())
+    scored = (
+        "features"
+        if predictor.bundle.manifest.ood is None
+        else predictor.bundle.manifest.ood.features
+    )
+    logits, features = predictor._run(inputs, ("logits", scored))
     rows: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = list(
         zip(logits, features, strict=True)
     )
@@ -303,6 +310,7 @@ def test_golden_decisions_match_the_python_predictor(
             np.asarray([case["logits"]]),
             np.asarray([case["features"]]),
             countries=[case["origin"]],
+            ood_features=np.asarray([case["features"]]),
         )
         d = python.decision
         b = browser["decision"]

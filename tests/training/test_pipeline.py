@@ -370,6 +370,10 @@ def test_from_bundle_reuses_the_trained_model_with_a_new_label_map(
     original = load_bundle(trained["bundle"])
     assert again.labels[1].name == "Porcelain"
     assert again.manifest.training["mode"] == "from bundle v1"
+    # the reused model's training record and loss curve come with it
+    assert again.manifest.training["epochs"] == original.manifest.training["epochs"]
+    assert again.manifest.training["best_epoch"] == original.manifest.training["best_epoch"]
+    assert "training-loss.png" in again.manifest.files
     # kNN on the frozen ImageNet backbone, grafted into the reused graph
     assert again.manifest.ood is not None
     assert (again.manifest.ood.method, again.manifest.ood.features) == (
