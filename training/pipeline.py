@@ -335,6 +335,7 @@ class ExportedModel:
     backbone: str
     all_clear: dict[str, AllClearChoice]
     ood_features: str
+    fp32_storage: ex.Fp32Storage | None = None
 
     def bundle_arguments(self, trained: TrainedModel, config: TrainConfig) -> dict[str, Any]:
         """The :func:`write_bundle` arguments shared by the provisional and the final bundle."""
@@ -690,6 +691,13 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
                 int8_gate.val_logits.astype(np.float64), val.targets, labels, config
             )
             calibrated_on = "INT8 validation logits (the served model)"
+    fp32_storage: ex.Fp32Storage | None = None
+    if ood_features == "reference_features":
+        # Two backbones: the fp32 file keeps its weights as float16 (arithmetic in float32),
+        # so that fp32 and INT8 together stay within the bundle budget (docs/training.md).
+        compact = work / "model.float16-weights.onnx"
+        fp32_storage = ex.store_fp32_compactly(fp32_path, compact, val_inputs)
+        fp32_path = compact
     return ExportedModel(
         fp32_path,
         fp32_check,
@@ -704,6 +712,7 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
         backbone,
         all_clear,
         ood_features,
+        fp32_storage,
     )
 
 
@@ -756,6 +765,8 @@ def evaluate_served(
         trained.label_map,
     )
     metrics["fp32_check"] = exported.fp32_check.__dict__
+    if exported.fp32_storage is not None:
+        metrics["fp32_storage"] = exported.fp32_storage.__dict__
     metrics["int8"] = (
         exported.int8_gate.to_dict()
         if exported.int8_gate

@@ -226,3 +226,77 @@ def test_export_command_adds_a_gated_int8_model_to_a_bundle(
     assert bundle.has_int8
     assert bundle.manifest.metrics["int8"]["written"] is True
     assert bundle.manifest.provenance["parent_version"] == "tiny-fp32"
+
+
+def _conv_model(path: Path) -> Path:
+    """A small graph whose weights are large enough to be stored as float16: a 3->64 3x3
+    convolution, global pooling and a 64->3 linear layer, with outputs logits and features."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    initializers = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (64, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(np.zeros(64, dtype=np.float32), "conv_b"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (64, 3)).astype(np.float32) * 10, "fc_w"),
+        numpy_helper.from_array(np.zeros(3, dtype=np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+        helper.make_node("Gemm", ["features", "fc_w", "fc_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_model",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 64]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fp32_weights_stored_as_float16_answer_the_same_and_quantise(tmp_path: Path) -> None:
+    """A two-backbone bundle's fp32 file keeps its weights as float16: half the bytes of the
+    large weights, the same top-1 and near-identical logits, and it still quantises (the
+    quantiser gets float32 weights back)."""
+    import onnx
+
+    full = _conv_model(tmp_path / "full.onnx")
+    compact = tmp_path / "compact.onnx"
+    inputs, _ = _inputs()
+    storage = ex.store_fp32_compactly(full, compact, inputs)
+    assert storage.weights == "float16" and storage.initializers == 1  # conv_w: 1728 values
+    assert storage.top1_agreement == 1.0 and storage.max_abs_logit_diff < 0.05
+    stored = {i.name: i.data_type for i in onnx.load(str(compact)).graph.initializer}
+    assert stored["conv_w" + ex.FLOAT16_SUFFIX] == onnx.TensorProto.FLOAT16
+    assert stored["fc_w"] == onnx.TensorProto.FLOAT  # 192 values: below the minimum
+    assert ex.store_weights_float16(compact, tmp_path / "again.onnx") == 0  # already stored
+    restored = tmp_path / "restored.onnx"
+    assert ex.restore_weights_float32(compact, restored) == 1
+    weights = {i.name: i for i in onnx.load(str(restored)).graph.initializer}
+    assert weights["conv_w"].data_type == onnx.TensorProto.FLOAT
+    assert not any(n.op_type == "Cast" for n in onnx.load(str(restored)).graph.node)
+    int8 = tmp_path / "int8.onnx"
+    ex.quantize_int8(compact, int8, _png_folder(tmp_path), PreprocessConfig())
+    graph = onnx.load(str(int8)).graph
+    assert any(n.op_type == "DequantizeLinear" and "conv_w" in n.input[0] for n in graph.node)
+    logits, _ = ex.onnx_outputs(int8, inputs)
+    reference, _ = ex.onnx_outputs(full, inputs)
+    assert np.mean(logits.argmax(1) == reference.argmax(1)) >= 0.9
+
+
+def test_the_fp32_file_check_refuses_a_changed_answer(tmp_path: Path) -> None:
+    full = _conv_model(tmp_path / "full.onnx")
+    wrong = build_tiny_onnx(tmp_path / "wrong.onnx", scale=-4.0)
+    inputs, _ = _inputs()
+    with pytest.raises(ex.ExportError, match="disagree"):
+        ex.check_fp32(full, wrong, inputs)

@@ -374,6 +374,10 @@ def test_from_bundle_reuses_the_trained_model_with_a_new_label_map(
     assert again.manifest.training["epochs"] == original.manifest.training["epochs"]
     assert again.manifest.training["best_epoch"] == original.manifest.training["best_epoch"]
     assert "training-loss.png" in again.manifest.files
+    # two backbones: the fp32 file keeps its weights as float16, checked against float32
+    storage = again.manifest.metrics["fp32_storage"]
+    assert storage["weights"] == "float16" and storage["initializers"] > 50
+    assert storage["top1_agreement"] == 1.0 and storage["bytes_after"] < storage["bytes_before"]
     # kNN on the frozen ImageNet backbone, grafted into the reused graph
     assert again.manifest.ood is not None
     assert (again.manifest.ood.method, again.manifest.ood.features) == (
