@@ -82,14 +82,17 @@ def web_runtime(folder: Path = RUNTIME_DIR) -> WebRuntime:
 
 def _f32(array: np.ndarray[Any, Any]) -> dict[str, Any]:
     """A float32 array as ``{shape, data}`` with little-endian base64 data."""
-    values = np.ascontiguousarray(array, dtype="<f4")
-    return {"shape": list(values.shape), "data": base64.b64encode(values.tobytes()).decode()}
+    return _encoded(array, "<f4")
 
 
 def _f16(array: np.ndarray[Any, Any]) -> dict[str, Any]:
-    """A float16 array as ``{shape, data}`` with little-endian base64 data (half the bytes of
-    :func:`_f32`, for the kNN reference bank, which the bundle stores as float16 already)."""
-    values = np.ascontiguousarray(array, dtype="<f2")
+    """A float16 array as :func:`_f32` gives a float32 one (half the bytes: the kNN reference
+    bank, which the bundle stores as float16 already)."""
+    return _encoded(array, "<f2")
+
+
+def _encoded(array: np.ndarray[Any, Any], dtype: str) -> dict[str, Any]:
+    values = np.ascontiguousarray(array, dtype=dtype)
     return {"shape": list(values.shape), "data": base64.b64encode(values.tobytes()).decode()}
 
 
