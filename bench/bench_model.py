@@ -79,10 +79,13 @@ def bundle_facts(bundle_dir: Path) -> dict[str, Any]:
     labels_file = bundle_dir / manifest.get("labels_file", "labels.tsv")
     num_classes = max(0, len(labels_file.read_text().strip().splitlines()) - 1)
     models = manifest.get("models", {})
+    ood = manifest.get("ood") or {}
     return {
         "version": manifest.get("version", bundle_dir.name),
         "size": size,
         "num_classes": num_classes,
+        # the output the bundle's out-of-domain check scores: an answer needs it as well
+        "ood_output": ood.get("features", "features") if ood else None,
         "fp32": bundle_dir / models["fp32"] if models.get("fp32") else None,
         "int8": bundle_dir / models["int8"] if models.get("int8") else None,
     }

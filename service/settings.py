@@ -96,11 +96,11 @@ class Settings(BaseSettings):
     keep_gps: bool = False
     onnx_threads: int | None = Field(default=None, ge=1, le=256)
     onnx_batch_threads: int | None = Field(
-        default=1,
+        default=None,
         ge=1,
         le=256,
-        description="intra-op threads for micro-batches of 2+ images (a lone image uses "
-        "CITES_ONNX_THREADS; the same value there means one session for both)",
+        description="intra-op threads for micro-batches of 2+ images, in a second session "
+        "(unset or the same value as CITES_ONNX_THREADS: one session for both)",
     )
     precision: Literal["auto", "fp32", "int8"] = "auto"
     static_dir: Path | None = Field(

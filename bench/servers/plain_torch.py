@@ -3,7 +3,8 @@
 What most teams write first: one ``def`` route (FastAPI runs it in its thread pool), full-size
 PIL decode and resize, one forward pass per request under ``torch.no_grad``, softmax, top-5 as
 JSON. The network is the bundle's architecture (:func:`training.backbone.create_model` with the
-bundle's class count, wrapped like the ONNX export) so it costs what the bundle costs.
+bundle's class count, wrapped like the ONNX export) so it costs what the bundle costs: with a
+second, frozen backbone for bundles whose out-of-domain check scores ``reference_features``.
 
 Run: ``python -m bench.servers.plain_torch --bundle weights/default --port 8101``.
 """
@@ -28,7 +29,7 @@ def create_app(bundle_dir: Path, threads: int | None = None) -> FastAPI:
 
     from bench.bench_model import bundle_facts
     from model.labels import read_labels
-    from training.backbone import ExportWrapper, create_model
+    from training.backbone import ExportWrapper, PooledFeatures, create_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -36,6 +37,11 @@ def create_app(bundle_dir: Path, threads: int | None = None) -> FastAPI:
     labels = read_labels(bundle_dir / "labels.tsv")
     config = bundle_config(bundle_dir)
     model = ExportWrapper(create_model(facts["num_classes"], pretrained=False)).eval()
+    reference = (
+        PooledFeatures(create_model(facts["num_classes"], pretrained=False)).eval()
+        if facts["ood_output"] == "reference_features"
+        else None
+    )
     app = FastAPI(title="plain PyTorch baseline")
 
     @app.post("/predict")
@@ -44,6 +50,8 @@ def create_app(bundle_dir: Path, threads: int | None = None) -> FastAPI:
         tensor = torch.from_numpy(naive_preprocess(data, config)).unsqueeze(0)
         with torch.no_grad():
             logits, _features, _cam = model(tensor)
+            if reference is not None:
+                reference(tensor)  # the out-of-domain check's features
         probs = torch.softmax(logits[0], dim=0)
         top = torch.topk(probs, k=min(5, probs.numel()))
         return {
