@@ -183,9 +183,10 @@ FLOAT16_MIN_ELEMENTS = 1024
 class Fp32Storage:
     """How the fp32 file's weights are stored, and what that changed on the validation images.
 
-    A two-backbone bundle (``--ood-method knn-reference``) would weigh 35 MB with both models;
-    storing the fp32 file's weights as float16 (cast back to float32 when ONNX Runtime loads the
-    graph: the arithmetic stays float32) halves that file, and the checks below bound the cost.
+    A two-backbone bundle (``--ood-method knn-reference``) would not fit the bundle budget with
+    both model files; storing the fp32 file's weights as float16 (cast back to float32 when ONNX
+    Runtime loads the graph: the arithmetic stays float32) halves that file, and the checks
+    below bound the cost (figures: docs/training.md).
     """
 
     weights: str
