@@ -35,7 +35,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     """Do not import a test module whose every test the ``-m`` expression would deselect.
 
     Deselection happens after collection, and collecting a torch module costs seconds of import
-    (a third of ``make test-fast``). Only for expressions of ``not`` terms joined by ``and``:
+    (docs/architecture.md). Only for expressions of ``not`` terms joined by ``and``:
     a module-wide marker they exclude deselects every test of the module, so skipping the
     import changes nothing but the time (and the "deselected" count)."""
     expression = str(config.getoption("markexpr") or "")
