@@ -377,6 +377,7 @@ def test_image_to_array_matches_a_manual_computation(size: tuple[int, int]) -> N
     assert np.abs(array - expected).max() < 1e-6
 
 
+@pytest.mark.train  # imports torch: not part of the edit-test loop
 @pytest.mark.parametrize("size", [(300, 200), (199, 301)])
 def test_image_to_array_matches_torchvision(size: tuple[int, int]) -> None:
     transforms = pytest.importorskip("torchvision.transforms", reason="needs the train extra")
