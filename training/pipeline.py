@@ -498,12 +498,22 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
         barrier(dist_info)
     train, val = arrays["train"], arrays["val"]
     weights = d.class_weights(train.targets, num_classes, config.class_weight_power)
-    # The backbone before any training (ImageNet weights): its pooled features are what the kNN
-    # OOD score compares, so a knn-reference bundle carries a frozen copy of it.
-    reference_model = (
-        _frozen_copy(model, num_classes) if config.ood_method == "knn-reference" else None
-    )
+    # The ImageNet backbone: its pooled features are what the kNN OOD score compares, so a
+    # knn-reference bundle carries a frozen copy of it.
+    reference_model = reference_backbone(model, num_classes, config)
     reference_features = {name: a.features.copy() for name, a in arrays.items()}
+    if reference_model is not None and config.init_from:
+        # a warm start's features are the base's fine-tuned ones, not the reference's
+        reference_features = {
+            name: backbone_features(
+                reference_model,
+                part,
+                config,
+                cache=dist_info is None or dist_info.is_main,  # one writer of the cache file
+                desc=f"{name} reference features",
+            )
+            for name, part in splits.items()
+        }
     if config.from_bundle:
         return _reuse_bundle(
             config, samples, label_map, arrays, weights, reference_model, reference_features
@@ -531,6 +541,21 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
         reference_model,
         reference_features,
     )
+
+
+def reference_backbone(model: Any, num_classes: int, config: TrainConfig) -> Any:
+    """The frozen ImageNet backbone a ``knn-reference`` bundle carries, or None for the other
+    OOD method. Before any training ``model`` holds the ImageNet weights and is copied; a warm
+    start (``config.init_from``, as ``retrain`` does) holds the base's fine-tuned weights, so the
+    ImageNet backbone is built afresh: the kNN check must keep scoring the features it was
+    chosen for (model card, "Open set")."""
+    if config.ood_method != "knn-reference":
+        return None
+    if config.init_from:
+        return _frozen_copy(
+            create_model(num_classes, pretrained=True, backbone=architecture(model)), num_classes
+        )
+    return _frozen_copy(model, num_classes)
 
 
 def _frozen_copy(model: Any, num_classes: int) -> Any:

@@ -66,6 +66,8 @@ RECIPE_KEYS = (
     "int8_max_drop",
     "calibration_images",
     "ood_flag_rate",
+    "ood_method",
+    "ood_k",
     "target_precision",
 )
 """Options of the base's ``config.json`` that a retrain inherits (its recipe)."""

@@ -468,3 +468,31 @@ def test_evaluate_help_prints_a_single_percent_sign(capsys: pytest.CaptureFixtur
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
     assert "95%" in text and "%%" not in text
+
+
+def test_a_warm_started_knn_bundle_keeps_the_imagenet_reference() -> None:
+    """``retrain`` warm-starts from the base's fine-tuned weights: the kNN reference must still
+    be the ImageNet backbone (and frozen), and a retrain inherits the base's OOD method."""
+    import torch
+
+    from training.backbone import create_model
+    from training.config import TrainConfig
+    from training.pipeline import reference_backbone
+    from training.retrain import RECIPE_KEYS
+
+    assert {"ood_method", "ood_k"} <= set(RECIPE_KEYS)
+    imagenet = create_model(3, pretrained=True)
+    tuned = create_model(3, pretrained=True)
+    with torch.no_grad():
+        for parameter in tuned.parameters():
+            parameter.add_(0.5)  # stands for the base's fine-tuning
+    common = {"data": ("x",), "label_map": "m.tsv", "out": "o", "version": "v"}
+    knn = TrainConfig(**common, ood_method="knn-reference")
+    warm = TrainConfig(**common, ood_method="knn-reference", init_from="weights/base")
+    assert reference_backbone(tuned, 3, TrainConfig(**common)) is None
+    fresh = reference_backbone(tuned, 3, knn).state_dict()  # before training: a copy
+    restarted = reference_backbone(tuned, 3, warm)
+    name = next(n for n, _ in imagenet.named_parameters() if n.startswith("conv_stem"))
+    assert torch.equal(fresh[name], tuned.state_dict()[name])
+    assert torch.equal(restarted.state_dict()[name], imagenet.state_dict()[name])
+    assert not any(p.requires_grad for p in restarted.parameters()) and not restarted.training
