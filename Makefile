@@ -62,7 +62,7 @@ pytest: $(VENV)/.all-installed system-deps web-runtime
 
 test: lint typecheck pytest
 
-# The edit-test loop (under a minute): lint, then the tests that need no browser, no PostgreSQL,
+# The edit-test loop (about a minute, docs/architecture.md): lint, then the tests that need no browser, no PostgreSQL,
 # no torch and no service process, and are not slow. `make test` runs everything.
 FAST_MARKERS := not slow and not browser and not postgres and not train and not live
 test-fast: $(VENV)/.all-installed
