@@ -2,7 +2,8 @@
 Runtime (Python), INT8 and fp32, on real test-split images the bundle was not trained on.
 
 Both runtimes get the same model inputs (``model.preprocess.preprocess_bytes``), so only the
-runtime differs; the decisions come from ``Predictor.predict_outputs`` for both. Reports top-1
+runtime differs; the decisions come from ``Predictor.predict_outputs`` for both, with the output
+the bundle's out-of-domain check scores (``reference_features`` for a kNN bundle). Reports top-1
 accuracy against the true labels (with 95% Wilson intervals), agreement of decisions with the
 service, and milliseconds per image in the browser. Needs Chromium, Playwright, ``make
 web-runtime`` and ``../shared/data``::
@@ -40,7 +41,7 @@ import * as ort from "/ort/ort.wasm.min.mjs";
 ort.env.wasm.wasmPaths = "/ort/";
 ort.env.wasm.numThreads = 1;
 const sessions = {};
-window.runModel = async (name, b64, size) => {
+window.runModel = async (name, b64, size, oodName) => {
   if (!sessions[name]) sessions[name] = await ort.InferenceSession.create("/" + name,
     { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -48,7 +49,7 @@ window.runModel = async (name, b64, size) => {
   const t0 = performance.now();
   const out = await sessions[name].run({ image: new ort.Tensor("float32", x, [1, 3, size, size]) });
   return { ms: performance.now() - t0, logits: Array.from(out.logits.data),
-           features: Array.from(out.features.data) };
+           features: Array.from(out.features.data), ood: Array.from(out[oodName].data) };
 };
 window.ready = true;
 </script>"""
@@ -99,6 +100,8 @@ def run(bundle: Path, data_root: Path, limit: int) -> dict[str, Any]:
     samples = test_samples(bundle, data_root, limit)
     service = {p: Predictor(bundle, threads=1, precision=p) for p in ("int8", "fp32")}
     config = service["int8"].preprocess
+    ood = service["int8"].bundle.manifest.ood
+    ood_output = "features" if ood is None else ood.features  # what the OOD check scores
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "index.html").write_text(_PAGE)
@@ -126,11 +129,12 @@ def run(bundle: Path, data_root: Path, limit: int) -> dict[str, Any]:
                     for sample, truth in samples:
                         array = preprocess_bytes(sample.path.read_bytes(), config)
                         out = page.evaluate(
-                            "([n, b, s]) => runModel(n, b, s)",
+                            "([n, b, s, o]) => runModel(n, b, s, o)",
                             [
                                 f"{precision}.onnx",
                                 base64.b64encode(array.astype("<f4").tobytes()).decode(),
                                 config.input_size,
+                                ood_output,
                             ],
                         )
                         times.append(out["ms"])
@@ -138,6 +142,7 @@ def run(bundle: Path, data_root: Path, limit: int) -> dict[str, Any]:
                             np.asarray([out["logits"]]),
                             np.asarray([out["features"]]),
                             countries=[None],
+                            ood_features=np.asarray([out["ood"]]),
                         )
                         [py] = predictor.predict_arrays(array[None])
                         logits, _f = predictor._run(array[None], ("logits", "features"))
