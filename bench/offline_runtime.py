@@ -100,8 +100,7 @@ def run(bundle: Path, data_root: Path, limit: int) -> dict[str, Any]:
     samples = test_samples(bundle, data_root, limit)
     service = {p: Predictor(bundle, threads=1, precision=p) for p in ("int8", "fp32")}
     config = service["int8"].preprocess
-    ood = service["int8"].bundle.manifest.ood
-    ood_output = "features" if ood is None else ood.features  # what the OOD check scores
+    ood_output = service["int8"].ood_output  # what the OOD check scores
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "index.html").write_text(_PAGE)

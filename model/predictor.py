@@ -335,7 +335,7 @@ class Predictor:
         names = ["logits", "features"]
         if self.locates:
             names.append("cam")
-        scored = self._ood_output()
+        scored = self.ood_output
         if scored != "features":
             names.append(scored)
         outputs = dict(zip(names, self._run(images, names), strict=True))
@@ -350,8 +350,10 @@ class Predictor:
             ood_features=outputs.get(scored),
         )
 
-    def _ood_output(self) -> str:
-        """The ONNX output the bundle's OOD model scores (``features`` without one)."""
+    @property
+    def ood_output(self) -> str:
+        """The ONNX output the bundle's OOD model scores (``features`` without one;
+        ``reference_features`` for a kNN bundle): what an answer needs besides the logits."""
         spec = self._bundle.manifest.ood
         return "features" if spec is None else spec.features
 
@@ -383,11 +385,11 @@ class Predictor:
         locate = self.locates
         probabilities = softmax(logits, manifest.temperature)
         ood = self._bundle.ood
-        if self._ood_output() == "features" and ood_features is None:
+        if self.ood_output == "features" and ood_features is None:
             ood_features = features
         if ood is not None and ood_features is None:
             raise PredictorError(
-                f"this bundle's OOD model scores the {self._ood_output()!r} output: pass it as "
+                f"this bundle's OOD model scores the {self.ood_output!r} output: pass it as "
                 "ood_features"
             )
         scores = None if ood is None else ood.score(np.asarray(ood_features, dtype=np.float32))

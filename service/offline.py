@@ -214,7 +214,7 @@ def build_offline_package(
                 "logits": "logits",
                 "features": "features",
                 # what the out-of-domain model scores (another output for kNN bundles)
-                "ood_features": "features" if manifest.ood is None else manifest.ood.features,
+                "ood_features": predictor.ood_output,
             },
         },
         "preprocess": manifest.preprocess.to_dict(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -264,14 +265,28 @@ def restore_weights_float32(onnx_path: Path, out_path: Path) -> int:
     return len(casts)
 
 
+@contextmanager
+def float32_weights(onnx_path: Path) -> Iterator[Path]:
+    """``onnx_path`` itself when its weights are float32; else, for the life of the context, a
+    temporary copy with them restored (:func:`restore_weights_float32`)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    if not any(i.name.endswith(FLOAT16_SUFFIX) for i in graph.initializer):
+        yield onnx_path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Path(tmp) / "float32-weights.onnx"
+        restore_weights_float32(onnx_path, full)
+        yield full
+
+
 def store_fp32_compactly(
     fp32_path: Path, out_path: Path, inputs: NDArray[np.float32]
 ) -> Fp32Storage:
     """Store ``fp32_path`` with float16 weights at ``out_path`` and check it against the
     float32-weight graph on ``inputs``: :class:`ExportError` when any top-1 changes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        full = Path(tmp) / "full.onnx"
-        restore_weights_float32(fp32_path, full)
+    with float32_weights(fp32_path) as full:
         converted = store_weights_float16(full, out_path)
         check = check_fp32(full, out_path, inputs)
         before = full.stat().st_size
@@ -346,10 +361,9 @@ def quantize_int8(
     level = root.level
     root.setLevel(logging.WARNING)  # the quantiser logs every rescaled channel on the root logger
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        # the quantiser needs the weights as float32 initializers
+        with tempfile.TemporaryDirectory() as tmp, float32_weights(fp32_path) as full:
             prepared = Path(tmp) / "prepared.onnx"
-            full = Path(tmp) / "full.onnx"
-            restore_weights_float32(fp32_path, full)  # the quantiser needs float32 initializers
             quant_pre_process(str(full), str(prepared))
             excluded = leading_convs(prepared, fp32_leading_convs)
             quantize_static(
@@ -424,24 +438,25 @@ def export_int8(
     gate: Int8Gate | None = None
     convs = len(leading_convs(fp32_path, 1 << 30))
     steps = list(dict.fromkeys(min(step, convs) for step in fp32_leading_steps)) or [0]
-    for step in steps:
-        excluded = quantize_int8(fp32_path, out, calibration, config, fp32_leading_convs=step)
-        int8_logits, _ = onnx_outputs(out, val_inputs)
-        int8_accuracy = _accuracy(int8_logits, targets)
-        attempts.append({"fp32_leading_convs": step, "int8_accuracy": int8_accuracy})
-        gate = int8_gate(
-            fp32_accuracy,
-            int8_accuracy,
-            images=len(targets),
-            calibration_images=len(calibration),
-            max_drop=max_drop,
-        )
-        gate = replace(
-            gate, fp32_nodes=tuple(excluded), attempts=tuple(attempts), val_logits=int8_logits
-        )
-        if gate.written:
-            break
-        logger.info("INT8 with %d leading convolutions fp32: %s", len(excluded), gate.reason)
+    with float32_weights(fp32_path) as source:  # restored once for every attempt
+        for step in steps:
+            excluded = quantize_int8(source, out, calibration, config, fp32_leading_convs=step)
+            int8_logits, _ = onnx_outputs(out, val_inputs)
+            int8_accuracy = _accuracy(int8_logits, targets)
+            attempts.append({"fp32_leading_convs": step, "int8_accuracy": int8_accuracy})
+            gate = int8_gate(
+                fp32_accuracy,
+                int8_accuracy,
+                images=len(targets),
+                calibration_images=len(calibration),
+                max_drop=max_drop,
+            )
+            gate = replace(
+                gate, fp32_nodes=tuple(excluded), attempts=tuple(attempts), val_logits=int8_logits
+            )
+            if gate.written:
+                break
+            logger.info("INT8 with %d leading convolutions fp32: %s", len(excluded), gate.reason)
     if gate is None:  # pragma: no cover - steps is never empty
         raise RuntimeError("no INT8 quantisation was tried")
     if gate.fp32_nodes:

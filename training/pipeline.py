@@ -501,8 +501,9 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
     # The ImageNet backbone: its pooled features are what the kNN OOD score compares, so a
     # knn-reference bundle carries a frozen copy of it.
     reference_model = reference_backbone(model, num_classes, config)
-    reference_features = {name: a.features.copy() for name, a in arrays.items()}
-    if reference_model is not None and config.init_from:
+    if reference_model is None or not config.init_from:
+        reference_features = {name: a.features.copy() for name, a in arrays.items()}
+    else:
         # a warm start's features are the base's fine-tuned ones, not the reference's
         reference_features = {
             name: backbone_features(

@@ -253,11 +253,7 @@ def _golden_cases(predictor: Predictor) -> list[dict[str, Any]]:
     inputs = rng.normal(0, 0.6, size=(3, 3, size, size)).astype(np.float32)
     # the output the bundle's OOD model scores: the pooled features, or a kNN bundle's
     # reference_features (what the page's runModel hands to identification())
-    scored = (
-        "features"
-        if predictor.bundle.manifest.ood is None
-        else predictor.bundle.manifest.ood.features
-    )
+    scored = predictor.ood_output
     logits, features = predictor._run(inputs, ("logits", scored))
     rows: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = list(
         zip(logits, features, strict=True)

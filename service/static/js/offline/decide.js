@@ -38,6 +38,13 @@ const fixed2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : String(x));
 
 // ---------------------------------------------------------------- out of domain
 
+/** The Euclidean length of ``v``, at least 1e-12 (model/ood.py's _l2_normalize divisor). */
+function l2Norm(v) {
+  let sum = 0;
+  for (let i = 0; i < v.length; i++) sum += v[i] * v[i];
+  return Math.max(Math.sqrt(sum), 1e-12);
+}
+
 const OOD_METHODS = {
   /* model/ood.py OodModel.score: max(Mahalanobis distance to the nearest class mean in the
      whitened PCA space / sqrt(k), residual norm outside the k components / its training mean). */
@@ -48,9 +55,7 @@ const OOD_METHODS = {
     const centers = spec._centers || (spec._centers = float32Array(spec.class_centers));
     const [F, k] = basis.shape;
     if (features.length !== F) throw new Error(`features have ${features.length} values, not ${F}`);
-    let norm = 0;
-    for (let i = 0; i < F; i++) norm += features[i] * features[i];
-    norm = Math.max(Math.sqrt(norm), 1e-12);
+    const norm = l2Norm(features);
     const x = new Float64Array(F);
     for (let i = 0; i < F; i++) x[i] = (spec.normalize ? features[i] / norm : features[i]) - center.data[i];
     const reduced = new Float64Array(k);
@@ -95,9 +100,7 @@ const OOD_METHODS = {
     const bank = spec._bank || (spec._bank = float16Array(spec.bank));
     const [rows, F] = bank.shape;
     if (features.length !== F) throw new Error(`features have ${features.length} values, not ${F}`);
-    let norm = 0;
-    for (let i = 0; i < F; i++) norm += features[i] * features[i];
-    norm = Math.max(Math.sqrt(norm), 1e-12);
+    const norm = l2Norm(features);
     const k = Math.min(spec.k, rows);
     const nearest = new Float64Array(k).fill(-Infinity); // ascending: nearest[0] is the smallest
     for (let r = 0; r < rows; r++) {
