@@ -18,6 +18,7 @@ Run: ``.venv/bin/python -m bench.tta [--bundle weights/default] [--out docs/benc
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +51,9 @@ def views(image: Image.Image, variant: str) -> list[Image.Image]:
 
 
 def test_samples(bundle_path: Path, data_dir: Path) -> list[tuple[Path, str, str]]:
-    """(path, dataset class, set name) of the bundle's test images found in ``data_dir``."""
+    """(path, dataset class, set name) of the bundle's test images: the datasets its
+    ``config.json`` records, found by folder name in ``data_dir``, filtered by the bundle's
+    ``seen-images.tsv``."""
     from model.bundle import load_bundle
     from model.digest import sha256_file
     from training.data import load_dataset
@@ -61,7 +64,8 @@ def test_samples(bundle_path: Path, data_dir: Path) -> list[tuple[Path, str, str
     if seen is None:
         raise SystemExit(f"{bundle_path} has no seen-images.tsv: its test split is unknown")
     found: list[tuple[Path, str, str]] = []
-    for name in ("met-ivory", "wood-trade-groups"):
+    recorded = json.loads((bundle.path / "config.json").read_text())["config"]["data"]
+    for name in (Path(folder).name for folder in recorded):
         for sample in load_dataset(data_dir / name):
             if seen.get(sha256_file(sample.path)) == "test":
                 found.append((sample.path, sample.label, name))
