@@ -23,6 +23,7 @@ import onnxruntime as ort
 from model.bundle import Bundle, BundleError, Precision, load_bundle
 from model.checks import ImageChecks, check_array, prepare_input
 from model.decision import Decision, decide, scanner_image, unusable_image
+from model.fusion import DEFAULT_OOD_FUSION, FusedDecision, ViewResult, fuse_views
 from model.heatmap import heatmap_box
 from model.labels import Label
 from model.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess_bytes
@@ -440,6 +441,46 @@ class Predictor:
                 )
             )
         return results
+
+    def fuse(
+        self,
+        predictions: Sequence[Prediction],
+        *,
+        origin_country: str | None = None,
+        top_k: int = 5,
+        ood_fusion: str = DEFAULT_OOD_FUSION,
+    ) -> tuple[Prediction, FusedDecision]:
+        """One answer for several photos of one object (:mod:`model.fusion`): the fused
+        prediction (its ``top`` is empty when every view was refused) and how it was made.
+        ``predictions`` come from this predictor, one per view, in the order taken."""
+        ood_spec = self._bundle.manifest.ood
+        fused = fuse_views(
+            [
+                ViewResult(p.probabilities, p.ood_score, p.decision, refused=not p.top)
+                for p in predictions
+            ],
+            self.labels,
+            self._taxonomy,
+            self._bundle.manifest.thresholds,
+            ood_threshold=None if ood_spec is None else ood_spec.threshold,
+            origin_country=self._taxonomy.normalize_country(origin_country),
+            ood_fusion=ood_fusion,
+        )
+        probabilities = fused.probabilities.astype(np.float32)
+        order = np.argsort(-probabilities, kind="stable")[: min(top_k, len(self.labels))]
+        top = (
+            [LabelScore(self.labels[j], float(probabilities[j])) for j in order]
+            if fused.used
+            else []
+        )
+        prediction = Prediction(
+            probabilities=probabilities,
+            top=top,
+            decision=fused.decision,
+            ood_score=fused.ood_score,
+            located=self.locates,
+        )
+        return prediction, fused
 
     def _refusal(self, checks: ImageChecks) -> Decision | None:
         """The decision that replaces the model's when an image check fails, else None. Both

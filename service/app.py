@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model.fusion import MAX_VIEWS
 from service.apidocs import install_offline_docs
 from service.compose import StartupError, build_context
 from service.context import AppContext
@@ -100,15 +101,26 @@ JSON_BODY_LIMIT = 64 * 1024
 def _body_limits(settings: Settings) -> tuple[Any, Any]:
     single = settings.max_upload_bytes + MULTIPART_OVERHEAD
     batch = settings.max_upload_bytes * settings.max_batch_images + MULTIPART_OVERHEAD
+    views = settings.max_upload_bytes * MAX_VIEWS + MULTIPART_OVERHEAD
 
     def limit_for(path: str) -> int | None:
         if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return batch
         if path.rstrip("/") == "/v1/identifications":
             return single
+        if path.endswith("/identifications:views"):
+            return views
         return JSON_BODY_LIMIT
 
     def problem_for(path: str, limit: int) -> ProblemError:
+        if path.endswith("/identifications:views"):
+            return ProblemError(
+                413,
+                "too-many-views",
+                f"The photos exceed {limit} bytes together ({MAX_VIEWS} photos of at most "
+                f"{settings.max_upload_bytes} bytes). Send fewer or smaller photos.",
+                title="Too many photos",
+            )
         if path.endswith("/identifications:batch") or path.rstrip("/") == "/v1/verifications":
             return ProblemError(
                 413,

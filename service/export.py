@@ -2,7 +2,8 @@
 
 The archive (tar.gz) holds ``manifest.csv`` with the columns ``path,label,modality,source,case_id``
 (the format ``cites-vision train`` reads; ``path`` is relative to the manifest) and
-``images/<sha256>.<ext>``. One row per identification that has feedback; its latest entry wins.
+``images/<sha256>.<ext>``. One row per identification that has feedback (one per photo of a
+multi-view identification, all with the object's label and case); its latest entry wins.
 A confirmation labels the image with the predicted label (the decision's label, else the top-1
 label); a correction with the label it gives, or its taxon id when it names only a taxon.
 ``case_id`` is the latest feedback's case reference, else the identification's, else its id.
@@ -31,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.imagestore import ImageStore
-from service.repository import iter_export_rows
+from service.repository import iter_export_rows, view_shas
 from service.tables import Feedback, FeedbackResolution, Identification, StoredImage
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,8 @@ def officer_labels(
         if label is None:
             continue
         officer = feedback.created_by or f"name:{feedback.created_by_name}"
-        per_image.setdefault(ident.image_sha256, {})[officer] = (
-            label,
-            ident,
-            feedback.created_by_name,
-        )
+        for sha256 in view_shas(session, ident):
+            per_image.setdefault(sha256, {})[officer] = (label, ident, feedback.created_by_name)
     return per_image
 
 

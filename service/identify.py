@@ -23,11 +23,15 @@ for everything a caller can act on and holds no other HTTP code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+from model.fusion import MAX_VIEWS
 from model.heatmap import box_in_image
 from model.imageio import ImageError
 from model.predictor import Prediction, Predictor
@@ -35,6 +39,7 @@ from model.taxonomy import InvalidCountryError, Taxonomy
 from service.admission import Admission
 from service.decode import Decoded, DecodeStage
 from service.device_cases import DeviceAnswer, device_record
+from service.imagestore import PreparedImage
 from service.inference import InferenceItem, InferenceStage
 from service.keys import Principal
 from service.metrics import ServiceMetrics
@@ -42,12 +47,15 @@ from service.modelhost import ModelHost
 from service.problems import (
     ProblemError,
     image_problem,
+    in_view,
+    mixed_modalities,
     not_ready,
     request_timeout,
     storage_unavailable,
+    too_many_views,
 )
 from service.recorder import IdentificationRecorder, pending_identification
-from service.render import build_result
+from service.render import build_result, view_entry
 from service.repository import iso, new_id, utcnow
 from service.storage import ImageWriter
 from service.uploads import Upload
@@ -194,17 +202,15 @@ class IdentificationPipeline:
                 self._metrics.rejected.labels(reason="timeout").inc()
                 raise request_timeout(self._timeout_s) from None
 
-    async def _identify(
+    async def _decode_view(
         self,
         upload: Upload,
+        models: dict[str, Predictor],
         options: IdentifyOptions,
         principal: Principal,
-        pinned: Predictor | None,
-    ) -> dict[str, Any]:
-        started = time.perf_counter()
-        models = self._host.actives()  # one snapshot: the model that answers is the one used
-        if pinned is not None:  # a batch or verification that started on this model keeps it
-            models.update({m: pinned for m in pinned.bundle.manifest.modalities})
+    ) -> tuple[Decoded, Predictor]:
+        """Decode one upload in one of the caller's decode slots: the decoded image and the
+        model of its modality (422 when the image is unusable or no model serves it)."""
         try:
             async with self._admission.decode_slot(principal.key_id):
                 # read only now: uploads waiting for a decoder stay in their spool file
@@ -217,7 +223,146 @@ class IdentificationPipeline:
         if predictor is None or decoded.array is None:
             self._metrics.rejected.labels(reason="modality").inc()
             raise self._no_model(decoded.modality, decoded.modality_source)
-        del data  # the stored bytes travel in decoded.image until written
+        return decoded, predictor
+
+    async def identify_views(
+        self, uploads: Sequence[Upload | bytes], options: IdentifyOptions, principal: Principal
+    ) -> dict[str, Any]:
+        """Identify one object from up to :data:`~model.fusion.MAX_VIEWS` photos of it: each
+        photo is decoded, stored and predicted as a single one would be, then the predictions
+        are fused into one answer (:mod:`model.fusion`). Returns the stored result with
+        ``views`` (each photo's own answer) and ``fusion``. A photo that cannot be decoded
+        refuses the whole request (the problem names it); all photos must be of one modality.
+        Each photo holds one admission place, as a batch image does."""
+        spooled = [Upload.from_bytes(u) if isinstance(u, bytes) else u for u in uploads]
+        limit = min(MAX_VIEWS, self._admission.limits.max_per_key)
+        if not 1 <= len(spooled) <= limit:
+            raise too_many_views(len(spooled), limit)
+        self.active_predictor()
+        options = self.check_options(options)
+        for upload in spooled:
+            self._admission.check_size(upload.size)
+        async with contextlib.AsyncExitStack() as places:
+            for _upload in spooled:
+                await places.enter_async_context(self._admission.admit(principal.key_id))
+            try:
+                return await asyncio.wait_for(
+                    self._identify_views(spooled, options, principal),
+                    timeout=self._timeout_s,
+                )
+            except TimeoutError:
+                self._metrics.rejected.labels(reason="timeout").inc()
+                raise request_timeout(self._timeout_s) from None
+
+    async def _decode_views(
+        self, uploads: Sequence[Upload], options: IdentifyOptions, principal: Principal
+    ) -> tuple[list[Decoded], Predictor]:
+        """Decode every photo (in the caller's decode slots); all must go to one model."""
+        models = self._models(None)
+        outcomes = await asyncio.gather(
+            *(self._decode_view(u, models, options, principal) for u in uploads),
+            return_exceptions=True,
+        )
+        decoded: list[Decoded] = []
+        predictors: list[Predictor] = []
+        for position, outcome in enumerate(outcomes):
+            if isinstance(outcome, ProblemError):
+                raise in_view(outcome, position, len(outcomes))
+            if isinstance(outcome, BaseException):
+                raise outcome
+            decoded.append(outcome[0])
+            predictors.append(outcome[1])
+        if len({id(p) for p in predictors}) > 1:
+            self._metrics.rejected.labels(reason="modality").inc()
+            raise mixed_modalities([d.modality for d in decoded])
+        return decoded, predictors[0]
+
+    async def _identify_views(
+        self, uploads: Sequence[Upload], options: IdentifyOptions, principal: Principal
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        decoded, predictor = await self._decode_views(uploads, options, principal)
+        writes = [(d.image, self._storage.begin(d.image)) for d in decoded]
+        committed = False
+        try:
+            predictor_started = time.perf_counter()
+            items = []
+            for view in decoded:
+                assert view.array is not None  # checked by _decode_view
+                items.append(
+                    InferenceItem(
+                        predictor, view.array, options.origin_country, options.top_k, view.checks
+                    )
+                )
+            # submitted together, the photos run in one micro-batch
+            predictions = await asyncio.gather(*(self._inference.predict(i) for i in items))
+            fused, fusion = predictor.fuse(
+                predictions, origin_country=options.origin_country, top_k=options.top_k
+            )
+            inferred = time.perf_counter()
+            ident_id = new_id()
+            created_at = utcnow()
+            result = build_result(
+                fused,
+                predictor,
+                self._taxonomy,
+                ident_id=ident_id,
+                created_at=created_at,
+                principal=principal,
+                image=decoded[0].image,
+                modality=decoded[0].modality,
+                modality_source=decoded[0].modality_source,
+                origin_country=options.origin_country,
+                case_ref=options.case_ref,
+                top_k=options.top_k,
+            )
+            result["views"] = [
+                view_entry(
+                    position,
+                    prediction,
+                    view.image,
+                    ident_id,
+                    used=position in fusion.used,
+                    location=locate(prediction, predictor, view),
+                )
+                for position, (prediction, view) in enumerate(
+                    zip(predictions, decoded, strict=True)
+                )
+            ]
+            result["fusion"] = fusion.to_dict()
+            await self._save(result, writes, principal, created_at)
+            committed = True
+        finally:
+            for image, write in writes:
+                if committed:
+                    self._storage.release(image.sha256)
+                else:  # refused, timed out or failed: no file may stay behind for this request
+                    await self._storage.discard(image, write)
+        result["timing_ms"] = {
+            "decode": round((predictor_started - started) * 1000, 2),
+            "inference": round((inferred - predictor_started) * 1000, 2),
+            "total": round((time.perf_counter() - started) * 1000, 2),
+        }
+        return result
+
+    def _models(self, pinned: Predictor | None) -> dict[str, Predictor]:
+        """One snapshot of the active models: the model that answers is the one used."""
+        models = self._host.actives()
+        if pinned is not None:  # a batch or verification that started on this model keeps it
+            models.update({m: pinned for m in pinned.bundle.manifest.modalities})
+        return models
+
+    async def _identify(
+        self,
+        upload: Upload,
+        options: IdentifyOptions,
+        principal: Principal,
+        pinned: Predictor | None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        decoded, predictor = await self._decode_view(
+            upload, self._models(pinned), options, principal
+        )
         image = decoded.image
         write = self._storage.begin(image)  # overlaps inference and rendering
         committed = False
@@ -268,30 +413,49 @@ class IdentificationPipeline:
         )
         if options.device is not None:
             result["device"] = device_record(options.device, result)
-        try:  # durable before the database row refers to it
-            image_path = await asyncio.shield(write)
-        except OSError as exc:
-            self._metrics.rejected.labels(reason="storage").inc()
-            raise storage_unavailable(exc) from None
-        await self._recorder.record(
-            pending_identification(result, decoded.image, image_path, principal, created_at)
-        )
-        decision = result["decision"]
-        logger.info(
-            "identification %s by key %s: %s %s (%.3f, %s)",
-            result["id"],
-            principal.key_id or "anonymous",
-            decision["kind"],
-            decision["label"],
-            decision["probability"],
-            iso(created_at),
-        )
-        self._metrics.decisions.labels(kind=decision["kind"], label=decision["label"] or "-").inc()
-        if result["top_k"]:
-            self._metrics.confidence.observe(result["top_k"][0]["probability"])
+        await self._save(result, [(decoded.image, write)], principal, created_at)
         result["timing_ms"] = {
             "decode": round((predictor_started - started) * 1000, 2),
             "inference": round((inferred - predictor_started) * 1000, 2),
             "total": round((time.perf_counter() - started) * 1000, 2),
         }
         return result
+
+    async def _save(
+        self,
+        result: dict[str, Any],
+        images: Sequence[tuple[PreparedImage, asyncio.Future[str]]],
+        principal: Principal,
+        created_at: datetime,
+    ) -> None:
+        """Wait for the image writes (durable before the database row refers to them), record
+        the identification, count and log its decision."""
+        try:
+            paths = [await asyncio.shield(write) for _image, write in images]
+        except OSError as exc:
+            self._metrics.rejected.labels(reason="storage").inc()
+            raise storage_unavailable(exc) from None
+        first, _write = images[0]
+        views = (
+            [(image, path) for (image, _w), path in zip(images, paths, strict=True)]
+            if len(images) > 1
+            else []
+        )
+        await self._recorder.record(
+            pending_identification(result, first, paths[0], principal, created_at, views)
+        )
+        decision = result["decision"]
+        logger.info(
+            "identification %s by key %s: %s %s (%.3f, %s, %d photo%s)",
+            result["id"],
+            principal.key_id or "anonymous",
+            decision["kind"],
+            decision["label"],
+            decision["probability"],
+            iso(created_at),
+            len(images),
+            "" if len(images) == 1 else "s",
+        )
+        self._metrics.decisions.labels(kind=decision["kind"], label=decision["label"] or "-").inc()
+        if result["top_k"]:
+            self._metrics.confidence.observe(result["top_k"][0]["probability"])

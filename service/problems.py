@@ -217,6 +217,43 @@ def storage_unavailable(exc: OSError) -> ProblemError:
     )
 
 
+def too_many_views(count: int, limit: int) -> ProblemError:
+    """413 for a multi-view identification with no photo or more photos than allowed."""
+    return ProblemError(
+        413 if count > limit else 422,
+        "too-many-views" if count > limit else "validation-error",
+        f"{count} photos in one multi-view identification; it takes 1 to {limit} photos of "
+        "one object. Send fewer photos, or identify the objects separately.",
+        title="Too many photos" if count > limit else "No photo",
+    )
+
+
+def in_view(problem: ProblemError, position: int, count: int) -> ProblemError:
+    """``problem`` of one photo of a multi-view identification, naming the photo (its
+    ``errors`` entry has ``loc`` ``["body", "images", position]``)."""
+    return ProblemError(
+        problem.status,
+        problem.slug,
+        f"Photo {position + 1} of {count}: {problem.detail} Nothing was identified or stored; "
+        "send the photos again without it, or retake it.",
+        title=problem.title,
+        headers=problem.headers,
+        errors=[{"loc": ["body", "images", position], "msg": problem.detail, "type": problem.slug}],
+    )
+
+
+def mixed_modalities(modalities: Sequence[str]) -> ProblemError:
+    """422 when the photos of one object are of different modalities (camera and x-ray)."""
+    listed = ", ".join(f"photo {i + 1}: {m}" for i, m in enumerate(modalities))
+    return ProblemError(
+        422,
+        "mixed-modalities",
+        f"The photos of one object must all be camera photos or all x-ray images ({listed}). "
+        "Identify them in separate requests.",
+        title="Photos of different kinds",
+    )
+
+
 _SLUGS = {
     400: "bad-request",
     401: "unauthenticated",

@@ -43,6 +43,8 @@ class PendingIdentification:
     identification: NewIdentification
     ident_id: str
     created_at: datetime
+    more_images: tuple[tuple[PreparedImage, str], ...] = ()
+    """The other photos of a multi-view identification, with their stored paths."""
 
 
 def pending_identification(
@@ -51,12 +53,16 @@ def pending_identification(
     image_path: str,
     principal: Principal,
     created_at: datetime,
+    views: Sequence[tuple[PreparedImage, str]] = (),
 ) -> PendingIdentification:
-    """The rows of a rendered identification ``result`` (:func:`service.render.build_result`)."""
+    """The rows of a rendered identification ``result`` (:func:`service.render.build_result`).
+    ``views``: every photo of a multi-view identification with its stored path, in order (the
+    first is ``image``); empty for a single photo."""
     decision = result["decision"]
     return PendingIdentification(
         image=image,
         image_path=image_path,
+        more_images=tuple(views[1:]),
         identification=NewIdentification(
             principal=principal,
             image_sha256=image.sha256,
@@ -70,6 +76,7 @@ def pending_identification(
             probability=float(decision["probability"]),
             rule=decision["rule"],
             result=result,
+            view_images=tuple(view.sha256 for view, _path in views),
         ),
         ident_id=result["id"],
         created_at=created_at,
@@ -146,7 +153,12 @@ class IdentificationRecorder:
 
     def _commit(self, group: Sequence[PendingIdentification]) -> None:
         with self._sessions() as session:
-            insert_images_if_new(session, [(p.image, p.image_path) for p in group])
+            images = {
+                image.sha256: (image, path)
+                for p in group
+                for image, path in ((p.image, p.image_path), *p.more_images)
+            }
+            insert_images_if_new(session, list(images.values()))
             add_identifications(
                 session, [(p.identification, p.ident_id, p.created_at) for p in group]
             )

@@ -105,16 +105,7 @@ def build_result(
         "id": ident_id,
         "created_at": iso(created_at),
         "created_by": principal.name,
-        "image": {
-            "sha256": image.sha256,
-            "mime": image.mime,
-            "width": image.width,
-            "height": image.height,
-            "size": len(image.data),
-            "gps_removed": image.gps_removed,
-            "location_removed": list(image.location_removed),
-            "url": f"/v1/identifications/{ident_id}/image",
-        },
+        "image": image_summary(image, f"/v1/identifications/{ident_id}/image"),
         "model_version": predictor.version,
         "modality": modality,
         "origin_country": origin_country,
@@ -138,6 +129,58 @@ def build_result(
         "heatmap_url": f"/v1/identifications/{ident_id}/heatmap",
         "modality_source": modality_source,
         "location": _with_image_url(location, ident_id),
+    }
+
+
+def image_summary(image: PreparedImage, url: str) -> dict[str, Any]:
+    """What an answer says of a stored image, with the URL that serves it."""
+    return {
+        "sha256": image.sha256,
+        "mime": image.mime,
+        "width": image.width,
+        "height": image.height,
+        "size": len(image.data),
+        "gps_removed": image.gps_removed,
+        "location_removed": list(image.location_removed),
+        "url": url,
+    }
+
+
+def view_entry(
+    position: int,
+    prediction: Prediction,
+    image: PreparedImage,
+    ident_id: str,
+    *,
+    used: bool,
+    location: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One photo of a multi-view identification: its image, whether it took part in the
+    fused answer, and its own answer (decision and most probable label)."""
+    decision = prediction.decision
+    top = prediction.top[0] if prediction.top else None
+    base = f"/v1/identifications/{ident_id}"
+    return {
+        "position": position,
+        "image": image_summary(image, f"{base}/image?view={position}"),
+        "used": used,
+        "decision": {
+            "kind": decision.kind,
+            "rule": decision.rule,
+            "label": decision.label_id,
+            "probability": round(float(decision.probability), 6),
+        },
+        "top": None
+        if top is None
+        else {
+            "label": top.label.id,
+            "label_name": top.label.name,
+            "kind": top.label.kind,
+            "probability": round(float(top.probability), 6),
+        },
+        "ood_score": None if prediction.ood_score is None else round(prediction.ood_score, 4),
+        "heatmap_url": f"{base}/heatmap?view={position}",
+        "location": location,
     }
 
 

@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from service.imagestore import PreparedImage
 from service.keys import Principal
-from service.tables import Feedback, Identification, ServiceState, StoredImage
+from service.tables import (
+    Feedback,
+    Identification,
+    IdentificationView,
+    ServiceState,
+    StoredImage,
+)
 
 ACTIVE_MODEL_KEY = "active_model_version"
 """State key of the active camera model (the key predates x-ray bundles, so it has no suffix)."""
@@ -102,6 +108,8 @@ class NewIdentification:
     probability: float
     rule: str
     result: dict[str, Any]
+    view_images: tuple[str, ...] = ()
+    """The sha256 of every photo of a multi-view identification, in order (empty for one)."""
 
 
 def new_id() -> str:
@@ -153,6 +161,13 @@ def add_identifications(
                 for new, ident_id, created_at in rows
             ],
         )
+        views = [
+            {"identification_id": ident_id, "position": position, "image_sha256": sha256}
+            for new, ident_id, _created_at in rows
+            for position, sha256 in enumerate(new.view_images)
+        ]
+        if views:
+            session.execute(insert(IdentificationView), views)
 
 
 @dataclass(frozen=True)
@@ -252,10 +267,28 @@ def latest_feedback(session: Session, ids: Sequence[str]) -> dict[str, Feedback]
     return latest
 
 
+def view_shas(session: Session, ident: Identification) -> list[str]:
+    """The sha256 of each photo of an identification, in order: its views for a multi-view
+    identification, else its one image."""
+    shas = session.scalars(
+        select(IdentificationView.image_sha256)
+        .where(IdentificationView.identification_id == ident.id)
+        .order_by(IdentificationView.position)
+    ).all()
+    return list(shas) or [ident.image_sha256]
+
+
+def identification_images(session: Session, ident: Identification) -> list[StoredImage]:
+    """The stored image of each photo of an identification, in order (missing rows left out)."""
+    images = [session.get(StoredImage, sha256) for sha256 in view_shas(session, ident)]
+    return [image for image in images if image is not None]
+
+
 def iter_export_rows(
     session: Session, since: datetime | None = None
 ) -> Iterator[tuple[Identification, Feedback, StoredImage]]:
-    """Each identification with feedback, its latest feedback entry and its image."""
+    """Each identification with feedback, its latest feedback entry and each of its images
+    (one row per photo of a multi-view identification)."""
     query = select(Feedback).order_by(Feedback.created_at, Feedback.id)
     if since is not None:
         query = query.where(Feedback.created_at >= since)
@@ -266,10 +299,8 @@ def iter_export_rows(
         ident = session.get(Identification, ident_id)
         if ident is None:
             continue
-        image = session.get(StoredImage, ident.image_sha256)
-        if image is None:
-            continue
-        yield ident, latest[ident_id], image
+        for image in identification_images(session, ident):
+            yield ident, latest[ident_id], image
 
 
 def get_state(session: Session, key: str) -> str | None:

@@ -93,6 +93,20 @@ class Identification(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class IdentificationView(Base):
+    """One photo of a multi-view identification (several photos of one object, one answer).
+    Single-photo identifications have no rows here: their image is ``image_sha256``."""
+
+    __tablename__ = "identification_views"
+    __table_args__ = (Index("ix_identification_views_image", "image_sha256"),)
+
+    identification_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("identifications.id"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("images.sha256"))
+
+
 class Feedback(Base):
     """An officer's confirmation or correction; append-only history."""
 

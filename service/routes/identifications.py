@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from model.fusion import MAX_VIEWS
 from model.heatmap import draw_box
 from model.imageio import decode_image
 from model.taxonomy import TaxonNotFoundError
@@ -30,7 +31,7 @@ from service.device_cases import find_synced, parse_device_answer
 from service.guidance import negotiate_language
 from service.identify import IdentificationPipeline, IdentifyOptions
 from service.keys import Principal
-from service.problems import ProblemError, upload_too_large
+from service.problems import ProblemError, too_many_views, upload_too_large
 from service.render import feedback_dict, render_identification
 from service.repository import (
     ListFilter,
@@ -38,6 +39,7 @@ from service.repository import (
     feedback_history,
     latest_feedback,
     list_identifications,
+    view_shas,
 )
 from service.scope import EVERYTHING, RecordScope, Visibility, visibility_for
 from service.security import MULTI_LINE_TEXT, SINGLE_LINE_TEXT
@@ -224,6 +226,42 @@ async def identify_batch(
     return json_answer(body, response, 200)
 
 
+@router.post(
+    "/identifications:views",
+    status_code=201,
+    summary="Identify one object from several photos (multi-view)",
+    response_model=None,
+    responses={
+        201: {"description": "one fused identification", "content": {"application/json": {}}},
+        413: {"description": "too large, or more than 6 photos"},
+        422: {"description": "an unusable photo (named), or photos of different modalities"},
+    },
+)
+async def identify_views(
+    response: Response,
+    principal: Identifier,
+    pipeline: PipelineDep,
+    context: ContextDep,
+    options: Options,
+    language: Language,
+    images: Annotated[
+        list[UploadFile],
+        File(description="1 to 6 photos of the same object (front, back, close-ups), in order"),
+    ],
+) -> JSONResponse:
+    """One answer for one object photographed several times: each photo is stored and answered
+    on its own (``views``), and the answer fuses them (``fusion``; docs/api.md)."""
+    if len(images) > MAX_VIEWS:  # refuse before reading a byte of any photo
+        raise too_many_views(len(images), MAX_VIEWS)
+    spooled = [spool_upload(upload, context.settings.max_upload_bytes) for upload in images]
+    result = await pipeline.identify_views(spooled, options, principal)
+    response.headers["Location"] = f"/v1/identifications/{result['id']}"
+    rendered = render_identification(
+        result, language, context.guidance, None, taxonomy=context.taxonomy
+    )
+    return json_answer(rendered, response, 201)
+
+
 def _visibility(session: Session, principal: Principal, context: AppContext) -> Visibility:
     return visibility_for(session, principal, RecordScope(context.settings.record_scope))
 
@@ -240,6 +278,26 @@ def _get(
             title="Identification not found",
         )
     return row
+
+
+ViewQuery = Annotated[
+    int,
+    Query(ge=0, lt=MAX_VIEWS, description="which photo of a multi-view identification (from 0)"),
+]
+
+
+def _view_sha(session: Session, row: Identification, view: int) -> str:
+    """The sha256 of photo ``view`` of an identification (404 when it has no such photo)."""
+    shas = view_shas(session, row)
+    if view >= len(shas):
+        raise ProblemError(
+            404,
+            "not-found",
+            f"Identification {row.id} has {len(shas)} photo(s); there is no view {view} "
+            f"(views count from 0).",
+            title="No such photo",
+        )
+    return shas[view]
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -315,11 +373,16 @@ def get_one(
     responses={200: {"content": {"image/*": {}}}},
 )
 def get_image(
-    identification_id: str, principal: Reader, context: ContextDep, session: SessionDep
+    identification_id: str,
+    principal: Reader,
+    context: ContextDep,
+    session: SessionDep,
+    view: ViewQuery = 0,
 ) -> Response:
-    """The image as stored (location metadata removed unless configured otherwise)."""
+    """The image as stored (location metadata removed unless configured otherwise); ``view``
+    picks a photo of a multi-view identification."""
     row = _get(session, identification_id, _visibility(session, principal, context))
-    image = session.get(StoredImage, row.image_sha256)
+    image = session.get(StoredImage, _view_sha(session, row, view))
     if image is None:
         raise ProblemError(404, "not-found", "The image of this identification is missing.")
     data = context.store.read(image.path)
@@ -343,13 +406,15 @@ async def get_heatmap(
     label: Annotated[
         str | None, Query(max_length=200, pattern=SINGLE_LINE_TEXT, description="label id")
     ] = None,
+    view: ViewQuery = 0,
 ) -> Response:
-    """The image with the class-activation map of the decided (or top-1, or given) label."""
+    """The image with the class-activation map of the decided (or top-1, or given) label;
+    ``view`` picks a photo of a multi-view identification."""
 
     def load() -> tuple[Identification, StoredImage | None]:
         with context.sessions() as session:
             row = _get(session, identification_id, _visibility(session, principal, context))
-            return row, session.get(StoredImage, row.image_sha256)
+            return row, session.get(StoredImage, _view_sha(session, row, view))
 
     row, image = await run_in_threadpool(load)
     if image is None:

@@ -207,7 +207,7 @@ def test_a_0001_database_upgrades_to_0002_and_keeps_its_rows(
     migrate(engine)
     with engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0005"  # 0003 verifications, 0004 model history, 0005 its modality
+    assert version == "0006"  # 0004 model history, 0005 its modality, 0006 multi-view photos
     assert "verifications" in inspect(engine).get_table_names()
     with make_sessionmaker(engine)() as session:
         old = feedback_history(session, "i1")
