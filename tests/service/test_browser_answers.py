@@ -178,6 +178,70 @@ def test_colour_follows_the_action_and_the_caveat_is_shown(
     ("path", "selector"),
     [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id^='operation/']")],
 )
+def _png(color: tuple[int, int, int], index: int) -> dict[str, object]:
+    """One photo for set_input_files; each index gives another size (another file)."""
+    size = (320 + 10 * index, 240 + 10 * index)
+    return {"name": f"view{index}.png", "mimeType": "image/png", "buffer": solid_image_bytes(color, size)}
+
+
+def test_several_photos_of_one_item_give_one_answer(
+    page: Page, service: ServiceHandle, officer_key: str
+) -> None:
+    """"Add another photo": the photos go together to /v1/identifications:views; the answer
+    says how many photos it used and what each said; photos that disagree are "uncertain";
+    a new "Choose a file" starts a new item; six photos are the most."""
+    from playwright.sync_api import expect
+
+    _sign_in(page, service, officer_key)
+    expect(page.locator("#views-picker")).to_be_hidden()
+    page.set_input_files("#file", files=[_png(RED, 0)])
+    expect(page.locator("#views-picker")).to_be_visible()
+    page.set_input_files("#add-photo", files=[_png(RED, 1)])
+    expect(page.locator("#chosen")).to_contain_text("2 photos of one item ready")
+    with page.expect_response("**/v1/identifications:views") as answered:
+        page.click("#identify-btn")
+    assert answered.value.status == 201
+    ident = answered.value.json()
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#decision")).to_have_text("Confident")
+    assert [v["used"] for v in ident["views"]] == [True, True]
+    expect(page.locator("#views-answer")).to_be_visible()
+    expect(page.locator("#views-summary")).to_have_text("One answer from 2 of 2 photos.")
+    expect(page.locator("#views li")).to_have_count(2)
+    expect(page.locator("#views li").nth(1)).to_contain_text("Photo 2")
+    with page.expect_response("**/image?view=1") as photo:
+        page.locator("#views li").nth(1).locator("button").click()
+    assert photo.value.status == 200
+    shoot(page, "34-several-photos-one-answer", full_page=False, centre="#views-answer")
+
+    # Ivory on one photo, ceramic on the other: refer to an expert, never an all-clear.
+    page.set_input_files("#file", files=[_png(RED, 2)])  # a new item: its first photo
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#chosen")).to_contain_text("Photo ready: view2.png")
+    page.set_input_files("#add-photo", files=[_png(BLUE, 3)])
+    page.select_option("#lang", "fr")
+    page.click("#identify-btn")
+    expect(page.locator("#result")).to_be_visible()
+    assert page.locator("#result").get_attribute("data-decision") == "uncertain"
+    expect(page.locator("#views-summary")).to_have_text("Une réponse tirée de 2 photos sur 2.")
+    page.select_option("#lang", "en")
+
+    # Six photos are the most: the "add" picker goes away.
+    page.set_input_files("#file", files=[_png(RED, 0)])
+    for index in range(1, 6):
+        page.set_input_files("#add-photo", files=[_png(RED, index)])
+    expect(page.locator("#chosen")).to_contain_text("6 photos of one item ready")
+    expect(page.locator("#views-picker")).to_be_hidden()
+
+    # The network fails twice: several photos cannot be answered on the phone, so the page
+    # offers "try again" and not "identify on this phone".
+    page.route("**/v1/identifications:views", lambda route: route.abort("connectionreset"))
+    page.click("#identify-btn")
+    expect(page.locator("#retry")).to_be_visible()
+    expect(page.locator("#identify-here")).to_be_hidden()
+    expect(page.locator("#result")).to_be_hidden()
+
+
 def test_api_docs_work_without_internet(
     page: Page, service: ServiceHandle, path: str, selector: str
 ) -> None:

@@ -55,6 +55,7 @@ export function renderAnswer(ident, { focus = false, keepPhoto = false } = {}) {
   title.dataset.i18n = decided ? "otherCandidates" : "closestCandidates";
   title.textContent = t(title.dataset.i18n);
   renderCandidates(decided ? top.filter((c) => !d.label || c.label !== d.label) : top);
+  renderViews(ident);
 
   const meta = [t("model", { version: ident.model_version })];
   if (ident.case_ref) meta.push(t("caseLabel", { ref: ident.case_ref }));
@@ -120,6 +121,39 @@ function renderCandidates(candidates) {
   }
 }
 
+/** Several photos of one item (POST /v1/identifications:views): what each photo said on its
+    own, which ones the answer left out, and a button per photo to look at it. */
+function renderViews(ident) {
+  const views = Array.isArray(ident.views) ? ident.views : [];
+  const box = $("views-answer");
+  const list = $("views");
+  list.textContent = "";
+  box.hidden = views.length < 2;
+  if (box.hidden) return;
+  const used = views.filter((v) => v.used).length;
+  say($("views-summary"), "viewsSummary", { used, count: views.length });
+  for (const view of views) {
+    const li = document.createElement("li");
+    li.dataset.position = String(view.position);
+    if (!view.used) li.className = "view-excluded";
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "small";
+    open.textContent = t("viewNumber", { n: view.position + 1 });
+    open.addEventListener("click", () => loadPhoto(ident, view.image && view.image.url));
+    const said = document.createElement("span");
+    const kind = (view.decision && view.decision.kind) || "uncertain";
+    const words = [t("decision_" + kind)];
+    if (view.top && (kind === "taxon" || kind === "lookalike")) {
+      words.push(view.top.label_name || view.top.label, probabilityText(view.top.probability));
+    }
+    if (!view.used) words.push(t("viewLeftOut"));
+    said.textContent = " " + words.join(" · ");
+    li.append(open, said);
+    list.append(li);
+  }
+}
+
 /** Without an origin country the service gives the strictest listing of a taxon listed by
     population; say so next to the badge. */
 async function noteOriginDependence(ident) {
@@ -149,6 +183,8 @@ export function clearAnswer() {
   for (const id of ["decision", "sci", "common", "prob", "caveat", "meta"]) $(id).textContent = "";
   $("caveat").hidden = true;
   $("candidates").textContent = "";
+  $("views").textContent = "";
+  $("views-answer").hidden = true;
   say($("origin-note"), null);
   if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
   state.photoUrl = null;

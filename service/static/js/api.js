@@ -62,16 +62,20 @@ export async function getTaxon(taxonId) {
 
 /** POST /v1/identifications with XMLHttpRequest, which reports upload progress:
     ``onProgress(pct)`` while sending, ``onProgress(null)`` once the service is working.
+    ``photos``: one prepared photo, or a list; several photos of one item go to
+    /v1/identifications:views as ``images`` parts and come back as one answer.
     Resolves with the identification; rejects with ApiError or NetworkError. */
-export function postIdentification(prepared, fields, onProgress) {
+export function postIdentification(photos, fields, onProgress) {
+  const list = Array.isArray(photos) ? photos : [photos];
+  const several = list.length > 1;
   return new Promise((resolve, reject) => {
     const form = new FormData();
-    form.append("image", prepared.blob, prepared.name);
+    for (const photo of list) form.append(several ? "images" : "image", photo.blob, photo.name);
     for (const [name, value] of Object.entries(fields)) {
       if (value !== "" && value !== null && value !== undefined) form.append(name, value);
     }
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/v1/identifications");
+    xhr.open("POST", several ? "/v1/identifications:views" : "/v1/identifications");
     for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
     xhr.timeout = UPLOAD_TIMEOUT_MS;
     xhr.upload.onprogress = (e) => {

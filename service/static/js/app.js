@@ -177,24 +177,56 @@ async function loadModel() {
 
 // ---------------------------------------------------------------- photo, upload, answer
 
+const MAX_PHOTOS = 6; // photos of one item in one identification (POST /v1/identifications:views)
+
+/** A photo picked with "Take a photo" or "Choose a file": a new item, its first photo. */
 function onFileChosen(event) {
   const file = event.target.files && event.target.files[0];
   event.target.value = ""; // choosing the same file again still fires "change"
   if (!file) return;
   clearError();
   clearAnswer(); // a new photo: the previous answer is not its answer
-  if (file.type && !file.type.startsWith("image/")) {
-    state.file = null;
-    state.prepared = null;
-    say($("chosen"), null);
-    $("identify-btn").disabled = true;
-    showError(new UserError("notImage"));
+  state.files = [];
+  state.prepared = [];
+  if (!acceptPhoto(file)) return;
+  state.files = [file];
+  renderChosen();
+}
+
+/** "Add another photo of the same item": one more view of the item already chosen. */
+function onPhotoAdded(event) {
+  const file = event.target.files && event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  clearError();
+  clearAnswer(); // the answer to fewer photos is not the answer to these
+  if (state.files.length >= MAX_PHOTOS) {
+    showError(new UserError("tooManyPhotos"));
     return;
   }
-  state.file = file;
-  state.prepared = null;
-  say($("chosen"), "chosenFile", { name: file.name || "photo" });
-  $("identify-btn").disabled = false;
+  if (!acceptPhoto(file)) return;
+  state.files.push(file);
+  renderChosen();
+}
+
+function acceptPhoto(file) {
+  if (file.type && !file.type.startsWith("image/")) {
+    renderChosen();
+    showError(new UserError("notImage"));
+    return false;
+  }
+  return true;
+}
+
+/** What is ready to send, the Identify button and the "add another photo" picker. */
+function renderChosen() {
+  const files = state.files;
+  const names = files.map((f) => f.name || "photo");
+  if (files.length === 0) say($("chosen"), null);
+  else if (files.length === 1) say($("chosen"), "chosenFile", { name: names[0] });
+  else say($("chosen"), "chosenFiles", { count: files.length, names: names.join(", ") });
+  $("identify-btn").disabled = files.length === 0;
+  $("views-picker").hidden = files.length === 0 || files.length >= MAX_PHOTOS;
   $("retry").hidden = true;
 }
 
@@ -244,7 +276,7 @@ async function identify(event, { onDevice = false } = {}) {
   if (event) event.preventDefault();
   clearError();
   clearAnswer(); // a new identification: nothing of the previous one stays on screen
-  if (!state.file) {
+  if (!state.files.length) {
     showError(new UserError("noFile"));
     return;
   }
@@ -255,23 +287,26 @@ async function identify(event, { onDevice = false } = {}) {
     return;
   }
   const modality = $("modality").value;
+  const several = state.files.length > 1;
   const button = $("identify-btn");
   button.disabled = true;
   $("retry").hidden = true;
   $("identify-here").hidden = true;
   try {
-    if (!state.prepared) {
-      setProgress("preparing", null, null);
-      state.prepared = await preparePhoto(state.file, modality);
+    const onPhone = (onDevice || !navigator.onLine) && canIdentifyOffline(modality);
+    if (onPhone && several) throw new UserError("viewsNeedNetwork");
+    setProgress("preparing", null, null);
+    for (let i = 0; i < state.files.length; i += 1) {
+      if (!state.prepared[i]) state.prepared[i] = await preparePhoto(state.files[i], modality);
     }
     const fields = { modality, origin_country: origin, case_ref: $("caseref").value.trim() };
-    let ident;
-    ident = (onDevice || !navigator.onLine) && canIdentifyOffline(modality)
-      ? await identifyHere(fields)
-      : await uploadWithRetry(state.prepared, fields);
+    const photos = state.prepared.slice(0, state.files.length);
+    const ident = onPhone
+      ? await identifyHere(photos[0], fields)
+      : await uploadWithRetry(several ? photos : photos[0], fields);
     $("upload").hidden = true; // before scrolling to the answer, so that it does not move
     const located = Boolean(ident.location && ident.location.image_url);
-    if (!located) setPhoto(URL.createObjectURL(state.prepared.blob));
+    if (!located) setPhoto(URL.createObjectURL(photos[0].blob));
     show(ident, { keepPhoto: !located, focus: true });
     loadRecent();
   } catch (err) {
@@ -280,19 +315,21 @@ async function identify(event, { onDevice = false } = {}) {
     if (err instanceof NetworkError || (err instanceof ApiError && err.status >= 500)) {
       $("retry").hidden = false;
       // The network failed twice: the phone can answer by itself while it stays down.
-      $("identify-here").hidden = !(err instanceof NetworkError && canIdentifyOffline(modality));
+      $("identify-here").hidden = !(
+        err instanceof NetworkError && !several && canIdentifyOffline(modality)
+      );
       $("retry").focus();
     }
   } finally {
     $("upload").hidden = true;
-    button.disabled = !state.file;
+    button.disabled = !state.files.length;
   }
 }
 
-/** Identify the prepared photo on the phone (no network) and keep the case to sync later. */
-async function identifyHere(fields) {
+/** Identify one prepared photo on the phone (no network) and keep the case to sync later. */
+async function identifyHere(photo, fields) {
   setProgress("identifyingOnDevice", null, null);
-  return identifyOffline(state.prepared, fields);
+  return identifyOffline(photo, fields);
 }
 
 /** Show an identification: the answer and the feedback form for it. An answer made on the
@@ -332,8 +369,9 @@ function start() {
   });
   $("camera").addEventListener("change", onFileChosen);
   $("file").addEventListener("change", onFileChosen);
+  $("add-photo").addEventListener("change", onPhotoAdded);
   $("modality").addEventListener("change", () => {
-    state.prepared = null;
+    state.prepared = [];
   });
   $("identify-form").addEventListener("submit", identify);
   $("retry").addEventListener("click", () => identify());

@@ -23,6 +23,16 @@ export class UserError extends Error {
   }
 }
 
+/** Problem slugs the page words itself, in the interface language. */
+const PHOTO_PROBLEMS = ["corrupt-image", "image-too-complex", "too-many-views", "mixed-modalities"];
+
+/** The index of the photo a problem of a multi-photo request names, else null. */
+function photoOf(problem) {
+  const loc = problem && Array.isArray(problem.errors) && problem.errors[0] && problem.errors[0].loc;
+  if (!Array.isArray(loc) || loc.length !== 3 || loc[1] !== "images") return null;
+  return Number.isInteger(loc[2]) ? loc[2] : null;
+}
+
 /** Plain-words text for an error, in the interface language where the page can. */
 export function errorText(err) {
   if (err instanceof UserError) return t(err.key);
@@ -34,13 +44,16 @@ export function errorText(err) {
       return t("error_503", { s: err.retryAfter }) + " " + (err.problem.detail || "");
     }
     if (err.status === 429) return t("error_429", { s: err.retryAfter || 1 });
-    // Problems an officer meets with a photo, in the interface language.
+    // Problems an officer meets with a photo, in the interface language; with several
+    // photos of one item, the problem names the photo (errors[0].loc = body, images, index).
     const slug = String(err.problem.type || "").split("/").pop();
-    if (slug === "corrupt-image" || slug === "image-too-complex") {
-      return t("error_" + slug.replace(/-/g, "_"));
-    }
+    const inPhoto = photoOf(err.problem);
+    const prefix = inPhoto === null ? "" : t("errorInPhoto", { n: inPhoto + 1 }) + " ";
+    if (PHOTO_PROBLEMS.includes(slug)) return prefix + t("error_" + slug.replace(/-/g, "_"));
     // The service writes `detail` for people: what went wrong and what to do.
-    if (err.problem.detail) return err.problem.detail;
+    if (err.problem.detail) return prefix && !err.problem.detail.startsWith("Photo")
+      ? prefix + err.problem.detail
+      : err.problem.detail;
     if (err.problem.title) return err.problem.title;
     return t("error_generic", { status: err.status });
   }

@@ -9,8 +9,8 @@ export const state = {
   lang: "en", // interface language: en, fr or es
   model: null, // GET /v1/models/active
   labels: [], // labels of the active model: [{id, name, taxon_id, kind}]
-  file: null, // the File the officer picked
-  prepared: null, // {blob, name}: the photo as it will be uploaded (downscaled)
+  files: [], // the Files the officer picked: up to 6 photos of one item
+  prepared: [], // [{blob, name}]: the photos as they will be uploaded (downscaled), by file
   current: null, // the identification shown
   photoUrl: null, // object URL of the photo shown with the answer
   heatmapUrl: null, // object URL of the heat map PNG
