@@ -7,11 +7,13 @@ these presets: evaluation and serving share the one preprocessing in ``model.pre
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 from model.preprocess import PreprocessConfig
@@ -32,12 +34,17 @@ class AugmentPreset:
     invert: float = 0.0
     gamma: tuple[float, float] = (1.0, 1.0)
     noise_std: float = 0.0
+    phone: float = 0.0
+    """Probability of :class:`PhoneCapture` (the photo re-taken on a bench, tilted, blurred,
+    phone JPEG) before the crop."""
 
     def build(self, config: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
         """The transform for ``config`` (crop size, mean and std)."""
         size = config.input_size
-        steps: list[Callable[..., object]] = [
-            v2.RGB(),
+        steps: list[Callable[..., object]] = [v2.RGB()]
+        if self.phone:
+            steps.append(PhoneCapture(self.phone))
+        steps += [
             v2.RandomResizedCrop(
                 size, scale=self.scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
             ),
@@ -92,6 +99,67 @@ class GaussianNoise(torch.nn.Module):
         return (image + torch.randn_like(image) * sigma).clamp(0.0, 1.0)
 
 
+def _uniform(low: float, high: float) -> float:
+    """A uniform draw from torch's generator (seeded per DataLoader worker)."""
+    return low + (high - low) * float(torch.rand(()))
+
+
+def surface(size: tuple[int, int]) -> Image.Image:
+    """A plausible surface to lay a product on (a bench, a floor, a bag, a cloth): a base colour
+    with low-frequency shading and fine grain, all random. Synthetic on purpose: the re-shoots
+    that measure robustness lay photos on ImageNet scenes, which training must not see."""
+    width, height = size
+    base = torch.rand(3) * 0.8 + 0.1
+    coarse = torch.rand(1, 1, 4, 4)
+    shading = torch.nn.functional.interpolate(
+        coarse, size=(height, width), mode="bicubic", align_corners=False
+    )[0, 0]
+    grain = torch.randn(height, width) * _uniform(0.0, 0.08)
+    pixels = base[:, None, None] * (0.7 + 0.6 * shading)[None] + grain[None]
+    array = (pixels.clamp(0.0, 1.0) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+class PhoneCapture:
+    """An officer's phone photo of the product, made from a studio photo (PIL in, PIL out).
+
+    With probability ``p``: the photo is shrunk to 72-97% and tilted by up to 10 degrees on a
+    random surface (:func:`surface`), so that a border of something else shows; then blurred
+    (radius 0-1.5 px, hand shake and focus) and saved as a JPEG of quality 30-90 (phone
+    compression, messaging apps). Light and colour come from the preset's colour jitter.
+    """
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """The re-taken photo (or ``image`` itself, with probability ``1 - p``)."""
+        if float(torch.rand(())) >= self.p:
+            return image
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = _uniform(0.72, 0.97)
+        inner = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
+        angle = _uniform(-10.0, 10.0)
+        mask = Image.new("L", inner.size, 255).rotate(angle, Image.Resampling.BICUBIC, expand=True)
+        inner = inner.rotate(angle, Image.Resampling.BICUBIC, expand=True)
+        fit = min(1.0, width / inner.size[0], height / inner.size[1])
+        if fit < 1.0:
+            fitted = (max(1, int(inner.size[0] * fit)), max(1, int(inner.size[1] * fit)))
+            inner, mask = inner.resize(fitted), mask.resize(fitted)
+        canvas = surface((width, height))
+        left = int(_uniform(0, width - inner.size[0] + 1))
+        top = int(_uniform(0, height - inner.size[1] + 1))
+        canvas.paste(inner, (left, top), mask)
+        radius = _uniform(0.0, 1.5)
+        if radius > 0.2:
+            canvas = canvas.filter(ImageFilter.GaussianBlur(radius))
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="JPEG", quality=int(_uniform(30, 91)))
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
+
+
 CAMERA = AugmentPreset(
     name="camera",
     description="phone and studio photos: random crop, flips, small rotation, colour jitter",
@@ -100,6 +168,18 @@ CAMERA = AugmentPreset(
     vflip=0.2,
     rotation=15.0,
     color_jitter=(0.3, 0.3, 0.2, 0.03),
+)
+
+PHONE = AugmentPreset(
+    name="phone",
+    description="camera, plus photos re-taken as an officer's phone would: a border of a "
+    "random surface, tilt, blur and phone JPEG on 60% of the images",
+    scale=(0.35, 1.0),
+    hflip=0.5,
+    vflip=0.2,
+    rotation=15.0,
+    color_jitter=(0.35, 0.35, 0.25, 0.03),
+    phone=0.6,
 )
 
 XRAY = AugmentPreset(
@@ -131,7 +211,7 @@ XRAY_PSEUDOCOLOUR = AugmentPreset(
 )
 
 PRESETS: dict[str, AugmentPreset] = {
-    preset.name: preset for preset in (CAMERA, XRAY, XRAY_PSEUDOCOLOUR)
+    preset.name: preset for preset in (CAMERA, PHONE, XRAY, XRAY_PSEUDOCOLOUR)
 }
 
 

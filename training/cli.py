@@ -89,8 +89,9 @@ def register_train(subparsers: Subparsers) -> None:
     p.add_argument("--test-fraction", type=float, help="share of groups for test (0.15)")
     p.add_argument(
         "--augment",
-        choices=(*MODALITIES, "xray-pseudocolour"),
-        help="augmentation preset (xray: grey scans; xray-pseudocolour: dual-energy colour)",
+        choices=(*MODALITIES, "phone", "xray-pseudocolour"),
+        help="augmentation preset (camera; phone: camera plus photos re-taken as on a phone; "
+        "xray: grey scans; xray-pseudocolour: dual-energy colour)",
     )
     p.add_argument(
         "--views",

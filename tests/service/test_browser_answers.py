@@ -174,20 +174,17 @@ def test_colour_follows_the_action_and_the_caveat_is_shown(
     expect(page.locator("#caveat")).to_contain_text("morse (Odobenus rosmarus) : Annexe III")
 
 
-@pytest.mark.parametrize(
-    ("path", "selector"),
-    [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id^='operation/']")],
-)
 def _png(color: tuple[int, int, int], index: int) -> dict[str, object]:
     """One photo for set_input_files; each index gives another size (another file)."""
     size = (320 + 10 * index, 240 + 10 * index)
-    return {"name": f"view{index}.png", "mimeType": "image/png", "buffer": solid_image_bytes(color, size)}
+    data = solid_image_bytes(color, size)
+    return {"name": f"view{index}.png", "mimeType": "image/png", "buffer": data}
 
 
 def test_several_photos_of_one_item_give_one_answer(
     page: Page, service: ServiceHandle, officer_key: str
 ) -> None:
-    """"Add another photo": the photos go together to /v1/identifications:views; the answer
+    """ "Add another photo": the photos go together to /v1/identifications:views; the answer
     says how many photos it used and what each said; photos that disagree are "uncertain";
     a new "Choose a file" starts a new item; six photos are the most."""
     from playwright.sync_api import expect
@@ -242,6 +239,10 @@ def test_several_photos_of_one_item_give_one_answer(
     expect(page.locator("#result")).to_be_hidden()
 
 
+@pytest.mark.parametrize(
+    ("path", "selector"),
+    [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id^='operation/']")],
+)
 def test_api_docs_work_without_internet(
     page: Page, service: ServiceHandle, path: str, selector: str
 ) -> None:

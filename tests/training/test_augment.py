@@ -12,12 +12,15 @@ from PIL import Image  # noqa: E402
 from model.preprocess import PreprocessConfig  # noqa: E402
 from training.augment import (  # noqa: E402
     CAMERA,
+    PHONE,
     PRESETS,
     XRAY,
     XRAY_PSEUDOCOLOUR,
     GaussianNoise,
+    PhoneCapture,
     RandomGamma,
     preset_for,
+    surface,
 )
 
 
@@ -28,13 +31,13 @@ def _photo() -> Image.Image:
 
 
 def test_presets_are_named_and_looked_up() -> None:
-    assert set(PRESETS) == {"camera", "xray", "xray-pseudocolour"}
+    assert set(PRESETS) == {"camera", "phone", "xray", "xray-pseudocolour"}
     assert preset_for("xray") is XRAY
-    with pytest.raises(KeyError, match="choose camera, xray"):
+    with pytest.raises(KeyError, match="choose camera, phone, xray"):
         preset_for("infrared")
 
 
-@pytest.mark.parametrize("preset", [CAMERA, XRAY, XRAY_PSEUDOCOLOUR])
+@pytest.mark.parametrize("preset", [CAMERA, PHONE, XRAY, XRAY_PSEUDOCOLOUR])
 def test_preset_output_matches_the_model_input(preset: object) -> None:
     config = PreprocessConfig()
     transform = preset.build(config)  # type: ignore[attr-defined]
@@ -71,3 +74,21 @@ def test_xray_pseudocolour_preset_keeps_colour() -> None:
     torch.manual_seed(2)
     out = transform(Image.new("RGB", (300, 200), (230, 140, 40)))  # an orange (organic) scan
     assert float((out[0] - out[2]).mean()) > 0.5  # still orange: red well above blue
+
+
+def test_phone_capture_lays_the_photo_on_a_surface_blurred_and_compressed() -> None:
+    """The re-taken photo keeps its size and most of the product, shows a border of another
+    surface, and differs from one draw to the next; with p=0 it is the photo itself."""
+    photo = _photo().resize((240, 180))
+    assert PhoneCapture(0.0)(photo) is photo
+    torch.manual_seed(3)
+    shots = [PhoneCapture(1.0)(photo) for _ in range(4)]
+    original = torch.tensor(list(photo.getdata()), dtype=torch.float32)
+    for shot in shots:
+        assert shot.size == photo.size and shot.mode == "RGB"
+        pixels = torch.tensor(list(shot.getdata()), dtype=torch.float32)
+        changed = ((pixels - original).abs().sum(dim=1) > 60).float().mean()
+        assert 0.02 < float(changed) < 0.9  # a border and a tilt, not another picture
+    assert len({shot.tobytes() for shot in shots}) == 4
+    background = surface((64, 48))
+    assert background.size == (64, 48) and background.mode == "RGB"
