@@ -10,6 +10,15 @@ This script runs ``cites-vision serve`` (default settings, anonymous access, a t
 directory) and :mod:`bench.loadgen` against it, then reports the peak resident memory
 (``VmHWM``) of the server process and of the server with its decode workers.
 
+The decode workers are forked from a fork server that imported the decoding modules, so most of
+their pages are shared with it and with each other; the sum of each process's own peak counts
+those pages once per process, and adds peaks that did not happen at the same moment: an upper
+bound. The script therefore also samples the whole process tree every 0.1 s while the load
+runs and reports the largest sum of proportional set sizes (``Pss`` in
+``/proc/PID/smaps_rollup``: each shared page divided among the processes that share it), which
+is the memory the service takes from the machine at that moment, and the largest sum of the
+processes' current RSS at one moment.
+
 Run: ``.venv/bin/python -m bench.upload_memory [--clients 64 --seconds 20]``; it prints JSON and
 with ``--out FILE`` writes it. The goal (issue 12) is a peak below 700 MiB.
 """
@@ -22,6 +31,8 @@ import json
 import logging
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,61 @@ def large_photo(size: tuple[int, int] = (4032, 3024)) -> bytes:
     return out.getvalue()
 
 
+def _status_kib(pid: int, field: str, file: str = "status") -> int:
+    """A ``kB`` field of ``/proc/PID/<file>`` (0 when the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/{file}").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_memory_mib(pid: int) -> tuple[float, float]:
+    """(sum of Pss, sum of current RSS) of ``pid`` and its descendants now, in MiB."""
+    pids = process_tree(pid)
+    pss = sum(_status_kib(p, "Pss", "smaps_rollup") for p in pids)
+    rss = sum(_status_kib(p, "VmRSS") for p in pids)
+    return pss / 1024.0, rss / 1024.0
+
+
+class TreeMemorySampler:
+    """Samples :func:`tree_memory_mib` every ``interval_s`` in a thread; keeps the largest."""
+
+    def __init__(
+        self,
+        pid: int,
+        interval_s: float = 0.1,
+        probe: Callable[[int], tuple[float, float]] = tree_memory_mib,
+    ) -> None:
+        self._pid = pid
+        self._interval_s = interval_s
+        self._probe = probe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self.peak_pss_mib = 0.0
+        self.peak_rss_mib = 0.0
+        self.samples = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pss, rss = self._probe(self._pid)
+            self.peak_pss_mib = max(self.peak_pss_mib, pss)
+            self.peak_rss_mib = max(self.peak_rss_mib, rss)
+            self.samples += 1
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> TreeMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def measure(bundle: Path, clients: int, seconds: float) -> dict[str, Any]:
     """Run the load and return the figures."""
     photo = large_photo()
@@ -53,7 +119,10 @@ def measure(bundle: Path, clients: int, seconds: float) -> dict[str, Any]:
         folder = Path(scratch) / "images"
         folder.mkdir()
         (folder / "phone.jpg").write_bytes(photo)
-        with our_service(bundle, Path(scratch)) as server:
+        with (
+            our_service(bundle, Path(scratch)) as server,
+            TreeMemorySampler(server.process.pid) as sampler,
+        ):
             load = measured_load(
                 server,
                 server.base_url + SINGLE_PATH,
@@ -75,9 +144,13 @@ def measure(bundle: Path, clients: int, seconds: float) -> dict[str, Any]:
         "images_ok": load.get("images_ok"),
         "server_peak_rss_mib": round(server_mib, 1),
         "server_and_workers_peak_rss_mib": round(tree_mib, 1),
+        "peak_sampled_rss_mib": round(sampler.peak_rss_mib, 1),
+        "peak_sampled_pss_mib": round(sampler.peak_pss_mib, 1),
+        "samples": sampler.samples,
         "processes": len(tree),
         "goal_mib": GOAL_MIB,
-        "met": tree_mib < GOAL_MIB,
+        "met": sampler.peak_pss_mib < GOAL_MIB,
+        "met_by_summed_peaks": tree_mib < GOAL_MIB,
     }
 
 
