@@ -27,6 +27,7 @@ PRESERVED = (
     "## Analysis of the misses",
     "## Retraining loop",
     "## Test-time augmentation",
+    "## Multi-view identification",
 )
 RUN = ".venv/bin/python -m bench.run_all"
 BACKEND_NAMES = {
@@ -638,7 +639,7 @@ def render(results: dict[str, Any], existing: str = "") -> str:
             lines.append("")
 
     lines.append(keep.get(PRESERVED[1], PRESERVED[1] + "\n\nNo analysis written for this run.\n"))
-    for heading in PRESERVED[2:]:  # measured by bench.retrain_loop and bench.tta, not run_all
+    for heading in PRESERVED[2:]:  # measured by retrain_loop, tta and multiview, not run_all
         if heading in keep:
             lines += ["", keep[heading]]
     return "\n".join(lines).rstrip() + "\n"

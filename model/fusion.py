@@ -14,8 +14,8 @@ of the Schreger lines). Each photo is predicted on its own (:meth:`Predictor.pre
 3. The out-of-domain score of the object is the **largest** score among its views (``max``):
    if any photo of the object is unlike everything the model was taught, the object may be a
    product it was never taught, and the answer says so. ``mean`` is the alternative the
-   benchmark compares (``bench/multiview.py``); the default and its figures are in
-   docs/model-card.md.
+   benchmark compares (``bench/multiview.py``); why ``max`` is the default, with the figures of
+   both: docs/model-card.md, "Multi-view identification".
 4. :func:`model.decision.decide` decides from the fused probabilities and score with the
    bundle's thresholds, exactly as for one photo: no separate rule can give an all-clear.
 """
