@@ -185,6 +185,13 @@ def register_train(subparsers: Subparsers) -> None:
     )
     p.add_argument("--ood-k", type=int, help="neighbours of the kNN OOD score (10)")
     p.add_argument(
+        "--ood-bank-phone",
+        type=float,
+        help="knn-reference: share of the training photos whose phone capture (augment "
+        "preset 'phone') joins the reference bank, so that photos taken differently are not "
+        "mistaken for unknown products (default 0: the photos only)",
+    )
+    p.add_argument(
         "--max-all-clear",
         type=float,
         help="share of CITES validation images a look-alike label may answer 'not CITES' "

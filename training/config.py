@@ -66,6 +66,7 @@ class TrainConfig:
     from_bundle: str | None = None
     ood_method: str = "mahalanobis-finetuned"
     ood_k: int = 10
+    ood_bank_phone: float = 0.0
     max_all_clear: float = 0.05
     target_precision: float = 0.95
     threads: int | None = None
@@ -91,6 +92,8 @@ class TrainConfig:
             )
         if self.ood_k < 1:
             raise ConfigError("--ood-k must be >= 1")
+        if not 0.0 <= self.ood_bank_phone <= 1.0:
+            raise ConfigError("--ood-bank-phone must be a share in [0, 1]")
         if not 0.0 <= self.max_all_clear < 1.0:
             raise ConfigError("--max-all-clear must be in [0, 1)")
         if self.views < 0 or not 1 <= self.trained_stages <= 7:

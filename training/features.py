@@ -105,3 +105,48 @@ def extract_features(
         cache.save()
     logger.info("%s: %d images (%d from cache)", desc, len(paths), len(paths) - len(todo))
     return np.stack([cache.vectors[k] for k in keys]).astype(np.float32)
+
+
+def phone_capture_features(
+    model: nn.Module,
+    paths: Sequence[Path],
+    config: PreprocessConfig,
+    *,
+    share: float,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> NDArray[np.float32]:
+    """Pooled features ``[M, F]`` of phone captures (:class:`training.augment.PhoneCapture`,
+    always applied) of a deterministic ``share`` of ``paths`` (chosen by a hash of the file name
+    and ``seed``; each capture drawn from its own seeded generator, so a rerun gives the same
+    features). They join a kNN reference bank so that a product photographed on a bench, tilted
+    or blurred is not scored as unknown. Not cached: the captures are random by design."""
+    from model.preprocess import image_to_array
+    from training.augment import PhoneCapture
+    from training.images import decode_for_training
+
+    def chosen(path: Path) -> bool:
+        digest = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+    picked = [p for p in paths if chosen(p)]
+    model = model.eval().to(memory_format=torch.channels_last)
+    capture = PhoneCapture(1.0)
+    vectors: list[NDArray[np.float32]] = []
+    with (
+        torch.random.fork_rng(),
+        tqdm(total=len(picked), desc="phone captures", unit="img", dynamic_ncols=True) as bar,
+    ):
+        for start in range(0, len(picked), batch_size):
+            arrays = []
+            for offset, path in enumerate(picked[start : start + batch_size]):
+                torch.manual_seed(seed * 1_000_003 + start + offset)
+                image = capture(decode_for_training(path, keep_shorter=1024))
+                arrays.append(image_to_array(image, config))
+            pooled = pooled_features(model, torch.from_numpy(np.stack(arrays)))
+            vectors.append(pooled.numpy().astype(np.float32))
+            bar.update(len(arrays))
+    logger.info("phone captures: %d of %d training photos", len(picked), len(paths))
+    if not vectors:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(vectors)

@@ -58,7 +58,7 @@ from training.compare import judge_against_base
 from training.config import TrainConfig
 from training.distributed import DistInfo, barrier, broadcast_text, init_from_env, shutdown
 from training.evaluation import evaluate_samples, ood_scores_for
-from training.features import extract_features
+from training.features import extract_features, phone_capture_features
 from training.images import AugmentedImages
 from training.inputs import batches, load_inputs
 from training.open_set import evaluate_open_set
@@ -668,7 +668,18 @@ def export_and_calibrate(config: TrainConfig, trained: TrainedModel, work: Path)
     calibrated_on = "fp32 validation logits"
     ood_model: AnyOodModel
     if trained.reference_model is not None:
-        ood_model = fit_knn(trained.reference_features["train"], k=config.ood_k)
+        bank = trained.reference_features["train"]
+        if config.ood_bank_phone > 0:
+            captures = phone_capture_features(
+                trained.reference_model,
+                train.paths,
+                config.preprocess(),
+                share=config.ood_bank_phone,
+                seed=config.seed,
+            )
+            if len(captures):
+                bank = np.concatenate([bank, captures])
+        ood_model = fit_knn(bank, k=config.ood_k)
         ood_features, val_ood = "reference_features", trained.reference_features["val"]
     else:
         ood_model = fit_ood(train.features, train.targets)
@@ -849,6 +860,11 @@ def _ood_summary(
         "k": config.ood_k if knn else None,
         "fitted_on": (
             "training split, frozen ImageNet backbone's features (reference_features)"
+            + (
+                f", plus phone captures of {config.ood_bank_phone:.0%} of its photos"
+                if config.ood_bank_phone > 0
+                else ""
+            )
             if knn
             else "training split, fine-tuned features"
         ),

@@ -68,6 +68,7 @@ RECIPE_KEYS = (
     "ood_flag_rate",
     "ood_method",
     "ood_k",
+    "ood_bank_phone",
     "target_precision",
 )
 """Options of the base's ``config.json`` that a retrain inherits (its recipe)."""

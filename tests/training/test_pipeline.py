@@ -363,10 +363,18 @@ def test_from_bundle_reuses_the_trained_model_with_a_new_label_map(
             "2",
             "--ood-method",
             "knn-reference",
+            "--ood-bank-phone",
+            "0.5",
         ]
     )
     assert code == 0
     again = load_bundle(root / "weights" / "v1-again")
+    # the reference bank holds the training photos and phone captures of about half of them
+    assert again.ood is not None
+    train_photos = again.manifest.training["splits"]["train"]["images"]
+    bank_rows = again.ood.bank.shape[0]  # type: ignore[union-attr]
+    assert train_photos < bank_rows < 2 * train_photos
+    assert "phone captures of 50%" in again.manifest.metrics["ood"]["fitted_on"]
     original = load_bundle(trained["bundle"])
     assert again.labels[1].name == "Porcelain"
     assert again.manifest.training["mode"] == "from bundle v1"
