@@ -69,6 +69,27 @@ def test_fp32_gate_refuses_a_disagreeing_export(tmp_path: Path) -> None:
         ex.check_fp32(TinyTorch(sign=-1.0), onnx_path, inputs)
 
 
+class NearTie(TinyTorch):
+    """TinyTorch whose first image has its two top logits 0.01 apart, in the other order than
+    the export's: a near-tie that rounding may decide either way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        first = logits[0].clone()
+        top = int(first.argmax())
+        second = int(first.argsort(descending=True)[1])
+        first[second] = first[top] + 0.01
+        return torch.cat([first[None], logits[1:]])
+
+
+def test_fp32_gate_tolerates_a_near_tie_only(tmp_path: Path) -> None:
+    onnx_path = build_tiny_onnx(tmp_path / "m.onnx")
+    inputs, _ = _inputs()
+    check = ex.check_fp32(NearTie(), onnx_path, inputs)
+    assert (check.disagreements, check.ties) == (1, 1)
+    assert check.top1_agreement == pytest.approx(11 / 12)
+
+
 def test_int8_gate_rule_both_ways() -> None:
     ok = ex.int8_gate(0.90, 0.895, images=200, calibration_images=10)
     assert ok.written and "drop 0.50 points" in ok.reason
