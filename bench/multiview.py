@@ -44,7 +44,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -271,33 +271,6 @@ def answer(
 
 
 # ---- figures ------------------------------------------------------------------------------------
-def share(flags: Iterable[bool]) -> dict[str, Any]:
-    """A share with its 95% Wilson interval: ``rate`` (None for n = 0), ``ci95``, ``count``,
-    ``n``."""
-    from training.metrics import wilson_interval
-
-    values = [bool(v) for v in flags]
-    hits, n = sum(values), len(values)
-    low, high = wilson_interval(hits, n)
-    return {
-        "rate": round(hits / n, 4) if n else None,
-        "ci95": [round(low, 4), round(high, 4)],
-        "count": hits,
-        "n": n,
-    }
-
-
-def _as_share(entry: dict[str, Any]) -> dict[str, Any]:
-    """An :func:`training.open_set.open_set_figures` entry in :func:`share`'s shape (its n
-    counts objects here, not images)."""
-    return {
-        "rate": entry["rate"],
-        "ci95": entry["ci95"],
-        "count": entry["count"],
-        "n": entry["images"],
-    }
-
-
 def figures(
     objects: Sequence[BenchObject],
     answers: Answers,
@@ -306,7 +279,7 @@ def figures(
 ) -> dict[str, Any]:
     """One variant's figures on one split's objects (see the module docstring)."""
     from training.metrics import expected_calibration_error
-    from training.open_set import open_set_figures
+    from training.open_set import open_set_figures, share
 
     known = [i for i, item in enumerate(objects) if item.label_index is not None]
     unknown = [i for i, item in enumerate(objects) if item.label_index is None]
@@ -322,13 +295,13 @@ def figures(
     open_set = open_set_figures(
         [answers.kinds[i] for i in known], [answers.kinds[i] for i in unknown]
     )
-    result["known_flagged"] = _as_share(open_set["known_flagged"])
+    result["known_flagged"] = open_set["known_flagged"]
     result["known_outside_domain"] = share(
         answers.kinds[i] == "outside_training_domain" for i in known
     )
-    result["unknown_flagged"] = _as_share(open_set["unknown_flagged"])
-    result["unknown_all_clear"] = _as_share(open_set["unknown_all_clear"])
-    result["unknown_called_cites"] = _as_share(open_set["unknown_called_cites"])
+    result["unknown_flagged"] = open_set["unknown_flagged"]
+    result["unknown_all_clear"] = open_set["unknown_all_clear"]
+    result["unknown_called_cites"] = open_set["unknown_called_cites"]
     result["all_clear_on_cites"] = share(
         answers.kinds[i] == "lookalike" for i in known if objects[i].label_index in cites_labels
     )

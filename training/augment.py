@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 from model.preprocess import PreprocessConfig
+from training.photo_ops import lay_on
 
 
 @dataclass(frozen=True)
@@ -137,20 +138,18 @@ class PhoneCapture:
         if float(torch.rand(())) >= self.p:
             return image
         image = image.convert("RGB")
-        width, height = image.size
         scale = _uniform(0.72, 0.97)
-        inner = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
         angle = _uniform(-10.0, 10.0)
-        mask = Image.new("L", inner.size, 255).rotate(angle, Image.Resampling.BICUBIC, expand=True)
-        inner = inner.rotate(angle, Image.Resampling.BICUBIC, expand=True)
-        fit = min(1.0, width / inner.size[0], height / inner.size[1])
-        if fit < 1.0:
-            fitted = (max(1, int(inner.size[0] * fit)), max(1, int(inner.size[1] * fit)))
-            inner, mask = inner.resize(fitted), mask.resize(fitted)
-        canvas = surface((width, height))
-        left = int(_uniform(0, width - inner.size[0] + 1))
-        top = int(_uniform(0, height - inner.size[1] + 1))
-        canvas.paste(inner, (left, top), mask)
+        canvas = lay_on(
+            image,
+            surface(image.size),
+            scale=scale,
+            angle=angle,
+            place=lambda free_x, free_y: (
+                int(_uniform(0, free_x + 1)),
+                int(_uniform(0, free_y + 1)),
+            ),
+        )
         radius = _uniform(0.0, 1.5)
         if radius > 0.2:
             canvas = canvas.filter(ImageFilter.GaussianBlur(radius))

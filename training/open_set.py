@@ -33,6 +33,7 @@ from model.taxonomy import Taxonomy
 from training.data import DataError, LabelMap, Sample
 from training.evaluation import EvalResult
 from training.metrics import wilson_interval
+from training.photo_ops import lay_on
 
 logger = logging.getLogger(__name__)
 
@@ -178,22 +179,16 @@ def reshoot(image: Image.Image, background: Image.Image, rng: random.Random) -> 
     and a phone-like JPEG (quality 35-70).
     """
     image = ImageOps.exif_transpose(image).convert("RGB")
-    width, height = image.size
     scale = 1.0 - rng.uniform(0.06, 0.14)
-    canvas = ImageOps.fit(background.convert("RGB"), (width, height))
-    inner = image.resize((max(1, round(width * scale)), max(1, round(height * scale))))
+    canvas = ImageOps.fit(background.convert("RGB"), image.size)
     angle = rng.uniform(-8.0, 8.0)
-    mask = Image.new("L", inner.size, 255).rotate(angle, Image.Resampling.BICUBIC, expand=True)
-    inner = inner.rotate(angle, Image.Resampling.BICUBIC, expand=True)
-    fit = min(1.0, width / inner.size[0], height / inner.size[1])
-    if fit < 1.0:
-        size = (max(1, int(inner.size[0] * fit)), max(1, int(inner.size[1] * fit)))
-        inner, mask = inner.resize(size), mask.resize(size)
-    offset = (
-        rng.randint(0, width - inner.size[0]),
-        rng.randint(0, height - inner.size[1]),
+    canvas = lay_on(
+        image,
+        canvas,
+        scale=scale,
+        angle=angle,
+        place=lambda free_x, free_y: (rng.randint(0, free_x), rng.randint(0, free_y)),
     )
-    canvas.paste(inner, offset, mask)
     shot = ImageEnhance.Brightness(canvas).enhance(rng.uniform(0.7, 1.25))
     shot = ImageEnhance.Contrast(shot).enhance(rng.uniform(0.75, 1.2))
     gains = [rng.uniform(0.88, 1.12) for _ in range(3)]
@@ -240,7 +235,7 @@ def write_reshoots(
     return result
 
 
-def _share(flags: Iterable[bool]) -> dict[str, Any]:
+def share(flags: Iterable[bool]) -> dict[str, Any]:
     values = list(flags)
     n = len(values)
     hits = sum(1 for v in values if v)
@@ -266,10 +261,10 @@ def open_set_figures(known_kinds: Sequence[str], unknown_kinds: Sequence[str]) -
     Each with its 95% Wilson interval.
     """
     return {
-        "unknown_flagged": _share(kind in FLAGGED_KINDS for kind in unknown_kinds),
-        "unknown_all_clear": _share(kind == "lookalike" for kind in unknown_kinds),
-        "unknown_called_cites": _share(kind == "taxon" for kind in unknown_kinds),
-        "known_flagged": _share(kind in FLAGGED_KINDS for kind in known_kinds),
+        "unknown_flagged": share(kind in FLAGGED_KINDS for kind in unknown_kinds),
+        "unknown_all_clear": share(kind == "lookalike" for kind in unknown_kinds),
+        "unknown_called_cites": share(kind == "taxon" for kind in unknown_kinds),
+        "known_flagged": share(kind in FLAGGED_KINDS for kind in known_kinds),
     }
 
 
@@ -316,10 +311,10 @@ def _breakdown(
 
     return {
         "images": len(idx),
-        "recall": _share(predicted[i] == y_true[i] for i in idx),
-        "answered_right": _share(named(i) for i in idx),
-        "all_clear": _share(kinds[i] == "lookalike" for i in idx),
-        "referred": _share(kinds[i] in FLAGGED_KINDS for i in idx),
+        "recall": share(predicted[i] == y_true[i] for i in idx),
+        "answered_right": share(named(i) for i in idx),
+        "all_clear": share(kinds[i] == "lookalike" for i in idx),
+        "referred": share(kinds[i] in FLAGGED_KINDS for i in idx),
     }
 
 
@@ -356,8 +351,8 @@ def evaluate_open_set(
     if unrelated:
         predicted = predict_paths(bundle, [s.path for s in unrelated], desc="unrelated photos")
         report["unrelated"] = {
-            "flagged": _share(k in FLAGGED_KINDS for k in predicted.decisions),
-            "all_clear": _share(k == "lookalike" for k in predicted.decisions),
+            "flagged": share(k in FLAGGED_KINDS for k in predicted.decisions),
+            "all_clear": share(k == "lookalike" for k in predicted.decisions),
         }
     for split, (samples, result) in known.items():
         entry: dict[str, Any] = {}
@@ -388,9 +383,9 @@ def evaluate_open_set(
                 "accuracy_ci95": again.report.get("accuracy_ci95"),
                 "clean_accuracy": round(clean_accuracy, 4),
                 "accuracy_drop_points": round(100 * (clean_accuracy - shot_accuracy), 2),
-                "flagged": _share(k in FLAGGED_KINDS for k in again.decisions),
-                "clean_flagged": _share(k in FLAGGED_KINDS for k in result.decisions),
-                "all_clear_on_cites": _share(
+                "flagged": share(k in FLAGGED_KINDS for k in again.decisions),
+                "clean_flagged": share(k in FLAGGED_KINDS for k in result.decisions),
+                "all_clear_on_cites": share(
                     k == "lookalike"
                     for k, y in zip(again.decisions, again.y_true, strict=True)
                     if result.labels[int(y)].kind == "cites"

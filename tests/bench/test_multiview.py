@@ -119,7 +119,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _shares(entry: Any) -> list[dict[str, Any]]:
     """Every share (a dict with ``rate``, ``ci95``, ``count``, ``n``) inside ``entry``."""
     if isinstance(entry, dict):
-        if {"rate", "ci95", "count", "n"} <= set(entry):
+        if {"rate", "ci95", "count", "images"} <= set(entry):
             return [entry]
         return [s for value in entry.values() for s in _shares(value)]
     return []
@@ -147,11 +147,11 @@ def test_multiview_writes_figures_in_range(setup: tuple[Path, Path], tmp_path: P
             for entry in shares:
                 low, high = entry["ci95"]
                 assert 0.0 <= low <= entry["rate"] <= high <= 1.0, (split, name, entry)
-                assert 0 <= entry["count"] <= entry["n"]
+                assert 0 <= entry["count"] <= entry["images"]
             known = counts["met-ivory"] + counts["wood-trade-groups"]
-            assert row["accuracy"]["n"] == row["known_flagged"]["n"] == known
-            assert row["unknown_flagged"]["n"] == counts["near-domain-unknown"]
-            assert row["accuracy_wood-trade-groups"]["n"] == counts["wood-trade-groups"]
+            assert row["accuracy"]["images"] == row["known_flagged"]["images"] == known
+            assert row["unknown_flagged"]["images"] == counts["near-domain-unknown"]
+            assert row["accuracy_wood-trade-groups"]["images"] == counts["wood-trade-groups"]
             assert 0.0 <= row["ece"] <= 1.0 and row["model_ms_per_object"] > 0
         # The tiny model reads colour: clean red/blue/green photos are right (red and green:
         # a CITES taxon, blue: the look-alike, an all-clear) and the gray unknowns are outside
@@ -195,7 +195,7 @@ def _row(
     all_clear: float, flagged: float, accuracy: float, unknown_flagged: float = 0.9
 ) -> dict[str, Any]:
     def entry(rate: float) -> dict[str, Any]:
-        return {"rate": rate, "ci95": [0.0, 1.0], "count": 0, "n": 10}
+        return {"rate": rate, "ci95": [0.0, 1.0], "count": 0, "images": 10}
 
     return {
         "unknown_all_clear": entry(all_clear),
