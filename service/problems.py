@@ -45,6 +45,7 @@ class ProblemError(Exception):
         title: str | None = None,
         headers: Mapping[str, str] | None = None,
         errors: Sequence[Mapping[str, Any]] | None = None,
+        photo: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -53,6 +54,8 @@ class ProblemError(Exception):
         self.title = title or slug.replace("-", " ").capitalize()
         self.headers = dict(headers or {})
         self.errors = list(errors) if errors is not None else None
+        self.photo = photo
+        """(position from 1, count) of the photo of a multi-view request the problem is about."""
 
     def to_dict(self, instance: str | None = None, language: str = "en") -> dict[str, Any]:
         """The problem document as a JSON-ready dict, its ``title`` and ``detail`` in
@@ -95,7 +98,14 @@ def localised_texts(problem: ProblemError, language: str) -> tuple[str, str]:
     found = texts.get(slug)
     if not found:
         return problem.title, problem.detail
+    if problem.photo is not None:  # the English detail names the photo itself
+        position, count = problem.photo
+        return found[0], PHOTO_PREFIX[language].format(n=position, count=count) + found[1]
     return found[0], found[1]
+
+
+PHOTO_PREFIX = {"fr": "Photo {n} sur {count} : ", "es": "Foto {n} de {count}: "}
+"""How a French or Spanish problem detail names the photo of a multi-view request."""
 
 
 def language_of(headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]]) -> str:
@@ -239,6 +249,7 @@ def in_view(problem: ProblemError, position: int, count: int) -> ProblemError:
         title=problem.title,
         headers=problem.headers,
         errors=[{"loc": ["body", "images", position], "msg": problem.detail, "type": problem.slug}],
+        photo=(position + 1, count),
     )
 
 

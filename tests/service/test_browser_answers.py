@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from model.labels import Label
+from tests import images
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, PHONE, require_browser, shoot
 from tests.factories import BLUE, RED, blank_image_bytes, make_tiny_bundle, solid_image_bytes
 from tests.service_helpers import ServiceHandle, running_service
@@ -222,6 +223,15 @@ def test_several_photos_of_one_item_give_one_answer(
     assert page.locator("#result").get_attribute("data-decision") == "uncertain"
     expect(page.locator("#views-summary")).to_have_text("Une réponse tirée de 2 photos sur 2.")
     page.select_option("#lang", "en")
+
+    # A damaged second photo: the page names it, in plain words.
+    page.set_input_files("#file", files=[_png(RED, 0)])
+    # (a JPEG goes as it is; a canvas would re-encode what Chromium could draw of a PNG)
+    damaged = {"name": "cut.jpg", "mimeType": "image/jpeg", "buffer": images.truncated_jpeg()}
+    page.set_input_files("#add-photo", files=[damaged])
+    page.click("#identify-btn")
+    expect(page.locator("#error")).to_contain_text("Photo 2: The photo file is damaged")
+    expect(page.locator("#result")).to_be_hidden()
 
     # Six photos are the most: the "add" picker goes away.
     page.set_input_files("#file", files=[_png(RED, 0)])

@@ -139,6 +139,10 @@ def test_a_damaged_photo_refuses_the_request_names_it_and_stores_nothing(api: Ap
     assert body["detail"].startswith("Photo 2 of 3:")
     assert body["errors"][0]["loc"] == ["body", "images", 1]
     assert counts(api) == before
+    french = post_views(api, [*photos(RED), images.truncated_png()], language="fr")
+    assert assert_problem(french, 422, "corrupt-image")["detail"].startswith("Photo 2 sur 2 : ")
+    spanish = post_views(api, [images.truncated_png(), *photos(RED)], language="es")
+    assert assert_problem(spanish, 422, "corrupt-image")["detail"].startswith("Foto 1 de 2: ")
 
 
 def test_more_than_six_photos_is_413_in_the_callers_language(api: Api) -> None:

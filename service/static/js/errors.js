@@ -50,10 +50,9 @@ export function errorText(err) {
     const inPhoto = photoOf(err.problem);
     const prefix = inPhoto === null ? "" : t("errorInPhoto", { n: inPhoto + 1 }) + " ";
     if (PHOTO_PROBLEMS.includes(slug)) return prefix + t("error_" + slug.replace(/-/g, "_"));
-    // The service writes `detail` for people: what went wrong and what to do.
-    if (err.problem.detail) return prefix && !err.problem.detail.startsWith("Photo")
-      ? prefix + err.problem.detail
-      : err.problem.detail;
+    // The service writes `detail` for people: what went wrong and what to do (with several
+    // photos it names the photo itself, in the caller's language).
+    if (err.problem.detail) return err.problem.detail;
     if (err.problem.title) return err.problem.title;
     return t("error_generic", { status: err.status });
   }
