@@ -210,7 +210,7 @@ def test_several_photos_of_one_item_give_one_answer(
     with page.expect_response("**/image?view=1") as photo:
         page.locator("#views li").nth(1).locator("button").click()
     assert photo.value.status == 200
-    shoot(page, "34-several-photos-one-answer", full_page=False, centre="#views-answer")
+    shoot(page, "35-several-photos-one-answer", full_page=False, centre="#views-answer")
 
     # Ivory on one photo, ceramic on the other: refer to an expert, never an all-clear.
     page.set_input_files("#file", files=[_png(RED, 2)])  # a new item: its first photo
