@@ -3,11 +3,11 @@ processes share once, where summed RSS counts them once per process."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import subprocess
+import sys
 import time
 
-import numpy as np
 import pytest
 
 from bench.upload_memory import TreeMemorySampler, tree_memory_mib
@@ -17,29 +17,44 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _hold(seconds: float) -> None:
-    time.sleep(seconds)
+FAMILY = """
+import os, sys, time
+import numpy as np
+block = np.ones(200 * 1024 * 1024 // 8)  # touched: resident in this process
+children = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    children.append(pid)
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes stdin
+for pid in children:
+    os.kill(pid, 9)
+"""
 
 
 def test_shared_pages_of_forked_children_count_once_in_pss() -> None:
-    """Three forked children share their parent's 200 MiB of touched pages: their summed RSS
-    counts it about four times, their summed PSS about once."""
-    block = np.ones(200 * 1024 * 1024 // 8)  # touched: resident in the parent
-    context = multiprocessing.get_context("fork")
-    children = [context.Process(target=_hold, args=(5.0,)) for _ in range(3)]
-    for child in children:
-        child.start()
+    """A fresh interpreter touches 200 MiB and forks three children that share it: their summed
+    RSS counts it about four times, their summed PSS about once."""
+    family = subprocess.Popen(
+        [sys.executable, "-c", FAMILY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        time.sleep(0.5)
-        pss, rss = tree_memory_mib(os.getpid())
+        assert family.stdout is not None and family.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        pss, rss = tree_memory_mib(family.pid)
         assert rss > 3.5 * 200
-        assert pss < 2 * 200 + 100
-        assert pss > 200
+        assert 200 < pss < 2 * 200 + 100
     finally:
-        for child in children:
-            child.terminate()
-            child.join()
-    del block
+        assert family.stdin is not None
+        family.stdin.close()  # the family kills its children and ends
+        try:
+            family.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            family.kill()
+            family.wait()
 
 
 def test_the_sampler_keeps_the_largest_sample() -> None:

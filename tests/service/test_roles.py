@@ -32,6 +32,7 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/models/active"): ALL,
     ("POST", "/v1/identifications"): frozenset({"officer", "scanner", "admin"}),
     ("POST", "/v1/identifications:batch"): frozenset({"scanner", "admin"}),
+    ("POST", "/v1/identifications:views"): frozenset({"officer", "scanner", "admin"}),
     ("GET", "/v1/identifications"): ALL,
     ("GET", "/v1/identifications/{identification_id}"): ALL,
     ("GET", "/v1/identifications/{identification_id}/image"): ALL,
@@ -133,7 +134,7 @@ def _request_for(method: str, template: str) -> Request:
             return client.post(path, files={"image": _jpeg(seed)})
         if template == "/v1/verifications" and method == "POST":
             return client.post(path, data=PERMIT, files=[("images", _jpeg(seed))])
-        if template.endswith(":batch"):
+        if template.endswith((":batch", ":views")):
             return client.post(path, files=[("images", _jpeg(seed)), ("images", _jpeg(seed + 1))])
         if template.endswith("/feedback") and method == "POST":
             return client.post(path, json={"verdict": "confirm", "note": "role matrix"})
