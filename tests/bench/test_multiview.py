@@ -125,6 +125,7 @@ def _shares(entry: Any) -> list[dict[str, Any]]:
     return []
 
 
+@pytest.mark.slow  # the whole benchmark on a tiny bundle and data set: ~7 s, not for test-fast
 def test_multiview_writes_figures_in_range(setup: tuple[Path, Path], tmp_path: Path) -> None:
     bundle, data = setup
     out = tmp_path / "multiview.json"
