@@ -40,7 +40,6 @@ set per split, for a quick try). Re-shoots are cached under ``bench/results/mult
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -137,26 +136,18 @@ class Answers:
 def known_objects(
     bundle: Bundle, data_dir: Path, label_map: LabelMap, splits: Sequence[str] = SPLITS
 ) -> dict[str, list[BenchObject]]:
-    """The bundle's known products of ``splits``: the rows of its ``seen-images.tsv``, found in
-    the datasets its ``config.json`` records (by folder name, under ``data_dir``). A file
-    present twice (byte-identical) counts once; a class the bundle cannot map is skipped."""
-    from model.digest import sha256_file
-    from training.data import load_dataset
-    from training.seen_images import read_seen_images
+    """The bundle's known products of ``splits`` (:func:`training.seen_images.split_samples`);
+    a class the bundle cannot map is skipped."""
+    from training.data import DataError
+    from training.seen_images import split_samples
 
-    seen = read_seen_images(bundle)
-    if seen is None:
-        raise SystemExit(f"{bundle.path} has no seen-images.tsv: its splits are unknown")
-    recorded = json.loads((bundle.path / "config.json").read_text())["config"]["data"]
+    try:
+        samples = split_samples(bundle, data_dir, splits)
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
     found: dict[str, list[BenchObject]] = {split: [] for split in splits}
-    taken: set[str] = set()
-    for name in (Path(folder).name for folder in recorded):
-        for sample in load_dataset(data_dir / name):
-            digest = sha256_file(sample.path)
-            split = seen.get(digest)
-            if split not in found or digest in taken:
-                continue
-            taken.add(digest)
+    for split, pairs in samples.items():
+        for sample, name in pairs:
             if sample.label not in label_map.classes:
                 logger.warning("%s: class %r is not in the bundle's label map", name, sample.label)
                 continue

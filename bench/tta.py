@@ -18,7 +18,6 @@ Run: ``.venv/bin/python -m bench.tta [--bundle weights/default] [--out docs/benc
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -51,25 +50,17 @@ def views(image: Image.Image, variant: str) -> list[Image.Image]:
 
 
 def test_samples(bundle_path: Path, data_dir: Path) -> list[tuple[Path, str, str]]:
-    """(path, dataset class, set name) of the bundle's test images: the datasets its
-    ``config.json`` records, found by folder name in ``data_dir``, filtered by the bundle's
-    ``seen-images.tsv``."""
+    """(path, dataset class, set name) of the bundle's test images
+    (:func:`training.seen_images.split_samples`)."""
     from model.bundle import load_bundle
-    from model.digest import sha256_file
-    from training.data import load_dataset
-    from training.seen_images import read_seen_images
+    from training.data import DataError
+    from training.seen_images import split_samples
 
-    bundle = load_bundle(bundle_path)
-    seen = read_seen_images(bundle)
-    if seen is None:
-        raise SystemExit(f"{bundle_path} has no seen-images.tsv: its test split is unknown")
-    found: list[tuple[Path, str, str]] = []
-    recorded = json.loads((bundle.path / "config.json").read_text())["config"]["data"]
-    for name in (Path(folder).name for folder in recorded):
-        for sample in load_dataset(data_dir / name):
-            if seen.get(sha256_file(sample.path)) == "test":
-                found.append((sample.path, sample.label, name))
-    return found
+    try:
+        found = split_samples(load_bundle(bundle_path), data_dir, ("test",))
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
+    return [(sample.path, sample.label, name) for sample, name in found["test"]]
 
 
 def answer(

@@ -10,6 +10,7 @@ content hash finds the images whatever their path or file name.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from model.bundle import Bundle
 from model.digest import sha256_file
-from training.data import DataError, Sample
+from training.data import DataError, Sample, load_dataset
 
 SEEN_IMAGES_FILE = "seen-images.tsv"
 SEEN_SPLITS = ("train", "val")
@@ -55,6 +56,30 @@ def read_seen_images(bundle: Bundle) -> dict[str, str] | None:
             raise DataError(f"{path}:{number}: expected '<sha256>\\t<train|val|test>'")
         seen[digest] = split
     return seen
+
+
+def split_samples(
+    bundle: Bundle, data_dir: Path, splits: Sequence[str]
+) -> dict[str, list[tuple[Sample, str]]]:
+    """The bundle's own images of ``splits``, found again: the datasets its ``config.json``
+    records, looked up by folder name under ``data_dir``, filtered by :data:`SEEN_IMAGES_FILE`;
+    each with its dataset's folder name. A file present twice (byte-identical) counts once.
+    Raises :class:`~training.data.DataError` for a bundle without the file (its splits are
+    unknown)."""
+    seen = read_seen_images(bundle)
+    if seen is None:
+        raise DataError(f"{bundle.path} has no {SEEN_IMAGES_FILE}: its splits are unknown")
+    recorded = json.loads((bundle.path / "config.json").read_text())["config"]["data"]
+    found: dict[str, list[tuple[Sample, str]]] = {split: [] for split in splits}
+    taken: set[str] = set()
+    for name in (Path(folder).name for folder in recorded):
+        for sample in load_dataset(data_dir / name):
+            digest = sha256_file(sample.path)
+            split = seen.get(digest)
+            if split in found and digest not in taken:
+                taken.add(digest)
+                found[split].append((sample, name))
+    return found
 
 
 @dataclass(frozen=True)
