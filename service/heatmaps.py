@@ -4,7 +4,7 @@ A heat map decodes the stored image again, so it is as expensive as an identific
 through the same gates: the caller's admission place and decode slot (:mod:`service.admission`)
 and the decode workers with their time limit (:mod:`service.decode`). The photo under the map is
 capped at :data:`HEATMAP_MAX_SIDE` pixels on its longer side before it leaves the decoder, and
-the PNG is cached per identification, model version and label (least recently used out, within
+the PNG is cached per stored image, model version and label (least recently used out, within
 :data:`CACHE_BYTES`), so a page that shows the map again costs nothing.
 """
 
@@ -55,7 +55,7 @@ def _label_index(predictor: Predictor, row: Identification, label: str | None) -
 
 
 class HeatmapCache:
-    """PNG bytes by (identification, model version, label index), bounded in bytes."""
+    """PNG bytes by (stored image path, model version, label index), bounded in bytes."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -121,7 +121,9 @@ class HeatmapRenderer:
                 title="Model no longer available",
             ) from None
         index = _label_index(predictor, row, label)
-        key = (row.id, predictor.version, index)
+        # by image, not by identification: the photos of a multi-view identification each have
+        # their own map, and one photo identified twice shares it
+        key = (str(image_path), predictor.version, index)
         cached = self.cache.get(key)
         if cached is not None:
             return cached

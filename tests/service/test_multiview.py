@@ -108,6 +108,10 @@ def test_photos_that_disagree_are_uncertain_and_never_an_all_clear(api: Api) -> 
     assert [v["decision"]["kind"] for v in body["views"]] == ["taxon", "lookalike"]
     assert body["decision"]["kind"] == "uncertain"
     assert body["decision"]["refer_to_expert"] is True
+    # each photo has its own heat map (not the first one's, cached)
+    maps = [api.client.get(v["heatmap_url"], headers=api.h("officer")) for v in body["views"]]
+    assert [m.status_code for m in maps] == [200, 200]
+    assert maps[0].content != maps[1].content
 
 
 def test_one_photo_outside_the_domain_takes_the_all_clear_away(api: Api) -> None:
