@@ -395,10 +395,8 @@ class Predictor:
             )
         scores = None if ood is None else ood.score(np.asarray(ood_features, dtype=np.float32))
         ood_threshold = None if manifest.ood is None else manifest.ood.threshold
-        k = min(top_k, len(self.labels))
         results: list[Prediction] = []
         for i, probs in enumerate(probabilities):
-            order = np.argsort(-probs, kind="stable")[:k]
             score = None if scores is None else float(scores[i])
             image_checks = checks[i] if checks is not None else None
             refused = None if image_checks is None else self._refusal(image_checks)
@@ -424,15 +422,16 @@ class Predictor:
                 ood_score=score,
                 ood_threshold=ood_threshold,
             )
+            top = self._top(probs, top_k)
             results.append(
                 Prediction(
                     probabilities=probs,
-                    top=[LabelScore(self.labels[j], float(probs[j])) for j in order],
+                    top=top,
                     decision=decision,
                     ood_score=score,
                     features=features[i].astype(np.float32) if with_features else None,
                     box=(
-                        self._box(cam_maps[i], int(order[0]))
+                        self._box(cam_maps[i], top[0].label.index)
                         if locate and cam_maps is not None
                         else None
                     ),
@@ -467,12 +466,7 @@ class Predictor:
             ood_fusion=ood_fusion,
         )
         probabilities = fused.probabilities.astype(np.float32)
-        order = np.argsort(-probabilities, kind="stable")[: min(top_k, len(self.labels))]
-        top = (
-            [LabelScore(self.labels[j], float(probabilities[j])) for j in order]
-            if fused.used
-            else []
-        )
+        top = self._top(probabilities, top_k) if fused.used else []
         prediction = Prediction(
             probabilities=probabilities,
             top=top,
@@ -481,6 +475,11 @@ class Predictor:
             located=self.locates,
         )
         return prediction, fused
+
+    def _top(self, probabilities: FloatArray, top_k: int) -> list[LabelScore]:
+        """The ``top_k`` most probable labels, most probable first (ties in label order)."""
+        order = np.argsort(-probabilities, kind="stable")[: min(top_k, len(self.labels))]
+        return [LabelScore(self.labels[j], float(probabilities[j])) for j in order]
 
     def _refusal(self, checks: ImageChecks) -> Decision | None:
         """The decision that replaces the model's when an image check fails, else None. Both
