@@ -77,20 +77,22 @@ def officer_labels(
     if since is not None:
         query = query.where(Feedback.created_at >= since)
     per_image: dict[str, dict[str, tuple[str, Identification, str]]] = {}
-    idents: dict[str, Identification | None] = {}
+    idents: dict[str, tuple[Identification, list[str]] | None] = {}  # read once each
     for feedback in session.scalars(query):
         if feedback.identification_id not in idents:
-            idents[feedback.identification_id] = session.get(
-                Identification, feedback.identification_id
+            row = session.get(Identification, feedback.identification_id)
+            idents[feedback.identification_id] = (
+                None if row is None else (row, view_shas(session, row))
             )
-        ident = idents[feedback.identification_id]
-        if ident is None:
+        found = idents[feedback.identification_id]
+        if found is None:
             continue
+        ident, shas = found
         label = export_label(ident, feedback)
         if label is None:
             continue
         officer = feedback.created_by or f"name:{feedback.created_by_name}"
-        for sha256 in view_shas(session, ident):
+        for sha256 in shas:
             per_image.setdefault(sha256, {})[officer] = (label, ident, feedback.created_by_name)
     return per_image
 
