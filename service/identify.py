@@ -50,6 +50,7 @@ from service.problems import (
     image_problem,
     in_view,
     mixed_modalities,
+    no_views,
     not_ready,
     request_timeout,
     storage_unavailable,
@@ -246,8 +247,10 @@ class IdentificationPipeline:
         refuses the whole request (the problem names it); all photos must be of one modality.
         Each photo holds one admission place, as a batch image does."""
         spooled = [Upload.from_bytes(u) if isinstance(u, bytes) else u for u in uploads]
+        if not spooled:
+            raise no_views()
         limit = min(MAX_VIEWS, self._admission.limits.max_per_key)
-        if not 1 <= len(spooled) <= limit:
+        if len(spooled) > limit:
             raise too_many_views(len(spooled), limit)
         self.active_predictor()
         options = self.check_options(options)

@@ -228,13 +228,23 @@ def storage_unavailable(exc: OSError) -> ProblemError:
 
 
 def too_many_views(count: int, limit: int) -> ProblemError:
-    """413 for a multi-view identification with no photo or more photos than allowed."""
+    """413 for a multi-view identification with more photos than allowed."""
     return ProblemError(
-        413 if count > limit else 422,
-        "too-many-views" if count > limit else "validation-error",
+        413,
+        "too-many-views",
         f"{count} photos in one multi-view identification; it takes 1 to {limit} photos of "
         "one object. Send fewer photos, or identify the objects separately.",
-        title="Too many photos" if count > limit else "No photo",
+        title="Too many photos",
+    )
+
+
+def no_views() -> ProblemError:
+    """422 for a multi-view identification without a photo."""
+    return ProblemError(
+        422,
+        "validation-error",
+        "A multi-view identification needs at least one photo: send 'images' parts.",
+        title="No photo",
     )
 
 

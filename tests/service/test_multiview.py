@@ -185,3 +185,20 @@ def test_the_export_has_every_photo_with_the_objects_label(api: Api) -> None:
     assert {r["label"] for r in mine} == {"ivory"}
     assert {r["case_id"] for r in mine} == {"SEIZ-EXPORT"}
     assert all(r["path"] in names for r in mine)
+
+
+def test_the_pipeline_refuses_no_photo_and_too_many(api: Api) -> None:
+    """Callers other than the route (which FastAPI validates) get the same problems."""
+    from service.identify import IdentifyOptions
+    from service.keys import Principal
+    from service.problems import ProblemError
+
+    pipeline = api.context.pipeline
+    principal = Principal(key_id=None, name="test", role="officer")
+    portal = api.client.portal  # type: ignore[attr-defined]
+    with pytest.raises(ProblemError) as none:
+        portal.call(pipeline.identify_views, [], IdentifyOptions(), principal)
+    assert (none.value.status, none.value.title) == (422, "No photo")
+    with pytest.raises(ProblemError) as many:
+        portal.call(pipeline.identify_views, photos(*[RED] * 7), IdentifyOptions(), principal)
+    assert (many.value.status, many.value.slug) == (413, "too-many-views")
