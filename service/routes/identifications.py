@@ -101,6 +101,17 @@ def json_answer(body: dict[str, Any], response: Response, status_code: int) -> J
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+def created(
+    result: dict[str, Any], response: Response, context: AppContext, language: str
+) -> JSONResponse:
+    """201 with ``Location`` and the new identification rendered in ``language``."""
+    response.headers["Location"] = f"/v1/identifications/{result['id']}"
+    rendered = render_identification(
+        result, language, context.guidance, None, taxonomy=context.taxonomy
+    )
+    return json_answer(rendered, response, 201)
+
+
 def spool_upload(upload: UploadFile, limit: int) -> Upload:
     """The upload as the form parser spooled it (read by the decoder, not here)."""
     spooled = Upload.from_form(upload)
@@ -164,11 +175,7 @@ async def identify_one(
         options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
-    response.headers["Location"] = f"/v1/identifications/{result['id']}"
-    rendered = render_identification(
-        result, language, context.guidance, None, taxonomy=context.taxonomy
-    )
-    return json_answer(rendered, response, 201)
+    return created(result, response, context, language)
 
 
 @router.post(
@@ -255,11 +262,7 @@ async def identify_views(
         raise too_many_views(len(images), MAX_VIEWS)
     spooled = [spool_upload(upload, context.settings.max_upload_bytes) for upload in images]
     result = await pipeline.identify_views(spooled, options, principal)
-    response.headers["Location"] = f"/v1/identifications/{result['id']}"
-    rendered = render_identification(
-        result, language, context.guidance, None, taxonomy=context.taxonomy
-    )
-    return json_answer(rendered, response, 201)
+    return created(result, response, context, language)
 
 
 def _visibility(session: Session, principal: Principal, context: AppContext) -> Visibility:
@@ -288,6 +291,8 @@ ViewQuery = Annotated[
 
 def _view_sha(session: Session, row: Identification, view: int) -> str:
     """The sha256 of photo ``view`` of an identification (404 when it has no such photo)."""
+    if view == 0:  # the first photo is the identification's own image: no lookup
+        return row.image_sha256
     shas = view_shas(session, row)
     if view >= len(shas):
         raise ProblemError(
