@@ -140,18 +140,22 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def proc_kib(pid: int, field: str, file: str = "status") -> int:
+    """A ``kB`` field of ``/proc/PID/<file>`` (``VmHWM``, ``VmRSS`` of ``status``; ``Pss`` of
+    ``smaps_rollup``); 0 when the process is gone or the field is absent."""
+    try:
+        text = Path(f"/proc/{pid}/{file}").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def peak_rss_mib(pids: Sequence[int]) -> float:
     """Sum of the peak resident set sizes (``VmHWM``) of ``pids``, in MiB; 0 when unreadable."""
-    total_kb = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("VmHWM:"):
-                total_kb += int(line.split()[1])
-    return total_kb / 1024.0
+    return sum(proc_kib(pid, "VmHWM") for pid in pids) / 1024.0
 
 
 def process_tree(pid: int) -> list[int]:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.common import DEFAULT_BUNDLE, peak_rss_mib, process_tree, write_json
+from bench.common import DEFAULT_BUNDLE, peak_rss_mib, proc_kib, process_tree, write_json
 from bench.service_load import SINGLE_PATH, measured_load, our_service
 
 logger = logging.getLogger("bench.upload_memory")
@@ -57,23 +57,11 @@ def large_photo(size: tuple[int, int] = (4032, 3024)) -> bytes:
     return out.getvalue()
 
 
-def _status_kib(pid: int, field: str, file: str = "status") -> int:
-    """A ``kB`` field of ``/proc/PID/<file>`` (0 when the process is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/{file}").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def tree_memory_mib(pid: int) -> tuple[float, float]:
     """(sum of Pss, sum of current RSS) of ``pid`` and its descendants now, in MiB."""
     pids = process_tree(pid)
-    pss = sum(_status_kib(p, "Pss", "smaps_rollup") for p in pids)
-    rss = sum(_status_kib(p, "VmRSS") for p in pids)
+    pss = sum(proc_kib(p, "Pss", "smaps_rollup") for p in pids)
+    rss = sum(proc_kib(p, "VmRSS") for p in pids)
     return pss / 1024.0, rss / 1024.0
 
 
