@@ -62,12 +62,13 @@ pytest: $(VENV)/.all-installed system-deps web-runtime
 
 test: lint typecheck pytest
 
-# The edit-test loop (about a minute, docs/architecture.md): lint, then the tests that need no browser, no PostgreSQL,
-# no torch and no service process, and are not slow. `make test` runs everything.
+# The edit-test loop (under a minute, docs/architecture.md): lint, then the tests that need no
+# browser, no PostgreSQL, no torch and no service process, and are not slow, on two pytest
+# workers (pytest-xdist). `make test` runs everything.
 FAST_MARKERS := not slow and not browser and not postgres and not train and not live
 test-fast: $(VENV)/.all-installed
 	$(BIN)/ruff check model service training tests bench
-	$(BIN)/pytest -q -x -m "$(FAST_MARKERS)" -p no:cacheprovider
+	$(BIN)/pytest -q -x -n 2 -m "$(FAST_MARKERS)" -p no:cacheprovider
 
 # Rebuild weights/default from ../shared/data (see docs/training.md for the figures and time).
 default-bundle: $(VENV)/.all-installed

@@ -223,7 +223,7 @@ def test_a_case_made_offline_is_stored_with_both_answers_once(api: Api) -> None:
     [
         "not json",
         json.dumps({"case_id": "x"}),
-        json.dumps({"case_id": str(uuid.uuid4()), "surprise": 1}),
+        json.dumps({"case_id": "2e4617ca-3b17-400a-ad40-601ab49c1026", "surprise": 1}),
     ],
 )
 def test_a_bad_device_answer_is_refused_plainly(api: Api, text: str) -> None:
