@@ -136,6 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
     os.umask(0o077)  # every file the service creates (data, images, exports) is private
+    from service.memory import return_large_buffers
+
+    return_large_buffers()  # before the decode workers start: they inherit the settings
     import uvicorn
 
     from model.bundle import BundleError, load_bundle
