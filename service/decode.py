@@ -25,6 +25,7 @@ batch that they could join.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Callable, Mapping
@@ -47,8 +48,9 @@ from model.preprocess import (
     image_to_pixels,
     pixels_to_array,
 )
-from service.decodeworkers import DecodeStoppedError, DecodeWorkers
+from service.decodeworkers import DecodeStoppedError, DecodeWorkers, FileContent
 from service.imagestore import PreparedImage, prepare_image
+from service.uploads import Upload
 
 if TYPE_CHECKING:
     from model.predictor import Predictor
@@ -319,14 +321,18 @@ class DecodeStage:
 
     async def decode(
         self,
-        data: bytes,
+        upload: Upload,
         predictors: Mapping[str, Predictor],
         requested_modality: str | None = None,
     ) -> Decoded:
-        """Decode ``data``, resolve its modality (the caller's, else the file's evidence, else
+        """Decode ``upload``, resolve its modality (the caller's, else the file's evidence, else
         camera) and make the input of the model ``predictors`` holds for it (none when it holds
         none: ``array`` is None). Raises :class:`~model.imageio.ImageError` for an unusable
-        image (:class:`ImageTooComplexError` when it was stopped or refused for its cost)."""
+        image (:class:`ImageTooComplexError` when it was stopped or refused for its cost).
+
+        A large upload's spool file goes to the worker as its descriptor, and when the image
+        is stored as uploaded the result's image reads its bytes from the upload
+        (:mod:`service.uploads`): the server never holds them."""
         configs = {m: p.bundle.manifest.preprocess for m, p in predictors.items()}
         if requested_modality is not None and requested_modality in configs:
             target = configs[requested_modality].decode_shorter
@@ -334,13 +340,19 @@ class DecodeStage:
             target = max((c.decode_shorter for c in configs.values()), default=256)
         self._decoding += 1
         try:
+            fd = upload.file_descriptor()
+            content: bytes | FileContent
+            if fd is None:
+                content = await asyncio.to_thread(upload.read)
+            else:
+                content = FileContent(fd, upload.size)
             decoded = await self._run_worker(
-                decode_upload, data, configs, requested_modality, target, self.limits
+                decode_upload, content, configs, requested_modality, target, self.limits
             )
         finally:
             self._decoding -= 1
         if not decoded.image.data:  # stored as uploaded: the worker did not send them back
-            decoded = replace(decoded, image=replace(decoded.image, data=data))
+            decoded = replace(decoded, image=decoded.image.from_source(upload))
         if decoded.pixels is not None:
             array = pixels_to_array(decoded.pixels, configs[decoded.modality])
             decoded = replace(decoded, array=array, pixels=None)

@@ -10,7 +10,10 @@ again at once. A worker that dies (e.g. killed for memory) is replaced the same 
 Workers are forked from a fork server that has already imported the decoding modules, so
 starting or replacing one takes milliseconds. Jobs are module-level functions and their
 arguments, pickled over a pipe; errors come back as :class:`~model.imageio.ImageError` subclasses
-(rebuilt on this side) or as :class:`DecodeStoppedError`.
+(rebuilt on this side) or as :class:`DecodeStoppedError`. An argument given as
+:class:`FileContent` reaches the function as the bytes of that file, read by the worker: the
+file's descriptor goes over the pipe (``SCM_RIGHTS``), its bytes never pass through this
+process's memory or the pipe.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
@@ -46,6 +52,33 @@ class DecodeStoppedError(RuntimeError):
         self.timed_out = timed_out
 
 
+@dataclass(frozen=True)
+class FileContent:
+    """A job argument the worker receives as the first ``size`` bytes of the open file
+    ``fd`` of this process (see the module docstring). The caller keeps ``fd`` open until the
+    job ends; the worker reads with ``pread``, so the file's offset does not move."""
+
+    fd: int
+    size: int
+
+
+def _read_passed_file(conn: Connection, size: int) -> bytes:
+    """In the worker: take the descriptor that follows the job on ``conn`` and read it."""
+    fd = reduction.recv_handle(conn)
+    try:
+        chunks: list[bytes] = []
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, size - offset, offset)
+            if not chunk:
+                break  # the file is shorter than announced: the decoder sees what is there
+            chunks.append(chunk)
+            offset += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _worker_main(conn: Connection, memory_limit: int | None) -> None:
     """A worker's loop: run each job sent over ``conn`` and send back its outcome."""
     if memory_limit is not None:
@@ -62,6 +95,14 @@ def _worker_main(conn: Connection, memory_limit: int | None) -> None:
         except (EOFError, OSError):
             return
         function, args = job
+        try:
+            args = tuple(
+                _read_passed_file(conn, a.size) if isinstance(a, FileContent) else a for a in args
+            )
+        except (OSError, EOFError, RuntimeError) as exc:  # the pipe may be out of step now
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("error", f"could not read the file passed to the decoder: {exc}"))
+            return
         try:
             outcome: tuple[str, Any] = ("ok", function(*args))
         except imageio.ImageTooLargeError as exc:
@@ -124,6 +165,9 @@ class _Worker:
         """Run one job (blocking; in an I/O thread)."""
         try:
             self.conn.send((function, args))
+            for argument in args:
+                if isinstance(argument, FileContent):
+                    reduction.send_handle(self.conn, argument.fd, self.process.pid)
             if not self.conn.poll(timeout_s):
                 self.kill()
                 self.conn.close()

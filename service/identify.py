@@ -225,9 +225,8 @@ class IdentificationPipeline:
         model of its modality (422 when the image is unusable or no model serves it)."""
         try:
             async with self._admission.decode_slot(principal.key_id):
-                # read only now: uploads waiting for a decoder stay in their spool file
-                data = await asyncio.to_thread(upload.read)
-                decoded = await self._decode.decode(data, models, options.modality)
+                # only now is the upload read: those waiting for a decoder stay in their spool file
+                decoded = await self._decode.decode(upload, models, options.modality)
         except ImageError as exc:
             self._metrics.rejected.labels(reason=f"image_{exc.code}").inc()
             raise image_problem(exc) from None

@@ -14,8 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
@@ -36,9 +37,23 @@ _MIME = {
 }
 
 
+class StoredBytesSource(Protocol):
+    """Where the bytes of an image stored exactly as uploaded come from (the upload's spool
+    file, :class:`service.uploads.Upload`)."""
+
+    size: int
+
+    def copy_to(self, handle: BinaryIO) -> None:
+        """Write every byte to ``handle``."""
+
+
 @dataclass(frozen=True)
 class PreparedImage:
-    """Bytes ready to store, with what the store records about them."""
+    """Bytes ready to store, with what the store records about them.
+
+    The bytes are ``data``, or, when the image is stored exactly as uploaded and the upload
+    stayed in its spool file, ``source`` (``data`` is then empty): a large photo is copied from
+    the spool file to the store and never held in the server's memory."""
 
     data: bytes
     sha256: str
@@ -46,13 +61,29 @@ class PreparedImage:
     ext: str
     width: int
     height: int
+    size: int
+    """The number of bytes stored."""
     location_removed: tuple[str, ...] = ()
     """What :func:`service.privacy.strip_location` removed (empty when nothing was there)."""
+    source: StoredBytesSource | None = field(default=None, compare=False, repr=False)
 
     @property
     def gps_removed(self) -> bool:
         """True when location metadata was found and removed."""
         return bool(self.location_removed)
+
+    def from_source(self, source: StoredBytesSource) -> PreparedImage:
+        """The same image with its bytes read from ``source`` instead of ``data``."""
+        if source.size != self.size:
+            raise ValueError(f"the source has {source.size} bytes, the image {self.size}")
+        return replace(self, data=b"", source=source)
+
+    def write_to(self, handle: BinaryIO) -> None:
+        """Write the bytes to store to ``handle``."""
+        if self.source is not None:
+            self.source.copy_to(handle)
+        else:
+            handle.write(self.data)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -86,6 +117,7 @@ def prepare_image(data: bytes, *, keep_gps: bool) -> PreparedImage:
         ext=ext,
         width=width,
         height=height,
+        size=len(data),
         location_removed=removed,
     )
 
@@ -158,14 +190,14 @@ class ImageStore:
         its relative path."""
         relative = self.relative_path(image.sha256, image.ext)
         target = self.root / relative
-        if target.exists() and target.stat().st_size == len(image.data):
+        if target.exists() and target.stat().st_size == image.size:
             return relative
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=f".{image.ext}")
         try:
             with os.fdopen(fd, "wb") as handle:
                 os.fchmod(handle.fileno(), 0o600)
-                handle.write(image.data)
+                image.write_to(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)

@@ -139,7 +139,7 @@ def image_summary(image: PreparedImage, url: str) -> dict[str, Any]:
         "mime": image.mime,
         "width": image.width,
         "height": image.height,
-        "size": len(image.data),
+        "size": image.size,
         "gps_removed": image.gps_removed,
         "location_removed": list(image.location_removed),
         "url": url,

@@ -84,7 +84,7 @@ def _image_row(image: PreparedImage, relative_path: str) -> dict[str, Any]:
     return {
         "sha256": image.sha256,
         "path": relative_path,
-        "size": len(image.data),
+        "size": image.size,
         "mime": image.mime,
         "width": image.width,
         "height": image.height,

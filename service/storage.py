@@ -136,9 +136,9 @@ class ImageWriter:
                 continue
             target = self.store.root / relative
             try:
-                if target.exists() and target.stat().st_size == len(image.data):
+                if target.exists() and target.stat().st_size == image.size:
                     continue
-                staged[relative] = (self._write_temporary(target, image.data), target)
+                staged[relative] = (self._write_temporary(target, image), target)
             except OSError as exc:
                 outcomes[index] = exc
         failed = self._commit(staged)
@@ -148,7 +148,7 @@ class ImageWriter:
         self.groups_written += 1
         return outcomes
 
-    def _write_temporary(self, target: Path, data: bytes) -> Path:
+    def _write_temporary(self, target: Path, image: PreparedImage) -> Path:
         folder = target.parent
         if folder not in self._known_dirs:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like the files
@@ -156,7 +156,10 @@ class ImageWriter:
         temporary = folder / f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}"
         try:
             with open(temporary, "wb", opener=_private_file) as handle:
-                handle.write(data)
+                try:
+                    image.write_to(handle)
+                except ValueError as exc:  # the upload's spool file was closed under us
+                    raise OSError(f"the uploaded file could not be read: {exc}") from exc
         except OSError:
             temporary.unlink(missing_ok=True)
             if not folder.is_dir():  # removed behind our back: forget it was there
