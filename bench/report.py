@@ -71,8 +71,13 @@ def unintended_errors(statuses: dict[str, int]) -> int:
     )
 
 
-def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every goal of the issue with what this run achieved."""
+UPLOAD_MEMORY_FILE = "upload_memory.json"
+"""``bench/upload_memory.py``'s figures, measured on their own (``--out``), beside results.json."""
+
+
+def goals(results: dict[str, Any], uploads: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every goal of the issue with what this run achieved (``uploads``: the figures of
+    ``bench/upload_memory.py``, when there are any)."""
     rows: list[dict[str, Any]] = []
     model = results.get("model") or {}
     ratio = (model.get("ratios") or {}).get("onnxruntime_int8", {}).get("32")
@@ -150,6 +155,19 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "< 1 GB",
             "achieved": f"{_f(memory, 0)} MiB" if memory else "n/a",
             "met": None if not memory else memory * 2**20 < 1e9,
+        }
+    )
+    peak = (uploads or {}).get("peak_sampled_pss_mib")
+    goal = (uploads or {}).get("goal_mib", 700.0)
+    rows.append(
+        {
+            "goal": (
+                f"{(uploads or {}).get('clients', 64)} concurrent 14 MB uploads: peak memory of "
+                "the service's processes (Pss, `bench/upload_memory.py`)"
+            ),
+            "target": f"< {_f(goal, 0)} MiB",
+            "achieved": f"{_f(peak, 0)} MiB" if peak else "n/a",
+            "met": None if not peak else peak < goal,
         }
     )
     return rows
@@ -330,8 +348,11 @@ def _figure(lines: list[str], name: str, alt: str, command: str) -> None:
     lines += [f"![{alt}](benchmarks/{name})", "", f"Figure command: `{command}`", ""]
 
 
-def render(results: dict[str, Any], existing: str = "") -> str:
-    """The whole Markdown page for ``results``; preserved sections come from ``existing``."""
+def render(
+    results: dict[str, Any], existing: str = "", uploads: dict[str, Any] | None = None
+) -> str:
+    """The whole Markdown page for ``results``; preserved sections come from ``existing``,
+    the upload memory goal from ``uploads``."""
     keep = _preserved(existing)
     machine = results.get("machine", {})
     bundle = results.get("bundle", {})
@@ -379,7 +400,7 @@ def render(results: dict[str, Any], existing: str = "") -> str:
         "| goal | target | achieved | |",
         "|---|---|---|---|",
     ]
-    for row in goals(results):
+    for row in goals(results, uploads):
         lines.append(
             f"| {row['goal']} | {row['target']} | {row['achieved']} | {_status(row['met'])} |"
         )
@@ -672,7 +693,9 @@ def write_report(results: dict[str, Any], doc: Path = DOC, folder: Path = FIGURE
     """Write the figures and the page; returns the page's path."""
     make_figures(results, folder)
     existing = doc.read_text() if doc.is_file() else ""
-    doc.write_text(render(results, existing))
+    upload_file = folder / UPLOAD_MEMORY_FILE
+    uploads = json.loads(upload_file.read_text()) if upload_file.is_file() else None
+    doc.write_text(render(results, existing, uploads))
     return doc
 
 

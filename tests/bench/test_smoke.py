@@ -157,7 +157,11 @@ def test_report_renders_goals_and_keeps_hand_written_sections() -> None:
             },
         },
     }  # fmt: skip
-    rows = {row["goal"]: row for row in report.goals(results)}
+    uploads = {"clients": 64, "peak_sampled_pss_mib": 580.0, "goal_mib": 700.0}
+    rows = {row["goal"]: row for row in report.goals(results, uploads)}
+    upload_goal = next(g for g in rows if "concurrent 14 MB uploads" in g)
+    assert rows[upload_goal]["met"] is True and rows[upload_goal]["achieved"] == "580 MiB"
+    assert next(r for r in report.goals(results) if "14 MB" in r["goal"])["met"] is None
     assert rows["service images/s at concurrency 32 vs LitServe + ONNX Runtime fp32"]["met"]
     assert (
         rows["service images/s at concurrency 32 vs plain FastAPI + PyTorch eager"]["met"] is False
