@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +269,12 @@ class KnnOodModel:
 
     bank: npt.NDArray[np.float16]
     k: int
+    _bank32: npt.NDArray[np.float32] = field(init=False, repr=False)
+    """The bank in float32, made once: converting it on every call cost more than the
+    search itself (docs/benchmarks.md, "Analysis of the misses")."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_bank32", np.ascontiguousarray(self.bank, dtype=np.float32))
 
     @property
     def feature_dim(self) -> int:
@@ -285,7 +291,7 @@ class KnnOodModel:
         if not np.all(np.isfinite(x)):
             raise OodError("features contain NaN or infinite values")
         x = _l2_normalize(x)
-        bank = self.bank.astype(np.float32)
+        bank = self._bank32
         k = min(self.k, bank.shape[0])
         scores = np.empty(x.shape[0], dtype=np.float32)
         for start in range(0, x.shape[0], chunk):
