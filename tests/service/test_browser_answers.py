@@ -135,6 +135,8 @@ def test_a_bad_file_after_an_answer_leaves_no_stale_answer(
     _identify(page, "broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#result")).to_be_hidden()
+    # on a phone the officer was down at the answer: the error is brought into view
+    expect(page.locator("#error")).to_be_in_viewport()
 
 
 def test_colour_follows_the_action_and_the_caveat_is_shown(

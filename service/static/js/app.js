@@ -37,7 +37,7 @@ const AUTO_RETRY_DELAY_MS = 1500;
 function relabel() {
   $("lang").value = state.lang;
   rewritePage();
-  if (state.lastError && !$("error").hidden) showError(state.lastError);
+  if (state.lastError && !$("error").hidden) showError(state.lastError, { reveal: false });
   renderWhoami();
   renderHeatmapToggle();
   relabelFeedback();

@@ -59,8 +59,12 @@ export function errorText(err) {
   return err && err.message ? err.message : String(err);
 }
 
-/** Show ``err`` in the alert box. A refused key also fires "cites:unauthorised". */
-export function showError(err) {
+/**
+ * Show ``err`` in the alert box and, unless ``reveal`` is false (the same error shown again
+ * in another language), scroll the box into view: on a phone the officer is usually far below
+ * it, at the photo or the answer. A refused key also fires "cites:unauthorised".
+ */
+export function showError(err, { reveal = true } = {}) {
   state.lastError = err;
   const box = $("error");
   box.textContent = "";
@@ -68,6 +72,10 @@ export function showError(err) {
   strong.textContent = t("error_prefix") + " ";
   box.append(strong, document.createTextNode(errorText(err)));
   box.hidden = false;
+  if (reveal) {
+    const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    box.scrollIntoView({ behavior: still ? "auto" : "smooth", block: "nearest" });
+  }
   if (err instanceof ApiError && err.status === 401) {
     document.dispatchEvent(new CustomEvent("cites:unauthorised"));
   }
