@@ -18,6 +18,15 @@ Colour handling (the output is always mode ``RGB``):
 * embedded ICC profiles are ignored, as when the backbone was trained on ImageNet.
 
 Animated images (GIF, APNG, animated WebP) decode to their first frame; ``animated`` records it.
+
+Damaged JPEG data: libjpeg only *warns* when compressed data is corrupt (a run of bytes zeroed
+by a bad transfer) and goes on with garbage pixels, and Pillow does not pass the warning on.
+With ``strict_jpeg=True`` an RGB or grey JPEG is decoded by libjpeg-turbo in strict mode through
+``simplejpeg`` (an optional dependency the service installs) at the scale Pillow's draft mode
+would choose: the pixels are Pillow's own (identical on every JPEG of ../shared/data tried,
+tests/model/test_imageio_strict.py), and a warning raises :class:`CorruptImageError`.
+``DecodedImage.strict`` says whether that check was made (not for CMYK or multi-picture files,
+nor without simplejpeg).
 """
 
 from __future__ import annotations
@@ -129,6 +138,8 @@ class DecodedImage:
     animated: bool = False
     modality: str | None = None
     modality_evidence: str | None = None
+    strict: bool = False
+    """True when the JPEG's compressed data was decoded in strict mode (module docstring)."""
 
 
 def decode_image(
@@ -136,6 +147,7 @@ def decode_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target_shorter: int | None = None,
+    strict_jpeg: bool = False,
 ) -> DecodedImage:
     """Decode image bytes into an 8-bit RGB image, refusing unusable input with a typed error.
 
@@ -143,6 +155,8 @@ def decode_image(
     is decoded. When ``target_shorter`` is given and the file is a JPEG at least twice that size
     on its shorter side, libjpeg decodes it at 1/2, 1/4 or 1/8 scale (Pillow's draft mode),
     never below ``target_shorter`` on either side; the later resize then has less to do.
+    ``strict_jpeg``: refuse a JPEG whose compressed data libjpeg reports as corrupt (see the
+    module docstring; ``strict`` in the result says whether the check was made).
 
     Raises:
         EmptyImageError: ``data`` is empty.
@@ -163,7 +177,7 @@ def decode_image(
             from model.scanner import decode_dicom
 
             return decode_dicom(data, max_pixels=max_pixels)
-        return _decode(data, signature, max_pixels, target_shorter)
+        return _decode(data, signature, max_pixels, target_shorter, strict_jpeg)
     except ImageError:
         raise
     except MemoryError as exc:
@@ -325,7 +339,11 @@ def _too_large(size: tuple[int, int] | None, max_pixels: int) -> ImageTooLargeEr
 
 
 def _decode(
-    data: bytes, signature: str | None, max_pixels: int, target_shorter: int | None
+    data: bytes,
+    signature: str | None,
+    max_pixels: int,
+    target_shorter: int | None,
+    strict_jpeg: bool = False,
 ) -> DecodedImage:
     try:
         image = _open(data, max_pixels)
@@ -344,7 +362,7 @@ def _decode(
         if signature == "TIFF" and image.mode in ("RGB", "RGBA") and _wide_samples(image):
             return _decode_tiff_fallback(data, max_pixels, None)  # Pillow would drop 8 bits
         try:
-            return _decode_opened(image, max_pixels, target_shorter)
+            return _decode_opened(image, max_pixels, target_shorter, data if strict_jpeg else None)
         except (ImageError, MemoryError):
             raise
         except Exception as exc:
@@ -375,8 +393,12 @@ def _decode_tiff_fallback(
 
 
 def _decode_opened(
-    image: ImageFile.ImageFile, max_pixels: int, target_shorter: int | None
+    image: ImageFile.ImageFile,
+    max_pixels: int,
+    target_shorter: int | None,
+    strict_data: bytes | None = None,
 ) -> DecodedImage:
+    """Decode an opened image (``strict_data``: the file's bytes, to decode a JPEG strictly)."""
     width, height = image.size
     fmt = image.format or "unknown"
     if width < 1 or height < 1:
@@ -396,8 +418,18 @@ def _decode_opened(
     ):
         image.draft(None, (target_shorter, target_shorter))
         reduced = image.size != (width, height)
-    _load_strictly(image)
-    oriented = _apply_orientation(image)
+    decoded: Image.Image = image
+    strict_pixels = (
+        _strict_jpeg_pixels(strict_data, image, (width, height))
+        if strict_data is not None and fmt == "JPEG"
+        else None
+    )
+    if strict_pixels is None:
+        _load_strictly(image)
+    else:
+        decoded = Image.fromarray(strict_pixels, image.mode)
+        decoded.info = dict(image.info)  # EXIF and XMP: the orientation
+    oriented = _apply_orientation(decoded)
     rgb = _to_rgb(oriented)
     logger.debug(
         "decoded %s %s %dx%d -> %dx%d%s",
@@ -421,7 +453,43 @@ def _decode_opened(
         animated=animated,
         modality="xray" if scanner_grey else None,
         modality_evidence=f"{bit_depth}-bit grey {fmt}" if scanner_grey else None,
+        strict=strict_pixels is not None,
     )
+
+
+def _strict_jpeg_pixels(
+    data: bytes, image: ImageFile.ImageFile, full_size: tuple[int, int]
+) -> npt.NDArray[np.uint8] | None:
+    """The pixels of an RGB or grey JPEG at the size Pillow's draft set (``image.size``),
+    decoded by libjpeg-turbo in strict mode; None when that is not possible here (another
+    colour space, no simplejpeg). Raises :class:`CorruptImageError` for damaged data."""
+    if image.mode not in ("RGB", "L"):
+        return None
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    width, height = image.size
+    factor = max(1, round(full_size[0] / width))  # 1, 2, 4 or 8: Pillow's draft scales
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB" if image.mode == "RGB" else "GRAY",
+            min_factor=factor,
+            min_height=height,
+            min_width=width,
+            strict=True,
+        )
+    except ValueError as exc:
+        raise CorruptImageError(
+            f"The JPEG's compressed data is damaged ({exc}); the pixels would be partly "
+            "garbage. Send the original photo again."
+        ) from None
+    if pixels.shape[:2] != (height, width):  # a scale Pillow would not choose: let Pillow decode
+        logger.warning("strict JPEG decode gave %s, expected %dx%d", pixels.shape, width, height)
+        return None
+    result: npt.NDArray[np.uint8] = pixels[:, :, 0] if image.mode == "L" else pixels
+    return result
 
 
 def _load_strictly(image: ImageFile.ImageFile) -> None:

@@ -14,9 +14,11 @@ or :data:`MAX_JPEG_HEADER_SEGMENTS` segments before its first scan.
 
 JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
 the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
-on. The stage therefore also runs libjpeg-turbo in strict mode (``simplejpeg``, at 1/8 scale, in
-a second thread of the same worker while Pillow decodes): a warning there refuses the image as
-``corrupt-image``. A damaged photo must not produce a confident answer.
+on. The stage therefore decodes JPEGs with the core's ``strict_jpeg`` (libjpeg-turbo in strict
+mode through ``simplejpeg``, the same pixels as Pillow's, one decode): a warning refuses the
+image as ``corrupt-image``. The few JPEGs it cannot decode so (CMYK, multi-picture) are decoded
+by Pillow and then checked by :func:`check_jpeg_integrity`. A damaged photo must not produce a
+confident answer.
 
 :meth:`DecodeStage.decoding` counts the images being decoded now: the micro-batcher's
 ``incoming`` signal, so that it waits (at most its max wait) for them instead of running a
@@ -29,7 +31,6 @@ import asyncio
 import io
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -201,7 +202,10 @@ def check_jpeg_integrity(data: bytes) -> None:
         logger.warning("simplejpeg is missing: damaged JPEG data cannot be detected")
         return
     try:
-        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+        # min_factor alone does not scale: the minimum size of 1 lets libjpeg decode at 1/8
+        simplejpeg.decode_jpeg(
+            data, colorspace="GRAY", min_factor=8, min_height=1, min_width=1, strict=True
+        )
     except ValueError as exc:
         message = str(exc)
         if "Unsupported color conversion" in message or "colorspace" in message.lower():
@@ -212,32 +216,15 @@ def check_jpeg_integrity(data: bytes) -> None:
         ) from None
 
 
-_integrity_pool: ThreadPoolExecutor | None = None
-
-
-def _integrity_checker() -> ThreadPoolExecutor:
-    """The worker process's one thread for the strict JPEG check (made on first use, in the
-    worker: a thread per image cost a thread start and join every time)."""
-    global _integrity_pool
-    if _integrity_pool is None:
-        _integrity_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jpeg-integrity")
-    return _integrity_pool
-
-
 def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> DecodedImage:
-    """The core's decoding; for a JPEG the strict integrity check runs meanwhile in a second
-    thread (both release the GIL while libjpeg works)."""
-    if sniff_format(data) != "JPEG":
-        return decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
-    check = _integrity_checker().submit(check_jpeg_integrity, data)
-    try:
-        decoded = decode_image(data, max_pixels=limits.max_pixels, target_shorter=target_shorter)
-    finally:
-        problem = check.exception()
-    if isinstance(problem, ImageError):
-        raise problem
-    if problem is not None:  # the check itself failed: the decode's own verdict stands
-        logger.warning("strict JPEG check failed: %s", problem)
+    """The core's decoding, with a JPEG's compressed data decoded strictly (one pass that
+    both checks the data and gives the pixels); a JPEG the core could not decode strictly
+    (CMYK, multi-picture) is checked on its own afterwards."""
+    decoded = decode_image(
+        data, max_pixels=limits.max_pixels, target_shorter=target_shorter, strict_jpeg=True
+    )
+    if not decoded.strict and sniff_format(data) == "JPEG":
+        check_jpeg_integrity(data)
     return decoded
 
 
