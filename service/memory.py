@@ -6,7 +6,7 @@ threshold* with its own mapping, which it unmaps on ``free``: the memory goes ba
 the threshold is dynamic: every time such a buffer is freed, glibc raises the threshold to its
 size (up to 32 MiB), so from then on buffers of that size come from the heap, whose free space
 is kept and fragments across the threads' arenas. A service that had decoded a few 14 MB
-photos therefore kept hundreds of MiB it no longer used (docs/benchmarks.md, "Upload memory").
+photos therefore kept hundreds of MiB it no longer used (docs/benchmarks.md, "Large uploads").
 
 :func:`return_large_buffers` fixes the threshold (a fixed value switches the dynamic one off)
 and limits the number of arenas, in this process with ``mallopt`` and, through the

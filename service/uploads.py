@@ -11,7 +11,7 @@ Starlette's form parser writes each uploaded file to a spooled temporary file (m
   store in chunks (:meth:`Upload.copy_to`).
 
 So images waiting for a decoder cost disk, not memory, and a 14 MB photo is never a 14 MB
-buffer in the server (docs/benchmarks.md, "Upload memory"). Small uploads, still in memory, go
+buffer in the server (docs/benchmarks.md, "Large uploads"). Small uploads, still in memory, go
 as bytes.
 """
 
