@@ -53,8 +53,21 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return True if module_marks & excluded else None
 
 
+def _run_order(item: pytest.Item) -> int:
+    """Slow modules first: torch training, then browsers and the slow load tests."""
+    if item.get_closest_marker("train"):
+        return 0
+    if item.get_closest_marker("browser") or item.get_closest_marker("slow"):
+        return 1
+    return 2
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with ``train`` / ``live`` when its module drives torch or processes."""
+    """Mark each test with ``train`` / ``live`` when its module drives torch or processes, then
+    run the slow modules first (a stable sort: each module's tests stay together and in order).
+    ``make test`` gives each of its two workers whole files (``--dist loadfile``); the training
+    modules, collected last, used to start last and leave one worker running them alone for
+    minutes (docs/architecture.md)."""
     markers: dict[Path, set[str]] = {}
     for item in items:
         path = Path(str(item.fspath))
@@ -63,6 +76,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             markers[path] = _needle_markers(source)
         for marker in sorted(markers[path]):
             item.add_marker(marker)
+    items.sort(key=_run_order)
 
 
 def shared_data_dir() -> Path:
