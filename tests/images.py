@@ -152,6 +152,14 @@ def bmp() -> bytes:
     return encode(halves(), "BMP")
 
 
+def zeroed_middle(data: bytes, count: int = 800) -> bytes:
+    """``data`` with ``count`` bytes in the middle set to zero (a damaged transfer or card)."""
+    damaged = bytearray(data)
+    middle = len(damaged) // 2
+    damaged[middle : middle + count] = b"\x00" * count
+    return bytes(damaged)
+
+
 def truncated_jpeg() -> bytes:
     """A JPEG cut in the middle of its scan data."""
     data = encode(noise_image(256, 192), "JPEG", quality=95)

@@ -16,13 +16,6 @@ from tests import images
 pytest.importorskip("simplejpeg")
 
 
-def zeroed_middle(data: bytes, count: int = 800) -> bytes:
-    damaged = bytearray(data)
-    middle = len(damaged) // 2
-    damaged[middle : middle + count] = b"\x00" * count
-    return bytes(damaged)
-
-
 def both(data: bytes, target: int | None) -> tuple[DecodedImage, DecodedImage]:
     return (
         decode_image(data, target_shorter=target),
@@ -72,7 +65,7 @@ def test_strict_decoding_of_real_photos_gives_pillows_pixels(shared_data: Path) 
 
 
 def test_damaged_compressed_data_is_refused_only_when_strict() -> None:
-    damaged = zeroed_middle(images.large_jpeg(1024, 768))
+    damaged = images.zeroed_middle(images.large_jpeg(1024, 768))
     decode_image(damaged, target_shorter=256)  # Pillow decodes garbage without a word
     with pytest.raises(CorruptImageError, match="damaged"):
         decode_image(damaged, target_shorter=256, strict_jpeg=True)

@@ -24,6 +24,7 @@ from PIL import Image
 from service.decode import MAX_JPEG_SCANS, check_decoding_cost, check_jpeg_integrity
 from tests import hostile
 from tests.factories import RED, make_tiny_bundle, solid_image_bytes
+from tests.images import zeroed_middle
 from tests.service.test_api import Api, assert_problem, start_api
 
 PROMPT_S = 5.0
@@ -67,14 +68,6 @@ def photo_jpeg(size: tuple[int, int] = (320, 240), *, progressive: bool = False)
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90, progressive=progressive)
     return out.getvalue()
-
-
-def zeroed_middle(data: bytes, count: int = 800) -> bytes:
-    """``data`` with ``count`` bytes in the middle set to zero (a damaged transfer or card)."""
-    damaged = bytearray(data)
-    middle = len(damaged) // 2
-    damaged[middle : middle + count] = b"\x00" * count
-    return bytes(damaged)
 
 
 def repeated_scan_jpeg(repeats: int) -> bytes:

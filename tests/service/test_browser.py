@@ -411,7 +411,8 @@ def test_api_errors_are_shown_in_plain_words(
     expect(page.locator("#result")).to_be_hidden()
 
     # A photo whose compressed data is damaged: refused, in the interface language.
-    from tests.service.test_abuse_decoding import photo_jpeg, zeroed_middle
+    from tests.images import zeroed_middle
+    from tests.service.test_abuse_decoding import photo_jpeg
 
     damaged = tmp_path / "damaged.jpg"
     damaged.write_bytes(zeroed_middle(photo_jpeg((640, 480))))

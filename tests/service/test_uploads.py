@@ -17,7 +17,8 @@ from PIL import Image
 from service.decodeworkers import DecodeWorkers, FileContent
 from service.uploads import PASS_AS_FILE_BYTES, Upload
 from tests.factories import make_tiny_bundle
-from tests.service.test_abuse_decoding import post, zeroed_middle
+from tests.images import zeroed_middle
+from tests.service.test_abuse_decoding import post
 from tests.service.test_api import Api, assert_problem, start_api
 from tests.service.test_storage import jpeg_with_gps
 
