@@ -24,9 +24,10 @@ by a bad transfer) and goes on with garbage pixels, and Pillow does not pass the
 With ``strict_jpeg=True`` an RGB or grey JPEG is decoded by libjpeg-turbo in strict mode through
 ``simplejpeg`` (an optional dependency the service installs) at the scale Pillow's draft mode
 would choose: the pixels are Pillow's own (identical on every JPEG of ../shared/data tried,
-tests/model/test_imageio_strict.py), and a warning raises :class:`CorruptImageError`.
-``DecodedImage.strict`` says whether that check was made (not for CMYK or multi-picture files,
-nor without simplejpeg).
+tests/model/test_imageio_strict.py), and a warning raises :class:`CorruptImageError`. The JPEGs
+it cannot decode so (multi-picture files, a colour space it does not convert) are decoded by
+Pillow and their compressed data then checked by :func:`check_jpeg_data` (CMYK included).
+``DecodedImage.strict`` says whether the data was checked (not without simplejpeg).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class DecodedImage:
     modality: str | None = None
     modality_evidence: str | None = None
     strict: bool = False
-    """True when the JPEG's compressed data was decoded in strict mode (module docstring)."""
+    """True when the JPEG's compressed data was checked in strict mode (module docstring)."""
 
 
 def decode_image(
@@ -426,9 +427,13 @@ def _decode_opened(
     )
     if strict_pixels is None:
         _load_strictly(image)
+        checked = (
+            strict_data is not None and fmt in ("JPEG", "MPO") and check_jpeg_data(strict_data)
+        )
     else:
         decoded = Image.fromarray(strict_pixels, image.mode)
         decoded.info = dict(image.info)  # EXIF and XMP: the orientation
+        checked = True
     oriented = _apply_orientation(decoded)
     rgb = _to_rgb(oriented)
     logger.debug(
@@ -453,7 +458,7 @@ def _decode_opened(
         animated=animated,
         modality="xray" if scanner_grey else None,
         modality_evidence=f"{bit_depth}-bit grey {fmt}" if scanner_grey else None,
-        strict=strict_pixels is not None,
+        strict=checked,
     )
 
 
@@ -481,15 +486,42 @@ def _strict_jpeg_pixels(
             strict=True,
         )
     except ValueError as exc:
-        raise CorruptImageError(
-            f"The JPEG's compressed data is damaged ({exc}); the pixels would be partly "
-            "garbage. Send the original photo again."
-        ) from None
+        raise _damaged_jpeg(exc) from None
     if pixels.shape[:2] != (height, width):  # a scale Pillow would not choose: let Pillow decode
         logger.warning("strict JPEG decode gave %s, expected %dx%d", pixels.shape, width, height)
         return None
     result: npt.NDArray[np.uint8] = pixels[:, :, 0] if image.mode == "L" else pixels
     return result
+
+
+def check_jpeg_data(data: bytes) -> bool:
+    """Decode the JPEG ``data`` in strict mode at 1/8 scale in grey, throwing the pixels away:
+    raises :class:`CorruptImageError` when libjpeg reports its compressed data as corrupt (a
+    warning Pillow does not pass on). False when it cannot tell: a colour space libjpeg-turbo
+    does not convert to grey, or no simplejpeg."""
+    try:
+        import simplejpeg
+    except ImportError:
+        logger.warning("simplejpeg is missing: damaged JPEG data cannot be detected")
+        return False
+    try:
+        # min_factor alone does not scale: the minimum size of 1 lets libjpeg decode at 1/8
+        simplejpeg.decode_jpeg(
+            data, colorspace="GRAY", min_factor=8, min_height=1, min_width=1, strict=True
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if "Unsupported color conversion" in message or "colorspace" in message.lower():
+            return False  # a colour question for Pillow, not damage
+        raise _damaged_jpeg(exc) from None
+    return True
+
+
+def _damaged_jpeg(exc: ValueError) -> CorruptImageError:
+    return CorruptImageError(
+        f"The JPEG's compressed data is damaged ({exc}); the pixels would be partly "
+        "garbage. Send the original photo again."
+    )
 
 
 def _load_strictly(image: ImageFile.ImageFile) -> None:

@@ -14,11 +14,9 @@ or :data:`MAX_JPEG_HEADER_SEGMENTS` segments before its first scan.
 
 JPEG damage: libjpeg only *warns* when compressed data is corrupt (e.g. a run of bytes zeroed in
 the middle of the file) and goes on with garbage pixels, and Pillow does not pass those warnings
-on. The stage therefore decodes JPEGs with the core's ``strict_jpeg`` (libjpeg-turbo in strict
-mode through ``simplejpeg``, the same pixels as Pillow's, one decode): a warning refuses the
-image as ``corrupt-image``. The few JPEGs it cannot decode so (CMYK, multi-picture) are decoded
-by Pillow and then checked by :func:`check_jpeg_integrity`. A damaged photo must not produce a
-confident answer.
+on. The stage therefore decodes with the core's ``strict_jpeg`` (libjpeg-turbo in strict mode
+through ``simplejpeg``, the same pixels as Pillow's, one decode; :mod:`model.imageio`): a warning
+refuses the image as ``corrupt-image``. A damaged photo must not produce a confident answer.
 
 :meth:`DecodeStage.decoding` counts the images being decoded now: the micro-batcher's
 ``incoming`` signal, so that it waits (at most its max wait) for them instead of running a
@@ -40,7 +38,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.checks import ImageChecks, check_decoded, scanner_evidence
-from model.imageio import CorruptImageError, DecodedImage, ImageError, sniff_format
+from model.imageio import DecodedImage, ImageError, sniff_format
 from model.modality import ModalityEvidence
 from model.preprocess import (
     PreprocessConfig,
@@ -193,41 +191,6 @@ def check_decoding_cost(data: bytes) -> None:
         pos += 2 + max(length, 2)
 
 
-def check_jpeg_integrity(data: bytes) -> None:
-    """Raise :class:`~model.imageio.CorruptImageError` when libjpeg reports the compressed data
-    of a JPEG as corrupt (a warning Pillow does not pass on)."""
-    try:
-        import simplejpeg
-    except ImportError:  # pragma: no cover - a dependency of the service
-        logger.warning("simplejpeg is missing: damaged JPEG data cannot be detected")
-        return
-    try:
-        # min_factor alone does not scale: the minimum size of 1 lets libjpeg decode at 1/8
-        simplejpeg.decode_jpeg(
-            data, colorspace="GRAY", min_factor=8, min_height=1, min_width=1, strict=True
-        )
-    except ValueError as exc:
-        message = str(exc)
-        if "Unsupported color conversion" in message or "colorspace" in message.lower():
-            return  # CMYK/YCCK: a colour question for Pillow, not damage
-        raise CorruptImageError(
-            f"The JPEG's compressed data is damaged ({message}); the pixels would be partly "
-            "garbage. Send the original photo again."
-        ) from None
-
-
-def _decode_checked(data: bytes, limits: DecodeLimits, target_shorter: int) -> DecodedImage:
-    """The core's decoding, with a JPEG's compressed data decoded strictly (one pass that
-    both checks the data and gives the pixels); a JPEG the core could not decode strictly
-    (CMYK, multi-picture) is checked on its own afterwards."""
-    decoded = decode_image(
-        data, max_pixels=limits.max_pixels, target_shorter=target_shorter, strict_jpeg=True
-    )
-    if not decoded.strict and sniff_format(data) == "JPEG":
-        check_jpeg_integrity(data)
-    return decoded
-
-
 def decode_upload(
     data: bytes,
     configs: Mapping[str, PreprocessConfig],
@@ -240,7 +203,9 @@ def decode_upload(
     none serves it) and prepare the bytes to store. The returned image carries no bytes when
     they are the upload's own (the caller has them)."""
     check_decoding_cost(data)
-    decoded = _decode_checked(data, limits, target_shorter)
+    decoded = decode_image(
+        data, max_pixels=limits.max_pixels, target_shorter=target_shorter, strict_jpeg=True
+    )
     evidence = scanner_evidence(decoded)
     # Pixels that look like a scan go to the x-ray model when one is served; without one they
     # stay with the camera model, whose image checks answer them as outside its domain.

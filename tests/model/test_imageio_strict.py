@@ -71,10 +71,15 @@ def test_damaged_compressed_data_is_refused_only_when_strict() -> None:
         decode_image(damaged, target_shorter=256, strict_jpeg=True)
 
 
-def test_cmyk_is_decoded_by_pillow_and_says_it_was_not_checked() -> None:
+def test_cmyk_is_decoded_by_pillow_and_its_data_still_checked() -> None:
     plain, strict = both(images.jpeg_cmyk(), 256)
-    assert not strict.strict
+    assert strict.strict  # Pillow's pixels, the compressed data checked on its own
     assert_same(plain, strict)
+    cmyk = images.encode(images.noise_image(640, 480).convert("CMYK"), "JPEG", quality=90)
+    damaged = images.zeroed_middle(cmyk)
+    decode_image(damaged, target_shorter=256)
+    with pytest.raises(CorruptImageError, match="damaged"):
+        decode_image(damaged, target_shorter=256, strict_jpeg=True)
 
 
 def test_truncated_jpeg_is_refused_either_way() -> None:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.decode import MAX_JPEG_SCANS, check_decoding_cost, check_jpeg_integrity
+from model.imageio import check_jpeg_data
+from service.decode import MAX_JPEG_SCANS, check_decoding_cost
 from tests import hostile
 from tests.factories import RED, make_tiny_bundle, solid_image_bytes
 from tests.images import zeroed_middle
@@ -128,8 +129,8 @@ def test_jpeg_with_zeroed_middle_is_refused_as_corrupt_and_not_stored(
     clean = photo_jpeg((640, 480))
     damaged = zeroed_middle(clean)
     with pytest.raises(ValueError, match="damaged"):
-        check_jpeg_integrity(damaged)
-    check_jpeg_integrity(clean)  # the check itself passes intact photos
+        check_jpeg_data(damaged)
+    check_jpeg_data(clean)  # the check itself passes intact photos
 
     response = post(api, damaged, api.keys["officer"])
     body = assert_problem(response, 422, "corrupt-image")
@@ -148,10 +149,10 @@ def test_jpeg_with_zeroed_middle_is_refused_as_corrupt_and_not_stored(
 
 
 def test_progressive_and_cmyk_jpegs_still_pass_the_integrity_check() -> None:
-    check_jpeg_integrity(photo_jpeg(progressive=True))
+    check_jpeg_data(photo_jpeg(progressive=True))
     cmyk = io.BytesIO()
     Image.new("CMYK", (64, 48), (10, 200, 30, 5)).save(cmyk, "JPEG")
-    check_jpeg_integrity(cmyk.getvalue())
+    check_jpeg_data(cmyk.getvalue())
 
 
 # ---- expensive structure: refused before decoding -----------------------------------------------
