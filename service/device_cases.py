@@ -1,8 +1,9 @@
 """Cases made on the officer's phone without network, synced later (docs/web.md, "Offline use").
 
-The page uploads the photo as an ordinary identification, plus the answer the phone gave
-(``device_answer``: a JSON form field). The service identifies the photo itself as always and
-stores both: its own answer is the identification; the phone's goes under ``device`` with
+The page uploads the photo as an ordinary identification (several photos of one item as a
+multi-view one), plus the answer the phone gave (``device_answer``: a JSON form field, with the
+number of photos the phone fused in ``views``). The service identifies the photos itself as
+always and stores both: its own answer is the identification; the phone's goes under ``device`` with
 whether the two agree. ``case_id`` (a UUID the phone made) makes the upload idempotent: a retry
 after a lost response returns the case already stored instead of a second one.
 """
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from model.fusion import MAX_VIEWS
 from service.keys import Principal
 from service.problems import ProblemError
 from service.tables import Identification
@@ -65,6 +67,8 @@ class DeviceAnswer(BaseModel):
     top_k: list[DeviceCandidate] = Field(max_length=20)
     ood_score: float | None = None
     inference_ms: float | None = Field(default=None, ge=0.0)
+    views: int = Field(default=1, ge=1, le=MAX_VIEWS)
+    """How many photos of the item the phone fused into its answer (1: one photo)."""
 
 
 def parse_device_answer(text: str | None) -> DeviceAnswer | None:
@@ -99,6 +103,20 @@ def parse_device_answer(text: str | None) -> DeviceAnswer | None:
     return answer.model_copy(update={"made_at": made_at})
 
 
+def check_device_views(answer: DeviceAnswer | None, photos: int) -> None:
+    """A 422 problem when the phone's answer was made from another number of photos than the
+    upload carries: the two answers would not be about the same thing."""
+    if answer is None or answer.views == photos:
+        return
+    raise ProblemError(
+        422,
+        "invalid-device-answer",
+        f"device_answer was made from {answer.views} photo(s), but the upload carries {photos}: "
+        "send every photo of the case, as one multi-view identification when there are several.",
+        title="Invalid device answer",
+    )
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error.get("loc", ()))
@@ -127,6 +145,7 @@ def device_record(answer: DeviceAnswer, server_result: dict[str, Any]) -> dict[s
         "top_k": [c.model_dump() for c in answer.top_k],
         "ood_score": answer.ood_score,
         "inference_ms": answer.inference_ms,
+        "views": answer.views,
         "same_model_as_service": answer.model_version == server_result["model_version"],
         "agrees_with_service": agrees,
     }

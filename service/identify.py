@@ -343,6 +343,8 @@ class IdentificationPipeline:
                 )
             ]
             result["fusion"] = fusion.to_dict()
+            if options.device is not None:
+                result["device"] = device_record(options.device, result)
             await self._save(result, writes, principal, created_at)
             committed = True
         finally:

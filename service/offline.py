@@ -25,6 +25,7 @@ import numpy as np
 
 from model.bundle import Precision
 from model.decision import DECISION_RULES, ROLLUP_LIMIT, ROLLUP_RANKS
+from model.fusion import DEFAULT_OOD_FUSION, MAX_VIEWS
 from model.ood import KnnOodModel, OodModel
 from model.predictor import Predictor
 from model.taxonomy import Appendix, AppendixResolution, Taxonomy
@@ -32,8 +33,9 @@ from service.guidance import GuidanceBook
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_FORMAT = 1
-"""Bumped when the package's shape changes; the page refuses a format it does not know."""
+PACKAGE_FORMAT = 2
+"""Bumped when the package's shape changes; the page refuses a format it does not know, and
+stores the package again when the format differs from the one it kept (2: ``fusion``)."""
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 RUNTIME_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
@@ -224,6 +226,8 @@ def build_offline_package(
         "decision_rules": list(DECISION_RULES),
         "rollup": {"ranks": list(ROLLUP_RANKS), "limit": ROLLUP_LIMIT, "lineages": lineages},
         "ood": ood,
+        # several photos of one item (model/fusion.py, as POST /v1/identifications:views)
+        "fusion": {"probabilities": "mean", "ood": DEFAULT_OOD_FUSION, "max_views": MAX_VIEWS},
         "taxa": {taxon_id: _taxon_entry(taxonomy, taxon_id) for taxon_id in sorted(taxon_ids)},
         "countries": sorted(taxonomy.countries),
         "guidance": guidance.to_dict(),

@@ -27,7 +27,12 @@ from service.deps import (
     Reader,
     SessionDep,
 )
-from service.device_cases import find_synced, parse_device_answer
+from service.device_cases import (
+    DeviceAnswer,
+    check_device_views,
+    find_synced,
+    parse_device_answer,
+)
 from service.guidance import negotiate_language
 from service.identify import IdentificationPipeline, IdentifyOptions
 from service.keys import Principal
@@ -158,24 +163,39 @@ async def identify_one(
             title="More than one image",
         )
     device = parse_device_answer(device_answer)
+    check_device_views(device, 1)
     if device is not None:
-        with context.sessions() as session:
-            synced = find_synced(session, principal, device)
-            row = session.get(Identification, synced) if synced else None
-            if row is not None:
-                response.headers["Location"] = f"/v1/identifications/{row.id}"
-                stored = render_identification(
-                    row.result,
-                    language,
-                    context.guidance,
-                    latest_feedback(session, [row.id]).get(row.id),
-                    taxonomy=context.taxonomy,
-                )
-                return json_answer(stored, response, 200)
+        already = _synced_case(device, principal, context, response, language)
+        if already is not None:
+            return already
         options = replace(options, device=device)
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     return created(result, response, context, language)
+
+
+def _synced_case(
+    device: DeviceAnswer,
+    principal: Principal,
+    context: AppContext,
+    response: Response,
+    language: str,
+) -> JSONResponse | None:
+    """The stored answer (200) of a case from the phone that was already synced, else None."""
+    with context.sessions() as session:
+        synced = find_synced(session, principal, device)
+        row = session.get(Identification, synced) if synced else None
+        if row is None:
+            return None
+        response.headers["Location"] = f"/v1/identifications/{row.id}"
+        stored = render_identification(
+            row.result,
+            language,
+            context.guidance,
+            latest_feedback(session, [row.id]).get(row.id),
+            taxonomy=context.taxonomy,
+        )
+        return json_answer(stored, response, 200)
 
 
 @router.post(
@@ -239,6 +259,7 @@ async def identify_batch(
     summary="Identify one object from several photos (multi-view)",
     response_model=None,
     responses={
+        200: {"description": "the stored answer of a case already synced from the phone"},
         201: {"description": "one fused identification", "content": {"application/json": {}}},
         413: {"description": "too large, or more than 6 photos"},
         422: {"description": "an unusable photo (named), or photos of different modalities"},
@@ -255,11 +276,24 @@ async def identify_views(
         list[UploadFile],
         File(description="1 to 6 photos of the same object (front, back, close-ups), in order"),
     ],
+    device_answer: Annotated[
+        str | None,
+        Form(description="a case made offline: the phone's fused answer as JSON (docs/web.md)"),
+    ] = None,
 ) -> JSONResponse:
     """One answer for one object photographed several times: each photo is stored and answered
-    on its own (``views``), and the answer fuses them (``fusion``; docs/api.md)."""
+    on its own (``views``), and the answer fuses them (``fusion``; docs/api.md). With
+    ``device_answer`` (a multi-view case made on the phone offline) both answers are stored,
+    and a repeated upload of the same case returns the stored one (200)."""
     if len(images) > MAX_VIEWS:  # refuse before reading a byte of any photo
         raise too_many_views(len(images), MAX_VIEWS)
+    device = parse_device_answer(device_answer)
+    check_device_views(device, len(images))
+    if device is not None:
+        already = _synced_case(device, principal, context, response, language)
+        if already is not None:
+            return already
+        options = replace(options, device=device)
     spooled = [spool_upload(upload, context.settings.max_upload_bytes) for upload in images]
     result = await pipeline.identify_views(spooled, options, principal)
     return created(result, response, context, language)

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from model.bundle import load_bundle
+from model.fusion import DEFAULT_OOD_FUSION, MAX_VIEWS
 from model.ood import KNN_METHOD, KnnOodModel
 from model.predictor import Predictor
 from model.taxonomy import default_taxonomy
@@ -74,6 +75,12 @@ def test_offline_package_carries_the_bundle_and_taxonomy_data(api: Api) -> None:
             assert table["resolutions"][index]["appendix"] == expected, (taxon_id, code)
             assert table["resolutions"][index]["explanation"] == resolution.explanation
     assert package["model"]["outputs"]["ood_features"] == "features"
+    # several photos on the phone are fused as the service fuses them (model/fusion.py)
+    assert package["fusion"] == {
+        "probabilities": "mean",
+        "ood": DEFAULT_OOD_FUSION,
+        "max_views": MAX_VIEWS,
+    }
     assert package["runtime"]["files"] == list(RUNTIME_FILES)
     assert package["runtime"]["available"] == web_runtime().available
 
@@ -216,6 +223,57 @@ def test_a_case_made_offline_is_stored_with_both_answers_once(api: Api) -> None:
     other = _device_answer(api, decision={**answer["decision"], "kind": "lookalike"})
     disagreeing = api.identify(RED, device_answer=json.dumps(other)).json()
     assert disagreeing["device"]["agrees_with_service"] is False
+
+
+def _post_views(api: Api, bodies: list[bytes], device_answer: str) -> Any:
+    return api.client.post(
+        "/v1/identifications:views",
+        headers=api.h("officer"),
+        files=[("images", (f"view{i}.png", b, "image/png")) for i, b in enumerate(bodies)],
+        data={"device_answer": device_answer},
+    )
+
+
+def test_a_multi_view_case_made_offline_is_stored_with_both_answers_once(api: Api) -> None:
+    """Several photos of one item fused on the phone: synced as one multi-view identification,
+    stored once with the phone's answer (``views`` photos), a retry returns it."""
+    bodies = [solid_image_bytes(RED, size=(320, 240)), solid_image_bytes(RED, size=(300, 260))]
+    answer = _device_answer(api, views=2)
+    first = _post_views(api, bodies, json.dumps(answer))
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert len(body["views"]) == 2
+    assert body["device"]["case_id"] == answer["case_id"]
+    assert body["device"]["views"] == 2
+    assert body["device"]["agrees_with_service"] is (body["decision"]["kind"] == "uncertain")
+    again = _post_views(api, bodies, json.dumps(answer))  # a retry after a lost reply
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == body["id"]
+    stored = api.client.get(f"/v1/identifications/{body['id']}", headers=api.h("officer")).json()
+    assert stored["device"]["views"] == 2 and len(stored["views"]) == 2
+
+
+def test_a_device_answer_for_another_number_of_photos_is_refused(api: Api) -> None:
+    """The phone's answer must be about the photos sent: 3 fused photos are not 1 or 2."""
+
+    def stored() -> int:
+        listed = api.client.get(
+            "/v1/identifications", params={"limit": 100}, headers=api.h("officer")
+        ).json()["items"]
+        assert len(listed) < 100
+        return len(listed)
+
+    before = stored()
+    three = json.dumps(_device_answer(api, views=3))
+    problem = assert_problem(api.identify(RED, device_answer=three), 422, "invalid-device-answer")
+    assert "3 photo(s)" in problem["detail"]
+    bodies = [solid_image_bytes(RED, size=(320, 240)), solid_image_bytes(RED, size=(300, 260))]
+    assert_problem(_post_views(api, bodies, three), 422, "invalid-device-answer")
+    one = json.dumps(_device_answer(api))
+    assert_problem(_post_views(api, bodies, one), 422, "invalid-device-answer")
+    seven = json.dumps(_device_answer(api, views=7))
+    assert_problem(_post_views(api, bodies, seven), 422, "invalid-device-answer")
+    assert stored() == before  # nothing stored
 
 
 @pytest.mark.parametrize(

@@ -334,6 +334,77 @@ def test_golden_decisions_match_the_python_predictor(
         assert "outside_training_domain" in kinds
 
 
+_FUSE_JS = """
+async ({ groups, language }) => {
+  const { fusedIdentification } = await import("/static/js/offline/decide.js");
+  const pkg = await (await fetch("/v1/models/active/offline-package", {
+    headers: { Authorization: "Bearer " + sessionStorage.getItem("citesVision.apiKey") },
+  })).json();
+  return groups.map((g) => fusedIdentification(pkg,
+    g.views.map((v) => ({ logits: v.logits, features: Float32Array.from(v.features) })),
+    { origin: g.origin, language }));
+}
+"""
+
+
+def test_golden_fusions_match_the_python_predictor(
+    browser_context: BrowserContext, service: ServiceHandle, officer_key: str, bundle: Path
+) -> None:
+    """Several photos of one item fused on the phone (``fusedIdentification``) give the answer
+    the service's ``Predictor.fuse`` gives for the same network outputs: mean probabilities,
+    the package's OOD fusion, the same decision; each photo's own answer too."""
+    predictor = Predictor(bundle, threads=1)
+    cases = [c for c in _golden_cases(predictor) if c["origin"] in (None, "KE")]
+    rng = np.random.default_rng(5)
+    groups = []
+    for _ in range(150):
+        origin = [None, "KE"][int(rng.integers(2))]
+        pool = [c for c in cases if c["origin"] == origin]
+        chosen = rng.choice(len(pool), size=int(rng.integers(2, 7)), replace=False)
+        groups.append({"origin": origin, "views": [pool[int(i)] for i in chosen]})
+    page = browser_context.new_page()
+    _sign_in(page, service, officer_key)
+    got = page.evaluate(_FUSE_JS, {"groups": groups, "language": "en"})
+    kinds: set[str] = set()
+    for number, (group, browser) in enumerate(zip(groups, got, strict=True)):
+        views = group["views"]
+        predictions = predictor.predict_outputs(
+            np.asarray([v["logits"] for v in views]),
+            np.asarray([v["features"] for v in views]),
+            countries=[group["origin"]] * len(views),
+            ood_features=np.asarray([v["features"] for v in views]),
+        )
+        fused, fusion = predictor.fuse(predictions, origin_country=group["origin"])
+        d = fused.decision
+        b = browser["decision"]
+        where = f"group {number} ({len(views)} views, origin {group['origin']})"
+        assert (b["kind"], b["rule"], b["label"]) == (d.kind, d.rule, d.label_id), where
+        assert (b["taxon"] or {}).get("id") == d.taxon_id, where
+        assert b["appendix"] == d.appendix, where
+        assert b["probability"] == pytest.approx(d.probability, abs=2e-6), where
+        assert b["explanation"] == d.reason, where
+        assert [c["label"] for c in browser["top_k"]] == [s.label.id for s in fused.top], where
+        expected_fusion = fusion.to_dict()
+        if fused.ood_score is not None:
+            assert browser["ood_score"] == pytest.approx(fused.ood_score, rel=1e-3, abs=1e-3)
+            assert browser["fusion"]["ood_score"] == pytest.approx(
+                expected_fusion["ood_score"], rel=1e-3, abs=1e-3
+            )
+        for key in ("method", "ood", "views_used", "views_excluded"):
+            assert browser["fusion"][key] == expected_fusion[key], where
+        for position, (view, prediction) in enumerate(
+            zip(browser["views"], predictions, strict=True)
+        ):
+            assert view["position"] == position and view["used"] is True, where
+            assert view["decision"]["kind"] == prediction.decision.kind, where
+            assert view["top"]["label"] == prediction.top[0].label.id, where
+        kinds.add(d.kind)
+    logger.info("golden fusions: %d, kinds %s", len(groups), sorted(kinds))
+    assert {"taxon", "uncertain"} <= kinds
+    if predictor.bundle.ood is not None:
+        assert "outside_training_domain" in kinds
+
+
 def _photo(bundle: Path, request: pytest.FixtureRequest) -> tuple[str, bytes]:
     """A real ivory photo when ../shared/data is here, else a plain red JPEG."""
     try:
@@ -416,7 +487,37 @@ def test_offline_identification_and_sync(
             stored["decision"]["probability"], abs=0.05
         )
 
-    # 5. Online, but the upload and its retry fail on the network: the page offers to identify
+    # 5. Two photos of one item without network: fused on the phone as the service fuses them,
+    #    kept as one case with both photos, synced as one multi-view identification.
+    mirrored = tmp_path / f"mirrored-{name}"
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, quality=92)
+    browser_context.set_offline(True)
+    page.set_input_files("#file", str(photo))
+    page.set_input_files("#add-photo", str(mirrored))
+    page.click("#identify-btn")
+    expect(page.locator("#device-note")).to_be_visible(timeout=120_000)
+    expect(page.locator("#views-answer")).to_be_visible()
+    expect(page.locator("#views li")).to_have_count(2)
+    expect(page.locator("#pending-list")).to_contain_text("2 photos")
+    page.locator("#views li button").nth(1).click()  # the second photo, from the phone itself
+    assert page.evaluate("document.getElementById('photo').src").startswith("blob:")
+    _shoot(page, "36-offline-two-photos", top="#result")
+    browser_context.set_offline(False)
+    page.evaluate("window.dispatchEvent(new Event('online'))")
+    expect(page.locator("#pending-status")).to_contain_text("Sent: 1", timeout=60_000)
+    expect(page.locator("#pending-count")).to_contain_text("Nothing is waiting")
+    with service.client(officer_key) as client:
+        items = client.get("/v1/identifications", params={"mine": "true"}).json()["items"]
+        fused = [i for i in items if (i.get("device") or {}).get("views") == 2]
+        assert len(fused) == 1, items
+        stored = client.get(f"/v1/identifications/{fused[0]['id']}").json()
+        assert len(stored["views"]) == 2 and stored["fusion"]["views_used"] == [0, 1]
+        assert stored["device"]["agrees_with_service"] is True, stored
+        assert stored["device"]["decision"]["probability"] == pytest.approx(
+            stored["decision"]["probability"], abs=0.05
+        )
+
+    # 6. Online, but the upload and its retry fail on the network: the page offers to identify
     #    on the phone instead, and does.
     def down(route: Route) -> None:
         if route.request.method == "POST":
@@ -434,7 +535,7 @@ def test_offline_identification_and_sync(
     expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
     page.unroute("**/v1/identifications")
 
-    # 6. A newly activated model is taken at the next online start, and the next offline answer
+    # 7. A newly activated model is taken at the next online start, and the next offline answer
     #    names it.
     admin = service.make_key_direct("admin", "Admin")
     with service.client(admin) as client:

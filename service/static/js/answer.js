@@ -140,7 +140,9 @@ function renderViews(ident) {
     open.type = "button";
     open.className = "small";
     open.textContent = t("viewNumber", { n: view.position + 1 });
-    open.addEventListener("click", () => loadPhoto(ident, view.image && view.image.url));
+    open.addEventListener("click", () => (view.blob // an answer made on the phone: its own photo
+      ? setPhoto(URL.createObjectURL(view.blob))
+      : loadPhoto(ident, view.image && view.image.url)));
     const said = document.createElement("span");
     const kind = (view.decision && view.decision.kind) || "uncertain";
     const words = [t("decision_" + kind)];

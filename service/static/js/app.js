@@ -294,7 +294,6 @@ async function identify(event, { onDevice = false } = {}) {
   $("identify-here").hidden = true;
   try {
     const onPhone = (onDevice || !navigator.onLine) && canIdentifyOffline(modality);
-    if (onPhone && several) throw new UserError("viewsNeedNetwork");
     setProgress("preparing", null, null);
     for (let i = 0; i < state.files.length; i += 1) {
       if (!state.prepared[i]) state.prepared[i] = await preparePhoto(state.files[i], modality);
@@ -302,7 +301,7 @@ async function identify(event, { onDevice = false } = {}) {
     const fields = { modality, origin_country: origin, case_ref: $("caseref").value.trim() };
     const photos = state.prepared.slice(0, state.files.length);
     const ident = onPhone
-      ? await identifyHere(photos[0], fields)
+      ? await identifyHere(photos, fields)
       : await uploadWithRetry(several ? photos : photos[0], fields);
     $("upload").hidden = true; // before scrolling to the answer, so that it does not move
     const located = Boolean(ident.location && ident.location.image_url);
@@ -316,7 +315,7 @@ async function identify(event, { onDevice = false } = {}) {
       $("retry").hidden = false;
       // The network failed twice: the phone can answer by itself while it stays down.
       $("identify-here").hidden = !(
-        err instanceof NetworkError && !several && canIdentifyOffline(modality)
+        err instanceof NetworkError && canIdentifyOffline(modality)
       );
       $("retry").focus();
     }
@@ -326,10 +325,11 @@ async function identify(event, { onDevice = false } = {}) {
   }
 }
 
-/** Identify one prepared photo on the phone (no network) and keep the case to sync later. */
-async function identifyHere(photo, fields) {
+/** Identify the item from its prepared photos on the phone (no network) and keep the case to
+    sync later. */
+async function identifyHere(photos, fields) {
   setProgress("identifyingOnDevice", null, null);
-  return identifyOffline(photo, fields);
+  return identifyOffline(photos, fields);
 }
 
 /** Show an identification: the answer and the feedback form for it. An answer made on the

@@ -94,13 +94,22 @@ function deviceAnswer(record) {
     top_k: ident.top_k.map((c) => ({ label: c.label, probability: c.probability })),
     ood_score: ident.ood_score,
     inference_ms: ident.inference_ms,
+    views: casePhotos(record).length,
   });
 }
 
-/** Identify ``prepared`` on the phone, keep the case with its photo, and return the answer. */
-export async function identifyOffline(prepared, fields) {
+/** The photos of a case, in the order taken (a case kept by an older page has one, under
+    ``photo``). */
+function casePhotos(record) {
+  if (Array.isArray(record.photos)) return record.photos;
+  return [{ blob: record.photo, name: record.photo_name }];
+}
+
+/** Identify an item on the phone from its prepared photos (one, or several of the same item,
+    fused as the service fuses them), keep the case with its photos, and return the answer. */
+export async function identifyOffline(photos, fields) {
   const pkg = state.offline;
-  const ident = await identifyOnDevice(pkg, prepared.blob, {
+  const ident = await identifyOnDevice(pkg, photos.map((p) => p.blob), {
     origin: fields.origin_country || null,
     language: state.lang,
   });
@@ -109,8 +118,7 @@ export async function identifyOffline(prepared, fields) {
     key_id: state.me ? state.me.key_id : null,
     officer: state.me ? state.me.name : "",
     made_at: new Date().toISOString(),
-    photo: prepared.blob,
-    photo_name: prepared.name,
+    photos: photos.map((p) => ({ blob: p.blob, name: p.name })),
     modality: fields.modality,
     origin_country: fields.origin_country || null,
     case_ref: fields.case_ref || null,
@@ -119,6 +127,7 @@ export async function identifyOffline(prepared, fields) {
     error: null,
   };
   await saveCase(record);
+  for (const view of ident.views || []) view.blob = photos[view.position].blob; // to look at it
   Object.assign(ident, {
     id: "device:" + record.case_id,
     made_on_device: true,
@@ -147,6 +156,8 @@ export async function renderPending() {
     li.dataset.caseId = record.case_id;
     const d = record.answer.decision;
     const parts = [formatTime(record.made_at), t("decision_" + d.kind), t("model", { version: record.answer.model_version })];
+    const photoCount = casePhotos(record).length;
+    if (photoCount > 1) parts.push(t("pendingPhotos", { count: photoCount }));
     if (record.case_ref) parts.push(t("caseLabel", { ref: record.case_ref }));
     li.textContent = parts.join(" · ");
     if (record.status === "failed") {
@@ -186,7 +197,7 @@ export async function syncPending() {
         device_answer: deviceAnswer(record),
       };
       try {
-        await postIdentification({ blob: record.photo, name: record.photo_name }, fields, () => {});
+        await postIdentification(casePhotos(record), fields, () => {});
       } catch (err) {
         if (err instanceof ApiError && err.status >= 400 && err.status < 500
           && ![401, 403, 408, 409, 429].includes(err.status)) {

@@ -122,11 +122,22 @@ const OOD_METHODS = {
   },
 };
 
-/** Whether this page can interpret ``pkg``: every rule and the OOD method must be known. */
+/* model/fusion.py fused_ood_score: how the photos' out-of-domain scores become the item's. */
+const OOD_FUSIONS = {
+  max: (scores) => Math.max(...scores),
+  mean: (scores) => scores.reduce((a, b) => a + b, 0) / scores.length,
+};
+
+/** Whether this page can interpret ``pkg``: every rule, the OOD method and the fusion of
+    several photos must be known. */
 export function unsupportedParts(pkg) {
   const missing = (pkg.decision_rules || []).filter((rule) => !(rule in RULES));
   if (pkg.ood && !(pkg.ood.method in OOD_METHODS)) missing.push("ood:" + pkg.ood.method);
-  if (pkg.format !== 1) missing.push("format:" + pkg.format);
+  if (pkg.format !== 2) missing.push("format:" + pkg.format);
+  const fusion = pkg.fusion || {};
+  if (fusion.probabilities !== "mean" || !(fusion.ood in OOD_FUSIONS)) {
+    missing.push("fusion:" + fusion.probabilities + "/" + fusion.ood);
+  }
   return missing;
 }
 
@@ -314,12 +325,67 @@ const round6 = (x) => Math.round(x * 1e6) / 1e6;
     identification (service/render.py), so that the page shows both the same way. ``features``:
     the network output the OOD model scores (``model.outputs.ood_features``). */
 export function identification(pkg, logits, features, { origin = null, topK = 5, language = "en" } = {}) {
-  const probs = softmax(logits, pkg.temperature);
-  const score = features ? oodScore(pkg, features) : null;
-  const d = decide(pkg, probs, origin, score);
-  const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, topK);
+  const { probs, score } = viewOutputs(pkg, logits, features);
+  return shaped(pkg, probs, score, decide(pkg, probs, origin, score), { origin, topK, language });
+}
+
+/** One answer for several photos of one item (``outputs``: one {logits, features} per photo,
+    in the order taken), as POST /v1/identifications:views gives it (model/fusion.py): the mean
+    of the photos' calibrated probabilities, their out-of-domain scores fused by the package's
+    rule (``fusion.ood``: the largest, so that a look-alike answer needs every photo inside the
+    domain), one decision with the same rules. The phone has no image checks, so every photo
+    takes part. Adds ``views`` (each photo's own answer) and ``fusion``, as the service does. */
+export function fusedIdentification(pkg, outputs, { origin = null, topK = 5, language = "en" } = {}) {
+  if (!outputs.length || outputs.length > pkg.fusion.max_views) {
+    throw new Error(`1 to ${pkg.fusion.max_views} photos can be fused, got ${outputs.length}`);
+  }
+  const views = outputs.map(({ logits, features }) => viewOutputs(pkg, logits, features));
+  // summed in order, then divided: numpy's mean over the views, to the bit (ties decide alike)
+  const mean = new Array(pkg.labels.length).fill(0);
+  for (const { probs } of views) for (let i = 0; i < mean.length; i++) mean[i] += probs[i];
+  for (let i = 0; i < mean.length; i++) mean[i] /= views.length;
+  const scores = views.map((v) => v.score);
+  const score = scores.some((s) => s === null) ? null : OOD_FUSIONS[pkg.fusion.ood](scores);
+  const ident = shaped(pkg, mean, score, decide(pkg, mean, origin, score), { origin, topK, language });
+  ident.views = views.map(({ probs, score: viewScore }, position) => {
+    const d = decide(pkg, probs, origin, viewScore);
+    const best = topLabels(probs, 1)[0];
+    const label = pkg.labels[best[1]];
+    return {
+      position,
+      image: null,
+      used: true,
+      decision: { kind: d.kind, rule: d.rule, label: d.label_id, probability: round6(d.probability) },
+      top: { label: label.id, label_name: label.name, kind: label.kind, probability: round6(best[0]) },
+      ood_score: roundScore(viewScore),
+    };
+  });
+  ident.fusion = {
+    method: "mean of calibrated probabilities",
+    ood: pkg.fusion.ood,
+    views_used: views.map((_v, position) => position),
+    views_excluded: {},
+    ood_score: roundScore(score),
+  };
+  return ident;
+}
+
+/** Calibrated probabilities and out-of-domain score of one photo's network outputs. */
+function viewOutputs(pkg, logits, features) {
+  return { probs: softmax(logits, pkg.temperature), score: features ? oodScore(pkg, features) : null };
+}
+
+const roundScore = (score) => (score === null ? null : Math.round(score * 1e4) / 1e4);
+
+/** [probability, label index] of the ``topK`` most probable labels (ties in label order). */
+function topLabels(probs, topK) {
+  return Array.from(probs, (p, i) => [p, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, topK);
+}
+
+/** An identification shaped like service/render.py's from probabilities, score and decision. */
+function shaped(pkg, probs, score, d, { origin, topK, language }) {
   const labelsById = Object.fromEntries(pkg.labels.map((l) => [l.id, l]));
-  const top = order.map(([p, i], position) => {
+  const top = topLabels(probs, topK).map(([p, i], position) => {
     const label = pkg.labels[i];
     const listed = label.kind === "cites" && label.taxon_id
       ? appendixFor(pkg, label.taxon_id, origin).appendix : null;
@@ -339,7 +405,7 @@ export function identification(pkg, logits, features, { origin = null, topK = 5,
     modality: pkg.modality,
     origin_country: origin,
     top_k: top,
-    ood_score: score === null ? null : Math.round(score * 1e4) / 1e4,
+    ood_score: roundScore(score),
     decision: {
       kind: d.kind,
       rule: d.rule,

@@ -1,7 +1,7 @@
 /* Identifying on the phone: ONNX Runtime Web (WASM) served by the service itself, the active
    model's offline package and model file kept in Cache Storage, and one function from a photo to
    an answer. Nothing is fetched from anywhere but the service. */
-import { identification, unsupportedParts } from "./decide.js";
+import { fusedIdentification, identification, unsupportedParts } from "./decide.js";
 import { preprocessBlob } from "./preprocess.js";
 
 export const CACHE_NAME = "cites-offline-model";
@@ -13,14 +13,17 @@ let session = null;
 let sessionVersion = null;
 let packageInMemory = null;
 
-/** The package kept on the phone, or null. */
+/** The package kept on the phone, or null (also for a package this page cannot interpret,
+    e.g. one kept by an older page: it is stored again at the next online start). */
 export async function cachedPackage() {
   if (packageInMemory) return packageInMemory;
   if (!("caches" in window)) return null;
   const cache = await caches.open(CACHE_NAME);
   const response = await cache.match(PACKAGE_KEY);
   if (!response) return null;
-  packageInMemory = await response.json();
+  const pkg = await response.json();
+  if (unsupportedParts(pkg).length) return null;
+  packageInMemory = pkg;
   return packageInMemory;
 }
 
@@ -50,7 +53,8 @@ export async function refreshPackage(fetchJson, fetchBytes) {
   if (!pkg.offline_capable) return { pkg: null, updated: false, reason: "modality" };
   if (unsupportedParts(pkg).length) return { pkg: null, updated: false, reason: "unsupported" };
   const current = await cachedPackage();
-  if (current && current.version === pkg.version && current.model.sha256 === pkg.model.sha256) {
+  if (current && current.version === pkg.version && current.model.sha256 === pkg.model.sha256
+    && current.format === pkg.format) {
     return { pkg: current, updated: false, reason: null };
   }
   const bytes = await fetchBytes(pkg.model.url);
@@ -106,13 +110,19 @@ export async function runModel(pkg, input) {
   };
 }
 
-/** Identify a photo on the phone: the same preprocessing, model and decision data as the
-    service. Resolves with an identification shaped like the API's, plus ``device`` details. */
-export async function identifyOnDevice(pkg, blob, { origin = null, language = "en" } = {}) {
+/** Identify an item on the phone from one photo or several photos of it (``blobs``, in the
+    order taken): the same preprocessing, model, decision data and fusion as the service.
+    Resolves with an identification shaped like the API's, plus ``device`` details. */
+export async function identifyOnDevice(pkg, blobs, { origin = null, language = "en" } = {}) {
   const started = performance.now();
-  const { input } = await preprocessBlob(blob, pkg.preprocess);
-  const { logits, features } = await runModel(pkg, input);
-  const ident = identification(pkg, logits, features, { origin, language });
+  const outputs = [];
+  for (const blob of blobs) {
+    const { input } = await preprocessBlob(blob, pkg.preprocess);
+    outputs.push(await runModel(pkg, input));
+  }
+  const ident = outputs.length === 1
+    ? identification(pkg, outputs[0].logits, outputs[0].features, { origin, language })
+    : fusedIdentification(pkg, outputs, { origin, language });
   ident.inference_ms = Math.round(performance.now() - started);
   ident.runtime = `onnxruntime-web ${ortModule.env.versions ? ortModule.env.versions.web || "" : ""} wasm ${pkg.model.precision}`.replace(/\s+/g, " ");
   return ident;
