@@ -6,7 +6,10 @@ photographed object stay together) or from a CSV manifest with the header
 ``path,label,modality,source,case_id`` (relative paths are relative to the CSV file).
 
 A label map ties dataset class names to model labels and taxa; the split is deterministic and
-grouped by ``case_id`` so that one case never sits on two sides.
+grouped by ``case_id`` so that one case never sits on two sides. In a folder tree, photos a
+phone camera named by date and time (``20170923_163057.jpg``) taken within
+:data:`BURST_GAP` of each other are one case (:func:`camera_bursts`): shots of one shelf or
+board seconds apart are near copies, and one on each side of the split would measure memory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -94,6 +98,44 @@ def normalised_stem(name: str) -> str:
     return "-".join(kept) or stem
 
 
+CAMERA_FILE_NAME = re.compile(r"^(?:IMG_|PXL_)?((?:19|20)\d{6})_(\d{6})")
+"""How phone cameras name photos: date_time (Samsung and most Android phones; Pixel's ``PXL_``,
+some ``IMG_``)."""
+
+BURST_GAP = timedelta(minutes=2)
+"""Camera-named photos of one dataset taken at most this long after the previous one are one
+case (the timber set's store photos: one shelf is shot 3 to 9 times within a minute, and the
+next shelf a minute or more later)."""
+
+
+def camera_time(name: str) -> datetime | None:
+    """When a photo named by a phone camera (``20170923_163057.jpg``) was taken; None for other
+    names (or an impossible date)."""
+    match = CAMERA_FILE_NAME.match(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+
+
+def camera_bursts(paths: Iterable[Path], gap: timedelta = BURST_GAP) -> dict[Path, str]:
+    """A case id for each camera-named photo of ``paths``: photos taken within ``gap`` of the
+    previous one (in time order, whatever their class folder) share ``burst-<first stamp>``.
+    Other photos are not in the result."""
+    timed = sorted((when, str(path), path) for path in paths if (when := camera_time(path.name)))
+    cases: dict[Path, str] = {}
+    case = ""
+    previous: datetime | None = None
+    for when, _name, path in timed:
+        if previous is None or when - previous > gap:
+            case = "burst-" + when.strftime("%Y%m%d_%H%M%S")
+        cases[path] = case
+        previous = when
+    return cases
+
+
 def _is_image(path: Path) -> bool:
     return (
         path.is_file() and not path.name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES)
@@ -108,18 +150,22 @@ def load_folder(root: Path, *, modality: str = "camera") -> list[Sample]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    samples = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(p for p in class_dir.rglob("*") if _is_image(p)):
-            samples.append(
-                Sample(
-                    path=path,
-                    label=class_dir.name,
-                    modality=modality,
-                    source=root.name,
-                    case_id=normalised_stem(path.name),
-                )
-            )
+    found = [
+        (class_dir.name, path)
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(p for p in class_dir.rglob("*") if _is_image(p))
+    ]
+    bursts = camera_bursts(path for _label, path in found)
+    samples = [
+        Sample(
+            path=path,
+            label=label,
+            modality=modality,
+            source=root.name,
+            case_id=bursts.get(path) or normalised_stem(path.name),
+        )
+        for label, path in found
+    ]
     if not samples:
         raise DataError(f"{root}: no images found in <class>/<image> sub-folders")
     return samples

@@ -34,6 +34,33 @@ def test_normalised_stem_groups_variants_of_one_board() -> None:
     assert d.normalised_stem("abies-balsamea2-300x600.jpg") == "abies-balsamea"
 
 
+def test_camera_bursts_keep_shots_of_one_shelf_together(tmp_path: Path) -> None:
+    """Store photos seconds apart (one shelf) are one case, across class folders; a shot more
+    than two minutes after the previous one starts a new case; other names keep their stem."""
+    shots = {
+        "rockler_cherry": ["20170923_162941.jpg", "20170923_163001.jpg"],
+        "rockler_bubinga": ["20170923_163057.jpg", "20170923_163130.jpg"],
+        "rockler_poplar": ["20170923_163551.jpg", "20170923_163601.jpg"],
+        "red_oak": ["20170920_202750(1).jpg", "20170920_202756.jpg"],
+        "walnut": ["bastogne-walnut-200x200.jpg", "bastogne-walnut-ez-200x200.jpg"],
+    }
+    for label, names in shots.items():
+        for name in names:
+            _image(tmp_path / "wood" / label / name, (90, 60, 30))
+    cases = {s.path.name: s.case_id for s in d.load_folder(tmp_path / "wood")}
+    assert cases["20170923_162941.jpg"] == cases["20170923_163130.jpg"] == "burst-20170923_162941"
+    assert cases["20170923_163551.jpg"] == cases["20170923_163601.jpg"] == "burst-20170923_163551"
+    assert cases["20170920_202750(1).jpg"] == cases["20170920_202756.jpg"]
+    assert cases["bastogne-walnut-200x200.jpg"] == "bastogne-walnut"
+    assert len(set(cases.values())) == 4
+    split = d.split_samples(d.load_folder(tmp_path / "wood"))
+    sides = {s.case_id: side for side, members in split.items() for s in members}
+    for side, members in split.items():  # never one shot of a burst on each side
+        assert all(sides[s.case_id] == side for s in members)
+    assert d.camera_time("20170230_101010.jpg") is None  # no 30 February
+    assert d.camera_time("PXL_20231105_101010123.jpg") is not None
+
+
 def _samples(n_groups: int, per_group: int, label: str, source: str = "s") -> list[d.Sample]:
     return [
         d.Sample(Path(f"/x/{label}/{g}-{i}.jpg"), label, source=source, case_id=f"{label}{g}")
