@@ -356,6 +356,7 @@ def register_evaluate(subparsers: Subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.evaluation import evaluate_samples
+    from training.open_set import by_capture
     from training.seen_images import overlap, read_seen_images
 
     bundle = _load(args.bundle)
@@ -366,6 +367,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise CommandError(str(exc)) from exc
     report: dict[str, Any] = {"bundle": bundle.version, **result.report}
+    report["by_capture"] = by_capture(samples, result)
     unseen_report: dict[str, Any] | None = None
     if seen is None:
         report["seen_by_bundle"] = None
@@ -391,6 +393,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             )
             if any(found.unseen_mask):
                 unseen_report = result.subset_report(found.unseen_mask)
+                unseen_report["by_capture"] = by_capture(samples, result, found.unseen_mask)
             report["unseen"] = unseen_report
     if args.out:
         result.write(args.out, "evaluation")
@@ -398,12 +401,33 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(_summary_line(f"{bundle.version}: all", report))
+        sys.stdout.write(_capture_lines(report["by_capture"]))
         if "unseen" in report:
             if unseen_report is None:
                 sys.stdout.write(f"{bundle.version}: unseen: none of these images is unseen\n")
             else:
                 sys.stdout.write(_summary_line(f"{bundle.version}: unseen", unseen_report))
+                sys.stdout.write(_capture_lines(unseen_report["by_capture"]))
     return 0
+
+
+def _capture_lines(captures: Mapping[str, Any]) -> str:
+    """One line per capture kind (training.open_set.by_capture): accuracy and shares."""
+    lines = []
+    for capture, figures in captures.items():
+        accuracy = figures["accuracy"]
+        lo, hi = accuracy["ci95"]
+        line = (
+            f"  {capture} photos: {figures['images']}, accuracy {accuracy['rate']:.3f} "
+            f"(95% {lo:.3f}-{hi:.3f}), sent to an expert {figures['flagged']['rate']:.3f}"
+        )
+        if figures["all_clear_on_cites"] is not None:
+            line += (
+                f", all-clear on {figures['cites_images']} CITES photos "
+                f"{figures['all_clear_on_cites']['rate']:.3f}"
+            )
+        lines.append(line + "\n")
+    return "".join(lines)
 
 
 def _summary_line(title: str, report: Mapping[str, Any]) -> str:

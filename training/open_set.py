@@ -13,6 +13,9 @@ Three things an officer's safety depends on, measured on images the model was ne
 - **Open-set figures** (:func:`open_set_figures`): share of unknown products flagged, share of
   known products flagged, and the all-clear rate (share of unknown products answered
   ``lookalike``, i.e. "not CITES material"), each with a 95% Wilson interval.
+- **By capture** (:func:`by_capture`): the same known-product figures for photos a phone's
+  camera named (``20170923_163057.jpg``: the timber set's store photos) and for the others
+  (catalogue, museum and stock photos), so that a model good on catalogue shots only shows it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from model.bundle import Bundle
 from model.labels import Label
 from model.taxonomy import Taxonomy
-from training.data import DataError, LabelMap, Sample
+from training.data import DataError, LabelMap, Sample, camera_time
 from training.evaluation import EvalResult
 from training.metrics import wilson_interval
 from training.photo_ops import lay_on
@@ -318,6 +321,45 @@ def _breakdown(
     }
 
 
+CAPTURES = ("phone", "catalogue")
+
+
+def capture_of(path: Path) -> str:
+    """``phone`` for a photo named as a phone camera names it (:func:`training.data.camera_time`:
+    the timber set's photos of lumber in stores), else ``catalogue`` (wood-database and stock
+    shots, the museum's studio photos)."""
+    return "phone" if camera_time(path.name) else "catalogue"
+
+
+def by_capture(
+    samples: Sequence[Sample], result: EvalResult, mask: Sequence[bool] | None = None
+) -> dict[str, Any]:
+    """Per capture kind (:func:`capture_of`) of the known product photos ``samples`` (those
+    where ``mask`` is true): accuracy, the share sent to an expert (``flagged``) and the share
+    of CITES photos given an all-clear, each with its 95% Wilson interval; kinds without photos
+    are left out."""
+    keep = [True] * len(samples) if mask is None else list(mask)
+    predicted = result.probs.argmax(axis=1)
+    out: dict[str, Any] = {}
+    for capture in CAPTURES:
+        idx = [
+            i for i, sample in enumerate(samples) if keep[i] and capture_of(sample.path) == capture
+        ]
+        if not idx:
+            continue
+        cites = [i for i in idx if result.labels[int(result.y_true[i])].kind == "cites"]
+        out[capture] = {
+            "images": len(idx),
+            "accuracy": share(bool(predicted[i] == result.y_true[i]) for i in idx),
+            "flagged": share(result.decisions[i] in FLAGGED_KINDS for i in idx),
+            "cites_images": len(cites),
+            "all_clear_on_cites": share(result.decisions[i] == "lookalike" for i in cites)
+            if cites
+            else None,
+        }
+    return out
+
+
 def evaluate_open_set(
     bundle: Bundle,
     known: dict[str, tuple[list[Sample], EvalResult]],
@@ -365,6 +407,7 @@ def evaluate_open_set(
             result.labels,
             taxonomy,
         )
+        entry["by_capture"] = by_capture(samples, result)
         part = near.get("val" if split == "validation" else "test", [])
         if part:
             unknown = predict_paths(bundle, [s.path for s in part], desc=f"near-domain {split}")

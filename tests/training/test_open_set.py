@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.labels import Label
 from training.calibrate import choose_all_clear_thresholds
 from training.data import DataError, Sample
+from training.evaluation import EvalResult
 from training.metrics import wilson_interval
 from training.open_set import (
+    by_capture,
+    capture_of,
     near_domain_names,
     near_domain_samples,
     open_set_figures,
@@ -89,6 +93,51 @@ def test_open_set_figures_count_flags_and_all_clears() -> None:
     assert figures["known_flagged"]["rate"] == 0.25
     low, high = figures["unknown_flagged"]["ci95"]
     assert low < 0.5 < high
+
+
+@pytest.mark.parametrize(
+    ("name", "capture"),
+    [
+        ("20170923_163057.jpg", "phone"),
+        ("20170920_202750(1).jpg", "phone"),
+        ("IMG_20240101_120000.jpg", "phone"),
+        ("PXL_20231105_101010123.jpg", "phone"),
+        ("dalbergia-baronii-250x167.jpg", "catalogue"),
+        ("ivory_10074.jpg", "catalogue"),
+        ("60304.jpg", "catalogue"),
+        ("12345678.jpg", "catalogue"),
+    ],
+)
+def test_capture_of_tells_phone_camera_names(name: str, capture: str) -> None:
+    assert capture_of(Path("/data/wood") / name) == capture
+
+
+def test_by_capture_splits_accuracy_flags_and_all_clears() -> None:
+    labels = (
+        Label(0, "rosewood", "Rosewood", "dalbergia", "cites"),
+        Label(1, "other-timber", "Other timber", "timber-non-listed", "lookalike"),
+    )
+    names = ["20170923_163057.jpg", "20170923_163102.jpg", "a-250x167.jpg", "b-250x167.jpg"]
+    samples = [Sample(Path(n), "x") for n in names]
+    y_true = np.array([1, 0, 0, 1])
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.9, 0.1], [0.6, 0.4]])
+    result = EvalResult(
+        labels,
+        y_true,
+        probs,
+        probs,
+        {},
+        decisions=["lookalike", "lookalike", "taxon", "uncertain"],
+    )
+    figures = by_capture(samples, result)
+    phone, catalogue = figures["phone"], figures["catalogue"]
+    assert (phone["images"], catalogue["images"]) == (2, 2)
+    assert phone["accuracy"]["rate"] == 0.5 and catalogue["accuracy"]["rate"] == 0.5
+    assert phone["flagged"]["rate"] == 0.0 and catalogue["flagged"]["rate"] == 0.5
+    assert phone["cites_images"] == 1 and phone["all_clear_on_cites"]["rate"] == 1.0
+    assert catalogue["all_clear_on_cites"]["rate"] == 0.0
+    only_catalogue = by_capture(samples, result, [False, False, True, True])
+    assert list(only_catalogue) == ["catalogue"]
 
 
 def test_wilson_interval() -> None:

@@ -453,6 +453,10 @@ def test_the_bundle_records_its_images_and_evaluate_reports_the_overlap(
     assert counts["train"] + counts["val"] + counts["test"] == 48 and counts["unseen"] == 0
     assert counts["train"] > 0 and counts["test"] > 0
     assert report["unseen"]["images"] == counts["test"]
+    # figures per capture kind (training.open_set.by_capture): these file names are not a
+    # phone camera's, so every image counts as a catalogue photo
+    assert report["by_capture"]["catalogue"]["images"] == 48
+    assert report["unseen"]["by_capture"]["catalogue"]["images"] == counts["test"]
     assert any("trained" in r.getMessage() and "tuned" in r.getMessage() for r in caplog.records)
 
 
@@ -468,6 +472,7 @@ def test_evaluate_on_new_images_reports_no_overlap(
     assert code == 0
     out = capsys.readouterr().out
     assert ": all: 9 images" in out and "unseen" not in out
+    assert "  catalogue photos: 9, accuracy" in out and "phone photos" not in out
     assert not [r for r in caplog.records if "were trained" in r.getMessage()]
 
 

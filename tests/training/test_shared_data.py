@@ -48,6 +48,27 @@ def test_evaluate_default_bundle_on_met_ivory(
     assert report["per_class"]["ivory"]["support"] == 30
 
 
+def test_evaluate_reports_the_timber_sets_two_captures(
+    default_bundle: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The timber set mixes phone photos of lumber in stores (camera file names) with catalogue
+    shots: evaluate gives the figures of each (docs/model-card.md, "The timber set's two
+    sources")."""
+    code = main(
+        [
+            "evaluate",
+            "--bundle",
+            str(default_bundle),
+            "--data",
+            str(shared_data / "wood-trade-groups"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "  phone photos: 47, accuracy" in out
+    assert "  catalogue photos: 128, accuracy" in out
+
+
 def test_default_manifest_states_data_figures_and_limits(default_bundle: Path) -> None:
     bundle = load_bundle(default_bundle)
     manifest = bundle.manifest
