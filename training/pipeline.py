@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from model.bundle import Bundle, load_bundle, write_bundle
 from model.decision import Thresholds
+from model.digest import sha256_file
 from model.labels import Label
 from model.ood import AnyOodModel, fit_knn, fit_ood
 from model.predictor import softmax
@@ -69,7 +70,7 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
-from training.seen_images import SEEN_IMAGES_FILE, write_seen_images
+from training.seen_images import SEEN_IMAGES_FILE, read_seen_images, write_seen_images
 from training.train import choose_head, fine_tune, set_head
 
 if TYPE_CHECKING:
@@ -569,6 +570,24 @@ def _frozen_copy(model: Any, num_classes: int) -> Any:
     return frozen.eval()
 
 
+def _check_split_unseen(base: Bundle, held_out: Sequence[Path]) -> None:
+    """Refuse to reuse ``base`` when this split's validation or test images were its training
+    images (its ``seen-images.tsv``): the split was made another way than the one it was
+    trained on (another grouping or seed), and calibrating or measuring on them would measure
+    memory."""
+    seen = read_seen_images(base)
+    if seen is None:
+        logger.warning("%s has no %s: cannot check its split", base.path, SEEN_IMAGES_FILE)
+        return
+    trained_on = [path for path in held_out if seen.get(sha256_file(path)) == "train"]
+    if trained_on:
+        raise d.DataError(
+            f"{len(trained_on)} validation or test images of this split were training images of "
+            f"{base.path} (e.g. {trained_on[0]}): its split was made another way (another "
+            "grouping or seed). Train a new model instead of --from-bundle."
+        )
+
+
 def _reuse_bundle(
     config: TrainConfig,
     samples: list[d.Sample],
@@ -582,6 +601,7 @@ def _reuse_bundle(
     (for the Mahalanobis OOD model) the fine-tuned features."""
     base = load_bundle(Path(config.from_bundle or ""))
     _check_same_labels(base.labels, label_map.labels, config.from_bundle or "")
+    _check_split_unseen(base, [*arrays["val"].paths, *arrays["test"].paths])
     base_fp32 = base.model_path("fp32")
     preprocess = config.preprocess()
     val = arrays["val"]

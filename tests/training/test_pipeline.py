@@ -425,6 +425,36 @@ def test_from_bundle_refuses_other_labels(trained: dict[str, Path]) -> None:
     assert not (root / "weights" / "v1-other").exists()
 
 
+def test_from_bundle_refuses_a_split_made_another_way(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another seed (or grouping) splits the images another way: the bundle's training images
+    would be calibrated and measured on, so the refresh is refused, naming one."""
+    root = trained["root"]
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained["data"]),
+            "--label-map",
+            str(root / "map.tsv"),
+            "--out",
+            str(root / "weights"),
+            "--version",
+            "v1-reseeded",
+            "--seed",
+            "7",
+            "--from-bundle",
+            str(trained["bundle"]),
+            "--cache-dir",
+            str(root / "cache"),
+        ]
+    )
+    assert code != 0
+    assert "were training images of" in capsys.readouterr().err
+    assert not (root / "weights" / "v1-reseeded").exists()
+
+
 def test_the_bundle_records_its_images_and_evaluate_reports_the_overlap(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
