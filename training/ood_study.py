@@ -157,6 +157,7 @@ def _rate(flags: NDArray[np.bool_]) -> dict[str, Any]:
 
 def run(bundle_dir: Path, data_dir: Path, out: Path, cache: Path) -> dict[str, Any]:
     """Compute every score on every set; returns (and writes) the study."""
+    from model.bundle import load_bundle
     from model.ood import fit_ood
     from training.backbone import create_model
     from training.config import TrainConfig
@@ -169,7 +170,7 @@ def run(bundle_dir: Path, data_dir: Path, out: Path, cache: Path) -> dict[str, A
         data=(str(data_dir / "met-ivory"), str(data_dir / "wood-trade-groups")),
         label_map="training/label_maps/default.tsv",
     )
-    _, _, splits = prepare_data(config)
+    _, _, splits = prepare_data(config, load_bundle(bundle_dir))  # the bundle's own split
     imagenet = data_dir / "imagenet-sample"
     near = near_domain_samples(imagenet)
     all_unrelated = unrelated_samples(imagenet)

@@ -33,7 +33,6 @@ from numpy.typing import NDArray
 
 from model.bundle import Bundle, load_bundle, write_bundle
 from model.decision import Thresholds
-from model.digest import sha256_file
 from model.labels import Label
 from model.ood import AnyOodModel, fit_knn, fit_ood
 from model.predictor import softmax
@@ -70,7 +69,12 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
-from training.seen_images import SEEN_IMAGES_FILE, read_seen_images, write_seen_images
+from training.seen_images import (
+    SEEN_IMAGES_FILE,
+    read_seen_images,
+    recorded_split,
+    write_seen_images,
+)
 from training.train import choose_head, fine_tune, set_head
 
 if TYPE_CHECKING:
@@ -128,9 +132,12 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 
 def prepare_data(
-    config: TrainConfig,
+    config: TrainConfig, recorded: Bundle | None = None
 ) -> tuple[list[d.Sample], d.LabelMap, dict[str, list[d.Sample]]]:
-    """Load ``config.data`` and its label map and split it (grouped, deterministic).
+    """Load ``config.data`` and its label map and split it (grouped, deterministic), or, for
+    a ``recorded`` bundle with a digest file, as that bundle was split: a bundle that is
+    reused (``--from-bundle``) or studied is calibrated and measured on its own held-out
+    images, whatever grouping or seed today's code would use.
 
     Returns ``(all samples, label map, {"train", "val", "test": samples})``; raises
     :class:`training.data.DataError` when the split leaves no training or validation images.
@@ -141,9 +148,16 @@ def prepare_data(
     else:
         label_map = d.identity_label_map(samples)
         logger.warning("no --label-map: one label per dataset class, taxon id = class name")
-    splits = d.split_samples(
-        samples, d.SplitFractions(config.val_fraction, config.test_fraction), seed=config.seed
-    )
+    seen = read_seen_images(recorded) if recorded is not None else None
+    if seen is not None:
+        splits = recorded_split(samples, seen)
+        logger.info("the split of %s, as recorded in its %s", recorded, SEEN_IMAGES_FILE)
+    else:
+        if recorded is not None:
+            logger.warning("%s has no %s: splitting anew", recorded.path, SEEN_IMAGES_FILE)
+        splits = d.split_samples(
+            samples, d.SplitFractions(config.val_fraction, config.test_fraction), seed=config.seed
+        )
     for name, part in splits.items():
         logger.info("%s split: %d images, %d groups", name, len(part), len({s.group for s in part}))
     if not splits["train"] or not splits["val"]:
@@ -476,7 +490,8 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
     """Load and split the data, choose a head on frozen features (of the ImageNet backbone, or
     of ``config.init_from``'s), then fine-tune (``last`` or ``full``); the splits' features are
     refreshed through the fine-tuned network."""
-    samples, label_map, splits = prepare_data(config)
+    recorded = load_bundle(Path(config.from_bundle)) if config.from_bundle else None
+    samples, label_map, splits = prepare_data(config, recorded)
     d.check_taxa(label_map)
     num_classes = len(label_map.labels)
     model: Any = (
@@ -570,24 +585,6 @@ def _frozen_copy(model: Any, num_classes: int) -> Any:
     return frozen.eval()
 
 
-def _check_split_unseen(base: Bundle, held_out: Sequence[Path]) -> None:
-    """Refuse to reuse ``base`` when this split's validation or test images were its training
-    images (its ``seen-images.tsv``): the split was made another way than the one it was
-    trained on (another grouping or seed), and calibrating or measuring on them would measure
-    memory."""
-    seen = read_seen_images(base)
-    if seen is None:
-        logger.warning("%s has no %s: cannot check its split", base.path, SEEN_IMAGES_FILE)
-        return
-    trained_on = [path for path in held_out if seen.get(sha256_file(path)) == "train"]
-    if trained_on:
-        raise d.DataError(
-            f"{len(trained_on)} validation or test images of this split were training images of "
-            f"{base.path} (e.g. {trained_on[0]}): its split was made another way (another "
-            "grouping or seed). Train a new model instead of --from-bundle."
-        )
-
-
 def _reuse_bundle(
     config: TrainConfig,
     samples: list[d.Sample],
@@ -601,7 +598,6 @@ def _reuse_bundle(
     (for the Mahalanobis OOD model) the fine-tuned features."""
     base = load_bundle(Path(config.from_bundle or ""))
     _check_same_labels(base.labels, label_map.labels, config.from_bundle or "")
-    _check_split_unseen(base, [*arrays["val"].paths, *arrays["test"].paths])
     base_fp32 = base.model_path("fp32")
     preprocess = config.preprocess()
     val = arrays["val"]

@@ -41,6 +41,26 @@ def write_seen_images(path: Path, splits: Mapping[str, Sequence[Sample]]) -> Pat
     return Path(path)
 
 
+def recorded_split(samples: Sequence[Sample], seen: Mapping[str, str]) -> dict[str, list[Sample]]:
+    """``samples`` split as the bundle whose digest file is ``seen`` was split: each image on
+    its recorded side, whatever the grouping or seed of today's code. Raises
+    :class:`~training.data.DataError` naming an image the bundle was not built from."""
+    result: dict[str, list[Sample]] = {split: [] for split in _SPLITS}
+    absent: list[Sample] = []
+    for sample in samples:
+        split = seen.get(sha256_file(sample.path))
+        if split is None:
+            absent.append(sample)
+        else:
+            result[split].append(sample)
+    if absent:
+        raise DataError(
+            f"{len(absent)} images are not among the bundle's own (e.g. {absent[0].path}): "
+            "reusing a bundle keeps its split, so give it the data it was built from"
+        )
+    return result
+
+
 def read_seen_images(bundle: Bundle) -> dict[str, str] | None:
     """``{sha256: split}`` of the bundle's images, or None for a bundle trained before the
     file existed. Raises :class:`~training.data.DataError` for a malformed file."""

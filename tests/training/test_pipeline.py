@@ -19,8 +19,10 @@ pytest.importorskip("timm")
 
 from model.bundle import load_bundle
 from model.cli import main
+from model.digest import sha256_file
 from model.predictor import Predictor
 from tests.factories import TINY_LABELS, make_tiny_bundle
+from training import data as d
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
@@ -425,11 +427,11 @@ def test_from_bundle_refuses_other_labels(trained: dict[str, Path]) -> None:
     assert not (root / "weights" / "v1-other").exists()
 
 
-def test_from_bundle_refuses_a_split_made_another_way(
-    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Another seed (or grouping) splits the images another way: the bundle's training images
-    would be calibrated and measured on, so the refresh is refused, naming one."""
+def test_from_bundle_keeps_the_bundles_own_split(trained: dict[str, Path]) -> None:
+    """Another seed (or grouping) would split the images another way and calibrate and
+    measure on the bundle's training images: a reused bundle keeps its recorded split."""
+    from training.seen_images import read_seen_images
+
     root = trained["root"]
     code = main(
         [
@@ -448,11 +450,19 @@ def test_from_bundle_refuses_a_split_made_another_way(
             str(trained["bundle"]),
             "--cache-dir",
             str(root / "cache"),
+            "--no-int8",
         ]
     )
-    assert code != 0
-    assert "were training images of" in capsys.readouterr().err
-    assert not (root / "weights" / "v1-reseeded").exists()
+    assert code == 0
+    again = read_seen_images(load_bundle(root / "weights" / "v1-reseeded"))
+    assert again is not None
+    assert again == read_seen_images(load_bundle(trained["bundle"]))
+    reseeded = d.split_samples(d.load_folder(trained["data"]), seed=7)
+    first = read_seen_images(load_bundle(trained["bundle"]))
+    assert first is not None
+    assert any(  # seed 7 alone would have moved training images to validation or test
+        first[sha256_file(s.path)] == "train" for s in [*reseeded["val"], *reseeded["test"]]
+    )
 
 
 def test_the_bundle_records_its_images_and_evaluate_reports_the_overlap(
