@@ -501,7 +501,7 @@ def test_offline_identification_and_sync(
     expect(page.locator("#pending-list")).to_contain_text("2 photos")
     page.locator("#views li button").nth(1).click()  # the second photo, from the phone itself
     assert page.evaluate("document.getElementById('photo').src").startswith("blob:")
-    _shoot(page, "36-offline-two-photos", top="#result")
+    _shoot(page, "36-offline-two-photos", top="#views-answer")
     browser_context.set_offline(False)
     page.evaluate("window.dispatchEvent(new Event('online'))")
     expect(page.locator("#pending-status")).to_contain_text("Sent: 1", timeout=60_000)
