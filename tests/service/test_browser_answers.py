@@ -242,13 +242,18 @@ def test_several_photos_of_one_item_give_one_answer(
     expect(page.locator("#chosen")).to_contain_text("6 photos of one item ready")
     expect(page.locator("#views-picker")).to_be_hidden()
 
-    # The network fails twice: several photos cannot be answered on the phone, so the page
-    # offers "try again" and not "identify on this phone".
+    # The network fails twice: the page offers "try again" and, with the model on the phone,
+    # "identify on this phone", which fuses the six photos there (docs/web.md, "Offline use").
     page.route("**/v1/identifications:views", lambda route: route.abort("connectionreset"))
     page.click("#identify-btn")
     expect(page.locator("#retry")).to_be_visible()
-    expect(page.locator("#identify-here")).to_be_hidden()
     expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#identify-here")).to_be_visible()
+    page.click("#identify-here")
+    expect(page.locator("#device-note")).to_be_visible(timeout=60_000)
+    expect(page.locator("#views li")).to_have_count(6)
+    expect(page.locator("#views-summary")).to_have_text("One answer from 6 of 6 photos.")
+    expect(page.locator("#pending-list")).to_contain_text("6 photos")
 
 
 @pytest.mark.parametrize(
