@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import subprocess
 import tarfile
 import threading
@@ -26,6 +27,8 @@ from tests.service_helpers import (
     start_postgres,
 )
 from tests.tools import tool_missing
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("officer", "scanner", "trainer", "admin")
 
@@ -148,26 +151,39 @@ def _batch_metrics(service: ServiceHandle) -> tuple[float, float]:
 def test_concurrent_requests_are_micro_batched(service: ServiceHandle) -> None:
     """Twelve officers posting at once share ONNX calls. Connections are opened before the
     barrier and the photos take a few ms to decode, so the requests overlap in decoding; the
-    batcher then waits for the ones still decoding instead of running each alone."""
+    batcher then waits for the ones still decoding instead of running each alone.
+
+    Up to three bursts: on a machine the other pytest worker keeps busy, one burst's decodes
+    can end far enough apart that each runs alone (a CI run saw 12 calls once); a batcher
+    that never batches fails all three."""
     key = service.make_key_direct("officer")
-    calls_before, images_before = _batch_metrics(service)
-    barrier = threading.Barrier(12)
     photo = solid_image_bytes(RED, size=(1600, 1200))
 
-    def one(_: int) -> int:
-        with service.client(key) as client:
-            assert client.get("/v1/me").status_code == 200  # connected before the start
-            barrier.wait()
-            return client.post(
-                "/v1/identifications", files={"image": ("photo.png", photo, "image/png")}
-            ).status_code
+    def burst() -> float:
+        calls_before, images_before = _batch_metrics(service)
+        barrier = threading.Barrier(12)
 
-    with ThreadPoolExecutor(12) as pool:
-        assert list(pool.map(one, range(12))) == [201] * 12
-    calls_after, images_after = _batch_metrics(service)
-    calls = calls_after - calls_before
-    assert images_after - images_before == 12
-    assert calls < 12, f"{calls} ONNX calls for 12 concurrent requests: no batching"
+        def one(_: int) -> int:
+            with service.client(key) as client:
+                assert client.get("/v1/me").status_code == 200  # connected before the start
+                barrier.wait()
+                return client.post(
+                    "/v1/identifications", files={"image": ("photo.png", photo, "image/png")}
+                ).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            assert list(pool.map(one, range(12))) == [201] * 12
+        calls_after, images_after = _batch_metrics(service)
+        assert images_after - images_before == 12
+        return calls_after - calls_before
+
+    seen = []
+    for _attempt in range(3):
+        seen.append(burst())
+        if seen[-1] < 12:
+            break
+    logger.info("ONNX calls per burst of 12 concurrent requests: %s", seen)
+    assert seen[-1] < 12, f"{seen} ONNX calls for bursts of 12 concurrent requests: no batching"
 
 
 def test_images_of_one_batch_request_share_onnx_calls(service: ServiceHandle) -> None:
