@@ -21,35 +21,15 @@ training/label_maps/default.tsv --out /tmp/holdout`` writes them and prints the 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.data import DataError, Sample, load_folder, read_label_map
+from training.data import DataError, load_folder, read_label_map, write_manifest
 from training.open_set import capture_of
 
 logger = logging.getLogger(__name__)
-
-
-def write_manifest(path: Path, samples: Sequence[Sample]) -> Path:
-    """A CSV manifest (``path,label,modality,source,case_id``) of ``samples``, absolute paths;
-    ``source`` and ``case_id`` are kept, so that the split groups as it does on the folder."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "modality", "source", "case_id"])
-        for sample in samples:
-            writer.writerow(
-                [
-                    sample.path.resolve(),
-                    sample.label,
-                    sample.modality,
-                    sample.source,
-                    sample.case_id,
-                ]
-            )
-    return path
 
 
 def write_holdout(data: Path, label_map: Path, out: Path) -> dict[str, Path]:
@@ -74,10 +54,10 @@ def write_holdout(data: Path, label_map: Path, out: Path) -> dict[str, Path]:
         encoding="utf-8",
     )
     return {
-        "catalogue": write_manifest(out / "catalogue.csv", catalogue),
-        "phone": write_manifest(out / "phone.csv", [s for s in phone if s.label not in untaught]),
+        "catalogue": write_manifest(catalogue, out / "catalogue.csv"),
+        "phone": write_manifest([s for s in phone if s.label not in untaught], out / "phone.csv"),
         "phone-untaught": write_manifest(
-            out / "phone-untaught.csv", [s for s in phone if s.label in untaught]
+            [s for s in phone if s.label in untaught], out / "phone-untaught.csv"
         ),
         "labels": labels,
     }

@@ -83,7 +83,7 @@ def normalised_stem(name: str) -> str:
     """
     stem = Path(name).stem.lower() if Path(name).suffix.lower() in IMAGE_SUFFIXES else name.lower()
     stem = _COPY.sub("", _SIZE.sub("", stem))
-    if re.fullmatch(r"[\d_]+", stem):  # camera file names (timestamps): one photo each
+    if re.fullmatch(r"[\d_]+", stem):  # camera file names (load_folder groups their bursts)
         return stem
     tokens = [t for t in re.split(r"[-_ ]+", stem) if t]
     kept: list[str] = []
@@ -213,6 +213,18 @@ def load_manifest(path: Path) -> list[Sample]:
     if not samples:
         raise DataError(f"{path}: the manifest lists no images")
     return samples
+
+
+def write_manifest(samples: Sequence[Sample], path: Path) -> Path:
+    """A CSV manifest (absolute paths) that :func:`load_manifest` reads back: the same
+    classes, modalities, sources and case ids, so that the split groups as before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for s in samples:
+            writer.writerow((str(s.path.resolve()), s.label, s.modality, s.source, s.case_id))
+    return path
 
 
 def load_dataset(spec: Path, *, modality: str = "camera") -> list[Sample]:

@@ -339,7 +339,7 @@ def by_capture(
     of CITES photos given an all-clear, each with its 95% Wilson interval; kinds without photos
     are left out."""
     keep = [True] * len(samples) if mask is None else list(mask)
-    predicted = result.probs.argmax(axis=1)
+    correct = result.correct
     out: dict[str, Any] = {}
     for capture in CAPTURES:
         idx = [
@@ -350,7 +350,7 @@ def by_capture(
         cites = [i for i in idx if result.labels[int(result.y_true[i])].kind == "cites"]
         out[capture] = {
             "images": len(idx),
-            "accuracy": share(bool(predicted[i] == result.y_true[i]) for i in idx),
+            "accuracy": share(bool(correct[i]) for i in idx),
             "flagged": share(result.decisions[i] in FLAGGED_KINDS for i in idx),
             "cites_images": len(cites),
             "all_clear_on_cites": share(result.decisions[i] == "lookalike" for i in cites)

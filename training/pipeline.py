@@ -69,12 +69,7 @@ from training.partial import (
     split_index,
     train_last_stage,
 )
-from training.seen_images import (
-    SEEN_IMAGES_FILE,
-    read_seen_images,
-    recorded_split,
-    write_seen_images,
-)
+from training.seen_images import SEEN_IMAGES_FILE, bundle_split, write_seen_images
 from training.train import choose_head, fine_tune, set_head
 
 if TYPE_CHECKING:
@@ -148,16 +143,12 @@ def prepare_data(
     else:
         label_map = d.identity_label_map(samples)
         logger.warning("no --label-map: one label per dataset class, taxon id = class name")
-    seen = read_seen_images(recorded) if recorded is not None else None
-    if seen is not None:
-        splits = recorded_split(samples, seen)
-        logger.info("the split of %s, as recorded in its %s", recorded, SEEN_IMAGES_FILE)
-    else:
-        if recorded is not None:
-            logger.warning("%s has no %s: splitting anew", recorded.path, SEEN_IMAGES_FILE)
-        splits = d.split_samples(
-            samples, d.SplitFractions(config.val_fraction, config.test_fraction), seed=config.seed
-        )
+    splits = bundle_split(
+        recorded,
+        samples,
+        d.SplitFractions(config.val_fraction, config.test_fraction),
+        config.seed,
+    )
     for name, part in splits.items():
         logger.info("%s split: %d images, %d groups", name, len(part), len({s.group for s in part}))
     if not splits["train"] or not splits["val"]:
@@ -531,9 +522,16 @@ def train_model(config: TrainConfig, work: Path, dist_info: DistInfo | None = No
             )
             for name, part in splits.items()
         }
-    if config.from_bundle:
+    if recorded is not None:
         return _reuse_bundle(
-            config, samples, label_map, arrays, weights, reference_model, reference_features
+            config,
+            recorded,
+            samples,
+            label_map,
+            arrays,
+            weights,
+            reference_model,
+            reference_features,
         )
     head = choose_head(
         train.features, train.targets, val.features, val.targets, num_classes, class_weights=weights
@@ -587,6 +585,7 @@ def _frozen_copy(model: Any, num_classes: int) -> Any:
 
 def _reuse_bundle(
     config: TrainConfig,
+    base: Bundle,
     samples: list[d.Sample],
     label_map: d.LabelMap,
     arrays: dict[str, SplitArrays],
@@ -594,9 +593,9 @@ def _reuse_bundle(
     reference_model: Any,
     reference_features: dict[str, NDArray[np.float32]],
 ) -> TrainedModel:
-    """``--from-bundle``: no training; the bundle's fp32 model gives the validation logits and
-    (for the Mahalanobis OOD model) the fine-tuned features."""
-    base = load_bundle(Path(config.from_bundle or ""))
+    """``--from-bundle`` (``base``, loaded once by the caller): no training; the bundle's fp32
+    model gives the validation logits and (for the Mahalanobis OOD model) the fine-tuned
+    features."""
     _check_same_labels(base.labels, label_map.labels, config.from_bundle or "")
     base_fp32 = base.model_path("fp32")
     preprocess = config.preprocess()

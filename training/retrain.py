@@ -35,6 +35,7 @@ from model.bundle import Bundle
 from model.labels import Label, LabelKind
 from training import data as d
 from training.config import TrainConfig
+from training.seen_images import bundle_split
 
 logger = logging.getLogger(__name__)
 
@@ -261,22 +262,15 @@ def resolve_base_data(bundle: Bundle, config: TrainConfig, given: Sequence[str])
 def base_splits(
     bundle: Bundle, config: TrainConfig, given: Sequence[str]
 ) -> dict[str, list[d.Sample]]:
-    """The base's train/val/test split, re-derived exactly from its data and split rule."""
+    """The base's train/val/test split: as recorded in its digest file, else re-derived from
+    its data and split rule (:func:`training.seen_images.bundle_split`)."""
     samples = d.load_datasets(resolve_base_data(bundle, config, given), modality=config.modality)
-    return d.split_samples(
-        samples, d.SplitFractions(config.val_fraction, config.test_fraction), seed=config.seed
+    return bundle_split(
+        bundle,
+        samples,
+        d.SplitFractions(config.val_fraction, config.test_fraction),
+        config.seed,
     )
-
-
-def write_manifest(samples: Sequence[d.Sample], path: Path) -> Path:
-    """A CSV manifest (absolute paths) that :func:`training.data.load_manifest` reads back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(d.MANIFEST_COLUMNS)
-        for s in samples:
-            writer.writerow((str(s.path.resolve()), s.label, s.modality, s.source, s.case_id))
-    return path
 
 
 def write_label_map(label_map: d.LabelMap, path: Path) -> Path:
@@ -349,7 +343,9 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
         len(replay),
         len(splits["test"]),
     )
-    manifest = write_manifest([*new_parts["train"], *new_parts["val"], *replay], work / "data.csv")
+    manifest = d.write_manifest(
+        [*new_parts["train"], *new_parts["val"], *replay], work / "data.csv"
+    )
     label_map_file = write_label_map(plan.label_map, work / "labels.tsv")
 
     values: dict[str, Any] = {key: getattr(recipe, key) for key in RECIPE_KEYS}

@@ -11,6 +11,7 @@ content hash finds the images whatever their path or file name.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from pathlib import Path
 
 from model.bundle import Bundle
 from model.digest import sha256_file
-from training.data import DataError, Sample, load_dataset
+from training.data import DataError, Sample, SplitFractions, load_dataset
+from training.data import split_samples as split_anew
+
+logger = logging.getLogger(__name__)
 
 SEEN_IMAGES_FILE = "seen-images.tsv"
 SEEN_SPLITS = ("train", "val")
@@ -46,19 +50,31 @@ def recorded_split(samples: Sequence[Sample], seen: Mapping[str, str]) -> dict[s
     its recorded side, whatever the grouping or seed of today's code. Raises
     :class:`~training.data.DataError` naming an image the bundle was not built from."""
     result: dict[str, list[Sample]] = {split: [] for split in _SPLITS}
-    absent: list[Sample] = []
-    for sample in samples:
-        split = seen.get(sha256_file(sample.path))
-        if split is None:
-            absent.append(sample)
-        else:
-            result[split].append(sample)
+    found = overlap(seen, [s.path for s in samples])
+    absent = [s for s, split in zip(samples, found.splits, strict=True) if split is None]
     if absent:
         raise DataError(
             f"{len(absent)} images are not among the bundle's own (e.g. {absent[0].path}): "
             "reusing a bundle keeps its split, so give it the data it was built from"
         )
+    for sample, split in zip(samples, found.splits, strict=True):
+        result[str(split)].append(sample)
     return result
+
+
+def bundle_split(
+    bundle: Bundle | None, samples: Sequence[Sample], fractions: SplitFractions, seed: int
+) -> dict[str, list[Sample]]:
+    """The split of ``samples`` for work on ``bundle`` (reusing, studying or retraining it): as
+    the bundle recorded it in its digest file (:func:`recorded_split`), else (no bundle, or one
+    trained before the file existed) split anew (:func:`training.data.split_samples`)."""
+    if bundle is not None:
+        seen = read_seen_images(bundle)
+        if seen is not None:
+            logger.info("the split of %s, as recorded in its %s", bundle.path, SEEN_IMAGES_FILE)
+            return recorded_split(samples, seen)
+        logger.warning("%s has no %s: splitting anew", bundle.path, SEEN_IMAGES_FILE)
+    return split_anew(samples, fractions, seed=seed)
 
 
 def read_seen_images(bundle: Bundle) -> dict[str, str] | None:

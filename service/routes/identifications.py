@@ -162,16 +162,35 @@ async def identify_one(
             "/v1/identifications:batch with 'images' parts.",
             title="More than one image",
         )
-    device = parse_device_answer(device_answer)
-    check_device_views(device, 1)
-    if device is not None:
-        already = _synced_case(device, principal, context, response, language)
-        if already is not None:
-            return already
-        options = replace(options, device=device)
+    options, already = _offline_case(
+        device_answer, 1, options, principal, context, response, language
+    )
+    if already is not None:
+        return already
     upload = spool_upload(image, context.settings.max_upload_bytes)
     result = await pipeline.identify(upload, options, principal)
     return created(result, response, context, language)
+
+
+def _offline_case(
+    device_answer: str | None,
+    photos: int,
+    options: IdentifyOptions,
+    principal: Principal,
+    context: AppContext,
+    response: Response,
+    language: str,
+) -> tuple[IdentifyOptions, JSONResponse | None]:
+    """A case made on the phone (``device_answer`` of ``photos`` photos), checked: the options
+    that store the phone's answer beside the service's, and the stored answer (200) when the
+    case was already synced (a retry), else None."""
+    device = parse_device_answer(device_answer)
+    check_device_views(device, photos)
+    if device is None:
+        return options, None
+    return replace(options, device=device), _synced_case(
+        device, principal, context, response, language
+    )
 
 
 def _synced_case(
@@ -287,13 +306,11 @@ async def identify_views(
     and a repeated upload of the same case returns the stored one (200)."""
     if len(images) > MAX_VIEWS:  # refuse before reading a byte of any photo
         raise too_many_views(len(images), MAX_VIEWS)
-    device = parse_device_answer(device_answer)
-    check_device_views(device, len(images))
-    if device is not None:
-        already = _synced_case(device, principal, context, response, language)
-        if already is not None:
-            return already
-        options = replace(options, device=device)
+    options, already = _offline_case(
+        device_answer, len(images), options, principal, context, response, language
+    )
+    if already is not None:
+        return already
     spooled = [spool_upload(upload, context.settings.max_upload_bytes) for upload in images]
     result = await pipeline.identify_views(spooled, options, principal)
     return created(result, response, context, language)
