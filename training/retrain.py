@@ -382,7 +382,8 @@ def retrain(base_path: Path, data: Sequence[Path], options: RetrainOptions) -> P
         "replayed_images": len(replay),
         "replay_rule": (
             f"class-balanced sample of at most {replay_limit} images of the base's "
-            "training split (re-derived from its config.json)"
+            "training split (as recorded in its seen-images.tsv, else re-derived from its "
+            "config.json)"
         ),
         "labels": plan.to_dict(),
     }
