@@ -447,6 +447,7 @@ def test_offline_identification_and_sync(
     expect(page.locator("#device-note")).to_be_visible(timeout=120_000)
     first_answer_s = time.perf_counter() - started
     expect(page.locator("#device-note")).to_contain_text(f"model {version}")
+    expect(page.locator("#error")).to_be_hidden()  # no network error above a phone's answer
     expect(page.locator("#pending-count")).to_contain_text("waiting to be sent: 1")
     expect(page.locator("#feedback")).to_be_hidden()
     shown_id = page.evaluate("document.getElementById('result').dataset.id")
@@ -497,6 +498,7 @@ def test_offline_identification_and_sync(
     page.click("#identify-btn")
     expect(page.locator("#device-note")).to_be_visible(timeout=120_000)
     expect(page.locator("#views-answer")).to_be_visible()
+    expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#views li")).to_have_count(2)
     expect(page.locator("#pending-list")).to_contain_text("2 photos")
     page.locator("#views li button").nth(1).click()  # the second photo, from the phone itself

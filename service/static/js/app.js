@@ -307,7 +307,9 @@ async function identify(event, { onDevice = false } = {}) {
     const located = Boolean(ident.location && ident.location.image_url);
     if (!located) setPhoto(URL.createObjectURL(photos[0].blob));
     show(ident, { keepPhoto: !located, focus: true });
-    loadRecent();
+    // An answer made on the phone is not on the service yet: nothing new to list, and asking
+    // without network would put a network error above the answer.
+    if (!ident.made_on_device) loadRecent();
   } catch (err) {
     clearAnswer();
     showError(err);
