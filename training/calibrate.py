@@ -12,12 +12,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from model.predictor import softmax
+from training.metrics import wilson_interval
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,125 @@ def fit_temperature(
     return temperature
 
 
+ThresholdRule = Literal["calibrated", "empirical"]
+"""How a decision threshold's precision on validation is estimated.
+
+``calibrated`` (the default since 2026-12-03): the mean temperature-scaled confidence of the
+accepted predictions (the precision a calibrated model expects), provided the 95% Wilson interval
+of their observed precision still reaches the target. ``empirical``: the observed precision
+alone, a step function of a few validation errors, which moved the chosen threshold far between
+models of the same accuracy (docs/model-card.md, "Decision thresholds").
+"""
+
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(float(x), 2) for x in np.arange(0.5, 1.0, 0.01))
+SPREAD_RESAMPLES = 1000
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """One decision threshold with what it achieved on validation."""
+    """One decision threshold with what it achieved on validation.
+
+    ``precision`` is the observed share of the accepted predictions that were right, with its
+    95% Wilson interval ``precision_ci95``; ``expected_precision`` is their mean calibrated
+    confidence; ``coverage`` is the share of this kind's predictions accepted. ``spread`` is how
+    far the same rule's threshold and coverage move on bootstrap resamples of these validation
+    images (:func:`threshold_spread`): what a second validation set of the same size could
+    give. ``empirical_threshold`` and ``empirical_spread`` are the same for the ``empirical``
+    rule, recorded beside the chosen rule for comparison.
+    """
 
     threshold: float
     precision: float
     coverage: float
     images: int
+    rule: str = "empirical"
+    expected_precision: float = 0.0
+    precision_ci95: tuple[float, float] = (0.0, 1.0)
+    spread: Spread | None = None
+    empirical_threshold: float = DEFAULT_THRESHOLD
+    empirical_spread: Spread | None = None
+
+
+def _meets_target(
+    confidence: NDArray[np.float64],
+    correct: NDArray[np.bool_],
+    threshold: float,
+    target_precision: float,
+    rule: ThresholdRule,
+) -> bool | None:
+    """Whether the predictions accepted at ``threshold`` reach the target under ``rule``;
+    ``None`` when the threshold accepts none."""
+    accepted = confidence >= threshold
+    count = int(accepted.sum())
+    if count == 0:
+        return None
+    hits = int(correct[accepted].sum())
+    if rule == "empirical":
+        return hits / count >= target_precision
+    if float(confidence[accepted].mean()) < target_precision:
+        return False
+    return wilson_interval(hits, count)[1] >= target_precision
+
+
+def _rule_threshold(
+    confidence: NDArray[np.float64],
+    correct: NDArray[np.bool_],
+    target_precision: float,
+    rule: ThresholdRule,
+    grid: Sequence[float],
+) -> float:
+    """The smallest grid threshold meeting the target under ``rule``; when none does, the one
+    with the highest observed precision (ties: the lower threshold); 0.5 when none accepts any."""
+    observed: list[tuple[float, float]] = []
+    for threshold in grid:
+        meets = _meets_target(confidence, correct, threshold, target_precision, rule)
+        if meets:
+            return float(threshold)
+        if meets is not None:
+            observed.append((float(correct[confidence >= threshold].mean()), -float(threshold)))
+    return -max(observed)[1] if observed else DEFAULT_THRESHOLD
+
+
+@dataclass(frozen=True)
+class Spread:
+    """5th and 95th percentiles over bootstrap resamples of the validation images: the threshold
+    a rule chooses, and the share of predictions it accepts (what officers feel: the rest are
+    referred as ``uncertain``)."""
+
+    threshold: tuple[float, float]
+    coverage: tuple[float, float]
+
+
+def threshold_spread(
+    confidence: NDArray[np.float64],
+    correct: NDArray[np.bool_],
+    *,
+    target_precision: float,
+    rule: ThresholdRule,
+    grid: Sequence[float] = THRESHOLD_GRID,
+    resamples: int = SPREAD_RESAMPLES,
+    seed: int = 0,
+) -> Spread:
+    """How far the threshold ``rule`` chooses, and its coverage, move over ``resamples``
+    bootstrap resamples of the images, each chosen as :func:`choose_threshold` would (the
+    temperature held fixed)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if confidence.size == 0:
+        return Spread((DEFAULT_THRESHOLD, DEFAULT_THRESHOLD), (0.0, 0.0))
+    rng = np.random.default_rng(seed)
+    thresholds = np.empty(resamples)
+    coverage = np.empty(resamples)
+    for i in range(resamples):
+        idx = rng.integers(0, confidence.size, confidence.size)
+        thresholds[i] = _rule_threshold(confidence[idx], correct[idx], target_precision, rule, grid)
+        coverage[i] = float(np.mean(confidence[idx] >= thresholds[i]))
+
+    def percentiles(values: NDArray[np.float64]) -> tuple[float, float]:
+        low, high = np.quantile(values, [0.05, 0.95])
+        return (round(float(low), 4), round(float(high), 4))
+
+    return Spread(percentiles(thresholds), percentiles(coverage))
 
 
 def choose_threshold(
@@ -86,34 +198,58 @@ def choose_threshold(
     correct: NDArray[np.bool_],
     *,
     target_precision: float = 0.95,
+    rule: ThresholdRule = "calibrated",
     grid: Sequence[float] | None = None,
+    spread: bool = False,
 ) -> ThresholdChoice:
-    """Smallest threshold whose accepted predictions reach ``target_precision``.
+    """Smallest threshold whose accepted predictions reach ``target_precision`` under ``rule``.
 
     ``confidence`` is the calibrated probability of the predicted class and ``correct`` whether
     that prediction was right, for the validation images predicted as one kind (taxon or
     look-alike). Predictions at or above the threshold are accepted; the rest become
     ``uncertain``. When no threshold on the grid reaches the target, the one with the highest
-    precision is returned (ties: the lower threshold); with no images, 0.5.
+    observed precision is returned (ties: the lower threshold); with no images, 0.5. With
+    ``spread`` the bootstrap spread of both rules is recorded (:func:`threshold_spread`).
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
     n = int(confidence.size)
     if n == 0:
-        return ThresholdChoice(DEFAULT_THRESHOLD, 0.0, 0.0, 0)
-    values = list(grid) if grid is not None else [round(x, 2) for x in np.arange(0.5, 1.0, 0.01)]
-    best: ThresholdChoice | None = None
-    for threshold in values:
-        accepted = confidence >= threshold
-        count = int(accepted.sum())
-        if count == 0:
-            continue
-        choice = ThresholdChoice(float(threshold), float(correct[accepted].mean()), count / n, n)
-        if choice.precision >= target_precision:
-            return choice
-        if best is None or choice.precision > best.precision:
-            best = choice
-    return best if best is not None else ThresholdChoice(DEFAULT_THRESHOLD, 0.0, 0.0, n)
+        return ThresholdChoice(DEFAULT_THRESHOLD, 0.0, 0.0, 0, rule=rule)
+    values = list(grid) if grid is not None else list(THRESHOLD_GRID)
+    found = _rule_threshold(confidence, correct, target_precision, rule, values)
+    accepted = confidence >= found
+    count = int(accepted.sum())
+    hits = int(correct[accepted].sum())
+    empirical = _rule_threshold(confidence, correct, target_precision, "empirical", values)
+    return ThresholdChoice(
+        threshold=float(found),
+        precision=hits / count if count else 0.0,
+        coverage=count / n,
+        images=n,
+        rule=rule,
+        expected_precision=float(confidence[accepted].mean()) if count else 0.0,
+        precision_ci95=wilson_interval(hits, count) if count else (0.0, 1.0),
+        spread=(
+            threshold_spread(
+                confidence, correct, target_precision=target_precision, rule=rule, grid=values
+            )
+            if spread
+            else None
+        ),
+        empirical_threshold=empirical,
+        empirical_spread=(
+            threshold_spread(
+                confidence,
+                correct,
+                target_precision=target_precision,
+                rule="empirical",
+                grid=values,
+            )
+            if spread
+            else None
+        ),
+    )
 
 
 def choose_thresholds(
@@ -122,23 +258,28 @@ def choose_thresholds(
     kinds: Sequence[str],
     *,
     target_precision: float = 0.95,
+    rule: ThresholdRule = "calibrated",
+    spread: bool = False,
 ) -> dict[str, ThresholdChoice]:
     """Thresholds for the roll-up: ``taxon`` (CITES labels) and ``lookalike`` labels.
 
     ``kinds[i]`` is the kind of label ``i`` (``cites``, ``lookalike``, ``not_wildlife``);
-    ``not_wildlife`` predictions share the look-alike threshold.
+    ``not_wildlife`` predictions share the look-alike threshold. ``rule`` and ``spread``: see
+    :func:`choose_threshold`.
     """
     predicted = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     correct = predicted == np.asarray(y_true)
     is_cites = np.array([kinds[int(p)] == "cites" for p in predicted], dtype=bool)
     return {
-        "taxon": choose_threshold(
-            confidence[is_cites], correct[is_cites], target_precision=target_precision
-        ),
-        "lookalike": choose_threshold(
-            confidence[~is_cites], correct[~is_cites], target_precision=target_precision
-        ),
+        name: choose_threshold(
+            confidence[rows],
+            correct[rows],
+            target_precision=target_precision,
+            rule=rule,
+            spread=spread,
+        )
+        for name, rows in (("taxon", is_cites), ("lookalike", ~is_cites))
     }
 
 

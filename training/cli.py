@@ -202,6 +202,13 @@ def register_train(subparsers: Subparsers) -> None:
         type=float,
         help="precision the decision thresholds aim for on validation (0.95)",
     )
+    p.add_argument(
+        "--threshold-rule",
+        choices=("calibrated", "empirical"),
+        help="how a threshold's validation precision is estimated: the mean calibrated "
+        "confidence of the accepted predictions, checked against their observed precision's "
+        "95%% interval (calibrated, default), or the observed precision alone (empirical)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument(
         "--nproc",

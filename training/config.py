@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 
 OOD_METHODS = ("knn-reference", "mahalanobis-finetuned")
+THRESHOLD_RULES = ("calibrated", "empirical")
 """``mahalanobis-finetuned`` (default): class-conditional Mahalanobis distance in a PCA space of
 the fine-tuned features (no extra cost; the offline page scores it in the browser);
 ``knn-reference``: k-nearest-neighbour cosine distance on the frozen ImageNet backbone's features
@@ -69,6 +70,7 @@ class TrainConfig:
     ood_bank_phone: float = 0.0
     max_all_clear: float = 0.05
     target_precision: float = 0.95
+    threshold_rule: str = "calibrated"
     threads: int | None = None
     overwrite: bool = False
     limitations: tuple[str, ...] = field(default_factory=tuple)
@@ -89,6 +91,11 @@ class TrainConfig:
         if self.ood_method not in OOD_METHODS:
             raise ConfigError(
                 f"--ood-method must be one of {', '.join(OOD_METHODS)}, got {self.ood_method!r}"
+            )
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ConfigError(
+                f"--threshold-rule must be one of {', '.join(THRESHOLD_RULES)}, "
+                f"got {self.threshold_rule!r}"
             )
         if self.ood_k < 1:
             raise ConfigError("--ood-k must be >= 1")

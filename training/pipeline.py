@@ -22,10 +22,10 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from training.backbone import (
 from training.calibrate import (
     AllClearChoice,
     ThresholdChoice,
+    ThresholdRule,
     choose_all_clear_thresholds,
     choose_ood_threshold,
     choose_thresholds,
@@ -168,7 +169,14 @@ def _calibrate(
     kinds = [label.kind for label in labels]
     temperature = fit_temperature(val_logits, targets)
     probs = softmax(val_logits, temperature, dtype=np.float64)
-    chosen = choose_thresholds(probs, targets, kinds, target_precision=config.target_precision)
+    chosen = choose_thresholds(
+        probs,
+        targets,
+        kinds,
+        target_precision=config.target_precision,
+        rule=cast(ThresholdRule, config.threshold_rule),
+        spread=True,
+    )
     base = chosen["lookalike"].threshold
     all_clear = choose_all_clear_thresholds(
         probs,
@@ -827,7 +835,7 @@ def evaluate_served(
     metrics["calibration"] = {
         "fitted_on": exported.calibrated_on,
         "temperature": exported.temperature,
-        "thresholds": {k: v.__dict__ for k, v in exported.chosen.items()},
+        "thresholds": {k: asdict(v) for k, v in exported.chosen.items()},
         "all_clear": {
             "max_all_clear": config.max_all_clear,
             "rule": (

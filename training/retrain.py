@@ -71,6 +71,7 @@ RECIPE_KEYS = (
     "ood_k",
     "ood_bank_phone",
     "target_precision",
+    "threshold_rule",
 )
 """Options of the base's ``config.json`` that a retrain inherits (its recipe)."""
 

@@ -330,6 +330,11 @@ def test_bundle_records_all_clear_thresholds_and_the_open_set(trained: dict[str,
     )
     metrics = bundle.manifest.metrics
     assert set(metrics["calibration"]["all_clear"]["labels"]) == {"ceramic"}
+    taxon = metrics["calibration"]["thresholds"]["taxon"]
+    assert taxon["rule"] == "calibrated"
+    assert taxon["threshold"] == bundle.manifest.thresholds.taxon
+    assert set(taxon["spread"]) == {"threshold", "coverage"}
+    assert 0.5 <= taxon["empirical_threshold"] < 1.0
     # the grey folder has no labels.tsv: no near-domain set, but every split's class breakdown
     classes = metrics["open_set"]["validation"]["classes"]
     assert set(classes["by_label"]) == {"ivory", "rosewood"}
