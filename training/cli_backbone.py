@@ -60,7 +60,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     check.add_argument("--data", type=Path, required=True, help="folder of <NNN_wnid_name>/*.jpg")
     check.add_argument("--limit", type=int, default=None, help="use N images, evenly spread")
-    check.add_argument("--batch-size", type=int, default=32)
+    check.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per forward pass (8: on a 2-core CPU PyTorch runs batches of 8 faster per "
+        "image than batches of 32)",
+    )
     check.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     check.add_argument(
         "--min-top1", type=float, default=None, help="exit 1 when top-1 is below this"
@@ -125,7 +131,7 @@ def _batches(
 
 
 def evaluate_folder(
-    examples: Sequence[tuple[Path, int]], *, batch_size: int = 32, backbone: str = "lite0"
+    examples: Sequence[tuple[Path, int]], *, batch_size: int = 8, backbone: str = "lite0"
 ) -> CheckResult:
     """Top-1/top-5 of the pretrained ImageNet head of ``backbone`` over ``examples``, with the
     backbone's own preprocessing."""
