@@ -84,6 +84,12 @@ models of the same accuracy (docs/model-card.md, "Decision thresholds").
 
 THRESHOLD_GRID: tuple[float, ...] = tuple(round(float(x), 2) for x in np.arange(0.5, 1.0, 0.01))
 SPREAD_RESAMPLES = 1000
+MIN_GUARDED_IMAGES = 20
+"""Fewer guarded validation images than this make a look-alike's all-clear share unmeasurable."""
+WEAK_EVIDENCE_FLOOR = 0.95
+"""The least threshold of a look-alike whose all-clears could not be measured: where the
+cross-validated timber curve stopped giving listed timber an all-clear (docs/model-card.md,
+"CITES timber by cross-validation")."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +305,8 @@ class AllClearChoice:
 
     ``guarded``: the CITES labels whose images this look-alike is most often mistaken for
     (each CITES label's images give it their highest mean look-alike probability);
+    ``rule_threshold`` and ``floor``: set when too few guarded images made the rule's choice
+    weak evidence and the threshold was raised to the floor;
     ``curve``: ``(threshold, share of guarded images answered this look-alike, share of the
     look-alike's own images no longer answered)`` on the validation grid.
     """
@@ -311,10 +319,12 @@ class AllClearChoice:
     all_clear: float
     own_unanswered: float
     curve: tuple[tuple[float, float, float], ...]
+    rule_threshold: float | None = None
+    floor: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form for the manifest."""
-        return {
+        result: dict[str, object] = {
             "label_id": self.label_id,
             "threshold": self.threshold,
             "guarded": list(self.guarded),
@@ -324,6 +334,12 @@ class AllClearChoice:
             "own_unanswered": round(self.own_unanswered, 4),
             "curve": [[round(v, 4) for v in point] for point in self.curve],
         }
+        if self.floor is not None:
+            result["weak_evidence"] = {
+                "floor": self.floor,
+                "rule_threshold": self.rule_threshold,
+            }
+        return result
 
 
 def all_clear_curve(
@@ -359,11 +375,17 @@ def choose_all_clear_thresholds(
     base: float,
     *,
     max_all_clear: float = 0.05,
+    min_guarded_images: int = MIN_GUARDED_IMAGES,
+    weak_evidence_floor: float = WEAK_EVIDENCE_FLOOR,
 ) -> dict[str, AllClearChoice]:
     """Each look-alike label's threshold: the smallest ``t >= base`` at which at most
     ``max_all_clear`` of the validation images of its guarded CITES labels are answered
     "not CITES" with it (1.0 when no threshold on the grid does). The asymmetry of the decision
     policy: a false all-clear on a listed timber costs more than "uncertain" on a common one.
+
+    With fewer than ``min_guarded_images`` guarded validation images that share cannot be
+    measured (one image is already more than 5% of 19), so the threshold is at least
+    ``weak_evidence_floor``: "not CITES" only with strong evidence.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     cites = [i for i, kind in enumerate(kinds) if kind == "cites"]
@@ -381,15 +403,23 @@ def choose_all_clear_thresholds(
         guarded = partner[label]
         curve = all_clear_curve(probs, y_true, label, guarded, grid)
         chosen = next((pt for pt in curve if pt[1] <= max_all_clear), curve[-1])
+        guarded_images = int(np.isin(y_true, guarded).sum())
+        rule_threshold: float | None = None
+        floor: float | None = None
+        if guarded and guarded_images < min_guarded_images and chosen[0] < weak_evidence_floor:
+            rule_threshold, floor = chosen[0], weak_evidence_floor
+            chosen = next(pt for pt in curve if pt[0] >= weak_evidence_floor)
         choices[label_ids[label]] = AllClearChoice(
             label_id=label_ids[label],
             threshold=chosen[0],
             guarded=tuple(label_ids[c] for c in guarded),
-            guarded_images=int(np.isin(y_true, guarded).sum()),
+            guarded_images=guarded_images,
             own_images=int((y_true == label).sum()),
             all_clear=chosen[1],
             own_unanswered=chosen[2],
             curve=tuple(curve),
+            rule_threshold=rule_threshold,
+            floor=floor,
         )
         logger.info(
             "look-alike %s: threshold %.3f (guards %s: all-clear %.3f, own unanswered %.3f)",

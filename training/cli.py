@@ -198,6 +198,17 @@ def register_train(subparsers: Subparsers) -> None:
         "(0.05); its threshold is raised until this holds",
     )
     p.add_argument(
+        "--all-clear-min-images",
+        type=int,
+        help="guarded CITES validation images a look-alike needs for --max-all-clear to be "
+        "measured (20); with fewer its threshold is at least --all-clear-floor",
+    )
+    p.add_argument(
+        "--all-clear-floor",
+        type=float,
+        help="least look-alike threshold when its all-clears cannot be measured (0.95)",
+    )
+    p.add_argument(
         "--target-precision",
         type=float,
         help="precision the decision thresholds aim for on validation (0.95)",

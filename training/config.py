@@ -69,6 +69,8 @@ class TrainConfig:
     ood_k: int = 10
     ood_bank_phone: float = 0.0
     max_all_clear: float = 0.05
+    all_clear_min_images: int = 20
+    all_clear_floor: float = 0.95
     target_precision: float = 0.95
     threshold_rule: str = "calibrated"
     threads: int | None = None
@@ -103,6 +105,10 @@ class TrainConfig:
             raise ConfigError("--ood-bank-phone must be a share in [0, 1]")
         if not 0.0 <= self.max_all_clear < 1.0:
             raise ConfigError("--max-all-clear must be in [0, 1)")
+        if self.all_clear_min_images < 0 or not 0.5 <= self.all_clear_floor <= 1.0:
+            raise ConfigError(
+                "--all-clear-min-images must be >= 0 and --all-clear-floor in [0.5, 1]"
+            )
         if self.views < 0 or not 1 <= self.trained_stages <= 7:
             raise ConfigError("--views must be >= 0 and --trained-stages in 1..7")
         if self.calibration_images < 1:

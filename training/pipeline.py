@@ -185,6 +185,8 @@ def _calibrate(
         [label.id for label in labels],
         base,
         max_all_clear=config.max_all_clear,
+        min_guarded_images=config.all_clear_min_images,
+        weak_evidence_floor=config.all_clear_floor,
     )
     thresholds = Thresholds(
         taxon=chosen["taxon"].threshold,
@@ -838,10 +840,12 @@ def evaluate_served(
         "thresholds": {k: asdict(v) for k, v in exported.chosen.items()},
         "all_clear": {
             "max_all_clear": config.max_all_clear,
+            "min_guarded_images": config.all_clear_min_images,
+            "floor": config.all_clear_floor,
             "rule": (
                 "each look-alike label's threshold is the smallest >= the shared one at which at "
                 "most max_all_clear of the validation images of the CITES labels it guards are "
-                "answered with it"
+                "answered with it; with fewer than min_guarded_images such images, at least floor"
             ),
             "labels": {k: v.to_dict() for k, v in exported.all_clear.items()},
         },

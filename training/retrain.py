@@ -72,6 +72,8 @@ RECIPE_KEYS = (
     "ood_bank_phone",
     "target_precision",
     "threshold_rule",
+    "all_clear_min_images",
+    "all_clear_floor",
 )
 """Options of the base's ``config.json`` that a retrain inherits (its recipe)."""
 

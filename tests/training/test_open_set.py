@@ -161,10 +161,22 @@ def test_all_clear_threshold_rises_until_listed_images_are_spared() -> None:
         ]
     )
     y = np.array([0, 1, 2, 2, 3, 3])
-    chosen = choose_all_clear_thresholds(probs, y, kinds, ids, 0.5, max_all_clear=0.0)
+    chosen = choose_all_clear_thresholds(
+        probs, y, kinds, ids, 0.5, max_all_clear=0.0, min_guarded_images=0
+    )
     timber = chosen["other-timber"]
     assert timber.guarded == ("rosewood",)
     assert 0.7 < timber.threshold <= 0.8  # above the rosewood image, at most the own 0.8
     assert timber.all_clear == 0.0 and timber.own_unanswered == 0.0
     assert chosen["ceramic"].threshold == 0.5 and chosen["ceramic"].guarded == ("ivory",)
     assert chosen["other-timber"].to_dict()["curve"][0] == [0.5, 0.5, 0.0]
+    assert "weak_evidence" not in timber.to_dict()
+
+    # Two rosewood validation images cannot show that at most 5% get an all-clear: the
+    # threshold is raised to the floor, and the rule's own choice is kept beside it.
+    floored = choose_all_clear_thresholds(probs, y, kinds, ids, 0.5, max_all_clear=0.0)
+    timber = floored["other-timber"]
+    assert timber.threshold == 0.95 and timber.rule_threshold == pytest.approx(0.705)
+    assert timber.to_dict()["weak_evidence"] == {"floor": 0.95, "rule_threshold": 0.705}
+    assert timber.own_unanswered == 0.5  # the 0.8 common-timber image is now "uncertain"
+    assert floored["ceramic"].threshold == 0.95  # one ivory image: the floor again
