@@ -554,3 +554,61 @@ def test_a_warm_started_knn_bundle_keeps_the_imagenet_reference() -> None:
     assert torch.equal(fresh[name], tuned.state_dict()[name])
     assert torch.equal(restarted.state_dict()[name], imagenet.state_dict()[name])
     assert not any(p.requires_grad for p in restarted.parameters()) and not restarted.training
+
+
+def test_tighten_raises_all_clear_thresholds_as_a_new_version(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m training.tighten``: the look-alike thresholds are chosen again on the served
+    model's validation answers; with a floor of 0.99 for labels guarding fewer than 1000
+    images, each guarding look-alike rises to it. Nothing else changes: same model files,
+    taxon and shared thresholds, temperature; the figures are measured again and the change is
+    recorded. An existing version is not replaced without --overwrite."""
+    from training.tighten import main as tighten
+
+    source = load_bundle(trained["bundle"])
+    argv = ["--bundle", str(trained["bundle"]), "--data", str(trained["data"])]
+    argv += ["--out", str(tmp_path), "--version", "v1-tight"]
+    argv += ["--all-clear-floor", "0.99", "--all-clear-min-images", "1000"]
+    assert tighten(argv) == 0
+    tight = load_bundle(tmp_path / "v1-tight")
+    before, after = source.manifest.thresholds, tight.manifest.thresholds
+    assert (after.taxon, after.lookalike) == (before.taxon, before.lookalike)
+    assert tight.manifest.temperature == source.manifest.temperature
+    record = tight.manifest.metrics["calibration"]["all_clear"]["tightened"]
+    assert record["from_version"] == "v1" and record["floor"] == 0.99
+    assert record["raised"], record
+    for label_id, change in record["raised"].items():
+        assert change["to"] >= 0.99 > change["from"]
+        assert after.lookalike_for(label_id) == change["to"]
+    for name in source.manifest.models.values():
+        if name:
+            assert (tight.path / name).read_bytes() == (source.path / name).read_bytes()
+    assert tight.manifest.provenance["parent_version"] == "v1"
+    assert "training.tighten" in tight.manifest.provenance["tightened_by"]
+    assert set(tight.manifest.metrics["validation"]["decisions"]) <= {
+        "taxon",
+        "lookalike",
+        "uncertain",
+        "outside_training_domain",
+        "unusable_image",
+    }
+    assert tighten(argv) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_tightening_never_lowers_a_threshold() -> None:
+    from model.decision import Thresholds
+    from training.calibrate import AllClearChoice
+    from training.tighten import tightened_thresholds
+
+    def choice(label_id: str, threshold: float) -> AllClearChoice:
+        return AllClearChoice(label_id, threshold, ("ivory",), 10, 10, 0.0, 0.0, ())
+
+    current = Thresholds(0.6, 0.5, {"other-timber": 0.9})
+    new, raised = tightened_thresholds(
+        current, {"other-timber": choice("other-timber", 0.8), "ceramic": choice("ceramic", 0.7)}
+    )
+    assert new.lookalike_by_label == {"other-timber": 0.9, "ceramic": 0.7}
+    assert raised == {"ceramic": {"from": 0.5, "to": 0.7}}
+    assert new.taxon == 0.6
