@@ -206,7 +206,7 @@ def register_train(subparsers: Subparsers) -> None:
     p.add_argument(
         "--all-clear-floor",
         type=float,
-        help="least look-alike threshold when its all-clears cannot be measured (0.95)",
+        help="least look-alike threshold when its all-clears cannot be measured (0.98)",
     )
     p.add_argument(
         "--target-precision",

@@ -70,7 +70,7 @@ class TrainConfig:
     ood_bank_phone: float = 0.0
     max_all_clear: float = 0.05
     all_clear_min_images: int = 20
-    all_clear_floor: float = 0.95
+    all_clear_floor: float = 0.98
     target_precision: float = 0.95
     threshold_rule: str = "calibrated"
     threads: int | None = None
