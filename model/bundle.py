@@ -364,6 +364,42 @@ def _publish(staging: Path, final: Path, overwrite: bool) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def rewrite_bundle(bundle: Bundle, out_dir: Path, version: str, **changes: Any) -> Path:
+    """Write ``bundle`` again as ``out_dir/<version>`` through :func:`write_bundle`: the same
+    model files, labels, preprocessing, calibration, OOD model (and the output it scores),
+    metrics, provenance and extra files, except the :func:`write_bundle` arguments given in
+    ``changes`` (``extra_files`` given there are added to the bundle's own).
+    ``parent_version`` is ``bundle``'s version unless given."""
+    manifest = bundle.manifest
+    reserved = {MANIFEST_FILE, LABELS_FILE, OOD_FILE, *MODEL_FILES.values()}
+    extra = {n: bundle.path / n for n in manifest.files if n not in reserved}
+    extra.update(changes.pop("extra_files", {}))
+    int8 = MODEL_FILES["int8"]
+    arguments: dict[str, Any] = {
+        "version": version,
+        "onnx_fp32": bundle.model_path("fp32"),
+        "onnx_int8": bundle.path / int8 if int8 in manifest.files else None,
+        "labels": bundle.labels,
+        "preprocess": manifest.preprocess,
+        "temperature": manifest.temperature,
+        "thresholds": manifest.thresholds,
+        "modalities": manifest.modalities,
+        "metrics": manifest.metrics,
+        "training": manifest.training,
+        "provenance": {**manifest.provenance, "parent_version": bundle.version},
+        "limitations": manifest.limitations,
+        "ood": bundle.ood,
+        "ood_threshold": None if manifest.ood is None else manifest.ood.threshold,
+        "ood_features": "features" if manifest.ood is None else manifest.ood.features,
+        "extra_files": extra,
+        "recommended": manifest.recommended,
+        "parent_version": bundle.version,
+        "backbone": manifest.backbone,
+    }
+    arguments.update(changes)
+    return write_bundle(Path(out_dir), **arguments)
+
+
 def list_bundles(weights_dir: Path, *, verify: bool = False) -> list[BundleSummary]:
     """Bundles under ``weights_dir`` (one folder each), oldest first.
 

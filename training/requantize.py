@@ -1,8 +1,8 @@
 """``cites-vision export``: (re)build a bundle's INT8 model from its fp32 model.
 
-The fp32 ONNX file, labels, calibration and OOD model are copied unchanged into a new bundle
-version; only the INT8 file is new, and it is kept only if it passes the accuracy gate on the
-given labelled images.
+The fp32 ONNX file, labels, calibration and OOD model (with the output it scores) are copied
+unchanged into a new bundle version (:func:`model.bundle.rewrite_bundle`); only the INT8 file is
+new, and it is kept only if it passes the accuracy gate on the given labelled images.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from model.bundle import LABELS_FILE, MANIFEST_FILE, MODEL_FILES, OOD_FILE, Bundle, write_bundle
+from model.bundle import MODEL_FILES, Bundle, rewrite_bundle
 from training.data import Sample
 from training.evaluation import bundle_label_map
 from training.export import Int8Gate, calibration_paths, export_int8
@@ -50,33 +50,17 @@ def requantize_bundle(
             targets,
             max_drop=max_drop,
         )
-        reserved = {MANIFEST_FILE, LABELS_FILE, OOD_FILE, *MODEL_FILES.values()}
-        extra = {n: bundle.path / n for n in manifest.files if n not in reserved}
-        metrics = {**manifest.metrics, "int8": gate.to_dict()}
-        path = write_bundle(
+        path = rewrite_bundle(
+            bundle,
             Path(out),
-            version=version,
-            onnx_fp32=fp32,
+            version,
             onnx_int8=Path(tmp) / MODEL_FILES["int8"] if gate.written else None,
-            labels=bundle.labels,
-            preprocess=manifest.preprocess,
-            temperature=manifest.temperature,
-            thresholds=manifest.thresholds,
-            modalities=manifest.modalities,
-            metrics=metrics,
-            training=manifest.training,
+            metrics={**manifest.metrics, "int8": gate.to_dict()},
             provenance={
                 **manifest.provenance,
                 "command": command,
                 "parent_version": bundle.version,
             },
-            limitations=manifest.limitations,
-            ood=bundle.ood,
-            ood_threshold=None if manifest.ood is None else manifest.ood.threshold,
-            extra_files=extra,
-            recommended=manifest.recommended,
-            parent_version=bundle.version,
-            backbone=manifest.backbone,
         )
     logger.info("wrote %s: %s", path, gate.reason)
     return path, gate

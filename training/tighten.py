@@ -26,17 +26,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from model.bundle import (
-    LABELS_FILE,
-    MANIFEST_FILE,
-    MODEL_FILES,
-    OOD_FILE,
-    Bundle,
-    load_bundle,
-    write_bundle,
-)
+from model.bundle import Bundle, load_bundle, rewrite_bundle
 from model.decision import Thresholds
 from model.manifest import BundleError
 from training import data as d
@@ -68,39 +59,6 @@ def tightened_thresholds(
             by_label[label_id] = choice.threshold
             raised[label_id] = {"from": old, "to": choice.threshold}
     return Thresholds(current.taxon, current.lookalike, by_label), raised
-
-
-def _copy(bundle: Bundle, out: Path, version: str, **changes: Any) -> Path:
-    """Write ``bundle`` as ``out/version`` with ``changes`` to its manifest fields."""
-    manifest = bundle.manifest
-    reserved = {MANIFEST_FILE, LABELS_FILE, OOD_FILE, *MODEL_FILES.values()}
-    extra = {n: bundle.path / n for n in manifest.files if n not in reserved}
-    extra.update(changes.pop("extra_files", {}))
-    arguments: dict[str, Any] = {
-        "version": version,
-        "onnx_fp32": bundle.model_path("fp32"),
-        "onnx_int8": bundle.path / MODEL_FILES["int8"]
-        if MODEL_FILES["int8"] in manifest.files
-        else None,
-        "labels": bundle.labels,
-        "preprocess": manifest.preprocess,
-        "temperature": manifest.temperature,
-        "thresholds": manifest.thresholds,
-        "modalities": manifest.modalities,
-        "metrics": manifest.metrics,
-        "training": manifest.training,
-        "provenance": manifest.provenance,
-        "limitations": manifest.limitations,
-        "ood": bundle.ood,
-        "ood_threshold": None if manifest.ood is None else manifest.ood.threshold,
-        "ood_features": "features" if manifest.ood is None else manifest.ood.features,
-        "extra_files": extra,
-        "recommended": manifest.recommended,
-        "parent_version": bundle.version,
-        "backbone": manifest.backbone,
-    }
-    arguments.update(changes)
-    return write_bundle(out, **arguments)
 
 
 def tighten_bundle(
@@ -140,7 +98,7 @@ def tighten_bundle(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         candidate = load_bundle(
-            _copy(bundle, work / "bundles", version, thresholds=thresholds, overwrite=True)
+            rewrite_bundle(bundle, work / "bundles", version, thresholds=thresholds, overwrite=True)
         )
         metrics = dict(bundle.manifest.metrics)
         evaluated: dict[str, tuple[list[d.Sample], EvalResult]] = {}
@@ -170,7 +128,7 @@ def tighten_bundle(
             "tightened_by": command,
             "parent_version": bundle.version,
         }
-        path = _copy(
+        path = rewrite_bundle(
             bundle,
             out,
             version,

@@ -191,3 +191,29 @@ def test_bad_label_header(tmp_path: Path) -> None:
     path.write_text("id\tname\n")
     with pytest.raises(LabelsError, match=r"labels\.tsv:1: header"):
         read_labels(path)
+
+
+def test_rewrite_bundle_keeps_what_it_is_not_told_to_change(tmp_path: Path) -> None:
+    """``rewrite_bundle`` (used by ``cites-vision export`` and ``training.tighten``) keeps the
+    output a kNN OOD model scores: written as the default ``features``, the new bundle's OOD
+    check would score the fine-tuned features against a bank of reference features."""
+    from model.bundle import rewrite_bundle
+    from model.decision import Thresholds
+    from model.ood import KNN_METHOD
+
+    source = load_bundle(
+        make_tiny_bundle(tmp_path / "a", with_ood=True, ood_method=KNN_METHOD, with_int8=True)
+    )
+    assert source.manifest.ood is not None
+    assert source.manifest.ood.features == "reference_features"
+    path = rewrite_bundle(source, tmp_path / "b", "tiny-2", thresholds=Thresholds(0.7, 0.6))
+    copy = load_bundle(path)
+    assert copy.manifest.ood is not None
+    assert copy.manifest.ood.features == "reference_features"
+    assert copy.manifest.ood.threshold == source.manifest.ood.threshold
+    assert copy.manifest.thresholds == Thresholds(0.7, 0.6)
+    assert copy.manifest.temperature == source.manifest.temperature
+    assert copy.manifest.parent_version == source.version
+    for name in source.manifest.models.values():
+        if name:
+            assert (path / name).read_bytes() == (source.path / name).read_bytes()
