@@ -156,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if (args.out / args.version).exists() and not args.overwrite:
+        sys.stderr.write(
+            f"error: {args.out / args.version} exists; choose another --version or pass "
+            "--overwrite\n"
+        )
+        return 2
     try:
         bundle = load_bundle(args.bundle)
         path, raised = tighten_bundle(

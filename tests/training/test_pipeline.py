@@ -594,7 +594,7 @@ def test_tighten_raises_all_clear_thresholds_as_a_new_version(
         "unusable_image",
     }
     assert tighten(argv) == 2
-    assert "exists" in capsys.readouterr().err
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_tightening_never_lowers_a_threshold() -> None:
