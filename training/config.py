@@ -21,12 +21,14 @@ class ConfigError(ValueError):
 
 
 OOD_METHODS = ("knn-reference", "mahalanobis-finetuned")
-THRESHOLD_RULES = ("calibrated", "empirical")
 """``mahalanobis-finetuned`` (default): class-conditional Mahalanobis distance in a PCA space of
 the fine-tuned features (no extra cost; the offline page scores it in the browser);
 ``knn-reference``: k-nearest-neighbour cosine distance on the frozen ImageNet backbone's features
 (a second, frozen backbone in the ONNX graph: twice the cost per image; the offline page scores
 it too)."""
+
+THRESHOLD_RULES = ("calibrated", "empirical")
+"""Ways to estimate a threshold's validation precision (``training.calibrate.ThresholdRule``)."""
 
 
 @dataclass(frozen=True)
