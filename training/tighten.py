@@ -146,7 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.tighten", description=__doc__)
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--data", type=Path, action="append", required=True)
-    parser.add_argument("--ood-data", type=Path, default=None, help="an imagenet-sample folder")
+    parser.add_argument(
+        "--ood-data",
+        type=Path,
+        required=True,
+        help="the imagenet-sample folder the bundle's open-set figures were measured on",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder of bundles")
     parser.add_argument("--version", required=True)
     parser.add_argument("--max-all-clear", type=float, default=0.05)

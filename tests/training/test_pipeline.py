@@ -568,6 +568,7 @@ def test_tighten_raises_all_clear_thresholds_as_a_new_version(
 
     source = load_bundle(trained["bundle"])
     argv = ["--bundle", str(trained["bundle"]), "--data", str(trained["data"])]
+    argv += ["--ood-data", str(trained["root"] / "grey")]
     argv += ["--out", str(tmp_path), "--version", "v1-tight"]
     argv += ["--all-clear-floor", "0.99", "--all-clear-min-images", "1000"]
     assert tighten(argv) == 0
