@@ -229,7 +229,16 @@ def choose_threshold(
     accepted = confidence >= found
     count = int(accepted.sum())
     hits = int(correct[accepted].sum())
-    empirical = _rule_threshold(confidence, correct, target_precision, "empirical", values)
+    spreads: dict[str, Spread] = {}
+    if spread:
+        for name in dict.fromkeys((rule, "empirical")):  # once each, once if they are the same
+            spreads[name] = threshold_spread(
+                confidence,
+                correct,
+                target_precision=target_precision,
+                rule=name,
+                grid=values,
+            )
     return ThresholdChoice(
         threshold=float(found),
         precision=hits / count if count else 0.0,
@@ -238,25 +247,13 @@ def choose_threshold(
         rule=rule,
         expected_precision=float(confidence[accepted].mean()) if count else 0.0,
         precision_ci95=wilson_interval(hits, count) if count else (0.0, 1.0),
-        spread=(
-            threshold_spread(
-                confidence, correct, target_precision=target_precision, rule=rule, grid=values
-            )
-            if spread
-            else None
+        spread=spreads.get(rule),
+        empirical_threshold=(
+            float(found)
+            if rule == "empirical"
+            else _rule_threshold(confidence, correct, target_precision, "empirical", values)
         ),
-        empirical_threshold=empirical,
-        empirical_spread=(
-            threshold_spread(
-                confidence,
-                correct,
-                target_precision=target_precision,
-                rule="empirical",
-                grid=values,
-            )
-            if spread
-            else None
-        ),
+        empirical_spread=spreads.get("empirical"),
     )
 
 
