@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 
 from model.predictor import softmax
 from training import data as d
-from training.metrics import wilson_interval
+from training.open_set import share
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +114,6 @@ def out_of_fold(
     return probs
 
 
-def _rate(count: int, total: int) -> dict[str, Any]:
-    low, high = wilson_interval(count, total) if total else (0.0, 1.0)
-    return {
-        "rate": round(count / total, 4) if total else None,
-        "ci95": [round(low, 4), round(high, 4)],
-        "count": count,
-        "images": total,
-    }
-
-
 def summarise(result: OutOfFold, policy_threshold: float) -> dict[str, Any]:
     """Recall per label, all-clears per listed group at ``policy_threshold``, and the curve."""
     predicted = result.probs.argmax(axis=1)
@@ -134,10 +124,10 @@ def summarise(result: OutOfFold, policy_threshold: float) -> dict[str, Any]:
         rows = result.targets == index
         if not rows.any():
             continue
-        entry = {"recall": _rate(int((predicted[rows] == index).sum()), int(rows.sum()))}
+        entry = {"recall": share(predicted[rows] == index)}
         if index in listed:
             cleared = (predicted[rows] == other) & (result.probs[rows, other] >= policy_threshold)
-            entry["all_clear"] = _rate(int(cleared.sum()), int(rows.sum()))
+            entry["all_clear"] = share(cleared)
         by_label[label_id] = entry
     listed_rows = np.isin(result.targets, listed)
     common_rows = result.targets == other
@@ -152,15 +142,14 @@ def summarise(result: OutOfFold, policy_threshold: float) -> dict[str, Any]:
             }
         )
     recalls = [v["recall"]["rate"] for v in by_label.values()]
-    correct = int((predicted == result.targets).sum())
     at_policy = (predicted == other) & (result.probs[:, other] >= policy_threshold)
     return {
         "images": len(result.samples),
-        "accuracy": _rate(correct, len(result.samples)),
+        "accuracy": share(predicted == result.targets),
         "balanced_accuracy": round(float(np.mean(recalls)), 4),
         "policy_threshold": policy_threshold,
-        "listed_all_clear": _rate(int(at_policy[listed_rows].sum()), int(listed_rows.sum())),
-        "common_unanswered": _rate(int((~at_policy[common_rows]).sum()), int(common_rows.sum())),
+        "listed_all_clear": share(at_policy[listed_rows]),
+        "common_unanswered": share(~at_policy[common_rows]),
         "by_label": by_label,
         "curve": curve,
     }
