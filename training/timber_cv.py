@@ -257,13 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.folds < 2:
         sys.stderr.write("error: --folds must be at least 2\n")
         return 2
-    threshold = args.threshold
-    if threshold is None:
-        from model.bundle import load_bundle
+    from model.bundle import load_bundle
+    from model.manifest import BundleError
 
-        thresholds = load_bundle(Path("weights/default")).manifest.thresholds
-        threshold = thresholds.lookalike_by_label.get(OTHER_TIMBER, thresholds.lookalike)
+    threshold = args.threshold
     try:
+        if threshold is None:
+            manifest = load_bundle(Path("weights/default")).manifest
+            threshold = manifest.thresholds.lookalike_for(OTHER_TIMBER)
         summary = run(
             args.data,
             args.label_map,
@@ -272,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             policy_threshold=float(threshold),
             cache_dir=args.cache_dir,
         )
-    except (d.DataError, OSError) as exc:
+    except (d.DataError, BundleError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     logger.info(
